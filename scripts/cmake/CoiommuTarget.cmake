@@ -1,0 +1,40 @@
+# Per-target warnings and sanitizers. Nothing is added to global CMAKE_CXX_FLAGS, so
+# third-party code (gtest, benchmark) builds with its own flags.
+#
+#   coiommu_target_options(<target>)      warnings-as-errors + the preset's sanitizers
+#   coiommu_library(<name> SOURCES ... DEPS ...)   STATIC library coiommu_<name>, alias coiommu::<name>
+#   coiommu_test(<name> SOURCES ... DEPS ... [LABELS ...])  gtest binary, tests discovered by name
+
+include(GoogleTest OPTIONAL)
+
+function(coiommu_target_options target)
+  target_compile_options(${target} PRIVATE
+    -Wall -Wextra -Werror -Wshadow -Wnon-virtual-dtor -Wold-style-cast -Wcast-align
+    -Wunused -Woverloaded-virtual -Wpedantic -Wnull-dereference -Wdouble-promotion
+    -Wformat=2 -Wimplicit-fallthrough -Wmisleading-indentation)
+  if(COIOMMU_SANITIZE)
+    string(REPLACE ";" "," _san "${COIOMMU_SANITIZE}")
+    target_compile_options(${target} PRIVATE -fsanitize=${_san} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+    target_link_options(${target} PRIVATE -fsanitize=${_san})
+  endif()
+endfunction()
+
+function(coiommu_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(coiommu_${name} STATIC ${ARG_SOURCES})
+  add_library(coiommu::${name} ALIAS coiommu_${name})
+  target_include_directories(coiommu_${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(coiommu_${name} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  coiommu_target_options(coiommu_${name})
+endfunction()
+
+function(coiommu_test name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
+  coiommu_target_options(${name})
+  if(NOT ARG_LABELS)
+    set(ARG_LABELS unit)
+  endif()
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT 300)
+endfunction()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package coiommu needs to build, test, run and trace. Idempotent:
+# does nothing when all are present; runs `apt-get update` only when something is missing.
+#
+# usage: scripts/deps.sh [--check]   (--check: only report what is missing, exit 1 if any)
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain and build
+  build-essential g++ gcc cmake ninja-build pkg-config git
+  # engine
+  libexpected-dev libtbb-dev libfmt-dev linux-libc-dev systemtap-sdt-dev
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev python3
+  # BPF: clang compiles *.bpf.c, bpftool makes skeletons and is the investigation tool
+  clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
+  # exporter and its live tests (prometheus ships promtool)
+  prometheus-cpp-dev prometheus curl
+  # VFIO-in-QEMU harness (the guest kernel .deb is downloaded, never installed)
+  qemu-system-x86 busybox-static cpio xz-utils kmod
+  # load generator plots
+  gnuplot-nox
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${1:-}" = "--check" ]; then
+  if [ ${#missing[@]} -gt 0 ]; then echo "missing: ${missing[*]}"; exit 1; fi
+  echo "all ${#PACKAGES[@]} packages present"; exit 0
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+echo "deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "deps: done"

@@ -1,0 +1,46 @@
+// GoogleTest helpers for Result/Status.
+//   EXPECT_OK(expr)            expr holds a value (prints the Error otherwise)
+//   EXPECT_ERR(expr, EINVAL)   expr holds an Error with that errno
+//   ASSERT_OK_AND_ASSIGN(auto v, expr)
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "engine/base/result.h"
+
+namespace coiommu::testing {
+
+template <class R>
+std::string describe(const R& r) {
+    return r ? std::string("ok") : r.error().message();
+}
+
+}  // namespace coiommu::testing
+
+#define EXPECT_OK(expr)                                                              \
+    do {                                                                             \
+        const auto& expect_ok_r_ = (expr);                                           \
+        EXPECT_TRUE(expect_ok_r_.has_value()) << ::coiommu::testing::describe(expect_ok_r_); \
+    } while (0)
+#define ASSERT_OK(expr)                                                              \
+    do {                                                                             \
+        const auto& assert_ok_r_ = (expr);                                           \
+        ASSERT_TRUE(assert_ok_r_.has_value()) << ::coiommu::testing::describe(assert_ok_r_); \
+    } while (0)
+#define EXPECT_ERR(expr, errno_value)                                                \
+    do {                                                                             \
+        const auto& expect_err_r_ = (expr);                                          \
+        ASSERT_FALSE(expect_err_r_.has_value()) << "expected errno " #errno_value;  \
+        EXPECT_EQ(expect_err_r_.error().code, (errno_value)) << expect_err_r_.error().message(); \
+    } while (0)
+
+#define COIOMMU_CONCAT_INNER_(a, b) a##b
+#define COIOMMU_CONCAT_(a, b) COIOMMU_CONCAT_INNER_(a, b)
+#define ASSERT_OK_AND_ASSIGN(lhs, expr) \
+    ASSERT_OK_AND_ASSIGN_IMPL_(COIOMMU_CONCAT_(result_, __LINE__), lhs, expr)
+#define ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, expr)                           \
+    auto tmp = (expr);                                                       \
+    ASSERT_TRUE(tmp.has_value()) << ::coiommu::testing::describe(tmp);       \
+    lhs = std::move(*tmp)
