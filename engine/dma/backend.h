@@ -18,7 +18,9 @@
 #pragma once
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -36,6 +38,17 @@ enum class MapOutcome {
     AlreadyMapped,  // EEXIST: it overlaps an existing mapping; nothing changed
     NoSpace,        // ENOSPC: the container's dma_entry_limit is reached; nothing changed
 };
+
+// The errno of a map attempt as an outcome: 0 -> Mapped, EEXIST -> AlreadyMapped,
+// ENOSPC -> NoSpace; nullopt for every other errno (a failure).
+[[nodiscard]] constexpr std::optional<MapOutcome> map_outcome_for_errno(int err) {
+    switch (err) {
+        case 0: return MapOutcome::Mapped;
+        case EEXIST: return MapOutcome::AlreadyMapped;
+        case ENOSPC: return MapOutcome::NoSpace;
+        default: return std::nullopt;
+    }
+}
 
 struct IovaRange {
     uint64_t start = 0;  // inclusive
@@ -84,6 +97,15 @@ public:
     [[nodiscard]] const BackendCounters& counters() const { return counters_; }
 
 protected:
+    // Counter bookkeeping shared by the implementations (relaxed atomics; no lock, no malloc on
+    // success). Each records one finished call and builds the Result.
+    //  finish_map: err 0 / EEXIST / ENOSPC become outcomes, any other errno an Error whose context
+    //    names the backend, the range and `why` (may be empty).
+    //  finish_unmap: err 0 returns `bytes`; otherwise an Error.
+    [[nodiscard]] Result<MapOutcome> finish_map(int err, Iova iova, uint64_t size, std::string_view why = {});
+    [[nodiscard]] Result<uint64_t> finish_unmap(int err, Iova iova, uint64_t size, uint64_t bytes,
+                                                std::string_view why = {});
+
     BackendCounters counters_;
 };
 

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Runs a test program against real kernel VFIO inside a throw-away QEMU guest.
+#
+# The host kernel here has no VFIO and its /dev/kvm is PVM (a stock kernel hangs under it), so
+# the guest runs under TCG: a stock Debian kernel (downloaded with apt-get download, never
+# installed) on q35 with an emulated Intel VT-d and QEMU's `edu` PCI device. /init loads the vfio
+# modules, binds edu to vfio-pci and runs the test as root with
+#   VFIO_BDF=<edu bdf>  VFIO_GROUP=/dev/vfio/<group>
+# in the environment. See ../shared/spec/vfio-vm.md (what was measured, and the pitfalls).
+#
+# usage: scripts/vfio-vm-test.sh [--prepare] TEST_BINARY [ARGS...]
+#   --prepare   only download and cache the guest kernel and modules, then exit
+#   TEST_BINARY static or dynamic (its ldd libraries are copied into the initramfs)
+#
+# env:
+#   VFIO_VM_WORK  cache dir for the extracted kernel (default ${XDG_CACHE_HOME:-$HOME/.cache}/coiommu-vfio-vm)
+#   KPKG          kernel package to use (default: what linux-image-amd64 depends on)
+#   QEMU_TIMEOUT  hang guard in seconds for the whole guest run (default 300)
+#   SMP, MEM      guest vCPUs and RAM (default 2, 1G)
+#   ALLOW_SKIP=1  accept skipped gtest cases (by default a skip inside the guest is a failure:
+#                 everything a VFIO test needs is there, so a skip means the test is broken)
+#   KEEP_RUN=1    keep the per-run dir (initramfs, serial.log) and print its path
+#
+# exit status: the test program's exit status inside the guest, or
+#   97 setup failed (no kernel, no edu device, no vfio group)   98 gtest ran no test or skipped one
+#   99 the guest printed no result                              124 QEMU_TIMEOUT hit
+set -euo pipefail
+
+PREPARE=0
+if [ "${1:-}" = "--prepare" ]; then PREPARE=1; shift; fi
+if [ "$PREPARE" = 0 ] && [ $# -lt 1 ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+  exit 2
+fi
+
+WORK=${VFIO_VM_WORK:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/coiommu-vfio-vm}
+log() { printf 'vfio-vm: %s\n' "$*" >&2; }
+die() { log "$2"; exit "$1"; }
+
+for tool in qemu-system-x86_64 cpio gzip dpkg-deb tar flock timeout; do
+  command -v "$tool" >/dev/null || die 97 "missing $tool (run scripts/deps.sh)"
+done
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || die 97 "missing $BUSYBOX (package busybox-static)"
+if ldd "$BUSYBOX" >/dev/null 2>&1; then die 97 "$BUSYBOX is dynamic; install busybox-static"; fi
+
+mkdir -p "$WORK"
+
+# ---- 1. guest kernel: vmlinuz + the vfio modules, extracted once per kernel version -----------
+# Load order (from the 6.1 modules.dep; the .deb ships none). Modules a kernel does not have
+# (vfio_virqfd is folded into vfio from 6.2; iommufd is new in 6.2) are skipped.
+MODS="virt/lib/irqbypass drivers/iommu/iommufd/iommufd drivers/vfio/vfio drivers/vfio/vfio_iommu_type1
+      drivers/vfio/vfio_virqfd drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci"
+
+resolve_kpkg() {
+  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+}
+
+KPKG=${KPKG:-$(resolve_kpkg)}
+if [ -z "$KPKG" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "apt-cache knows no linux-image-amd64; running apt-get update"
+    apt-get update -qq || true
+    KPKG=$(resolve_kpkg)
+  fi
+fi
+newest_cached() { ls -1d "$WORK"/*/.complete 2>/dev/null | sort -V | tail -n1 | xargs -r dirname | xargs -r basename; }
+if [ -z "$KPKG" ]; then
+  # Offline rerun: fall back to the newest kernel already in the cache.
+  KVER=$(newest_cached)
+  [ -n "$KVER" ] || die 97 "cannot resolve the linux-image-amd64 dependency and nothing is cached in $WORK"
+  log "using cached kernel $KVER (apt could not resolve linux-image-amd64)"
+else
+  KVER=${KPKG#linux-image-}
+fi
+KDIR=$WORK/$KVER
+
+fetch_kernel() {
+  local tmp
+  tmp=$(mktemp -d "$WORK/fetch.XXXXXX")
+  log "downloading $KPKG (about 70 MB, once)"
+  local sandbox=()
+  [ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
+  (cd "$tmp" && apt-get download -q "${sandbox[@]}" "$KPKG" >/dev/null) || { rm -rf "$tmp"; return 1; }
+  mkdir -p "$tmp/root"
+  dpkg-deb --fsys-tarfile "$tmp"/"$KPKG"_*.deb | tar -x -C "$tmp/root" --wildcards --no-anchored \
+    "boot/vmlinuz-$KVER" '*/kernel/drivers/vfio/*' '*/kernel/virt/lib/irqbypass.ko*' \
+    '*/kernel/drivers/iommu/iommufd/*' 2>/dev/null || true
+  local kroot=$tmp/root
+  local moddir
+  moddir=$(ls -1d "$kroot"/lib/modules/"$KVER"/kernel "$kroot"/usr/lib/modules/"$KVER"/kernel 2>/dev/null | head -n1 || true)
+  [ -f "$kroot/boot/vmlinuz-$KVER" ] && [ -n "$moddir" ] || { rm -rf "$tmp"; log "unexpected layout in $KPKG"; return 1; }
+  rm -rf "$KDIR"; mkdir -p "$KDIR/modules"
+  cp "$kroot/boot/vmlinuz-$KVER" "$KDIR/vmlinuz"
+  local m f name
+  for m in $MODS; do
+    f=$(ls -1 "$moddir/$m".ko* 2>/dev/null | head -n1 || true)
+    [ -n "$f" ] || continue
+    name=$(basename "$m").ko
+    case $f in
+      *.ko.xz) xz -dc "$f" >"$KDIR/modules/$name" ;;
+      *.ko.zst) zstd -qdc "$f" >"$KDIR/modules/$name" ;;
+      *.ko) cp "$f" "$KDIR/modules/$name" ;;
+    esac
+  done
+  [ -f "$KDIR/modules/vfio-pci.ko" ] || { rm -rf "$tmp" "$KDIR"; log "no vfio-pci module in $KPKG"; return 1; }
+  rm -rf "$tmp"
+  touch "$KDIR/.complete"
+}
+
+if [ ! -f "$KDIR/.complete" ]; then
+  exec 9>"$WORK/lock"
+  flock 9  # another run may be extracting the same kernel
+  if [ ! -f "$KDIR/.complete" ] && ! fetch_kernel; then
+    # The mirror moved on (old ABIs leave it) or is unreachable: use what the cache has.
+    KVER=$(newest_cached)
+    [ -n "$KVER" ] || die 97 "could not fetch kernel package $KPKG and nothing is cached in $WORK"
+    KDIR=$WORK/$KVER
+    log "could not fetch $KPKG; using cached kernel $KVER"
+  fi
+  flock -u 9
+  exec 9>&-
+fi
+if [ "$PREPARE" = 1 ]; then
+  log "kernel $KVER ready in $KDIR"
+  exit 0
+fi
+
+# ---- 2. initramfs: busybox, modules, /init, the test and its shared libraries ----------------
+TEST=$1; shift
+[ -f "$TEST" ] && [ -x "$TEST" ] || die 97 "test binary $TEST not found or not executable"
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/coiommu-vfio-vm.XXXXXX")
+cleanup() { if [ "${KEEP_RUN:-0}" = 1 ]; then log "run dir kept: $RUN"; else rm -rf "$RUN"; fi; }
+trap cleanup EXIT
+S=$RUN/initramfs
+mkdir -p "$S"/{bin,proc,sys,dev,tmp,lib/modules}
+cp "$BUSYBOX" "$S/bin/busybox"
+cp "$KDIR"/modules/*.ko "$S/lib/modules/"
+cp "$TEST" "$S/test"
+if ldd "$TEST" >/dev/null 2>&1; then
+  for lib in $(ldd "$TEST" | grep -o '/[^ ]*'); do
+    mkdir -p "$S$(dirname "$lib")"
+    cp -L "$lib" "$S$lib"
+  done
+fi
+: >"$S/test.args"
+for a in "$@"; do printf '%s\n' "$a" >>"$S/test.args"; done
+loads=""
+for m in $MODS; do loads="$loads $(basename "$m")"; done
+
+cat >"$S/init" <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+exec </dev/console >/dev/console 2>&1
+echo "INIT start uptime=\$(cut -d' ' -f1 /proc/uptime)"
+result() { echo "INIT test-exit=\$1"; poweroff -f; }
+for m in $loads; do
+  [ -f /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "INIT insmod \$m FAILED"; }
+done
+BDF=
+for d in /sys/bus/pci/devices/*; do
+  [ "\$(cat \$d/vendor)" = 0x1234 ] && [ "\$(cat \$d/device)" = 0x11e8 ] && BDF=\${d##*/}
+done
+[ -n "\$BDF" ] || { echo "INIT no edu device"; result 97; }
+echo vfio-pci > /sys/bus/pci/devices/\$BDF/driver_override
+echo \$BDF > /sys/bus/pci/drivers_probe
+GROUP=\$(readlink /sys/bus/pci/devices/\$BDF/iommu_group)
+[ -n "\$GROUP" ] && [ -c /dev/vfio/\${GROUP##*/} ] || { echo "INIT no vfio group for \$BDF"; result 97; }
+export VFIO_BDF=\$BDF VFIO_GROUP=/dev/vfio/\${GROUP##*/} GTEST_COLOR=no
+echo "INIT \$BDF -> \$(readlink /sys/bus/pci/devices/\$BDF/driver) group \$VFIO_GROUP uptime=\$(cut -d' ' -f1 /proc/uptime)"
+# Keep kernel messages (expected DMAR faults) off the console while the test prints; they are
+# dumped from dmesg afterwards.
+echo "1 4 1 7" > /proc/sys/kernel/printk
+set --
+while IFS= read -r a; do set -- "\$@" "\$a"; done < /test.args
+/test "\$@"
+rc=\$?
+echo "INIT test done uptime=\$(cut -d' ' -f1 /proc/uptime)"
+dmesg | grep -iE 'vfio|DMAR' | tail -n 20 | sed 's/^/DMESG /'
+result \$rc
+INIT
+chmod 755 "$S/init"
+# No /dev/console node is needed: the kernel's built-in initramfs has one, and /init reopens
+# it after mounting devtmpfs. So building the image needs no root.
+(cd "$S" && find . | cpio -o -H newc --quiet) | gzip -1 >"$RUN/initramfs.cpio.gz"
+rm -rf "$S"
+
+# ---- 3. boot (TCG only: this host's /dev/kvm is PVM, see the spec) ---------------------------
+LOG=$RUN/serial.log
+log "booting $KVER under TCG (timeout ${QEMU_TIMEOUT:-300}s)"
+start=$(date +%s)
+set +e
+timeout --kill-after=10 "${QEMU_TIMEOUT:-300}" qemu-system-x86_64 -no-user-config -nodefaults \
+  -accel tcg -cpu max -smp "${SMP:-2}" -m "${MEM:-1G}" \
+  -machine q35,kernel-irqchip=split \
+  -device intel-iommu,intremap=on,caching-mode=on \
+  -device edu \
+  -kernel "$KDIR/vmlinuz" -initrd "$RUN/initramfs.cpio.gz" \
+  -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet" \
+  -display none -serial stdio -monitor none -no-reboot </dev/null 2>&1 | tr -d '\r' | tee "$LOG"
+qrc=${PIPESTATUS[0]}
+set -e
+log "guest run took $(($(date +%s) - start)) s (qemu exit $qrc)"
+
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+  die 124 "QEMU_TIMEOUT (${QEMU_TIMEOUT:-300}s) hit: guest hung"
+fi
+rc=$(sed -n 's/.*INIT test-exit=\([0-9]*\).*/\1/p' "$LOG" | tail -n1)
+[ -n "$rc" ] || die 99 "the guest printed no test result (qemu exit $qrc)"
+if [ "$rc" = 0 ] && grep -q '^\[==========\] Running' "$LOG"; then
+  ran=$(sed -n 's/^\[==========\] \([0-9]*\) tests\{0,1\} from .* ran\..*/\1/p' "$LOG" | tail -n1)
+  [ -n "$ran" ] && [ "$ran" -gt 0 ] || die 98 "gtest ran no test inside the guest"
+  if [ "${ALLOW_SKIP:-0}" != 1 ] && grep -q '^\[  SKIPPED \]' "$LOG"; then
+    die 98 "gtest skipped tests inside the guest (ALLOW_SKIP=1 to accept)"
+  fi
+fi
+log "test exit status $rc"
+exit "$rc"
