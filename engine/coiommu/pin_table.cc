@@ -1,0 +1,149 @@
+#include "engine/coiommu/pin_table.h"
+
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace coiommu::core {
+namespace {
+
+// A page lock is held across one DMA map or unmap (microseconds), so a short spin before the
+// futex wait catches the common case of a holder finishing without a sleep/wake pair.
+constexpr int kSpinsBeforeWait = 64;
+
+std::atomic_ref<uint32_t> word_ref(uint32_t* w) { return std::atomic_ref<uint32_t>(*w); }
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
+
+Result<PinTable> PinTable::create(uint64_t gfn_count) {
+    if (gfn_count == 0) return make_error(EINVAL, "pin table for zero gfns");
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(gfn_count, sizeof(uint32_t), &bytes) ||
+        __builtin_add_overflow(bytes, kPageMask, &bytes)) {
+        return make_error(EOVERFLOW, fmt::format("pin table for {:#x} gfns", gfn_count));
+    }
+    bytes &= ~kPageMask;
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        const int err = errno;
+        return make_error(err, fmt::format("mmap pin table of {:#x} bytes", bytes));
+    }
+    return PinTable(static_cast<uint32_t*>(p), gfn_count, bytes);
+}
+
+PinTable::~PinTable() { release(); }
+
+PinTable::PinTable(PinTable&& other) noexcept
+    : words_(std::exchange(other.words_, nullptr)),
+      count_(std::exchange(other.count_, 0)),
+      bytes_(std::exchange(other.bytes_, 0)),
+      counters_(std::move(other.counters_)) {}
+
+PinTable& PinTable::operator=(PinTable&& other) noexcept {
+    if (this != &other) {
+        release();
+        words_ = std::exchange(other.words_, nullptr);
+        count_ = std::exchange(other.count_, 0);
+        bytes_ = std::exchange(other.bytes_, 0);
+        counters_ = std::move(other.counters_);
+    }
+    return *this;
+}
+
+void PinTable::release() {
+    if (words_ != nullptr) ::munmap(words_, bytes_);
+    words_ = nullptr;
+    count_ = 0;
+    bytes_ = 0;
+}
+
+bool PinTable::mapped(Gfn gfn) const {
+    return (word_ref(words_ + raw(gfn)).load(std::memory_order_acquire) & kMapped) != 0;
+}
+
+uint64_t PinTable::mapped_pages() const {
+    return counters_ ? counters_->mapped.load(std::memory_order_relaxed) : 0;
+}
+
+PinTable::PageLock PinTable::lock(Gfn gfn) {
+    uint32_t* w = words_ + raw(gfn);
+    auto ref = word_ref(w);
+    int spins = 0;
+    uint32_t cur = ref.load(std::memory_order_relaxed);
+    for (;;) {
+        if ((cur & kLocked) == 0) {
+            // Acquire pairs with the release in unlock(): the previous holder's DMA map/unmap and
+            // record changes happen-before our critical section.
+            if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+                return PageLock(this, w);
+            }
+            continue;  // cur was reloaded by the failed CAS
+        }
+        if (spins < kSpinsBeforeWait) {
+            ++spins;
+            cpu_relax();
+        } else {
+            ref.wait(cur, std::memory_order_relaxed);
+        }
+        cur = ref.load(std::memory_order_relaxed);
+    }
+}
+
+PinTable::PageLock PinTable::try_lock(Gfn gfn) {
+    uint32_t* w = words_ + raw(gfn);
+    auto ref = word_ref(w);
+    uint32_t cur = ref.load(std::memory_order_relaxed);
+    while ((cur & kLocked) == 0) {
+        if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+            return PageLock(this, w);
+        }
+    }
+    return PageLock();
+}
+
+PinTable::PageLock& PinTable::PageLock::operator=(PageLock&& other) noexcept {
+    if (this != &other) {
+        unlock();
+        table_ = other.table_;
+        word_ = std::exchange(other.word_, nullptr);
+    }
+    return *this;
+}
+
+bool PinTable::PageLock::mapped() const {
+    return (word_ref(word_).load(std::memory_order_relaxed) & kMapped) != 0;
+}
+
+void PinTable::PageLock::set_mapped() {
+    // Release: a lock-free reader that sees kMapped also sees the mapping's creation.
+    word_ref(word_).fetch_or(kMapped, std::memory_order_release);
+    table_->counters_->mapped.fetch_add(1, std::memory_order_relaxed);
+}
+
+void PinTable::PageLock::clear_mapped() {
+    word_ref(word_).fetch_and(~kMapped, std::memory_order_release);
+    table_->counters_->mapped.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void PinTable::PageLock::unlock() {
+    if (word_ == nullptr) return;
+    auto ref = word_ref(std::exchange(word_, nullptr));
+    ref.fetch_and(~kLocked, std::memory_order_release);
+    // notify_all: several threads may wait on one page (e.g. two vCPUs and the unpinner); each
+    // re-checks and at most one wins the CAS. libstdc++ skips the futex wake when nobody waits.
+    ref.notify_all();
+}
+
+}  // namespace coiommu::core
