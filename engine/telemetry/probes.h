@@ -1,0 +1,40 @@
+// USDT probes of the engine (provider "coiommu"), for bpf/engine.bpf.c, bpftrace and perf.
+//
+// A probe site is a single nop until a tracer attaches (sys/sdt.h, no semaphores), so the
+// untraced cost is the evaluation of the arguments, which are values the engine already has in
+// registers. Probes fire per request, per DMA call and per unpin scan, never per page.
+//
+// The argument lists are an ABI shared with bpf/engine.bpf.c; change both together.
+//
+//   request_start(u32 session, u32 vcpu, u32 kind)                   kind: RequestKind
+//   request_done (u32 session, u32 vcpu, u32 kind, u64 pages, s32 result)
+//                 result: 0 = every page pinned, else a negative errno (first failure)
+//   dma_map      (u64 iova, u64 size, s32 result, u64 latency_ns)    result: 0 or -errno
+//   dma_unmap    (u64 iova, u64 size, s32 result, u64 latency_ns)
+//   unpin_scan   (u32 session, u32 kind, u64 examined, u64 unpinned, u64 duration_ns)
+//                 kind: ScanKind
+#pragma once
+
+#include <cstdint>
+
+#include <sys/sdt.h>
+
+namespace coiommu::telemetry {
+
+enum class RequestKind : uint32_t { Single = 0, Batch = 1 };
+enum class ScanKind : uint32_t { Lru = 0, Balloon = 1 };
+
+}  // namespace coiommu::telemetry
+
+#define COIOMMU_PROBE_REQUEST_START(session, vcpu, kind) \
+    DTRACE_PROBE3(coiommu, request_start, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu), static_cast<uint32_t>(kind))
+#define COIOMMU_PROBE_REQUEST_DONE(session, vcpu, kind, pages, result)                          \
+    DTRACE_PROBE5(coiommu, request_done, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu), static_cast<uint32_t>(kind), \
+                  static_cast<uint64_t>(pages), static_cast<int32_t>(result))
+#define COIOMMU_PROBE_DMA_MAP(iova, size, result, latency_ns) \
+    DTRACE_PROBE4(coiommu, dma_map, static_cast<uint64_t>(iova), static_cast<uint64_t>(size), static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
+#define COIOMMU_PROBE_DMA_UNMAP(iova, size, result, latency_ns) \
+    DTRACE_PROBE4(coiommu, dma_unmap, static_cast<uint64_t>(iova), static_cast<uint64_t>(size), static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
+#define COIOMMU_PROBE_UNPIN_SCAN(session, kind, examined, unpinned, duration_ns)                    \
+    DTRACE_PROBE5(coiommu, unpin_scan, static_cast<uint32_t>(session), static_cast<uint32_t>(kind), static_cast<uint64_t>(examined), \
+                  static_cast<uint64_t>(unpinned), static_cast<uint64_t>(duration_ns))
