@@ -1,0 +1,551 @@
+// coiommu-trace: biolatency-style view of VFIO DMA map/unmap latency (ioctl tracepoints) and,
+// with --engine, of the engine's own request/DMA/unpin-scan latencies (USDT probes).
+//
+//   coiommu-trace [options] [interval [count]]
+//
+// Prints per-op log2 histograms every interval (or once at Ctrl-C), calls by result class and
+// bytes requested. Histograms are interval deltas computed from monotonic map snapshots; the
+// maps are never cleared, so pinned maps (--pin) and the exporter stay monotonic.
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bpf/loader/tracing.h"
+#include "engine/base/log.h"
+
+namespace coiommu::bpf {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+volatile std::sig_atomic_t g_stop = 0;
+
+void on_signal(int) { g_stop = 1; }
+
+constexpr const char* kUsage = R"(usage: coiommu-trace [options] [interval [count]]
+
+Summarise VFIO DMA map/unmap ioctl latency (VFIO type1 MAP_DMA/UNMAP_DMA and iommufd
+IOAS_MAP/IOAS_UNMAP) as log2 histograms, for every process or one pid (crosvm, QEMU or the
+coiommu engine). Without an interval, prints once on Ctrl-C.
+
+options:
+  -p, --pid PID          trace only this process
+  -u, --microseconds     print histogram bounds in microseconds (default: nanoseconds)
+  -m, --milliseconds     print histogram bounds in milliseconds
+      --slow-us N        also stream every call that took >= N microseconds
+  -j, --json             one JSON object per interval (and per slow event) on stdout
+      --engine BIN|PID   also attach to the engine's USDT probes (binary path, or pid)
+      --kernel-hooks     also try the fentry hooks inside vfio_iommu_type1
+      --pin              pin the maps under <pin-root>/v1/ and keep them after exit
+      --pin-temp         pin the maps while running, remove them on exit
+      --pin-root DIR     pin root (default /sys/fs/bpf/coiommu)
+      --stats            enable BPF run time accounting and print per-program cost
+  -T, --timestamp        print a timestamp with each interval
+  -v, --verbose          debug logging (libbpf and verifier messages)
+  -h, --help             this text
+
+Needs root or CAP_BPF+CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs/bpffs if missing).
+examples:
+  coiommu-trace 1 10              10 one-second histograms of every process's DMA ioctls
+  coiommu-trace -p $(pidof crosvm) -u --slow-us 500
+  coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v1/
+)";
+
+struct Unit {
+    std::string_view name = "ns";
+    double divisor = 1.0;
+};
+
+struct Args {
+    uint32_t pid = 0;
+    Unit unit;
+    std::optional<uint64_t> slow_us;
+    bool json = false;
+    std::optional<std::string> engine;
+    bool kernel_hooks = false;
+    std::optional<Keep> pin;
+    std::string pin_root{kDefaultPinRoot};
+    bool stats = false;
+    bool timestamp = false;
+    bool verbose = false;
+    std::optional<double> interval_s;
+    uint64_t count = 0;  // 0: until interrupted
+};
+
+template <class T>
+bool parse_number(std::string_view text, T* out) {
+    const auto* end = text.data() + text.size();
+    const auto r = std::from_chars(text.data(), end, *out);
+    return r.ec == std::errc{} && r.ptr == end;
+}
+
+bool parse_interval(std::string_view text, double* out) {
+    // Integers only via from_chars for portability of GCC 12's floating from_chars; allow "0.5".
+    std::string s(text);
+    char* end = nullptr;
+    errno = 0;
+    const double v = std::strtod(s.c_str(), &end);
+    if (errno != 0 || end != s.c_str() + s.size() || !(v > 0)) return false;
+    *out = v;
+    return true;
+}
+
+// Returns nullopt after printing the reason (or help) when parsing fails or help was asked.
+std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
+    enum LongOnly { kSlowUs = 256, kEngine, kKernelHooks, kPin, kPinTemp, kPinRoot, kStats };
+    static const option kOptions[] = {
+        {"pid", required_argument, nullptr, 'p'},
+        {"microseconds", no_argument, nullptr, 'u'},
+        {"milliseconds", no_argument, nullptr, 'm'},
+        {"json", no_argument, nullptr, 'j'},
+        {"timestamp", no_argument, nullptr, 'T'},
+        {"verbose", no_argument, nullptr, 'v'},
+        {"help", no_argument, nullptr, 'h'},
+        {"slow-us", required_argument, nullptr, kSlowUs},
+        {"engine", required_argument, nullptr, kEngine},
+        {"kernel-hooks", no_argument, nullptr, kKernelHooks},
+        {"pin", no_argument, nullptr, kPin},
+        {"pin-temp", no_argument, nullptr, kPinTemp},
+        {"pin-root", required_argument, nullptr, kPinRoot},
+        {"stats", no_argument, nullptr, kStats},
+        {nullptr, 0, nullptr, 0},
+    };
+    Args a;
+    *exit_code = 2;
+    int c = 0;
+    while ((c = getopt_long(argc, argv, "p:umjTvh", kOptions, nullptr)) != -1) {
+        switch (c) {
+            case 'p':
+                if (!parse_number(optarg, &a.pid) || a.pid == 0) {
+                    fmt::print(stderr, "coiommu-trace: invalid pid '{}'\n", optarg);
+                    return std::nullopt;
+                }
+                break;
+            case 'u': a.unit = {"us", 1e3}; break;
+            case 'm': a.unit = {"ms", 1e6}; break;
+            case 'j': a.json = true; break;
+            case 'T': a.timestamp = true; break;
+            case 'v': a.verbose = true; break;
+            case 'h':
+                fmt::print("{}", kUsage);
+                *exit_code = 0;
+                return std::nullopt;
+            case kSlowUs: {
+                uint64_t v = 0;
+                if (!parse_number(optarg, &v)) {
+                    fmt::print(stderr, "coiommu-trace: invalid --slow-us '{}'\n", optarg);
+                    return std::nullopt;
+                }
+                a.slow_us = v;
+                break;
+            }
+            case kEngine: a.engine = optarg; break;
+            case kKernelHooks: a.kernel_hooks = true; break;
+            case kPin: a.pin = Keep::Yes; break;
+            case kPinTemp: a.pin = Keep::No; break;
+            case kPinRoot: a.pin_root = optarg; break;
+            case kStats: a.stats = true; break;
+            default: fmt::print(stderr, "{}", kUsage); return std::nullopt;
+        }
+    }
+    if (optind < argc) {
+        double v = 0;
+        if (!parse_interval(argv[optind], &v)) {
+            fmt::print(stderr, "coiommu-trace: invalid interval '{}'\n", argv[optind]);
+            return std::nullopt;
+        }
+        a.interval_s = v;
+        ++optind;
+    }
+    if (optind < argc) {
+        if (!parse_number(argv[optind], &a.count) || a.count == 0) {
+            fmt::print(stderr, "coiommu-trace: invalid count '{}'\n", argv[optind]);
+            return std::nullopt;
+        }
+        ++optind;
+    }
+    if (optind < argc) {
+        fmt::print(stderr, "coiommu-trace: unexpected argument '{}'\n{}", argv[optind], kUsage);
+        return std::nullopt;
+    }
+    *exit_code = 0;
+    return a;
+}
+
+std::string now_hms() {
+    const std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    char buf[16];
+    std::strftime(buf, sizeof(buf), "%H:%M:%S", &tm);
+    return buf;
+}
+
+std::string json_escape(std::string_view s) {
+    std::string out;
+    for (char ch : s) {
+        const auto u = static_cast<unsigned char>(ch);
+        if (ch == '"' || ch == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (u < 0x20) {
+            out += fmt::format("\\u{:04x}", u);
+        } else {
+            out += ch;
+        }
+    }
+    return out;
+}
+
+std::string errno_name(int64_t ret) {
+    if (ret >= 0) return std::to_string(ret);
+    const char* name = strerrorname_np(static_cast<int>(-ret));
+    return fmt::format("{} ({})", ret, name != nullptr ? name : "?");
+}
+
+// ---- text rendering (biolatency's print_log2_hist, with ceil-log2 slots) ----
+
+std::string format_bound(uint64_t value, const Unit& unit) {
+    if (unit.divisor == 1.0) return std::to_string(value);
+    const double v = static_cast<double>(value) / unit.divisor;
+    if (v == 0) return "0";
+    if (v >= 100) return fmt::format("{:.0f}", v);
+    if (v >= 10) return fmt::format("{:.1f}", v);
+    if (v >= 1) return fmt::format("{:.2f}", v);
+    return fmt::format("{:.3f}", v);
+}
+
+void print_hist(const Log2Hist& h, std::string_view label, const Unit& unit) {
+    const int lo = h.lowest_slot();
+    const int hi = h.highest_slot();
+    if (lo < 0) return;
+    uint64_t max = 0;
+    for (int k = lo; k <= hi; ++k) max = std::max(max, h.slots[static_cast<size_t>(k)]);
+    struct Row {
+        std::string low, high;
+        uint64_t count;
+    };
+    std::vector<Row> rows;
+    size_t wl = 0, wh = 0;
+    for (int k = lo; k <= hi; ++k) {
+        const auto sk = static_cast<size_t>(k);
+        Row r{format_bound(Log2Hist::lower_bound(sk), unit),
+              sk == kOverflowSlot ? std::string("inf") : format_bound(Log2Hist::upper_bound(sk), unit),
+              h.slots[sk]};
+        wl = std::max(wl, r.low.size());
+        wh = std::max(wh, r.high.size());
+        rows.push_back(std::move(r));
+    }
+    wl = std::max<size_t>(wl, 10);
+    wh = std::max<size_t>(wh, 10);
+    constexpr size_t kStars = 40;
+    const size_t range_width = wl + 4 + wh;  // "low -> high"
+    fmt::print("{:5}{:<{}} : count    distribution\n", "", label, range_width - 5);
+    for (const Row& r : rows) {
+        const size_t stars = max == 0 ? 0 : static_cast<size_t>(r.count * kStars / max);
+        fmt::print("{:>{}} -> {:<{}} : {:<8} |{:<{}}|\n", r.low, wl, r.high, wh, r.count, std::string(stars, '*'),
+                   kStars);
+    }
+}
+
+std::string avg(const Log2Hist& h, const Unit& unit) {
+    if (h.count == 0) return "-";
+    return fmt::format("{} {}", format_bound(h.sum / h.count, unit), unit.name);
+}
+
+void print_vfio_text(const VfioDmaSnapshot& d, const Unit& unit) {
+    bool any = false;
+    for (size_t i = 0; i < kVfioOpCount; ++i) {
+        const auto op = static_cast<VfioOp>(i);
+        const VfioCalls& c = d.calls_of(op);
+        const Log2Hist& h = d.latency(op);
+        if (c.total() == 0 && h.count == 0) continue;
+        any = true;
+        fmt::print("\nop = {}: {} calls (", op_name(op), c.total());
+        for (size_t r = 0; r < kResultClassCount; ++r) {
+            fmt::print("{}{} {}", r == 0 ? "" : ", ", result_name(static_cast<ResultClass>(r)), c.by_result[r]);
+        }
+        fmt::print("), {} bytes, avg {}\n", c.bytes, avg(h, unit));
+        print_hist(h, unit.name, unit);
+    }
+    if (!any) fmt::print("\nno VFIO DMA map/unmap calls\n");
+    const auto& dr = d.drops;
+    if (dr.inflight_full + dr.ringbuf_full + dr.read_fault != 0) {
+        fmt::print("lost: {} calls (in-flight map full), {} slow events (ring buffer full), {} unreadable structs\n",
+                   dr.inflight_full, dr.ringbuf_full, dr.read_fault);
+    }
+}
+
+void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
+    const Unit pages{"pages", 1.0};
+    for (size_t k = 0; k < kEngineRequestKinds; ++k) {
+        const auto& r = e.requests[k];
+        if (r.total() == 0) continue;
+        fmt::print("\nengine requests, kind = {}: {} (ok {}, failed {}), avg latency {}\n", request_kind_name(k),
+                   r.total(), r.ok, r.failed, avg(e.request_latency_ns[k], unit));
+        print_hist(e.request_latency_ns[k], unit.name, unit);
+        fmt::print("pages per request, kind = {}: {} pages\n", request_kind_name(k), e.request_pages[k].sum);
+        print_hist(e.request_pages[k], "pages", pages);
+    }
+    for (size_t op = 0; op < kEngineDmaOps; ++op) {
+        const auto& c = e.dma_calls[op];
+        if (c.total() == 0) continue;
+        fmt::print("\nengine DMA {}: {} (ok {}, failed {}), {} bytes, avg {}\n", engine_dma_op_name(op), c.total(),
+                   c.ok, c.failed, c.bytes, avg(e.dma_latency_ns[op], unit));
+        print_hist(e.dma_latency_ns[op], unit.name, unit);
+    }
+    for (size_t k = 0; k < kEngineScanKinds; ++k) {
+        const auto& s = e.scans[k];
+        if (s.scans == 0) continue;
+        fmt::print("\nunpin scans, kind = {}: {} scans, {} examined, {} unpinned, avg {}\n", scan_kind_name(k), s.scans,
+                   s.examined, s.unpinned, avg(e.scan_duration_ns[k], unit));
+        print_hist(e.scan_duration_ns[k], unit.name, unit);
+    }
+    if (e.inflight_full + e.bad_kind != 0) {
+        fmt::print("engine lost: {} request starts (map full), {} probes with an unknown kind\n", e.inflight_full,
+                   e.bad_kind);
+    }
+}
+
+// ---- JSON rendering (all values in ns / bytes / counts; le "+Inf" for the overflow slot) ----
+
+std::string json_hist(const Log2Hist& h, const Log2Hist& total) {
+    std::string out = fmt::format(R"({{"count":{},"sum":{},"since_start":{{"count":{},"sum":{}}},"buckets":[)",
+                                  h.count, h.sum, total.count, total.sum);
+    bool first = true;
+    for (size_t k = 0; k < kHistSlots; ++k) {
+        if (h.slots[k] == 0) continue;
+        const std::string le = k == kOverflowSlot ? std::string(R"("+Inf")") : std::to_string(Log2Hist::upper_bound(k));
+        out += fmt::format(R"({}{{"le":{},"count":{}}})", first ? "" : ",", le, h.slots[k]);
+        first = false;
+    }
+    return out + "]}";
+}
+
+std::string json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total) {
+    std::string out = R"("vfio_dma":{"ops":{)";
+    for (size_t i = 0; i < kVfioOpCount; ++i) {
+        const auto op = static_cast<VfioOp>(i);
+        const VfioCalls& c = d.calls_of(op);
+        std::string calls;
+        for (size_t r = 0; r < kResultClassCount; ++r) {
+            calls += fmt::format(R"({}"{}":{})", r == 0 ? "" : ",", result_name(static_cast<ResultClass>(r)),
+                                 c.by_result[r]);
+        }
+        out += fmt::format(R"({}"{}":{{"latency_ns":{},"calls":{{{}}},"count":{},"bytes":{},"since_start":{{"count":{},"bytes":{}}}}})",
+                           i == 0 ? "" : ",", op_name(op), json_hist(d.latency(op), total.latency(op)), calls,
+                           c.total(), c.bytes, total.calls_of(op).total(), total.calls_of(op).bytes);
+    }
+    out += fmt::format(R"(}},"drops":{{"inflight_full":{},"ringbuf_full":{},"read_fault":{}}},"inflight":{}}})",
+                       d.drops.inflight_full, d.drops.ringbuf_full, d.drops.read_fault, total.inflight_entries);
+    return out;
+}
+
+std::string json_engine(const EngineSnapshot& e, const EngineSnapshot& total) {
+    std::string out = R"("engine":{"requests":{)";
+    for (size_t k = 0; k < kEngineRequestKinds; ++k) {
+        out += fmt::format(R"({}"{}":{{"ok":{},"failed":{},"unmatched":{},"since_start":{{"count":{}}},"latency_ns":{},"pages":{}}})",
+                           k == 0 ? "" : ",", request_kind_name(k), e.requests[k].ok, e.requests[k].failed,
+                           e.requests[k].unmatched, total.requests[k].total(),
+                           json_hist(e.request_latency_ns[k], total.request_latency_ns[k]),
+                           json_hist(e.request_pages[k], total.request_pages[k]));
+    }
+    out += R"(},"dma":{)";
+    for (size_t op = 0; op < kEngineDmaOps; ++op) {
+        out += fmt::format(R"({}"{}":{{"ok":{},"failed":{},"bytes":{},"since_start":{{"count":{}}},"latency_ns":{}}})",
+                           op == 0 ? "" : ",", engine_dma_op_name(op), e.dma_calls[op].ok, e.dma_calls[op].failed,
+                           e.dma_calls[op].bytes, total.dma_calls[op].total(),
+                           json_hist(e.dma_latency_ns[op], total.dma_latency_ns[op]));
+    }
+    out += R"(},"unpin_scans":{)";
+    for (size_t k = 0; k < kEngineScanKinds; ++k) {
+        out += fmt::format(R"({}"{}":{{"scans":{},"examined":{},"unpinned":{},"since_start":{{"scans":{}}},"duration_ns":{}}})",
+                           k == 0 ? "" : ",", scan_kind_name(k), e.scans[k].scans, e.scans[k].examined,
+                           e.scans[k].unpinned, total.scans[k].scans,
+                           json_hist(e.scan_duration_ns[k], total.scan_duration_ns[k]));
+    }
+    out += fmt::format(R"(}},"drops":{{"inflight_full":{},"bad_kind":{}}}}})", e.inflight_full, e.bad_kind);
+    return out;
+}
+
+std::string json_programs(const std::vector<ProgramInfo>& programs) {
+    std::string out = R"("programs":[)";
+    for (size_t i = 0; i < programs.size(); ++i) {
+        const auto& p = programs[i];
+        out += fmt::format(R"({}{{"program":"{}","attach":"{}","id":{},"tag":"{}","attached":{},"run_time_ns":{},"run_cnt":{}}})",
+                           i == 0 ? "" : ",", json_escape(p.program), p.attach, p.id, p.tag,
+                           p.attached ? "true" : "false", p.run_time_ns, p.run_cnt);
+    }
+    return out + "]";
+}
+
+void print_programs_text(const std::vector<ProgramInfo>& programs) {
+    fmt::print("\n{:<16} {:<10} {:>6} {:<16} {:>8} {:>12} {:>14} {:>8}\n", "program", "attach", "id", "tag",
+               "attached", "runs", "run_time_ns", "avg_ns");
+    for (const auto& p : programs) {
+        fmt::print("{:<16} {:<10} {:>6} {:<16} {:>8} {:>12} {:>14} {:>8}\n", p.program, p.attach, p.id, p.tag,
+                   p.attached ? "yes" : "no", p.run_cnt, p.run_time_ns, p.run_cnt ? p.run_time_ns / p.run_cnt : 0);
+    }
+}
+
+struct Reporter {
+    const Args& args;
+    Tracing& tracing;
+    TelemetrySnapshot prev;
+    Clock::time_point prev_time;
+
+    Status report() {
+        auto snap = tracing.snapshot();
+        if (!snap) return tl::unexpected(snap.error());
+        const auto now = Clock::now();
+        const double elapsed = std::chrono::duration<double>(now - prev_time).count();
+        const VfioDmaSnapshot dv = snap->vfio_dma.delta_since(prev.vfio_dma);
+        std::optional<EngineSnapshot> de;
+        if (snap->engine) de = snap->engine->delta_since(prev.engine.value_or(EngineSnapshot{}));
+
+        if (args.json) {
+            std::string line = fmt::format(R"({{"time":"{}","interval_s":{:.3f},"unit":"ns",)", now_hms(), elapsed);
+            line += json_vfio(dv, snap->vfio_dma);
+            if (de) line += "," + json_engine(*de, *snap->engine);
+            if (args.stats) line += "," + json_programs(snap->programs);
+            line += "}";
+            fmt::print("{}\n", line);
+        } else {
+            if (args.timestamp) fmt::print("\n{}\n", now_hms());
+            print_vfio_text(dv, args.unit);
+            if (de) print_engine_text(*de, args.unit);
+            if (args.stats) print_programs_text(snap->programs);
+        }
+        std::fflush(stdout);
+        prev = std::move(*snap);
+        prev_time = now;
+        return ok();
+    }
+};
+
+void print_slow(const SlowEvent& ev, const Args& args) {
+    if (args.json) {
+        fmt::print(R"({{"event":"slow","ts_ns":{},"pid":{},"tid":{},"comm":"{}","op":"{}","iova":{},"size":{},"latency_ns":{},"ret":{}}})"
+                   "\n",
+                   ev.ts_ns, ev.pid, ev.tid, json_escape(ev.comm), op_name(ev.op), ev.iova, ev.size, ev.latency_ns,
+                   ev.ret);
+    } else {
+        fmt::print("SLOW {} pid {} tid {} comm {} op {} iova {:#x} size {} latency {} {} ret {}\n", now_hms(), ev.pid,
+                   ev.tid, ev.comm, op_name(ev.op), ev.iova, ev.size, format_bound(ev.latency_ns, args.unit),
+                   args.unit.name, errno_name(ev.ret));
+    }
+    std::fflush(stdout);
+}
+
+int run(const Args& args) {
+    log::set_level(args.verbose ? log::Level::Debug : log::Level::Warn);
+
+    TracingOptions opts;
+    opts.vfio_dma.target_tgid = args.pid;
+    if (args.slow_us) opts.vfio_dma.slow_threshold = std::chrono::microseconds(*args.slow_us);
+    if (args.engine) {
+        auto target = EngineTarget::parse(*args.engine);
+        if (!target) {
+            fmt::print(stderr, "coiommu-trace: --engine: {}\n", target.error().message());
+            return 1;
+        }
+        opts.engine = *target;
+    }
+    opts.kernel_hooks = args.kernel_hooks ? TryKernelHooks::Yes : TryKernelHooks::No;
+    if (args.pin) opts.pin = PinOptions{args.pin_root, *args.pin};
+    opts.run_time = args.stats ? CollectRunTime::Yes : CollectRunTime::No;
+
+    auto tracing = Tracing::start(opts);
+    if (!tracing) {
+        fmt::print(stderr, "coiommu-trace: {}\n", tracing.error().message());
+        return 1;
+    }
+
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;  // no SA_RESTART: waits return EINTR
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+
+    // The baseline comes before the "Tracing" line: whatever happens after it is reported.
+    auto first = tracing->snapshot();
+    if (!first) {
+        fmt::print(stderr, "coiommu-trace: {}\n", first.error().message());
+        return 1;
+    }
+    Reporter reporter{args, *tracing, std::move(*first), Clock::now()};
+
+    if (args.kernel_hooks) fmt::print(stderr, "kernel hooks (vfio_kern): {}\n", tracing->kernel_hooks_status());
+    if (auto* eng = tracing->engine()) {
+        std::string probes;
+        for (const auto& p : eng->attached_probes()) probes += (probes.empty() ? "" : ",") + p;
+        fmt::print(stderr, "engine USDT probes attached: {}\n", probes);
+    }
+    for (const auto& p : tracing->pinned_paths()) fmt::print(stderr, "pinned {}\n", p);
+    fmt::print(stderr, "Tracing VFIO DMA ioctls of {}... Hit Ctrl-C to end.\n",
+               args.pid ? fmt::format("pid {}", args.pid) : std::string("all processes"));
+
+
+    const auto on_event = [&args](const SlowEvent& ev) { print_slow(ev, args); };
+    const auto interval = args.interval_s
+                              ? std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*args.interval_s))
+                              : Clock::duration::max();
+    auto next = args.interval_s ? Clock::now() + interval : Clock::time_point::max();
+    uint64_t printed = 0;
+    while (g_stop == 0) {
+        const auto now = Clock::now();
+        if (now >= next) {
+            if (auto st = reporter.report(); !st) {
+                fmt::print(stderr, "coiommu-trace: {}\n", st.error().message());
+                return 1;
+            }
+            if (args.count != 0 && ++printed >= args.count) return 0;
+            next += interval;
+            continue;
+        }
+        const auto wait = std::min<Clock::duration>(next - now, std::chrono::milliseconds(200));
+        const auto wait_ms = std::max<int64_t>(1, std::chrono::ceil<std::chrono::milliseconds>(wait).count());
+        if (args.slow_us) {
+            auto n = tracing->vfio_dma().poll_slow_events(std::chrono::milliseconds(wait_ms), on_event);
+            if (!n && n.error().code != EINTR) {
+                fmt::print(stderr, "coiommu-trace: {}\n", n.error().message());
+                return 1;
+            }
+        } else {
+            (void)::poll(nullptr, 0, static_cast<int>(wait_ms));
+        }
+    }
+    // Interrupted: report what the last (partial) interval saw, like biolatency.
+    if (args.slow_us) (void)tracing->vfio_dma().poll_slow_events(std::chrono::milliseconds(0), on_event);
+    if (auto st = reporter.report(); !st) {
+        fmt::print(stderr, "coiommu-trace: {}\n", st.error().message());
+        return 1;
+    }
+    return 0;
+}
+
+}  // namespace
+}  // namespace coiommu::bpf
+
+int main(int argc, char** argv) {
+    int exit_code = 0;
+    auto args = coiommu::bpf::parse_args(argc, argv, &exit_code);
+    if (!args) return exit_code;
+    return coiommu::bpf::run(*args);
+}

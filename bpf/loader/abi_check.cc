@@ -1,0 +1,51 @@
+// Compile-time checks that the C++ side reads the BPF ABI structs (bpf/abi/*.h) with the layout
+// the BPF programs write. A failing assert here means a map layout changed: bump
+// COIOMMU_BPF_ABI_VERSION (pinned paths are versioned) and update the readers.
+#include <cstddef>
+
+#include "bpf/abi/engine.h"
+#include "bpf/abi/vfio_dma.h"
+#include "bpf/abi/vfio_kern.h"
+#include "bpf/loader/snapshot.h"
+
+namespace coiommu::bpf {
+
+static_assert(COIOMMU_HIST_SLOTS == kHistSlots);
+static_assert(sizeof(coiommu_hist) == (COIOMMU_HIST_SLOTS + 2) * 8);
+static_assert(offsetof(coiommu_hist, sum) == COIOMMU_HIST_SLOTS * 8);
+static_assert(offsetof(coiommu_hist, count) == COIOMMU_HIST_SLOTS * 8 + 8);
+
+static_assert(COIOMMU_OP_COUNT == kVfioOpCount);
+static_assert(COIOMMU_OP_VFIO_MAP == static_cast<int>(VfioOp::VfioMap));
+static_assert(COIOMMU_OP_VFIO_UNMAP == static_cast<int>(VfioOp::VfioUnmap));
+static_assert(COIOMMU_OP_IOAS_MAP == static_cast<int>(VfioOp::IoasMap));
+static_assert(COIOMMU_OP_IOAS_UNMAP == static_cast<int>(VfioOp::IoasUnmap));
+
+static_assert(sizeof(coiommu_vfio_calls) == 7 * 8);
+static_assert(offsetof(coiommu_vfio_calls, ok) == 0);
+static_assert(offsetof(coiommu_vfio_calls, other) == 5 * 8);
+static_assert(offsetof(coiommu_vfio_calls, bytes) == 6 * 8);
+static_assert(sizeof(coiommu_vfio_drops) == 3 * 8);
+static_assert(sizeof(coiommu_vfio_inflight) == 32);
+static_assert(offsetof(coiommu_vfio_inflight, op) == 24);
+
+static_assert(sizeof(coiommu_vfio_event) == 72);
+static_assert(offsetof(coiommu_vfio_event, ret) == 32);
+static_assert(offsetof(coiommu_vfio_event, pid) == 40);
+static_assert(offsetof(coiommu_vfio_event, tid) == 44);
+static_assert(offsetof(coiommu_vfio_event, op) == 48);
+static_assert(offsetof(coiommu_vfio_event, comm) == 56);
+
+static_assert(COIOMMU_ENG_REQ_KINDS == kEngineRequestKinds);
+static_assert(COIOMMU_ENG_DMA_OPS == kEngineDmaOps);
+static_assert(COIOMMU_ENG_SCAN_KINDS == kEngineScanKinds);
+static_assert(sizeof(coiommu_eng_req_key) == 16);
+static_assert(sizeof(coiommu_eng_req_start) == 16);
+static_assert(sizeof(coiommu_eng_req_calls) == 3 * 8);
+static_assert(sizeof(coiommu_eng_dma_calls) == 3 * 8);
+static_assert(sizeof(coiommu_eng_scan_stats) == 3 * 8);
+static_assert(sizeof(coiommu_eng_drops) == 2 * 8);
+
+static_assert(COIOMMU_VK_FN_COUNT == kKernFnCount);
+
+}  // namespace coiommu::bpf

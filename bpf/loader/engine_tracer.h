@@ -1,0 +1,58 @@
+// EngineTracer: the engine program attached to the engine's USDT probes (provider "coiommu",
+// engine/telemetry/probes.h) of one binary, for every process running it or for one pid.
+//
+// Produces request latency per kind (request_start -> request_done), pages per request, request
+// counts by kind and result, engine-measured DMA map/unmap latency, and unpin scan durations
+// (EngineSnapshot). Uprobes cost ~1-2 us per hit, which is why the engine fires its probes per
+// request and per scan, never per page.
+//
+// Thread-safety: as VfioDmaTracer (snapshot/programs/pin from any thread).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bpf/loader/pin.h"
+#include "bpf/loader/snapshot.h"
+#include "engine/base/result.h"
+
+namespace coiommu::bpf {
+
+struct EngineTarget {
+    std::string binary;  // ELF carrying the coiommu USDT notes
+    int pid = -1;        // -1: every process running `binary`; else only this process
+
+    // "1234" -> that pid and its executable (/proc/1234/exe resolved); anything else is a path
+    // to the binary (ENOENT when it does not exist).
+    [[nodiscard]] static Result<EngineTarget> parse(std::string_view binary_or_pid);
+};
+
+class EngineTracer {
+public:
+    EngineTracer(EngineTracer&&) noexcept;
+    EngineTracer& operator=(EngineTracer&&) noexcept;
+    ~EngineTracer();
+
+    // Loads the program and attaches every probe found in the binary. A probe missing from the
+    // binary is logged and left detached (programs() shows it); ENOENT when none is found.
+    [[nodiscard]] static Result<EngineTracer> attach(const EngineTarget& target);
+
+    [[nodiscard]] Result<EngineSnapshot> snapshot() const;
+
+    // Pins every eng_* map under <root>/v1/.
+    [[nodiscard]] Status pin(const PinOptions& options);
+    [[nodiscard]] std::vector<std::string> pinned_paths() const;
+
+    [[nodiscard]] Result<std::vector<ProgramInfo>> programs() const;
+    // Names of the probes attached ("request_start", ...).
+    [[nodiscard]] const std::vector<std::string>& attached_probes() const;
+
+private:
+    struct Impl;
+    explicit EngineTracer(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace coiommu::bpf

@@ -1,0 +1,213 @@
+// engine.bpf.c against the engine's USDT ABI (engine/telemetry/probes.h), driven by
+// usdt_fixture: each probe fires with arguments the test chose, so counts, histogram slots and
+// sums are exact.
+#include "bpf/loader/engine_tracer.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "tests/integration/bpf/bpf_test_util.h"
+#include "tests/testing/expect.h"
+
+namespace coiommu::bpf {
+namespace {
+
+using testing::FixtureProcess;
+
+constexpr const char* kFixture = COIOMMU_USDT_FIXTURE;
+constexpr size_t kSingle = 0;
+constexpr size_t kBatch = 1;
+constexpr size_t kMap = 0;
+constexpr size_t kUnmap = 1;
+
+// A fixture process with the engine tracer attached to its pid.
+struct Attached {
+    FixtureProcess fixture;
+    EngineTracer tracer;
+};
+
+Result<Attached> attach_to_fixture() {
+    auto fixture = FixtureProcess::spawn(kFixture);
+    if (!fixture) return tl::unexpected(fixture.error());
+    auto tracer = EngineTracer::attach(EngineTarget{kFixture, fixture->pid()});
+    if (!tracer) return tl::unexpected(tracer.error());
+    return Attached{std::move(*fixture), std::move(*tracer)};
+}
+
+TEST(EngineTracer, AttachesAllFiveProbes) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    EXPECT_EQ(a.tracer.attached_probes(),
+              (std::vector<std::string>{"request_start", "request_done", "dma_map", "dma_unmap", "unpin_scan"}));
+    ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
+    ASSERT_EQ(programs.size(), 5u);
+    for (const auto& p : programs) {
+        EXPECT_TRUE(p.attached) << p.program;
+        EXPECT_EQ(p.attach, "usdt");
+    }
+}
+
+TEST(EngineTracer, RequestCountsEqualTheProbesFired) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("requests 10 0 1 0"));    // 10 single requests, 1 page, ok
+    ASSERT_OK(a.fixture.command("requests 4 1 64 -12"));  // 4 batches of 64 pages, -ENOMEM
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.requests[kSingle].ok, 10u);
+    EXPECT_EQ(snap.requests[kSingle].failed, 0u);
+    EXPECT_EQ(snap.requests[kBatch].ok, 0u);
+    EXPECT_EQ(snap.requests[kBatch].failed, 4u);
+    EXPECT_EQ(snap.request_latency_ns[kSingle].count, 10u);
+    EXPECT_EQ(snap.request_latency_ns[kBatch].count, 4u);
+    EXPECT_EQ(snap.requests[kSingle].unmatched + snap.requests[kBatch].unmatched, 0u);
+}
+
+TEST(EngineTracer, PagesPerRequestLandInCeilLog2Slots) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("requests 3 1 64 0"));   // 64 pages -> slot 6
+    ASSERT_OK(a.fixture.command("requests 2 1 65 0"));   // 65 pages -> slot 7
+    ASSERT_OK(a.fixture.command("requests 1 1 1 0"));    // 1 page   -> slot 0
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    const Log2Hist& pages = snap.request_pages[kBatch];
+    EXPECT_EQ(pages.slots[6], 3u);
+    EXPECT_EQ(pages.slots[7], 2u);
+    EXPECT_EQ(pages.slots[0], 1u);
+    EXPECT_EQ(pages.sum, 3 * 64 + 2 * 65 + 1u);
+    EXPECT_EQ(pages.count, 6u);
+}
+
+TEST(EngineTracer, DmaLatencyBucketsMatchTheUserSpaceSlotFunction) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+    // Bucket seams: v lands in slot ceil(log2(v)), so 1024 is in slot 10 and 1025 in slot 11.
+    const uint64_t latencies[] = {0, 1, 2, 3, 4, 5, 1000, 1024, 1025, uint64_t{1} << 38, uint64_t{1} << 45};
+
+    Log2Hist expected;
+    for (uint64_t ns : latencies) {
+        ASSERT_OK(a.fixture.command("dma_map 1 4096 0 " + std::to_string(ns)));
+        expected.slots[Log2Hist::slot_of(ns)]++;
+        expected.sum += ns;
+        expected.count++;
+    }
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.dma_latency_ns[kMap].slots, expected.slots);
+    EXPECT_EQ(snap.dma_latency_ns[kMap].sum, expected.sum);
+    EXPECT_EQ(snap.dma_latency_ns[kMap].slots[10], 2u);             // 1000 and 1024
+    EXPECT_EQ(snap.dma_latency_ns[kMap].slots[kOverflowSlot], 1u);  // 2^45 overflows
+}
+
+TEST(EngineTracer, DmaCallsSplitByResultWithBytes) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("dma_map 5 4096 0 700"));
+    ASSERT_OK(a.fixture.command("dma_map 2 4096 -28 900"));  // -ENOSPC
+    ASSERT_OK(a.fixture.command("dma_unmap 3 8192 0 500"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.dma_calls[kMap].ok, 5u);
+    EXPECT_EQ(snap.dma_calls[kMap].failed, 2u);
+    EXPECT_EQ(snap.dma_calls[kMap].bytes, 7 * 4096u);
+    EXPECT_EQ(snap.dma_calls[kUnmap].ok, 3u);
+    EXPECT_EQ(snap.dma_calls[kUnmap].bytes, 3 * 8192u);
+    EXPECT_EQ(snap.dma_latency_ns[kUnmap].sum, 1500u);
+}
+
+TEST(EngineTracer, DoneWithoutStartIsCountedUnmatched) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("done_only 3 0 1 0"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.requests[kSingle].unmatched, 3u);
+    EXPECT_EQ(snap.requests[kSingle].ok, 3u);
+    EXPECT_EQ(snap.request_latency_ns[kSingle].count, 0u);
+}
+
+TEST(EngineTracer, UnpinScansAreCountedWithDurations) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("scan 2 0 100 40 5000"));  // lru
+    ASSERT_OK(a.fixture.command("scan 1 1 10 10 300"));    // balloon
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.scans[0].scans, 2u);
+    EXPECT_EQ(snap.scans[0].examined, 200u);
+    EXPECT_EQ(snap.scans[0].unpinned, 80u);
+    EXPECT_EQ(snap.scans[1].scans, 1u);
+    EXPECT_EQ(snap.scan_duration_ns[0].sum, 10000u);
+    EXPECT_EQ(snap.scan_duration_ns[0].slots[Log2Hist::slot_of(5000)], 2u);
+}
+
+TEST(EngineTracer, UnknownKindIsDroppedAndCounted) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("requests 1 7 1 0"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.bad_kind, 2u);  // the start and the done
+    EXPECT_EQ(snap.requests[kSingle].total() + snap.requests[kBatch].total(), 0u);
+}
+
+TEST(EngineTracer, AttachByBinaryPathSeesEveryProcessRunningIt) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto tracer, EngineTracer::attach(EngineTarget{kFixture, -1}));
+    ASSERT_OK_AND_ASSIGN(auto first, FixtureProcess::spawn(kFixture));
+    ASSERT_OK_AND_ASSIGN(auto second, FixtureProcess::spawn(kFixture));
+
+    ASSERT_OK(first.command("requests 2 0 1 0"));
+    ASSERT_OK(second.command("requests 3 0 1 0"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, tracer.snapshot());
+    // Other tests may run the fixture concurrently: at least these two processes' requests.
+    EXPECT_GE(snap.requests[kSingle].ok, 5u);
+}
+
+TEST(EngineTracer, PidAttachIgnoresOtherProcessesOfTheSameBinary) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+    ASSERT_OK_AND_ASSIGN(auto other, FixtureProcess::spawn(kFixture));
+
+    ASSERT_OK(other.command("requests 6 0 1 0"));
+    ASSERT_OK(a.fixture.command("requests 1 0 1 0"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.requests[kSingle].ok, 1u);
+}
+
+TEST(EngineTarget, NumericArgumentIsAPidWithItsExecutable) {
+    ASSERT_OK_AND_ASSIGN(auto fixture, FixtureProcess::spawn(kFixture));
+
+    ASSERT_OK_AND_ASSIGN(auto target, EngineTarget::parse(std::to_string(fixture.pid())));
+    EXPECT_EQ(target.pid, fixture.pid());
+    EXPECT_EQ(target.binary, kFixture);
+}
+
+TEST(EngineTarget, PathArgumentMeansEveryProcess) {
+    ASSERT_OK_AND_ASSIGN(auto target, EngineTarget::parse(kFixture));
+    EXPECT_EQ(target.pid, -1);
+    EXPECT_EQ(target.binary, kFixture);
+}
+
+TEST(EngineTarget, MissingBinaryIsEnoent) {
+    EXPECT_ERR(EngineTarget::parse("/nonexistent/coiommu-engined"), ENOENT);
+}
+
+TEST(EngineTracer, BinaryWithoutProbesIsEnoent) {
+    COIOMMU_REQUIRE_BPF();
+    EXPECT_ERR(EngineTracer::attach(EngineTarget{"/bin/true", -1}), ENOENT);
+}
+
+}  // namespace
+}  // namespace coiommu::bpf
