@@ -1,0 +1,21 @@
+#include "engine/workers/arena.h"
+
+namespace coiommu::workers {
+
+Result<std::unique_ptr<VcpuArena>> VcpuArena::create(uint32_t vcpu, GuestAtomicU64 slot, int trigger_fd,
+                                                     uint64_t max_batch_pages, telemetry::StatsShard& stats) {
+    auto gfns = FlatArray<uint64_t>::create(max_batch_pages);
+    if (!gfns) return tl::unexpected(with_context(gfns.error(), "arena gfn buffer"));
+    auto work = FlatArray<WorkPage>::create(max_batch_pages);
+    if (!work) return tl::unexpected(with_context(work.error(), "arena work buffer"));
+    auto a = std::make_unique<VcpuArena>();
+    a->vcpu = vcpu;
+    a->slot = slot;
+    a->trigger_fd = trigger_fd;
+    a->gfns = std::move(*gfns);
+    a->work = std::move(*work);
+    a->stats = &stats;
+    return a;
+}
+
+}  // namespace coiommu::workers

@@ -1,0 +1,390 @@
+#include "engine/workers/fast_engine.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+#include "engine/coiommu/spec.h"
+#include "engine/telemetry/clock.h"
+
+namespace coiommu::workers {
+namespace {
+
+constexpr const char* kLog = "engine";
+constexpr uint64_t kStopToken = ~uint64_t{0};
+// Spin loops check the clock and yield the CPU once every this many iterations (a few µs).
+constexpr uint32_t kSpinCheckMask = 63;
+
+// Named by the creator (not the thread itself), so the name is there as soon as the thread exists.
+void name_thread(std::thread& t, const char* name) { ::pthread_setname_np(t.native_handle(), name); }
+
+Status signal_fd(int fd) {
+    const uint64_t one = 1;
+    for (;;) {
+        if (::write(fd, &one, sizeof one) == sizeof one) return ok();
+        if (errno == EINTR) continue;
+        return make_error(errno, "trigger eventfd write");
+    }
+}
+
+// Reads and resets an eventfd counter; 0 when it was empty (EAGAIN) or on error (logged).
+uint64_t drain_fd(int fd) {
+    uint64_t v = 0;
+    for (;;) {
+        if (::read(fd, &v, sizeof v) == sizeof v) return v;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) CLOG_ERROR_RL(kLog, "trigger eventfd read: errno {}", errno);
+        return 0;
+    }
+}
+
+}  // namespace
+
+FastEngine::FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
+                       core::PinTable table, ExtentMap extents, ExtentHandoff handoff)
+    : cfg_(cfg),
+      mem_(*deps.mem),
+      backend_(*deps.backend),
+      trigger_fds_(deps.trigger_fds),
+      stats_(stats),
+      table_(std::move(table)),
+      extents_(std::move(extents)),
+      handoff_(std::move(handoff)),
+      endpoints_(deps.endpoints),
+      env_{mem_, backend_, table_, extents_, handoff_, endpoints_, stats.gauges(),
+           core::RequestLimits{cfg.max_batch_pages}, cfg.coalesce, cfg.session,
+           cfg.unpin_policy == UnpinPolicy::Lru, {}},
+      queue_(deps.trigger_fds.size()),
+      spin_budget_(effective_spin_budget(cfg)),
+      workers_count_(effective_workers(cfg)) {}
+
+Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, const EngineDeps& deps,
+                                                      telemetry::StatsRegistry& stats) {
+    if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "engine: no guest memory or backend");
+    const std::size_t vcpus = deps.trigger_fds.size();
+    if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
+        return make_error(EINVAL, fmt::format("engine: {} triggers for {} notify slots", vcpus, deps.notify_slots.size()));
+    }
+    if (stats.shard_count() < vcpus) return make_error(EINVAL, "engine: fewer stats shards than vCPUs");
+    const uint64_t gfns = deps.mem->gfn_span();
+    auto table = core::PinTable::create(gfns);
+    if (!table) return tl::unexpected(with_context(table.error(), "engine"));
+    auto extents = ExtentMap::create(gfns, cfg.extent_store);
+    if (!extents) return tl::unexpected(with_context(extents.error(), "engine"));
+    auto handoff = ExtentHandoff::create(gfns);
+    if (!handoff) return tl::unexpected(with_context(handoff.error(), "engine"));
+    auto stop_ev = EventFd::create(Blocking::No);
+    if (!stop_ev) return tl::unexpected(with_context(stop_ev.error(), "engine stop event"));
+
+    std::unique_ptr<FastEngine> e(
+        new FastEngine(cfg, deps, stats, std::move(*table), std::move(*extents), std::move(*handoff)));
+    e->stop_ev_ = std::move(*stop_ev);
+    e->arenas_.reserve(vcpus);
+    for (std::size_t i = 0; i < vcpus; ++i) {
+        // Safety: slot i of the notifymap mapping (8-byte aligned, inside notify_slots).
+        auto a = VcpuArena::create(static_cast<uint32_t>(i), GuestAtomicU64(&deps.notify_slots[i]),
+                                   deps.trigger_fds[i], cfg.max_batch_pages, stats.shard(i));
+        if (!a) return tl::unexpected(with_context(a.error(), fmt::format("engine vcpu {}", i)));
+        e->arenas_.push_back(std::move(*a));
+    }
+    return e;
+}
+
+FastEngine::~FastEngine() { stop(); }
+
+Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_) return make_error(ECANCELED, "engine stopped");
+    if (active_) return make_error(EALREADY, "engine already active");
+
+    auto walker = core::DttWalker::create(mem_, dtt_root, dtt_level);
+    if (!walker) {
+        // As the seed: the workers run and every request fails on the walk; the guest is told by
+        // a clear PINNED bit instead of hanging on its slot.
+        env_.dtt_error = walker.error().message();
+        CLOG_ERROR(kLog, "invalid DTT (root {:#x}, level {}): {}; every pin request will fail", raw(dtt_root),
+                   dtt_level, env_.dtt_error);
+    } else {
+        for (auto& a : arenas_) a->walker = *walker;
+    }
+
+    UnpinEnv uenv{mem_, backend_, table_, extents_, handoff_, stats_.gauges(), stats_.add_shard(), cfg_.session};
+    auto unpinner = ExtentUnpinner::create(uenv, walker ? std::optional(*walker) : std::nullopt,
+                                           LruParams{cfg_.unpin_policy, cfg_.unpin_limit, cfg_.unpin_gen_threshold},
+                                           gate_);
+    if (!unpinner) return tl::unexpected(unpinner.error());
+    unpinner_ = std::move(*unpinner);
+    auto service = UnpinService::start(*unpinner_, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu-unpin"});
+    if (!service) return tl::unexpected(service.error());
+    unpin_service_ = std::move(*service);
+
+    try {
+        for (uint32_t i = 0; i < workers_count_; ++i) {
+            workers_.emplace_back([this] { run_worker(); });
+            name_thread(workers_.back(), fmt::format("coiommu-pin{}", i).c_str());
+        }
+        intake_ = std::thread([this] { run_intake(); });
+        name_thread(intake_, "coiommu-intake");
+    } catch (const std::system_error& ex) {
+        workers_stopping_.store(true, std::memory_order_release);
+        queue_ec_.notify_all();
+        for (auto& t : workers_) t.join();
+        workers_.clear();
+        return make_error(ex.code().value(), "engine threads");
+    }
+    active_ = true;
+    CLOG_INFO(kLog, "active: {} vcpus, {} workers, spin {} ns, DTT root {:#x} level {}, {}", arenas_.size(),
+              workers_count_, spin_budget_.count(), raw(dtt_root), dtt_level, to_string(cfg_));
+    return ok();
+}
+
+void FastEngine::park_unpin() {
+    gate_.park();
+    stats_.gauges().unpin_worker_parked.set(1);
+}
+
+void FastEngine::unpark_unpin() {
+    gate_.unpark();
+    stats_.gauges().unpin_worker_parked.set(0);
+}
+
+Result<telemetry::BalloonResult> FastEngine::balloon_unpin(std::span<const GfnRange> ranges) {
+    UnpinService* svc = nullptr;
+    {
+        std::lock_guard lock(lifecycle_mu_);
+        if (!active_ || stopped_) return make_error(EAGAIN, "balloon unpin: engine not active");
+        svc = unpin_service_.get();
+    }
+    return svc->balloon(ranges);
+}
+
+Status FastEngine::run_unpin_tick() {
+    UnpinService* svc = nullptr;
+    {
+        std::lock_guard lock(lifecycle_mu_);
+        if (!active_ || stopped_) return make_error(EAGAIN, "unpin tick: engine not active");
+        svc = unpin_service_.get();
+    }
+    return svc->tick_now();
+}
+
+void FastEngine::stop() {
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    stopping_.store(true, std::memory_order_release);
+    if (intake_.joinable()) {
+        if (auto st = stop_ev_.signal(); !st) CLOG_ERROR(kLog, "cannot signal the intake to stop: {}", st.error().message());
+        intake_.join();
+    }
+    // The intake queues nothing more; the workers drain what is queued (every slot completes) and
+    // leave when the queue is empty.
+    workers_stopping_.store(true, std::memory_order_release);
+    queue_ec_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+    if (unpin_service_) unpin_service_->stop();
+    if (unpinner_) {
+        const uint64_t pages = unpinner_->teardown();
+        CLOG_INFO(kLog, "stopped: {} pages unmapped at teardown, {} still recorded", pages, table_.mapped_pages());
+    }
+    active_ = false;
+}
+
+// ---- intake -----------------------------------------------------------------------------------
+
+void FastEngine::run_intake() {
+    UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+    if (!ep) {
+        CLOG_ERROR(kLog, "intake: epoll_create1: errno {}", errno);
+        return;
+    }
+    auto add = [&](int fd, uint64_t token) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = token;
+        if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+            CLOG_ERROR(kLog, "intake: epoll_ctl fd {}: errno {}", fd, errno);
+        }
+    };
+    add(stop_ev_.fd(), kStopToken);
+    for (const auto& a : arenas_) add(a->trigger_fd, a->vcpu);
+
+    // Requests written before activation are served at once; their triggers are still to be read.
+    for (auto& a : arenas_) {
+        if (try_serve(*a) == Attempt::Served) ++a->pending_echo;
+    }
+
+    constexpr int kMaxEvents = 64;
+    epoll_event evs[kMaxEvents];
+    for (;;) {
+        const int n = ::epoll_wait(ep.get(), evs, kMaxEvents, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            CLOG_ERROR_RL(kLog, "intake: epoll_wait: errno {}", errno);
+            ::usleep(1000);
+            continue;
+        }
+        for (int i = 0; i < n; ++i) {
+            if (evs[i].data.u64 == kStopToken) return;
+            on_trigger(*arenas_[evs[i].data.u64]);
+        }
+        if (spin_budget_.count() > 0) spin_pass();
+        if (stopping_.load(std::memory_order_acquire)) return;
+    }
+}
+
+void FastEngine::on_trigger(VcpuArena& a) {
+    const uint64_t tokens = drain_fd(a.trigger_fd);
+    if (tokens == 0) return;
+    const uint64_t echoes = std::min(tokens, a.pending_echo);
+    a.pending_echo -= echoes;
+    uint64_t real = tokens - echoes;
+    for (;;) {
+        switch (try_serve(a)) {
+            case Attempt::Served:
+                if (real == 0) {
+                    ++a.pending_echo;  // served without a token: its trigger is still to come
+                } else if (real > 1) {
+                    spurious_.fetch_add(real - 1, std::memory_order_relaxed);
+                }
+                return;
+            case Attempt::Busy: {
+                if (real == 0) return;  // the echo of the request in flight
+                SlotState expected = SlotState::InFlight;
+                if (a.state.compare_exchange_strong(expected, SlotState::Rescan, std::memory_order_acq_rel) ||
+                    expected == SlotState::Rescan) {
+                    return;  // the worker signals the trigger again when it is done
+                }
+                continue;  // it went Idle meanwhile: look at the slot again
+            }
+            case Attempt::Empty:
+                if (real != 0) {
+                    // The guest triggered with an empty slot (or twice for one request).
+                    spurious_.fetch_add(real, std::memory_order_relaxed);
+                    telemetry::StatsShard& s = *a.stats;
+                    s.requests[telemetry::RequestKind::Single].add();
+                    s.requests_failed.add();
+                    s.pin_failures[telemetry::PinFailureReason::InvalidRequest].add();
+                    CLOG_WARN_RL(kLog, "vcpu {}: spurious trigger: notify slot is empty", a.vcpu);
+                }
+                return;
+        }
+    }
+}
+
+FastEngine::Attempt FastEngine::try_serve(VcpuArena& a) {
+    // Acquire: a worker's Idle store (release) hands the arena back with its writes.
+    if (a.state.load(std::memory_order_acquire) != SlotState::Idle) return Attempt::Busy;
+    // Safety: the vCPU's notify slot (aligned, inside the notifymap). Acquire pairs with the
+    // guest's store of the request, so a batch's PinPageInfo written before it is visible.
+    const uint64_t value = a.slot.load(std::memory_order_acquire);
+    if (value == 0) return Attempt::Empty;
+    // Only the intake leaves Idle, so a plain store is enough.
+    a.state.store(SlotState::InFlight, std::memory_order_relaxed);
+    dispatch(a, value);
+    return Attempt::Served;
+}
+
+void FastEngine::dispatch(VcpuArena& a, uint64_t value) {
+    const uint64_t t0 = telemetry::monotonic_ns();
+    if (workers_.empty()) {
+        serve_request(env_, a, value, t0);
+        finish(a);
+        return;
+    }
+    stats_.gauges().queue_depth.add();  // before the push: a worker may pop it at once
+    if (!queue_.try_push(Item{a.vcpu, value, t0})) {
+        // Cannot happen (one item per vCPU, capacity >= vcpus); complete rather than lose it.
+        stats_.gauges().queue_depth.sub();
+        CLOG_ERROR_RL(kLog, "vcpu {}: pin queue full; serving inline", a.vcpu);
+        serve_request(env_, a, value, t0);
+        finish(a);
+        return;
+    }
+    queue_ec_.notify_one();
+}
+
+void FastEngine::spin_pass() {
+    auto deadline = std::chrono::steady_clock::now() + spin_budget_;
+    uint32_t iter = 0;
+    while (!stopping_.load(std::memory_order_relaxed)) {
+        bool served = false;
+        for (auto& ap : arenas_) {
+            VcpuArena& a = *ap;
+            // Safety: relaxed peek at the slot; try_serve re-reads it with acquire.
+            if (a.state.load(std::memory_order_relaxed) == SlotState::Idle && a.slot.load(std::memory_order_relaxed) != 0 &&
+                try_serve(a) == Attempt::Served) {
+                ++a.pending_echo;  // its trigger is still in the eventfd
+                served = true;
+            }
+        }
+        if (served) {
+            deadline = std::chrono::steady_clock::now() + spin_budget_;
+            continue;
+        }
+        if ((++iter & kSpinCheckMask) == 0) {
+            if (std::chrono::steady_clock::now() >= deadline) return;
+            ::sched_yield();
+        }
+        cpu_relax();
+    }
+}
+
+// ---- workers ----------------------------------------------------------------------------------
+
+void FastEngine::run_worker() {
+    Item item{};
+    while (pop(item)) {
+        stats_.gauges().queue_depth.sub();
+        VcpuArena& a = *arenas_[item.vcpu];
+        serve_request(env_, a, item.value, item.t0_ns);
+        finish(a);
+    }
+}
+
+bool FastEngine::pop(Item& out) {
+    const auto deadline = std::chrono::steady_clock::now() + spin_budget_;
+    for (uint32_t iter = 1;; ++iter) {
+        if (auto it = queue_.try_pop()) {
+            out = *it;
+            return true;
+        }
+        if (workers_stopping_.load(std::memory_order_acquire)) return false;
+        if ((iter & kSpinCheckMask) == 0) {
+            if (std::chrono::steady_clock::now() >= deadline) break;
+            ::sched_yield();
+        }
+        cpu_relax();
+    }
+    for (;;) {
+        const auto key = queue_ec_.prepare_wait();
+        if (auto it = queue_.try_pop()) {
+            queue_ec_.cancel_wait();
+            out = *it;
+            return true;
+        }
+        if (workers_stopping_.load(std::memory_order_acquire)) {
+            queue_ec_.cancel_wait();
+            return false;
+        }
+        queue_ec_.wait(key);
+    }
+}
+
+void FastEngine::finish(VcpuArena& a) {
+    // Release: hands the arena (buffers, cursor) back for the next request of this vCPU.
+    if (a.state.exchange(SlotState::Idle, std::memory_order_acq_rel) == SlotState::Rescan) {
+        rescans_.fetch_add(1, std::memory_order_relaxed);
+        if (auto st = signal_fd(a.trigger_fd); !st) CLOG_ERROR_RL(kLog, "vcpu {}: {}", a.vcpu, st.error().message());
+    }
+}
+
+}  // namespace coiommu::workers

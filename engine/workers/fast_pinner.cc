@@ -1,0 +1,331 @@
+// The fast pin path (see fast_pinner.h for the steps).
+//
+// Why the pages are walked first and mapped second: the walk (DTT cursor, RAM bounds, "already
+// ours and PINNED") needs no lock and touches no kernel, so it runs over the whole request before
+// any DMA call; the map phase then sees the request's unpinned pages as sorted runs and can make
+// one call per run. The guest cannot tell the difference: it reads PINNED only after the slot
+// completes.
+//
+// Why "already ours and PINNED" may be skipped without the page lock: the guest marks a page
+// (map count + 1) before it asks for a pin, and an unpin only succeeds on an entry of exactly
+// PINNED with count 0. A page the guest has marked and that shows PINNED therefore cannot be
+// unpinned under us. Every other case (not ours, or ours with PINNED cleared by the guest) is
+// decided again under the page lock, where no unpin can be in its CAS-then-unmap window.
+#include "engine/workers/fast_pinner.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "engine/base/log.h"
+#include "engine/coiommu/spec.h"
+#include "engine/telemetry/clock.h"
+#include "engine/telemetry/probes.h"
+
+namespace coiommu::workers {
+namespace {
+
+constexpr const char* kLog = "pin";
+
+using telemetry::DmaOp;
+using telemetry::PinFailureReason;
+using telemetry::RequestKind;
+
+struct Tally {
+    uint64_t newly = 0;
+    uint64_t already = 0;
+    uint64_t map_failed = 0;
+    uint64_t no_space = 0;
+    uint64_t invalid = 0;
+    uint64_t dma_calls = 0;
+    int first_error = 0;  // errno of the first failure
+
+    void fail(int err) {
+        if (first_error == 0) first_error = err;
+    }
+};
+
+// Host address of a 4 KiB guest page, remembering the region of the previous lookup (requests are
+// nearly always within one region).
+class RegionCursor {
+public:
+    explicit RegionCursor(const GuestMemory& mem) : mem_(mem) {}
+
+    [[nodiscard]] std::byte* page(uint64_t gpa) {
+        if (r_ == nullptr || !inside(*r_, gpa)) {
+            r_ = nullptr;
+            for (const auto& reg : mem_.regions()) {
+                if (inside(reg, gpa)) {
+                    r_ = &reg;
+                    break;
+                }
+            }
+            if (r_ == nullptr) return nullptr;
+        }
+        return r_->host + (gpa - raw(r_->base));
+    }
+
+private:
+    static bool inside(const GuestMemory::Region& r, uint64_t gpa) {
+        const uint64_t off = gpa - raw(r.base);  // wraps to huge when gpa < base
+        return gpa >= raw(r.base) && off < r.size && r.size - off >= kPageSize;
+    }
+
+    const GuestMemory& mem_;
+    const GuestMemory::Region* r_ = nullptr;
+};
+
+GuestAtomicU32 leaf_of(const WorkPage& p) { return GuestAtomicU32(p.leaf); }
+
+void clear_pinned(const WorkPage& p) {
+    // Safety: p.leaf came from DttWalker::leaf (an aligned word inside a guest RAM leaf page);
+    // seq_cst like every PINNED RMW (pinner.cc explains the Dekker pairing with the guest).
+    leaf_of(p).fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
+}
+
+void set_pinned(const WorkPage& p) {
+    // Safety: as clear_pinned. Runs after the mapping exists and is recorded.
+    leaf_of(p).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
+}
+
+class RequestPinner {
+public:
+    RequestPinner(const PinEnv& env, VcpuArena& a) : env_(env), a_(a) {}
+
+    void pin(const core::DecodedRequest& req, Tally& t) {
+        uint64_t n = 0;
+        if (req.kind == core::DecodedRequest::Kind::Single) {
+            a_.gfns[0] = raw(req.gfn);
+            n = 1;
+        } else {
+            n = req.nr_pages;
+            if (n == 0) return;
+            // decode_request proved [list_gpa, list_gpa + 8n) lies in one region and n <= the
+            // arena's capacity (max_batch_pages).
+            auto src = env_.mem.host_ptr(req.list_gpa, n * core::kPinPageGfnSize);
+            if (!src) {
+                t.invalid += n;
+                t.fail(src.error().code);
+                return;
+            }
+            // Safety: a snapshot copy of guest RAM inside one region (bounds checked above). The
+            // guest must not change the list while the request is pending; if it does, we pin the
+            // gfns we read, each validated below, which harms only the guest's own DMA.
+            std::memcpy(a_.gfns.data(), *src, n * core::kPinPageGfnSize);
+        }
+        const uint64_t w = collect(n, t);
+        map_runs(w, t);
+    }
+
+private:
+    // Step 2: walk every gfn; keep the ones that need work. Returns how many.
+    uint64_t collect(uint64_t n, Tally& t) {
+        RegionCursor regions(env_.mem);
+        core::DttWalker& walker = *a_.walker;
+        walker.reset_cursor();  // a cursor lives for one request (dtt.h: staleness)
+        uint64_t w = 0;
+        bool ascending = true;
+        for (uint64_t k = 0; k < n; ++k) {
+            const Gfn gfn{a_.gfns[k]};
+            auto leaf = walker.leaf(gfn);
+            if (!leaf) {
+                stop_at(k, n, leaf.error(), t);
+                break;
+            }
+            std::byte* host = env_.table.in_range(gfn) ? regions.page(raw(gfn) << kPageShift) : nullptr;
+            if (host == nullptr) {
+                stop_at(k, n, Error{EFAULT, fmt::format("gfn {:#x} outside guest RAM", raw(gfn))}, t);
+                break;
+            }
+            // Safety: leaf word from DttWalker::leaf. Relaxed: a stale "clear" only sends the page
+            // to the locked path, where it is decided again.
+            if (env_.table.mapped(gfn) && (leaf->load(std::memory_order_relaxed) & core::kDttePinned) != 0) {
+                ++t.already;
+                continue;
+            }
+            if (w != 0 && raw(gfn) <= a_.work[w - 1].gfn) ascending = false;
+            a_.work[w++] = WorkPage{raw(gfn), leaf->address(), host};
+        }
+        if (!ascending) {
+            WorkPage* first = a_.work.data();
+            std::sort(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn < y.gfn; });
+            WorkPage* last = std::unique(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn == y.gfn; });
+            const auto kept = static_cast<uint64_t>(last - first);
+            t.already += w - kept;  // a repeated gfn is pinned by its first occurrence
+            w = kept;
+        }
+        return w;
+    }
+
+    void stop_at(uint64_t k, uint64_t n, const Error& e, Tally& t) {
+        t.invalid += n - k;
+        t.fail(e.code);
+        CLOG_WARN_RL(kLog, "vcpu {}: request stops at page {} of {}: {}", a_.vcpu, k, n, e.message());
+    }
+
+    // Step 3: cut into runs.
+    void map_runs(uint64_t w, Tally& t) {
+        const bool coalesce = env_.coalesce == Coalesce::On;
+        uint64_t i = 0;
+        while (i < w) {
+            uint64_t j = i + 1;
+            while (coalesce && j < w && j - i < kMaxExtentPages && a_.work[j].gfn == a_.work[j - 1].gfn + 1 &&
+                   a_.work[j].host == a_.work[j - 1].host + kPageSize) {
+                ++j;
+            }
+            pin_run(&a_.work[i], static_cast<uint32_t>(j - i), t);
+            i = j;
+        }
+    }
+
+    // Step 4: one run under its page locks.
+    void pin_run(const WorkPage* run, uint32_t n, Tally& t) {
+        for (uint32_t k = 0; k < n; ++k) a_.locks[k] = env_.table.lock(Gfn{run[k].gfn});
+        uint32_t k = 0;
+        while (k < n) {
+            if (a_.locks[k].mapped()) {
+                // Ours already (another vCPU won the race, or the guest cleared PINNED): never map
+                // twice, just tell the guest again.
+                set_pinned(run[k]);
+                ++t.already;
+                ++k;
+                continue;
+            }
+            uint32_t e = k + 1;
+            while (e < n && !a_.locks[e].mapped()) ++e;
+            map_span(run, k, e, t);
+            k = e;
+        }
+        for (uint32_t i = 0; i < n; ++i) a_.locks[i].unlock();
+    }
+
+    // Maps run[k, e) (unmapped, locked, consecutive) with one DMA call.
+    void map_span(const WorkPage* run, uint32_t k, uint32_t e, Tally& t) {
+        const uint32_t len = e - k;
+        if (container_full_) {
+            for (uint32_t p = k; p < e; ++p) clear_pinned(run[p]);
+            t.no_space += len;
+            return;
+        }
+        auto outcome = dma_map(run[k], len, t);
+        if (!outcome) {
+            for (uint32_t p = k; p < e; ++p) clear_pinned(run[p]);
+            t.map_failed += len;
+            t.fail(outcome.error().code);
+            CLOG_ERROR_RL(kLog, "vcpu {}: {}", a_.vcpu, outcome.error().message());
+            return;
+        }
+        switch (*outcome) {
+            case dma::MapOutcome::Mapped: {
+                // Record first: whatever the guest sees as PINNED is backed by our record, and the
+                // extent is handed to the unpinner while its pages are still locked.
+                for (uint32_t p = k; p < e; ++p) a_.locks[p].set_mapped();
+                const Gfn head{run[k].gfn};
+                env_.extents.record(head, len);
+                if (env_.track_extents) env_.handoff.push(head);
+                for (uint32_t p = k; p < e; ++p) set_pinned(run[p]);
+                t.newly += len;
+                return;
+            }
+            case dma::MapOutcome::AlreadyMapped:
+                if (len > 1) {
+                    // Part of the run is mapped by someone else: the seed's page-by-page semantics.
+                    for (uint32_t p = k; p < e; ++p) map_span(run, p, p + 1, t);
+                    return;
+                }
+                // Someone else's mapping covers the page (EEXIST): pinned as far as the guest is
+                // concerned, but not ours to record or ever unmap (pinner.h, AlreadyPinned).
+                CLOG_ERROR_RL(kLog, "iova {:#x} already mapped in the container by someone else",
+                              run[k].gfn << kPageShift);
+                set_pinned(run[k]);
+                ++t.already;
+                return;
+            case dma::MapOutcome::NoSpace:
+                container_full_ = true;
+                for (uint32_t p = k; p < e; ++p) clear_pinned(run[p]);
+                t.no_space += len;
+                t.fail(ENOSPC);
+                CLOG_ERROR_RL(kLog, "vcpu {}: DMA entry limit reached ({} of {} entries): no more maps for this "
+                              "request", a_.vcpu, env_.backend.live_entries(), env_.backend.entry_limit());
+                return;
+        }
+    }
+
+    [[nodiscard]] Result<dma::MapOutcome> dma_map(const WorkPage& first, uint32_t len, Tally& t) {
+        const uint64_t gpa = first.gfn << kPageShift;  // in_range(gfn): no overflow
+        const uint64_t size = uint64_t{len} << kPageShift;
+        const uint64_t t0 = telemetry::monotonic_ns();
+        auto r = env_.backend.map(Iova{gpa}, Hva{reinterpret_cast<uint64_t>(first.host)}, size, dma::Prot::ReadWrite);
+        const uint64_t lat = telemetry::monotonic_ns() - t0;
+        ++t.dma_calls;
+        int code = 0;
+        if (!r) {
+            code = -r.error().code;
+        } else if (*r == dma::MapOutcome::AlreadyMapped) {
+            code = -EEXIST;
+        } else if (*r == dma::MapOutcome::NoSpace) {
+            code = -ENOSPC;
+        }
+        COIOMMU_PROBE_DMA_MAP(gpa, size, code, lat);
+        telemetry::StatsShard& s = *a_.stats;
+        s.dma_calls[DmaOp::Map].add();
+        s.dma_call_latency_ns[DmaOp::Map].observe(lat);
+        if (code == 0) {
+            s.dma_bytes[DmaOp::Map].add(size);
+        } else if (code != -EEXIST) {
+            s.dma_call_failures[DmaOp::Map].add();
+        }
+        return r;
+    }
+
+    const PinEnv& env_;
+    VcpuArena& a_;
+    bool container_full_ = false;
+};
+
+}  // namespace
+
+ServeReport serve_request(const PinEnv& env, VcpuArena& a, uint64_t slot_value, uint64_t t0_ns) {
+    const RequestKind kind = (slot_value & core::kPinPagesInBatch) != 0 ? RequestKind::Batch : RequestKind::Single;
+    COIOMMU_PROBE_REQUEST_START(env.session, a.vcpu, kind);
+    Tally t;
+    uint64_t pages = 0;
+    auto req = core::decode_request(slot_value, env.mem, env.endpoints, env.limits);
+    if (!req) {
+        t.invalid = 1;
+        t.fail(req.error().code);
+        CLOG_WARN_RL(kLog, "vcpu {}: bad request {:#x}: {}", a.vcpu, slot_value, req.error().message());
+    } else if (!a.walker) {
+        pages = req->nr_pages;
+        t.invalid = pages != 0 ? pages : 1;
+        t.fail(EINVAL);
+        CLOG_WARN_RL(kLog, "vcpu {}: request {:#x} not served: {}", a.vcpu, slot_value, env.dtt_error);
+    } else {
+        pages = req->nr_pages;
+        RequestPinner(env, a).pin(*req, t);
+    }
+
+    // Safety: the arena's slot is an aligned u64 inside the notifymap mapping. Release: every
+    // PINNED RMW above happens-before the guest's load that sees the slot empty.
+    a.slot.store(0, std::memory_order_release);
+
+    const int result = -t.first_error;
+    telemetry::StatsShard& s = *a.stats;
+    s.requests[kind].add();
+    s.pages_requested.add(pages);
+    s.pages_pinned.add(t.newly);
+    s.pages_already_pinned.add(t.already);
+    if (t.map_failed != 0) s.pin_failures[PinFailureReason::VfioMap].add(t.map_failed);
+    if (t.no_space != 0) s.pin_failures[PinFailureReason::NoSpace].add(t.no_space);
+    if (t.invalid != 0) s.pin_failures[PinFailureReason::InvalidRequest].add(t.invalid);
+    if (result != 0) s.requests_failed.add();
+    s.pages_per_request.observe(pages);
+    s.request_latency_ns[kind].observe(telemetry::monotonic_ns() - t0_ns);
+    if (t.newly != 0) env.gauges.pinned_pages.add(t.newly);
+    if (t.dma_calls != 0) env.gauges.dma_entries.set(env.backend.live_entries());
+    COIOMMU_PROBE_REQUEST_DONE(env.session, a.vcpu, kind, pages, result);
+    return ServeReport{result, pages, t.newly, t.dma_calls};
+}
+
+}  // namespace coiommu::workers

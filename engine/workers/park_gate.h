@@ -1,0 +1,66 @@
+// ParkGate: PARK_UNPIN / UNPARK_UNPIN for the unpinner (spec/coiommu.md §4.2).
+//
+// The guest's DTT shrinker brackets its scan with PARK/UNPARK and frees table pages in between, so
+// after PARK returns no unpin may touch the DTT until UNPARK. The unpinner runs each unit of work
+// (one extent or one page) through run_unit(), which holds the gate's mutex; park() takes the same
+// mutex, so it returns only after the unit in progress finished, and no unit starts while parked.
+// The pin path never touches the gate.
+//
+// Thread-safety: every method may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <type_traits>
+
+namespace coiommu::workers {
+
+class ParkGate {
+public:
+    // f() unless parked (nullopt then). Do not call park() from inside f.
+    template <class F>
+    auto run_unit(F&& f) -> std::optional<std::invoke_result_t<F>> {
+        std::lock_guard lock(mu_);
+        if (parked_.load(std::memory_order_relaxed)) return std::nullopt;
+        return f();
+    }
+
+    // Returns once no unit runs; later units are refused until unpark().
+    void park() {
+        std::lock_guard lock(mu_);
+        parked_.store(true, std::memory_order_relaxed);
+    }
+    void unpark() {
+        {
+            std::lock_guard lock(mu_);
+            parked_.store(false, std::memory_order_relaxed);
+        }
+        cv_.notify_all();
+    }
+    [[nodiscard]] bool parked() const { return parked_.load(std::memory_order_relaxed); }
+
+    // Blocks while parked. False when the gate is stopping (the waiter should give up).
+    [[nodiscard]] bool wait_unparked() {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return !parked_.load(std::memory_order_relaxed) || stopping_; });
+        return !stopping_;
+    }
+    // Wakes every wait_unparked() for good.
+    void set_stopping() {
+        {
+            std::lock_guard lock(mu_);
+            stopping_ = true;
+        }
+        cv_.notify_all();
+    }
+
+private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::atomic<bool> parked_{false};
+    bool stopping_ = false;
+};
+
+}  // namespace coiommu::workers

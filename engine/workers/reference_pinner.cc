@@ -1,0 +1,436 @@
+#include "engine/workers/reference_pinner.h"
+
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+#include "engine/coiommu/spec.h"
+#include "engine/telemetry/clock.h"
+#include "engine/telemetry/probes.h"
+
+namespace coiommu::workers {
+namespace {
+
+constexpr const char* kLog = "seed";
+constexpr uint64_t kStopToken = ~uint64_t{0};
+
+using telemetry::PinFailureReason;
+using telemetry::RequestKind;
+using telemetry::ScanKind;
+
+telemetry::UnpinResult stats_result(core::UnpinResult r) {
+    switch (r) {
+        case core::UnpinResult::Unpinned: return telemetry::UnpinResult::Unpinned;
+        case core::UnpinResult::NotPinned: return telemetry::UnpinResult::NotPinned;
+        case core::UnpinResult::NotUnpinned: return telemetry::UnpinResult::NotUnpinned;
+        case core::UnpinResult::FailedUnpin: return telemetry::UnpinResult::Failed;
+    }
+    return telemetry::UnpinResult::Failed;
+}
+
+}  // namespace
+
+ReferencePinner::ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
+                                 core::PinTable table)
+    : cfg_(cfg),
+      mem_(*deps.mem),
+      backend_(*deps.backend),
+      slots_(deps.notify_slots),
+      trigger_fds_(deps.trigger_fds),
+      stats_(stats),
+      table_(std::move(table)),
+      endpoints_(deps.endpoints),
+      ctx_{mem_, backend_, table_} {}
+
+Result<std::unique_ptr<ReferencePinner>> ReferencePinner::create(const EngineConfig& cfg, const EngineDeps& deps,
+                                                                telemetry::StatsRegistry& stats) {
+    if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "seed: no guest memory or backend");
+    const std::size_t vcpus = deps.trigger_fds.size();
+    if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
+        return make_error(EINVAL, fmt::format("seed: {} triggers for {} notify slots", vcpus, deps.notify_slots.size()));
+    }
+    if (stats.shard_count() < vcpus) return make_error(EINVAL, "seed: fewer stats shards than vCPUs");
+    auto table = core::PinTable::create(deps.mem->gfn_span());
+    if (!table) return tl::unexpected(with_context(table.error(), "seed"));
+    auto stop_ev = EventFd::create(Blocking::No);
+    if (!stop_ev) return tl::unexpected(stop_ev.error());
+    std::unique_ptr<ReferencePinner> p(new ReferencePinner(cfg, deps, stats, std::move(*table)));
+    p->stop_ev_ = std::move(*stop_ev);
+    for (std::size_t i = 0; i < vcpus; ++i) p->shards_.push_back(&stats.shard(i));
+    return p;
+}
+
+ReferencePinner::~ReferencePinner() { stop(); }
+
+Status ReferencePinner::activate(Gpa dtt_root, uint64_t dtt_level) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_) return make_error(ECANCELED, "seed: stopped");
+    if (active_) return make_error(EALREADY, "seed: already active");
+    {
+        std::lock_guard g(mu_);
+        auto walker = core::DttWalker::create(mem_, dtt_root, dtt_level);
+        if (walker) {
+            walker_ = *walker;
+        } else {
+            dtt_error_ = walker.error().message();
+            CLOG_ERROR(kLog, "invalid DTT: {}; every pin request will fail", dtt_error_);
+        }
+    }
+    unpin_stats_ = &stats_.add_shard();
+    auto service = UnpinService::start(*this, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu_unpin"});
+    if (!service) return tl::unexpected(service.error());
+    unpin_service_ = std::move(*service);
+    try {
+        pin_thread_ = std::thread([this] { run_pin(); });
+        ::pthread_setname_np(pin_thread_.native_handle(), "coiommu_pin");
+    } catch (const std::system_error& e) {
+        return make_error(e.code().value(), "seed pin thread");
+    }
+    active_ = true;
+    return ok();
+}
+
+void ReferencePinner::park_unpin() {
+    gate_.park();
+    stats_.gauges().unpin_worker_parked.set(1);
+}
+
+void ReferencePinner::unpark_unpin() {
+    gate_.unpark();
+    stats_.gauges().unpin_worker_parked.set(0);
+}
+
+Result<telemetry::BalloonResult> ReferencePinner::balloon_unpin(std::span<const GfnRange> ranges) {
+    UnpinService* svc = nullptr;
+    {
+        std::lock_guard lock(lifecycle_mu_);
+        if (!active_ || stopped_) return make_error(EAGAIN, "balloon unpin: engine not active");
+        svc = unpin_service_.get();
+    }
+    return svc->balloon(ranges);
+}
+
+Status ReferencePinner::run_unpin_tick() {
+    UnpinService* svc = nullptr;
+    {
+        std::lock_guard lock(lifecycle_mu_);
+        if (!active_ || stopped_) return make_error(EAGAIN, "unpin tick: engine not active");
+        svc = unpin_service_.get();
+    }
+    return svc->tick_now();
+}
+
+std::size_t ReferencePinner::new_gen_size() {
+    std::lock_guard g(mu_);
+    return new_gen_.size();
+}
+
+std::size_t ReferencePinner::old_gen_size() {
+    std::lock_guard g(mu_);
+    return old_gen_.size();
+}
+
+void ReferencePinner::stop() {
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_) return;
+    stopped_ = true;
+    if (pin_thread_.joinable()) {
+        if (auto st = stop_ev_.signal(); !st) CLOG_ERROR(kLog, "cannot signal the pin thread: {}", st.error().message());
+        pin_thread_.join();
+    }
+    if (unpin_service_) unpin_service_->stop();
+    if (active_) {
+        const uint64_t pages = teardown();
+        CLOG_INFO(kLog, "stopped: {} pages unmapped at teardown", pages);
+    }
+    active_ = false;
+}
+
+// ---- pinning ----------------------------------------------------------------------------------
+
+void ReferencePinner::run_pin() {
+    UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+    if (!ep) {
+        CLOG_ERROR(kLog, "epoll_create1: errno {}", errno);
+        return;
+    }
+    auto add = [&](int fd, uint64_t token) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = token;
+        if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) != 0) CLOG_ERROR(kLog, "epoll_ctl: errno {}", errno);
+    };
+    add(stop_ev_.fd(), kStopToken);
+    for (std::size_t i = 0; i < trigger_fds_.size(); ++i) add(trigger_fds_[i], i);
+
+    epoll_event evs[64];
+    for (;;) {
+        const int n = ::epoll_wait(ep.get(), evs, 64, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            CLOG_ERROR(kLog, "failed polling for events: errno {}", errno);
+            return;
+        }
+        for (int k = 0; k < n; ++k) {
+            const uint64_t token = evs[k].data.u64;
+            if (token == kStopToken) return;
+            const auto i = static_cast<uint32_t>(token);
+            // Safety: slot i of the notifymap mapping (aligned, i < vcpus <= 1024).
+            GuestAtomicU64 slot(&slots_[i]);
+            uint64_t ignored = 0;
+            if (::read(trigger_fds_[i], &ignored, sizeof ignored) != sizeof ignored && errno != EAGAIN) {
+                CLOG_ERROR(kLog, "failed reading event {}: errno {}", i, errno);
+                slot.store(0, std::memory_order_release);
+                return;  // the seed leaves its loop here
+            }
+            const uint64_t t0 = telemetry::monotonic_ns();
+            // Safety: acquire pairs with the guest's store of the request.
+            const uint64_t value = slot.load(std::memory_order_acquire);
+            {
+                std::lock_guard g(mu_);
+                pin_pages(i, value, t0);
+            }
+            // Safety: as above; completion, always, also after errors. seq_cst: the seed's full fence
+            // followed by the store.
+            slot.store(0, std::memory_order_seq_cst);
+        }
+    }
+}
+
+// Precondition: mu_ held.
+void ReferencePinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
+    const RequestKind kind = (value & core::kPinPagesInBatch) != 0 ? RequestKind::Batch : RequestKind::Single;
+    COIOMMU_PROBE_REQUEST_START(cfg_.session, vcpu, kind);
+    telemetry::StatsShard& s = *shards_[vcpu];
+    uint64_t pages = 0, newly = 0, already = 0, map_failed = 0, no_space = 0, invalid = 0;
+    int first_error = 0;
+    auto req = core::decode_request(value, mem_, endpoints_, core::RequestLimits{cfg_.max_batch_pages});
+    if (!req) {
+        invalid = 1;
+        first_error = req.error().code;
+        CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, req.error().message());
+    } else if (!walker_) {
+        pages = req->nr_pages;
+        invalid = pages != 0 ? pages : 1;
+        first_error = EINVAL;
+        CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, dtt_error_);
+    } else {
+        pages = req->nr_pages;
+        core::DttWalker walker = *walker_;
+        walker.reset_cursor();
+        for (uint64_t k = 0; k < pages; ++k) {
+            Gfn gfn = req->gfn;
+            if (req->kind == core::DecodedRequest::Kind::Batch) {
+                auto g = mem_.read_obj<uint64_t>(offset(req->list_gpa, k * core::kPinPageGfnSize));
+                if (!g) {
+                    invalid += pages - k;
+                    first_error = g.error().code;
+                    break;
+                }
+                gfn = Gfn{*g};
+            }
+            auto r = core::pin_page(ctx_, walker, gfn);
+            if (!r) {
+                CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, r.error().message());
+                invalid += pages - k;
+                first_error = r.error().code;
+                break;  // the first error aborts the batch
+            }
+            switch (r->outcome) {
+                case core::PinOutcome::Pinned:
+                    ++newly;
+                    if (cfg_.unpin_policy == UnpinPolicy::Lru) new_gen_.push_back(Entry{raw(gfn), 0});
+                    break;
+                case core::PinOutcome::AlreadyPinned:
+                case core::PinOutcome::Repinned: ++already; break;
+                case core::PinOutcome::MapFailed:
+                    ++map_failed;
+                    if (first_error == 0) first_error = r->error;
+                    break;
+                case core::PinOutcome::NoSpace:
+                    ++no_space;
+                    if (first_error == 0) first_error = ENOSPC;
+                    break;
+            }
+        }
+    }
+    s.requests[kind].add();
+    s.pages_requested.add(pages);
+    s.pages_pinned.add(newly);
+    s.pages_already_pinned.add(already);
+    if (map_failed != 0) s.pin_failures[PinFailureReason::VfioMap].add(map_failed);
+    if (no_space != 0) s.pin_failures[PinFailureReason::NoSpace].add(no_space);
+    if (invalid != 0) s.pin_failures[PinFailureReason::InvalidRequest].add(invalid);
+    if (first_error != 0) s.requests_failed.add();
+    // Every page that reached the backend made one 4 KiB map call (EEXIST ones are not visible
+    // through pin_page and are not counted).
+    const uint64_t calls = newly + map_failed + no_space;
+    if (calls != 0) {
+        s.dma_calls[telemetry::DmaOp::Map].add(calls);
+        s.dma_bytes[telemetry::DmaOp::Map].add(newly * kPageSize);
+        if (map_failed + no_space != 0) s.dma_call_failures[telemetry::DmaOp::Map].add(map_failed + no_space);
+        stats_.gauges().dma_entries.set(backend_.live_entries());
+    }
+    if (newly != 0) stats_.gauges().pinned_pages.add(newly);
+    s.pages_per_request.observe(pages);
+    s.request_latency_ns[kind].observe(telemetry::monotonic_ns() - t0);
+    COIOMMU_PROBE_REQUEST_DONE(cfg_.session, vcpu, kind, pages, -first_error);
+}
+
+// ---- unpinning --------------------------------------------------------------------------------
+
+uint64_t ReferencePinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined) {
+    std::vector<Entry> requeue_new, requeue_old;
+    uint64_t unpinned = 0;
+    std::size_t todo = 0;
+    {
+        std::lock_guard g(mu_);
+        todo = (gen == Gen::New ? new_gen_ : old_gen_).size();
+    }
+    core::DttWalker walker = *walker_;
+    for (; todo > 0 && (!limit || unpinned < *limit); --todo) {
+        const auto r = gate_.run_unit([&]() -> std::optional<std::pair<Entry, core::UnpinResult>> {
+            std::lock_guard g(mu_);
+            auto& q = gen == Gen::New ? new_gen_ : old_gen_;
+            if (q.empty()) return std::nullopt;
+            const Entry e = q.front();
+            q.pop_front();
+            return std::pair{e, core::unpin_page(ctx_, walker, Gfn{e.gfn}, core::Force::No)};
+        });
+        if (!r) {
+            unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
+            break;  // parked: the entry stays at the front
+        }
+        if (!*r) break;
+        const auto [e, res] = **r;
+        ++*examined;
+        unpin_stats_->unpin_attempts[stats_result(res)].add();
+        switch (res) {
+            case core::UnpinResult::Unpinned:
+                ++unpinned;
+                unpin_stats_->pages_unpinned.add();
+                unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
+                stats_.gauges().pinned_pages.sub();
+                break;
+            case core::UnpinResult::NotPinned: break;
+            case core::UnpinResult::NotUnpinned:
+                if (cfg_.unpin_gen_threshold == 0) break;  // crosvm's quirk: dropped from tracking
+                if (gen == Gen::Old || e.busy + 1 >= cfg_.unpin_gen_threshold) {
+                    requeue_old.push_back(Entry{e.gfn, 0});
+                } else {
+                    requeue_new.push_back(Entry{e.gfn, e.busy + 1});
+                }
+                break;
+            case core::UnpinResult::FailedUnpin:
+                unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
+                unpin_stats_->dma_call_failures[telemetry::DmaOp::Unmap].add();
+                (gen == Gen::New ? requeue_new : requeue_old).push_back(gen == Gen::New ? e : Entry{e.gfn, 0});
+                break;
+        }
+    }
+    std::lock_guard g(mu_);
+    new_gen_.insert(new_gen_.end(), requeue_new.begin(), requeue_new.end());
+    old_gen_.insert(old_gen_.end(), requeue_old.begin(), requeue_old.end());
+    return unpinned;
+}
+
+void ReferencePinner::tick() {
+    if (cfg_.unpin_policy != UnpinPolicy::Lru || !walker_ || gate_.parked()) return;
+    const uint64_t t0 = telemetry::monotonic_ns();
+    uint64_t examined = 0, n_old = 0, n_new = 0;
+    if (cfg_.unpin_gen_threshold != 0 && ++tick_counter_ == cfg_.unpin_gen_threshold) {
+        tick_counter_ = 0;
+        n_old = scan(Gen::Old, cfg_.unpin_limit, &examined);
+    }
+    std::optional<uint64_t> new_limit = cfg_.unpin_limit;
+    if (new_limit) new_limit = *new_limit > n_old ? *new_limit - n_old : 0;
+    if (!new_limit || *new_limit != 0) n_new = scan(Gen::New, new_limit, &examined);
+    const uint64_t dur = telemetry::monotonic_ns() - t0;
+    unpin_stats_->unpin_scans[ScanKind::Lru].add();
+    unpin_stats_->unpin_scan_duration_ns[ScanKind::Lru].observe(dur);
+    stats_.gauges().last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    stats_.gauges().dma_entries.set(backend_.live_entries());
+    COIOMMU_PROBE_UNPIN_SCAN(cfg_.session, ScanKind::Lru, examined, n_old + n_new, dur);
+}
+
+telemetry::BalloonResult ReferencePinner::balloon(std::span<const GfnRange> ranges) {
+    const uint64_t t0 = telemetry::monotonic_ns();
+    uint64_t examined = 0, unpinned = 0;
+    auto result = telemetry::BalloonResult::Success;
+    std::optional<core::DttWalker> walker = walker_;
+    for (const GfnRange& range : ranges) {
+        const uint64_t start = raw(range.start);
+        const uint64_t end = start >= table_.size() ? start : start + std::min(range.count, table_.size() - start);
+        for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
+            std::optional<core::UnpinResult> r;
+            for (;;) {
+                r = gate_.run_unit([&] {
+                    std::lock_guard lock(mu_);
+                    return walker ? core::unpin_page(ctx_, *walker, Gfn{g}, core::Force::Yes)
+                                  : core::UnpinResult::NotPinned;
+                });
+                if (r) break;
+                unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
+                if (!gate_.wait_unparked()) break;
+            }
+            ++examined;
+            if (!r) {
+                result = telemetry::BalloonResult::Failed;
+                break;
+            }
+            unpin_stats_->unpin_attempts[stats_result(*r)].add();
+            if (*r == core::UnpinResult::Unpinned) {
+                ++unpinned;
+                unpin_stats_->pages_unpinned.add();
+                unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
+                stats_.gauges().pinned_pages.sub();
+            } else if (*r != core::UnpinResult::NotPinned) {
+                CLOG_ERROR(kLog, "force unpin failed by {} at gfn {:#x}", core::to_string(*r), g);
+                result = telemetry::BalloonResult::Failed;
+            }
+        }
+        if (result != telemetry::BalloonResult::Success) break;
+    }
+    const uint64_t dur = telemetry::monotonic_ns() - t0;
+    unpin_stats_->unpin_scans[ScanKind::Balloon].add();
+    unpin_stats_->unpin_scan_duration_ns[ScanKind::Balloon].observe(dur);
+    unpin_stats_->balloon_requests[result].add();
+    COIOMMU_PROBE_UNPIN_SCAN(cfg_.session, ScanKind::Balloon, examined, unpinned, dur);
+    return result;
+}
+
+uint64_t ReferencePinner::teardown() {
+    uint64_t pages = 0;
+    std::optional<core::DttWalker> walker = walker_;
+    for (uint64_t g = 0; g < table_.size() && table_.mapped_pages() != 0; ++g) {
+        if (!table_.mapped(Gfn{g})) continue;
+        auto lock = table_.lock(Gfn{g});
+        if (!lock.mapped()) continue;
+        if (walker) {
+            auto leaf = walker->leaf(Gfn{g});
+            // Safety: leaf word from DttWalker::leaf; seq_cst RMW. The mapping goes away below.
+            if (leaf) leaf->fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
+        }
+        auto st = backend_.unmap_exact(Iova{g << kPageShift}, kPageSize);
+        if (!st) {
+            CLOG_ERROR(kLog, "teardown: cannot unmap gfn {:#x}: {}", g, st.error().message());
+            continue;
+        }
+        lock.clear_mapped();
+        ++pages;
+    }
+    stats_.gauges().pinned_pages.sub(std::min(pages, stats_.gauges().pinned_pages.load()));
+    stats_.gauges().dma_entries.set(backend_.live_entries());
+    std::lock_guard g(mu_);
+    new_gen_.clear();
+    old_gen_.clear();
+    return pages;
+}
+
+}  // namespace coiommu::workers

@@ -1,0 +1,105 @@
+// ReferencePinner: crosvm's CoIOMMU algorithm (seeds/coiommu.rs + upstream's LRU, spec §3.5-§4.3),
+// small and serial, as the baseline of every benchmark and the oracle of the differential test.
+//
+//   - one pin thread blocks in epoll on the per-vCPU triggers (no spinning); per trigger it reads
+//     the eventfd (a read failure zeroes the slot and ends the thread, as the seed), reads the slot,
+//     and pins the request's pages one by one with core::pin_page (4 KiB maps) while holding ONE
+//     global mutex for the whole request; then a full fence and slot := 0, also after errors;
+//   - the unpinner (UnpinService thread) takes the same mutex per page: LRU per page with new/old
+//     generations (crosvm's quirk kept: with threshold 0 a busy page is dropped from tracking), and
+//     balloon requests per page with force; PARK stops both;
+//   - stop joins both threads and unmaps every page still recorded in the PinTable.
+// Differences from the seed are those of the primitives (pinner.h: the host record decides).
+// Pages mapped by someone else (EEXIST) are never tracked for LRU (they are not ours to unmap).
+//
+// Thread-safety: PinEngine's.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "engine/base/event_fd.h"
+#include "engine/coiommu/dtt.h"
+#include "engine/coiommu/pin_table.h"
+#include "engine/coiommu/pinner.h"
+#include "engine/coiommu/request.h"
+#include "engine/telemetry/engine_stats.h"
+#include "engine/workers/config.h"
+#include "engine/workers/park_gate.h"
+#include "engine/workers/pin_engine.h"
+#include "engine/workers/unpinner.h"
+
+namespace coiommu::workers {
+
+class ReferencePinner final : public PinEngine, private UnpinStrategy {
+public:
+    // Errors: as FastEngine::create.
+    [[nodiscard]] static Result<std::unique_ptr<ReferencePinner>> create(const EngineConfig& cfg,
+                                                                        const EngineDeps& deps,
+                                                                        telemetry::StatsRegistry& stats);
+    ~ReferencePinner() override;
+
+    [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;
+    void park_unpin() override;
+    void unpark_unpin() override;
+    [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges) override;
+    [[nodiscard]] Status run_unpin_tick() override;
+    void stop() override;
+
+    [[nodiscard]] const core::PinTable& pin_table() const { return table_; }
+    // LRU queue lengths (tests; takes the global mutex).
+    [[nodiscard]] std::size_t new_gen_size();
+    [[nodiscard]] std::size_t old_gen_size();
+
+private:
+    struct Entry {
+        uint64_t gfn = 0;
+        uint32_t busy = 0;
+    };
+    enum class Gen : uint8_t { New, Old };
+
+    ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
+                    core::PinTable table);
+
+    void run_pin();
+    void pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0);
+    // UnpinStrategy
+    void tick() override;
+    [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) override;
+    uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);
+    uint64_t teardown();
+
+    EngineConfig cfg_;
+    const GuestMemory& mem_;
+    dma::DmaBackend& backend_;
+    std::span<uint64_t> slots_;
+    std::vector<int> trigger_fds_;
+    telemetry::StatsRegistry& stats_;
+    std::vector<telemetry::StatsShard*> shards_;  // one per vCPU
+    telemetry::StatsShard* unpin_stats_ = nullptr;
+    core::PinTable table_;
+    core::EndpointSet endpoints_;
+    core::PinContext ctx_;
+
+    std::mutex mu_;  // THE global lock: held per pin request and per unpinned page (as crosvm)
+    std::optional<core::DttWalker> walker_;
+    std::string dtt_error_;
+    std::deque<Entry> new_gen_;  // guarded by mu_
+    std::deque<Entry> old_gen_;  // guarded by mu_
+    uint64_t tick_counter_ = 0;  // unpin thread only
+
+    ParkGate gate_;
+    std::unique_ptr<UnpinService> unpin_service_;
+    EventFd stop_ev_;
+    std::thread pin_thread_;
+    std::mutex lifecycle_mu_;
+    bool active_ = false;
+    bool stopped_ = false;
+};
+
+}  // namespace coiommu::workers

@@ -1,0 +1,519 @@
+// ExtentUnpinner and UnpinService (see unpinner.h for the policy).
+//
+// Memory orders on the guest's leaf words are seq_cst for every PINNED/ACCESSED RMW and CAS, as in
+// the seed and in pinner.cc: the unpin CAS must be ordered against the guest's "increment the map
+// count, then test PINNED" (a Dekker pair); on x86 every locked RMW is a full barrier anyway.
+#include "engine/workers/unpinner.h"
+
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "engine/base/log.h"
+#include "engine/coiommu/spec.h"
+#include "engine/telemetry/clock.h"
+#include "engine/telemetry/probes.h"
+
+namespace coiommu::workers {
+namespace {
+
+constexpr const char* kLog = "unpin";
+constexpr uint64_t kStopToken = 1;
+constexpr uint64_t kTimerToken = 2;
+constexpr uint64_t kWakeToken = 3;
+
+using telemetry::DmaOp;
+using telemetry::ScanKind;
+
+telemetry::UnpinResult stats_result(ExtentUnpin r) {
+    switch (r) {
+        case ExtentUnpin::Unpinned: return telemetry::UnpinResult::Unpinned;
+        case ExtentUnpin::NotPinned: return telemetry::UnpinResult::NotPinned;
+        case ExtentUnpin::NotUnpinned: return telemetry::UnpinResult::NotUnpinned;
+        case ExtentUnpin::FailedUnpin: return telemetry::UnpinResult::Failed;
+        case ExtentUnpin::Parked: return telemetry::UnpinResult::Parked;
+    }
+    return telemetry::UnpinResult::Failed;
+}
+
+}  // namespace
+
+// ---- ExtentUnpinner ---------------------------------------------------------------------------
+
+ExtentUnpinner::ExtentUnpinner(const UnpinEnv& env, std::optional<core::DttWalker> walker, const LruParams& params,
+                               ParkGate& gate)
+    : env_(env), walker_(std::move(walker)), params_(params), gate_(gate) {}
+
+Result<std::unique_ptr<ExtentUnpinner>> ExtentUnpinner::create(const UnpinEnv& env,
+                                                              std::optional<core::DttWalker> walker,
+                                                              const LruParams& params, ParkGate& gate) {
+    std::unique_ptr<ExtentUnpinner> u(new ExtentUnpinner(env, std::move(walker), params, gate));
+    u->tracked_.assign((env.table.size() + 63) / 64, 0);
+    return u;
+}
+
+void ExtentUnpinner::track(uint64_t head) { tracked_[head >> 6] |= uint64_t{1} << (head & 63); }
+void ExtentUnpinner::untrack(uint64_t head) { tracked_[head >> 6] &= ~(uint64_t{1} << (head & 63)); }
+bool ExtentUnpinner::tracked(uint64_t head) const { return (tracked_[head >> 6] >> (head & 63) & 1) != 0; }
+
+void ExtentUnpinner::drain() {
+    env_.handoff.drain([&](Gfn head) {
+        // Without LRU nothing needs the generations (teardown scans the PinTable instead), so the
+        // lists stay empty rather than grow with every extent ever created.
+        if (params_.policy != UnpinPolicy::Lru) return;
+        // A head already tracked (its previous extent was ballooned and a new one starts at the same
+        // gfn) keeps its one entry: each extent is examined at most once per tick.
+        if (tracked(raw(head))) return;
+        track(raw(head));
+        new_gen_.push_back(Entry{raw(head), 0});
+    });
+}
+
+void ExtentUnpinner::count_attempt(ExtentUnpin r, uint64_t pages) {
+    env_.stats.unpin_attempts[stats_result(r)].add(pages == 0 ? 1 : pages);
+}
+
+ExtentUnpin ExtentUnpinner::unpin_extent(Gfn head, core::Force force, uint32_t* pages) {
+    if (pages != nullptr) *pages = 0;
+    if (!env_.table.in_range(head)) return ExtentUnpin::NotPinned;
+    // The guest may have freed and reused the cached leaf page since the last unit: walk afresh.
+    if (walker_) walker_->reset_cursor();
+    locks_[0] = env_.table.lock(head);
+    // Any extent created before we locked its head is in the handoff by now (pushed under its
+    // locks): take it, so that no extent is unpinned while it still sits in the handoff stack.
+    drain();
+    const uint32_t len = locks_[0].mapped() ? env_.extents.length(head) : 0;
+    if (len == 0 || raw(head) + len > env_.table.size()) {
+        locks_[0].unlock();
+        return ExtentUnpin::NotPinned;
+    }
+    if (pages != nullptr) *pages = len;
+    for (uint32_t i = 1; i < len; ++i) locks_[i] = env_.table.lock(Gfn{raw(head) + i});
+    const ExtentUnpin r = unpin_locked_extent(head, len, force);
+    for (uint32_t i = 0; i < len; ++i) locks_[i].unlock();
+    return r;
+}
+
+ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Force force) {
+    // Examine and clear, member by member.
+    uint32_t busy_at = len;
+    for (uint32_t i = 0; i < len; ++i) {
+        cleared_[i] = false;
+        leaves_[i] = nullptr;
+        auto leaf = walker_ ? walker_->leaf(Gfn{raw(head) + i}) : Result<GuestAtomicU32>(make_error(ENOENT, "no DTT"));
+        // No leaf (the guest's shrinker or a hostile guest removed the table): the guest cannot hold
+        // a map count on it, so the page is idle.
+        if (!leaf) continue;
+        leaves_[i] = leaf->address();
+        // Safety (this block): leaf words from DttWalker::leaf, aligned inside guest RAM leaf pages;
+        // seq_cst RMWs (file comment).
+        if (force == core::Force::Yes) leaf->fetch_and(~core::kDtteAccessed, std::memory_order_seq_cst);
+        uint32_t expected = core::kDttePinned;
+        if (leaf->compare_exchange(expected, 0, std::memory_order_seq_cst)) {
+            cleared_[i] = true;
+            continue;
+        }
+        if (expected == 0) continue;  // the guest cleared PINNED and holds no mapping: idle
+        busy_at = i;
+        break;
+    }
+    if (busy_at != len) {
+        for (uint32_t i = 0; i < busy_at; ++i) {
+            // Safety: leaf words from DttWalker::leaf; seq_cst.
+            if (cleared_[i]) GuestAtomicU32(leaves_[i]).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
+        }
+        if (force == core::Force::No) {
+            // Second chance for the extent: a member still ACCESSED at the next scan was used again.
+            for (uint32_t i = busy_at; i < len; ++i) {
+                auto leaf = walker_->leaf(Gfn{raw(head) + i});
+                // Safety: leaf word from DttWalker::leaf; seq_cst.
+                if (leaf) leaf->fetch_and(~core::kDtteAccessed, std::memory_order_seq_cst);
+            }
+        } else {
+            CLOG_ERROR_RL(kLog, "force case cannot unpin gfn {:#x} (extent {:#x}+{}): the guest still maps it",
+                          raw(head) + busy_at, raw(head), len);
+        }
+        return ExtentUnpin::NotUnpinned;
+    }
+
+    const uint64_t iova = raw(head) << kPageShift;  // in_range: no overflow
+    const uint64_t size = uint64_t{len} << kPageShift;
+    const uint64_t t0 = telemetry::monotonic_ns();
+    auto st = env_.backend.unmap_exact(Iova{iova}, size);
+    const uint64_t lat = telemetry::monotonic_ns() - t0;
+    COIOMMU_PROBE_DMA_UNMAP(iova, size, st ? 0 : -st.error().code, lat);
+    env_.stats.dma_calls[DmaOp::Unmap].add();
+    env_.stats.dma_call_latency_ns[DmaOp::Unmap].observe(lat);
+    if (!st) {
+        env_.stats.dma_call_failures[DmaOp::Unmap].add();
+        CLOG_ERROR_RL(kLog, "failed to unmap extent {:#x}+{}: {}", raw(head), len, st.error().message());
+        // The mapping may still be live: keep the records and tell the guest again.
+        for (uint32_t i = 0; i < len; ++i) {
+            // Safety: leaf words from DttWalker::leaf; seq_cst.
+            if (leaves_[i] != nullptr) GuestAtomicU32(leaves_[i]).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
+        }
+        return ExtentUnpin::FailedUnpin;
+    }
+    env_.stats.dma_bytes[DmaOp::Unmap].add(size);
+    for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
+    env_.extents.erase(head, len);
+    env_.stats.pages_unpinned.add(len);
+    env_.gauges.pinned_pages.sub(len);
+    env_.gauges.dma_entries.set(env_.backend.live_entries());
+    return ExtentUnpin::Unpinned;
+}
+
+uint64_t ExtentUnpinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined) {
+    std::deque<Entry>& q = gen == Gen::New ? new_gen_ : old_gen_;
+    requeue_new_.clear();
+    requeue_old_.clear();
+    uint64_t unpinned = 0;
+    for (std::size_t todo = q.size(); todo > 0 && (!limit || unpinned < *limit); --todo) {
+        const Entry e = q.front();
+        q.pop_front();
+        uint32_t pages = 0;
+        const auto r = gate_.run_unit([&] { return unpin_extent(Gfn{e.head}, core::Force::No, &pages); });
+        if (!r) {
+            q.push_front(e);  // parked: untouched, still first in line
+            count_attempt(ExtentUnpin::Parked, 0);
+            break;
+        }
+        *examined += pages;
+        count_attempt(*r, pages);
+        switch (*r) {
+            case ExtentUnpin::Unpinned:
+                unpinned += pages;
+                untrack(e.head);
+                break;
+            case ExtentUnpin::NotPinned:
+                untrack(e.head);
+                break;
+            case ExtentUnpin::NotUnpinned:
+                if (params_.gen_threshold == 0) {
+                    requeue_new_.push_back(Entry{e.head, 0});  // crosvm drops it here; see unpinner.h
+                } else {
+                    const uint32_t busy = e.busy + 1;
+                    if (gen == Gen::Old || busy >= params_.gen_threshold) {
+                        requeue_old_.push_back(Entry{e.head, 0});
+                    } else {
+                        requeue_new_.push_back(Entry{e.head, busy});
+                    }
+                }
+                break;
+            case ExtentUnpin::FailedUnpin:
+            case ExtentUnpin::Parked:
+                (gen == Gen::New ? requeue_new_ : requeue_old_).push_back(gen == Gen::New ? e : Entry{e.head, 0});
+                break;
+        }
+    }
+    new_gen_.insert(new_gen_.end(), requeue_new_.begin(), requeue_new_.end());
+    old_gen_.insert(old_gen_.end(), requeue_old_.begin(), requeue_old_.end());
+    return unpinned;
+}
+
+void ExtentUnpinner::tick() {
+    drain();
+    if (params_.policy != UnpinPolicy::Lru || gate_.parked()) return;
+    const uint64_t t0 = telemetry::monotonic_ns();
+    uint64_t examined = 0;
+    uint64_t n_old = 0;
+    if (params_.gen_threshold != 0 && ++tick_counter_ >= params_.gen_threshold) {
+        tick_counter_ = 0;
+        n_old = scan(Gen::Old, params_.limit, &examined);
+    }
+    std::optional<uint64_t> new_limit = params_.limit;
+    if (new_limit) new_limit = *new_limit > n_old ? *new_limit - n_old : 0;
+    uint64_t n_new = 0;
+    if (!new_limit || *new_limit != 0) n_new = scan(Gen::New, new_limit, &examined);
+    const uint64_t dur = telemetry::monotonic_ns() - t0;
+    env_.stats.unpin_scans[ScanKind::Lru].add();
+    env_.stats.unpin_scan_duration_ns[ScanKind::Lru].observe(dur);
+    env_.gauges.last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Lru, examined, n_old + n_new, dur);
+}
+
+ExtentUnpin ExtentUnpinner::balloon_page(Gfn gfn) {
+    if (auto head = env_.extents.head_of(gfn); head && env_.table.mapped(gfn)) {
+        const ExtentUnpin r = unpin_extent(*head, core::Force::Yes);
+        // A head that changed between the snapshot and the lock (raced an unpin/repin): decide on the
+        // page again below.
+        if (r != ExtentUnpin::NotPinned || !env_.table.mapped(gfn)) return r;
+    }
+    // Not ours: as the seed does on the DTT (ACCESSED cleared, a mapped page refuses the balloon),
+    // under the page lock so that no pin of the page interleaves.
+    core::PinTable::PageLock lock = env_.table.lock(gfn);
+    if (lock.mapped()) {
+        lock.unlock();
+        auto head = env_.extents.head_of(gfn);
+        return head ? unpin_extent(*head, core::Force::Yes) : ExtentUnpin::FailedUnpin;
+    }
+    if (!walker_) return ExtentUnpin::NotPinned;
+    walker_->reset_cursor();
+    auto leaf = walker_->leaf(gfn);
+    if (!leaf) return ExtentUnpin::NotPinned;
+    // Safety: leaf word from DttWalker::leaf; seq_cst RMW and CAS.
+    leaf->fetch_and(~core::kDtteAccessed, std::memory_order_seq_cst);
+    uint32_t expected = core::kDttePinned;
+    if (leaf->compare_exchange(expected, 0, std::memory_order_seq_cst) || expected == 0) {
+        return ExtentUnpin::NotPinned;  // PINNED without a mapping of ours (forged / EEXIST): cleared
+    }
+    CLOG_ERROR_RL(kLog, "force case cannot unpin gfn {:#x} entry {:#x}", raw(gfn), expected);
+    return ExtentUnpin::NotUnpinned;
+}
+
+telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> ranges) {
+    drain();
+    const uint64_t t0 = telemetry::monotonic_ns();
+    uint64_t examined = 0;
+    uint64_t unpinned = 0;
+    auto result = telemetry::BalloonResult::Success;
+    for (const GfnRange& range : ranges) {
+        // Gfns at or beyond the end of guest RAM are never mapped: clamp instead of looping over a
+        // guest- or VMM-supplied count of up to 2^64.
+        const uint64_t start = raw(range.start);
+        const uint64_t end = start >= env_.table.size() ? start
+                                                         : start + std::min(range.count, env_.table.size() - start);
+        for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
+            std::optional<ExtentUnpin> r;
+            for (;;) {
+                r = gate_.run_unit([&] { return balloon_page(Gfn{g}); });
+                if (r) break;
+                count_attempt(ExtentUnpin::Parked, 1);
+                if (!gate_.wait_unparked()) break;  // stopping
+            }
+            ++examined;
+            if (!r) {
+                result = telemetry::BalloonResult::Failed;
+                break;
+            }
+            count_attempt(*r, 1);
+            if (*r == ExtentUnpin::Unpinned) {
+                ++unpinned;
+            } else if (*r != ExtentUnpin::NotPinned) {
+                CLOG_ERROR(kLog, "balloon: force unpin of gfn {:#x} failed", g);
+                result = telemetry::BalloonResult::Failed;
+            }
+        }
+        if (result != telemetry::BalloonResult::Success) break;
+    }
+    const uint64_t dur = telemetry::monotonic_ns() - t0;
+    env_.stats.unpin_scans[ScanKind::Balloon].add();
+    env_.stats.unpin_scan_duration_ns[ScanKind::Balloon].observe(dur);
+    env_.stats.balloon_requests[result].add();
+    env_.gauges.last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Balloon, examined, unpinned, dur);
+    return result;
+}
+
+uint64_t ExtentUnpinner::force_unmap(Gfn head) {
+    if (!env_.table.in_range(head)) return 0;
+    if (walker_) walker_->reset_cursor();
+    locks_[0] = env_.table.lock(head);
+    uint32_t len = locks_[0].mapped() ? env_.extents.length(head) : 0;
+    if (len == 0 || raw(head) + len > env_.table.size()) {
+        // A mapped page without an extent record cannot happen; unmap the page alone if it does.
+        if (!locks_[0].mapped()) {
+            locks_[0].unlock();
+            return 0;
+        }
+        len = 1;
+    }
+    for (uint32_t i = 1; i < len; ++i) locks_[i] = env_.table.lock(Gfn{raw(head) + i});
+    for (uint32_t i = 0; i < len; ++i) {
+        if (!walker_) break;
+        auto leaf = walker_->leaf(Gfn{raw(head) + i});
+        // Safety: leaf word from DttWalker::leaf; seq_cst RMW. The mapping goes away below.
+        if (leaf) leaf->fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
+    }
+    uint64_t done = 0;
+    auto st = env_.backend.unmap_exact(Iova{raw(head) << kPageShift}, uint64_t{len} << kPageShift);
+    env_.stats.dma_calls[DmaOp::Unmap].add();
+    if (st) {
+        for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
+        if (env_.extents.length(head) == len) env_.extents.erase(head, len);
+        env_.stats.dma_bytes[DmaOp::Unmap].add(uint64_t{len} << kPageShift);
+        env_.stats.pages_unpinned.add(len);
+        env_.gauges.pinned_pages.sub(len);
+        done = len;
+    } else {
+        env_.stats.dma_call_failures[DmaOp::Unmap].add();
+        CLOG_ERROR(kLog, "teardown: cannot unmap extent {:#x}+{}: {}", raw(head), len, st.error().message());
+    }
+    for (uint32_t i = 0; i < len; ++i) locks_[i].unlock();
+    return done;
+}
+
+uint64_t ExtentUnpinner::teardown() {
+    drain();
+    uint64_t pages = 0;
+    for (auto* q : {&new_gen_, &old_gen_}) {
+        for (const Entry& e : *q) pages += force_unmap(Gfn{e.head});
+        q->clear();
+    }
+    std::fill(tracked_.begin(), tracked_.end(), 0);
+    if (env_.table.mapped_pages() != 0) {
+        // Untracked extents (policy off), or belt and braces: scan the authoritative record.
+        if (params_.policy == UnpinPolicy::Lru) {
+            CLOG_WARN(kLog, "teardown: {} pages still recorded after the tracked extents; scanning",
+                      env_.table.mapped_pages());
+        }
+        for (uint64_t g = 0; g < env_.table.size() && env_.table.mapped_pages() != 0; ++g) {
+            if (!env_.table.mapped(Gfn{g})) continue;
+            const auto head = env_.extents.head_of(Gfn{g});
+            pages += force_unmap(head ? *head : Gfn{g});
+        }
+    }
+    env_.gauges.dma_entries.set(env_.backend.live_entries());
+    return pages;
+}
+
+// ---- UnpinService -----------------------------------------------------------------------------
+
+Result<std::unique_ptr<UnpinService>> UnpinService::start(UnpinStrategy& strategy, ParkGate& gate,
+                                                         const Options& opts) {
+    std::unique_ptr<UnpinService> s(new UnpinService(strategy, gate));
+    auto stop_ev = EventFd::create(Blocking::No);
+    if (!stop_ev) return tl::unexpected(stop_ev.error());
+    auto wake_ev = EventFd::create(Blocking::No);
+    if (!wake_ev) return tl::unexpected(wake_ev.error());
+    s->stop_ev_ = std::move(*stop_ev);
+    s->wake_ev_ = std::move(*wake_ev);
+    s->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!s->epoll_) return make_error(errno, "unpinner epoll_create1");
+    auto add = [&](int fd, uint64_t token) -> Status {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = token;
+        if (::epoll_ctl(s->epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return make_error(errno, "unpinner epoll_ctl");
+        return ok();
+    };
+    if (auto st = add(s->stop_ev_.fd(), kStopToken); !st) return tl::unexpected(st.error());
+    if (auto st = add(s->wake_ev_.fd(), kWakeToken); !st) return tl::unexpected(st.error());
+    if (opts.policy == UnpinPolicy::Lru && opts.interval.count() > 0) {
+        s->timer_ = UniqueFd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+        if (!s->timer_) return make_error(errno, "unpinner timerfd_create");
+        const auto ns = opts.interval.count();
+        itimerspec its{};
+        its.it_interval.tv_sec = ns / 1'000'000'000;
+        its.it_interval.tv_nsec = ns % 1'000'000'000;
+        its.it_value = its.it_interval;
+        if (::timerfd_settime(s->timer_.get(), 0, &its, nullptr) != 0) return make_error(errno, "unpinner timerfd_settime");
+        if (auto st = add(s->timer_.get(), kTimerToken); !st) return tl::unexpected(st.error());
+    }
+    try {
+        s->thread_ = std::thread([svc = s.get()] { svc->run(); });
+        ::pthread_setname_np(s->thread_.native_handle(), opts.thread_name);
+    } catch (const std::system_error& e) {
+        return make_error(e.code().value(), "unpinner thread");
+    }
+    return s;
+}
+
+UnpinService::~UnpinService() { stop(); }
+
+void UnpinService::run() {
+    epoll_event evs[4];
+    for (;;) {
+        const int n = ::epoll_wait(epoll_.get(), evs, 4, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            CLOG_ERROR_RL(kLog, "epoll_wait: errno {}", errno);
+            ::usleep(1000);
+            continue;
+        }
+        for (int i = 0; i < n; ++i) {
+            switch (evs[i].data.u64) {
+                case kStopToken: return;
+                case kTimerToken: {
+                    uint64_t expirations = 0;
+                    if (::read(timer_.get(), &expirations, sizeof expirations) == sizeof expirations) {
+                        timer_ticks_.fetch_add(1, std::memory_order_relaxed);
+                        strategy_.tick();  // missed expirations are not replayed
+                    }
+                    break;
+                }
+                case kWakeToken: {
+                    (void)wake_ev_.read();
+                    for (;;) {
+                        Request* req = nullptr;
+                        {
+                            std::lock_guard lock(mu_);
+                            if (requests_.empty()) break;
+                            req = requests_.front();
+                            requests_.pop_front();
+                        }
+                        if (req->is_balloon) {
+                            req->result = strategy_.balloon(req->ranges);
+                        } else {
+                            strategy_.tick();
+                        }
+                        {
+                            std::lock_guard lock(mu_);
+                            req->done = true;
+                        }
+                        cv_.notify_all();
+                    }
+                    break;
+                }
+                default: break;
+            }
+        }
+    }
+}
+
+Status UnpinService::submit(Request& req) {
+    {
+        std::lock_guard lock(mu_);
+        if (stopped_) return make_error(ECANCELED, "unpinner stopped");
+        requests_.push_back(&req);
+    }
+    if (auto st = wake_ev_.signal(); !st) {
+        std::lock_guard lock(mu_);
+        std::erase(requests_, &req);
+        return tl::unexpected(st.error());
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return req.done || req.cancelled; });
+    if (req.cancelled) return make_error(ECANCELED, "unpinner stopped");
+    return ok();
+}
+
+Result<telemetry::BalloonResult> UnpinService::balloon(std::span<const GfnRange> ranges) {
+    Request req;
+    req.is_balloon = true;
+    req.ranges = ranges;
+    if (auto st = submit(req); !st) return tl::unexpected(st.error());
+    return req.result;
+}
+
+Status UnpinService::tick_now() {
+    Request req;
+    return submit(req);
+}
+
+void UnpinService::stop() {
+    {
+        std::lock_guard lock(mu_);
+        if (stopped_) return;
+        stopped_ = true;
+    }
+    gate_.set_stopping();
+    if (thread_.joinable()) {
+        if (auto st = stop_ev_.signal(); !st) {
+            CLOG_ERROR(kLog, "cannot signal the unpinner to stop: {}", st.error().message());
+        }
+        thread_.join();
+    }
+    {
+        std::lock_guard lock(mu_);
+        for (Request* r : requests_) r->cancelled = true;
+        requests_.clear();
+    }
+    cv_.notify_all();
+}
+
+}  // namespace coiommu::workers
