@@ -1,0 +1,98 @@
+// coiommud's configuration: a config file of `key = value` lines and command-line flags
+// (`--key value` or `--key=value`, '_' written as '-'); flags override the file, later flags
+// override earlier ones. Every key is documented in usage() (--help).
+//
+//   socket              path of the VMM socket (created 0600)       /run/coiommu/coiommud.sock
+//   allowed_uids        uids whose VMMs may connect (comma list)     this process's uid (+ root)
+//   max_sessions        concurrent VMs                               64
+//   setup_timeout       time a VMM has to reach Running              10s
+//   io_timeout          time a reply may wait for the VMM to read    5s
+//   engine              engine options (workers/config.h)            variant=fast,...
+//   backends            DMA backends VMMs may choose                 vfio,fake,null
+//   max_guest_memory    highest guest-physical address a VM may use  1T
+//   metrics_address     Prometheus endpoint, or `none`               127.0.0.1:9464
+//   tracing             auto (attach BPF if permitted) | off         auto
+//   log_level           debug|info|warn|error                        info
+//   log_priority_prefix auto (when journald is stderr) | on | off    auto
+//   duration            --demo: run time, 0 = until Ctrl-C           20s
+//   demo_vcpus          --demo: vCPUs of the emulated VM             4
+//   demo_ram            --demo: guest RAM of the emulated VM         512M
+//
+// Thread-safety: plain values and pure functions (load_file reads a file).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/base/log.h"
+#include "engine/base/result.h"
+#include "engine/daemon/server.h"
+#include "engine/workers/config.h"
+
+namespace coiommu::daemon {
+
+enum class Mode : uint8_t { Service, Demo };
+enum class TracingMode : uint8_t { Auto, Off };
+enum class PriorityPrefix : uint8_t { Auto, On, Off };
+
+inline constexpr std::string_view kDefaultSocket = "/run/coiommu/coiommud.sock";
+inline constexpr uint32_t kMaxSessionsLimit = 4096;
+
+struct DaemonConfig {
+    Mode mode = Mode::Service;
+    std::string config_path;  // the file read, if any
+    std::string socket_path{kDefaultSocket};
+    std::vector<uid_t> allowed_uids;  // empty: this process's effective uid, and root
+    uint32_t max_sessions = 64;
+    std::chrono::milliseconds setup_timeout{10'000};
+    std::chrono::milliseconds io_timeout{5'000};
+    std::string engine_opts;          // as given; parsed into `engine` by finalize()
+    workers::EngineConfig engine;
+    std::vector<std::string> backends{"vfio", "fake", "null"};
+    uint64_t max_guest_memory = uint64_t{1} << 40;
+    std::string metrics_address = "127.0.0.1:9464";  // "none": no exporter
+    TracingMode tracing = TracingMode::Auto;
+    log::Level log_level = log::Level::Info;
+    PriorityPrefix priority_prefix = PriorityPrefix::Auto;
+    std::chrono::milliseconds duration{20'000};  // demo; 0 = until a signal
+    uint32_t demo_vcpus = 4;
+    uint64_t demo_ram = uint64_t{512} << 20;
+
+    // The server options this configuration describes.
+    [[nodiscard]] ServerOptions server_options() const;
+};
+
+// The engine defaults of --demo: LRU unpinning every second so that a short run shows unpinning.
+[[nodiscard]] workers::EngineConfig demo_engine_defaults();
+
+// Sets one key. Errors: EINVAL "unknown key 'x'" or "<key>: <what is wrong>".
+[[nodiscard]] Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view value);
+// Applies `key = value` lines ('#' starts a comment, blank lines ignored). Errors: EINVAL naming
+// `origin:line` and the problem.
+[[nodiscard]] Status apply_config_text(DaemonConfig& cfg, std::string_view text, std::string_view origin);
+// Reads and applies a file. Errors: the errno of reading it, or apply_config_text's.
+[[nodiscard]] Status load_config_file(DaemonConfig& cfg, const std::string& path);
+// Parses the engine options over the mode's defaults and checks cross-field rules.
+// Errors: EINVAL with the offending key.
+[[nodiscard]] Status finalize(DaemonConfig& cfg);
+
+enum class CliAction : uint8_t { Run, Help, Version };
+struct ParsedArgs {
+    CliAction action = CliAction::Run;
+    DaemonConfig config;
+};
+
+// Parses argv[1..]: --config FILE is read first, then every other flag in order; then finalize().
+// Errors: EINVAL with a message for the user.
+[[nodiscard]] Result<ParsedArgs> parse_args(const std::vector<std::string_view>& args);
+[[nodiscard]] std::string usage();
+
+// The feature bits the configured backends allow (plus QueryMapped when `fake` is allowed).
+[[nodiscard]] uint64_t features_for(const std::vector<std::string>& backends);
+
+}  // namespace coiommu::daemon

@@ -1,0 +1,166 @@
+#include "engine/daemon/demo.h"
+
+#include <poll.h>
+
+#include <chrono>
+#include <cinttypes>
+
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+#include "engine/daemon/emulated_vm.h"
+
+namespace coiommu::daemon {
+namespace {
+
+constexpr std::string_view kLog = "demo";
+
+telemetry::HistogramSnapshot request_latency(const telemetry::StatsSnapshot& s) {
+    telemetry::HistogramSnapshot h = s.totals.request_latency_ns[telemetry::RequestKind::Single];
+    h.merge(s.totals.request_latency_ns[telemetry::RequestKind::Batch]);
+    return h;
+}
+
+telemetry::HistogramSnapshot diff(const telemetry::HistogramSnapshot& now, const telemetry::HistogramSnapshot& prev) {
+    telemetry::HistogramSnapshot d;
+    for (std::size_t i = 0; i < d.buckets.size(); ++i) {
+        d.buckets[i] = now.buckets[i] >= prev.buckets[i] ? now.buckets[i] - prev.buckets[i] : 0;
+    }
+    d.sum = now.sum - prev.sum;
+    return d;
+}
+
+std::string rate(double v) {
+    if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+    if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
+    return fmt::format("{:.0f}", v);
+}
+
+std::string duration_ns(uint64_t ns) {
+    if (ns == 0) return "-";
+    if (ns >= 1'000'000) return fmt::format("{:.1f}ms", static_cast<double>(ns) / 1e6);
+    if (ns >= 1'000) return fmt::format("{:.0f}us", static_cast<double>(ns) / 1e3);
+    return fmt::format("{}ns", ns);
+}
+
+double mib(uint64_t pages) { return static_cast<double>(pages) * 4096.0 / (1024.0 * 1024.0); }
+
+}  // namespace
+
+std::string status_line(double t_s, double dt_s, const telemetry::StatsSnapshot& prev,
+                        const telemetry::StatsSnapshot& now, uint64_t guest_failures) {
+    const double pins = static_cast<double>(now.totals.pages_pinned - prev.totals.pages_pinned) / dt_s;
+    const double unpins = static_cast<double>(now.totals.pages_unpinned - prev.totals.pages_unpinned) / dt_s;
+    const uint64_t p99 = diff(request_latency(now), request_latency(prev)).percentile(0.99);
+    const uint64_t failures =
+        now.totals.requests_failed + now.totals.dma_call_failures[telemetry::DmaOp::Map] + guest_failures;
+    return fmt::format("[{:5.1f}s] pins/s {:>7}  unpins/s {:>7}  p99 {:>7}  pinned {:7.1f} MiB  DMA entries {}/{}  "
+                       "failures {}",
+                       t_s, rate(pins), rate(unpins), duration_ns(p99), mib(now.gauges.pinned_pages),
+                       now.gauges.dma_entries, now.gauges.dma_entry_limit, failures);
+}
+
+int run_demo(const DemoContext& ctx) {
+    const DaemonConfig& cfg = *ctx.config;
+    std::FILE* out = ctx.out;
+    EmulatedVmOptions vo;
+    vo.socket_path = ctx.server->socket_path();
+    vo.name = "demo-vm";
+    vo.vcpus = cfg.demo_vcpus;
+    vo.ram_bytes = cfg.demo_ram;
+    vo.backend = proto::BackendKind::Fake;
+    vo.latency = proto::FakeLatency::Typical;
+    vo.rate_per_vcpu = 25'000;  // a busy NIC/NVMe queue per vCPU, and CPU left for the engine
+    fmt::print(out, "coiommud demo: an emulated VM ({} vCPUs, {} MiB RAM, fake VFIO backend with the kernel-like "
+                    "latency model) over {}\n",
+               vo.vcpus, vo.ram_bytes >> 20, vo.socket_path);
+    fmt::print(out, "  engine:   {}\n", workers::to_string(cfg.engine));
+    fmt::print(out, "  metrics:  {}\n", ctx.metrics_url.empty() ? std::string("off") : ctx.metrics_url);
+    fmt::print(out, "  tracing:  {}\n", ctx.tracing_status);
+    if (cfg.duration.count() == 0) {
+        fmt::print(out, "  running until Ctrl-C\n\n");
+    } else {
+        fmt::print(out, "  running for {:.0f} s (--duration 0: until Ctrl-C)\n\n",
+                   static_cast<double>(cfg.duration.count()) / 1000.0);
+    }
+    std::fflush(out);
+
+    auto vm = EmulatedVm::start(vo);
+    if (!vm) {
+        CLOG_ERROR(kLog, "the emulated VM did not start: {}", vm.error().message());
+        return 1;
+    }
+    using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
+    auto last_t = t0;
+    telemetry::StatsSnapshot prev = ctx.server->aggregate();
+    uint64_t peak_pinned = 0;
+    bool interrupted = false;
+    for (;;) {
+        pollfd p{ctx.signal_fd, POLLIN, 0};
+        const int r = ::poll(&p, ctx.signal_fd >= 0 ? 1 : 0, 1000);
+        if (r > 0) {
+            interrupted = true;
+            break;
+        }
+        const auto now_t = Clock::now();
+        const telemetry::StatsSnapshot now = ctx.server->aggregate();
+        const auto vc = (*vm)->counters();
+        peak_pinned = std::max(peak_pinned, now.gauges.pinned_pages);
+        const double t = std::chrono::duration<double>(now_t - t0).count();
+        const double dt = std::chrono::duration<double>(now_t - last_t).count();
+        fmt::print(out, "{}\n", status_line(t, dt, prev, now, vc.map_failures + vc.balloon_errors));
+        std::fflush(out);
+        prev = now;
+        last_t = now_t;
+        if (cfg.duration.count() != 0 && now_t - t0 >= cfg.duration) break;
+    }
+    (*vm)->stop();
+    const telemetry::StatsSnapshot end = ctx.server->aggregate();
+    const auto vc = (*vm)->counters();
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    auto closed = (*vm)->close();
+    const auto lat = request_latency(end);
+
+    fmt::print(out, "\n{}summary after {:.1f} s\n", interrupted ? "interrupted: " : "", secs);
+    fmt::print(out, "  guest DMA maps      {} ({}/s), {} pages, {} failed; unmaps {}\n", vc.maps,
+               rate(static_cast<double>(vc.maps) / secs), vc.pages_mapped, vc.map_failures, vc.unmaps);
+    fmt::print(out, "  guest map latency   p50 {}  p99 {}  (includes the pin round trip when a page was not pinned)\n",
+               duration_ns(vc.map_latency_ns.percentile(0.5)), duration_ns(vc.map_latency_ns.percentile(0.99)));
+    fmt::print(out, "  pin requests        {} single + {} batch, {} failed; p50 {}  p99 {}\n",
+               end.totals.requests[telemetry::RequestKind::Single], end.totals.requests[telemetry::RequestKind::Batch],
+               end.totals.requests_failed, duration_ns(lat.percentile(0.5)), duration_ns(lat.percentile(0.99)));
+    fmt::print(out, "  pages pinned        {} newly, {} already pinned; {} unpinned (LRU + balloon)\n",
+               end.totals.pages_pinned, end.totals.pages_already_pinned, end.totals.pages_unpinned);
+    fmt::print(out, "  DMA calls           {} maps, {} unmaps (coalesced extents), peak pinned {:.1f} MiB of {} MiB\n",
+               end.totals.dma_calls[telemetry::DmaOp::Map], end.totals.dma_calls[telemetry::DmaOp::Unmap],
+               mib(peak_pinned), vo.ram_bytes >> 20);
+    fmt::print(out, "  balloon             {} success, {} failed, {} errors\n", vc.balloon_success, vc.balloon_failed,
+               vc.balloon_errors);
+    bool clean = true;
+    if (closed) {
+        fmt::print(out, "  teardown            {} pinned pages unmapped, {} DMA mappings left\n",
+                   closed->pages_unpinned, closed->dma_entries_after);
+        clean = closed->dma_entries_after == 0;
+    } else {
+        fmt::print(out, "  teardown            close failed: {}\n", closed.error().message());
+        clean = false;
+    }
+    fmt::print(out, "\nwhere to look next\n");
+    if (!ctx.metrics_url.empty()) {
+        fmt::print(out, "  metrics     curl -s {} | grep ^coiommu_   (Prometheus: scrape this address; "
+                        "while running with --duration 0)\n",
+                   ctx.metrics_url);
+    }
+    fmt::print(out, "  dashboards  dashboards/ (Grafana JSON, Prometheus rules)\n");
+    if (!ctx.trace_tool.empty()) {
+        fmt::print(out, "  tracing     sudo {} --help   (vfio_dma map/unmap latency histograms, any process)\n",
+                   ctx.trace_tool);
+    }
+    fmt::print(out, "  load        coiommu-load --help   (workloads, engines, strategies; JSON reports)\n");
+    fmt::print(out, "  service     coiommud --help   (the VMM socket protocol: engine/daemon/PROTOCOL.md)\n");
+    std::fflush(out);
+    return clean && vc.maps > 0 ? 0 : 1;
+}
+
+}  // namespace coiommu::daemon

@@ -1,0 +1,34 @@
+// `coiommud --demo`: an emulated VM (EmulatedVm: a few vCPUs, mixed DMA workload, balloon, fake
+// backend with the kernel-like latency model) served by this daemon's own Server over its real
+// socket, a status line every second, then a summary and where to look next.
+//
+// Thread-safety: run_demo() runs on the main thread.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+#include "engine/daemon/config.h"
+#include "engine/daemon/server.h"
+
+namespace coiommu::daemon {
+
+struct DemoContext {
+    Server* server = nullptr;
+    const DaemonConfig* config = nullptr;
+    int signal_fd = -1;            // readable when SIGINT/SIGTERM arrived
+    std::string metrics_url;       // empty when the exporter is off
+    std::string tracing_status;    // "attached (...)" or "not available: <reason>"
+    std::string trace_tool;        // path of coiommu-trace next to this binary, if found
+    std::FILE* out = stdout;
+};
+
+// Runs the demo for cfg.duration (0: until a signal). Returns the process exit code: 0 when the
+// VM ran and the teardown left no DMA mapping behind, 1 otherwise.
+[[nodiscard]] int run_demo(const DemoContext& ctx);
+
+// One status line from two snapshots `dt_s` seconds apart (exposed for tests).
+[[nodiscard]] std::string status_line(double t_s, double dt_s, const telemetry::StatsSnapshot& prev,
+                                      const telemetry::StatsSnapshot& now, uint64_t guest_failures);
+
+}  // namespace coiommu::daemon

@@ -1,0 +1,280 @@
+// coiommud: serves VMMs over its Unix socket (one engine per VM), embeds the Prometheus exporter
+// and the BPF tracer, or runs the --demo. See config.h for the options and PROTOCOL.md for the
+// protocol.
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/signalfd.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+#include "engine/base/unique_fd.h"
+#include "engine/daemon/config.h"
+#include "engine/daemon/demo.h"
+#include "engine/daemon/server.h"
+
+#ifdef COIOMMU_HAVE_EXPORTER
+#include "exporter/collector_set.h"
+#include "exporter/engine_collector.h"
+#include "exporter/exposer.h"
+#include "exporter/process_collector.h"
+#endif
+#ifdef COIOMMU_HAVE_BPF
+#include "bpf/loader/privileges.h"
+#include "bpf/loader/tracing.h"
+#endif
+#ifdef COIOMMU_HAVE_BPF_COLLECTOR
+#include "exporter/bpf_collector.h"
+#include "exporter/bpf_tracing_source.h"
+#endif
+
+namespace {
+
+using namespace coiommu;
+using namespace coiommu::daemon;
+
+constexpr std::string_view kLog = "coiommud";
+
+// SIGINT/SIGTERM as a readable fd; blocked in every thread (threads inherit the mask).
+Result<UniqueFd> block_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    if (const int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr); rc != 0) return make_error(rc, "pthread_sigmask");
+    UniqueFd fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!fd) return make_error(errno, "signalfd");
+    // A VMM that disappears mid-reply must not kill the daemon (send uses MSG_NOSIGNAL too).
+    ::signal(SIGPIPE, SIG_IGN);
+    return fd;
+}
+
+std::string sibling_program(const char* name) {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) return {};
+    // build/<preset>/engine/daemon/coiommud -> build/<preset>/bpf/coiommu-trace
+    for (const auto& cand : {self.parent_path() / name, self.parent_path().parent_path().parent_path() / "bpf" / name}) {
+        if (std::filesystem::exists(cand, ec)) return cand.lexically_normal().string();
+    }
+    return {};
+}
+
+// A private directory for the demo's socket (nobody else can reach it; removed at exit).
+Result<std::string> demo_socket_dir() {
+    const char* tmp = ::getenv("TMPDIR");
+    std::string templ = fmt::format("{}/coiommud-demo.XXXXXX", tmp != nullptr && *tmp != '\0' ? tmp : "/tmp");
+    std::vector<char> buf(templ.begin(), templ.end());
+    buf.push_back('\0');
+    if (::mkdtemp(buf.data()) == nullptr) return make_error(errno, fmt::format("mkdtemp {}", templ));
+    return std::string(buf.data());
+}
+
+int run(const DaemonConfig& given) {
+    DaemonConfig cfg = given;
+    log::set_level(cfg.log_level);
+    const bool prefix = cfg.priority_prefix == PriorityPrefix::On ||
+                        (cfg.priority_prefix == PriorityPrefix::Auto && ::getenv("JOURNAL_STREAM") != nullptr);
+    log::set_priority_prefix(prefix);
+
+    auto sigfd = block_signals();
+    if (!sigfd) {
+        CLOG_ERROR(kLog, "{}", sigfd.error().message());
+        return 1;
+    }
+
+    std::string demo_dir;
+    if (cfg.mode == Mode::Demo) {
+        if (cfg.socket_path == kDefaultSocket) {
+            auto dir = demo_socket_dir();
+            if (!dir) {
+                CLOG_ERROR(kLog, "{}", dir.error().message());
+                return 1;
+            }
+            demo_dir = *dir;
+            cfg.socket_path = demo_dir + "/coiommud.sock";
+        }
+        if (std::find(cfg.backends.begin(), cfg.backends.end(), "fake") == cfg.backends.end()) {
+            cfg.backends.emplace_back("fake");
+        }
+    } else if (const auto parent = std::filesystem::path(cfg.socket_path).parent_path(); !parent.empty()) {
+        std::error_code ec;
+        if (!std::filesystem::exists(parent, ec)) {
+            CLOG_ERROR(kLog, "socket directory {} does not exist (systemd: RuntimeDirectory=coiommu; by hand: "
+                             "mkdir -p {} or --socket PATH)",
+                       parent.string(), parent.string());
+            return 1;
+        }
+    }
+    struct DirCleanup {
+        std::string dir;
+        ~DirCleanup() {
+            if (!dir.empty()) ::rmdir(dir.c_str());
+        }
+    } cleanup{demo_dir};
+
+    auto server = Server::start(cfg.server_options());
+    if (!server) {
+        CLOG_ERROR(kLog, "cannot serve {}: {}", cfg.socket_path, server.error().message());
+        return 1;
+    }
+
+    // Tracing: attach when permitted, say clearly when not.
+    std::string tracing_status = "off (--tracing off)";
+#ifdef COIOMMU_HAVE_BPF
+    std::optional<bpf::Tracing> tracing;
+    if (cfg.tracing == TracingMode::Auto) {
+        if (auto priv = bpf::check_bpf_privileges(); !priv) {
+            tracing_status = fmt::format("not available: {}", priv.error().context);
+        } else {
+            bpf::TracingOptions topts;
+            bpf::EngineTarget target;
+            target.binary = "/proc/self/exe";
+            std::error_code ec;
+            if (auto exe = std::filesystem::read_symlink("/proc/self/exe", ec); !ec) target.binary = exe.string();
+            target.pid = static_cast<int>(::getpid());
+            topts.engine = target;
+            auto t = bpf::Tracing::start(topts);
+            if (!t) {
+                // The engine USDT probes need the uprobe support of this kernel; retry with vfio_dma only.
+                topts.engine.reset();
+                auto t2 = bpf::Tracing::start(topts);
+                if (t2) {
+                    tracing.emplace(std::move(*t2));
+                    tracing_status = fmt::format("vfio_dma attached (engine USDT not available: {})",
+                                                 t.error().message());
+                } else {
+                    tracing_status = fmt::format("not available: {}", t2.error().message());
+                }
+            } else {
+                tracing.emplace(std::move(*t));
+                tracing_status = "attached: vfio_dma syscall tracepoints + engine USDT probes";
+            }
+        }
+    }
+#else
+    if (cfg.tracing == TracingMode::Auto) tracing_status = "not available: built without BPF (COIOMMU_BPF=OFF)";
+#endif
+    if (tracing_status.starts_with("not available")) {
+        CLOG_WARN(kLog, "tracing {}", tracing_status);
+    } else {
+        CLOG_INFO(kLog, "tracing {}", tracing_status);
+    }
+
+    std::string metrics_url;
+#ifdef COIOMMU_HAVE_EXPORTER
+    std::optional<exporter::Exposer> exposer;
+    if (cfg.metrics_address != "none") {
+        exporter::EngineInfo info;
+        info.build = exporter::this_build();
+        info.config.unpin_policy = std::string(workers::to_string(cfg.engine.unpin_policy));
+        info.config.coalesce = cfg.engine.coalesce == workers::Coalesce::On ? "on" : "off";
+        info.config.backend = cfg.mode == Mode::Demo ? "fake" : cfg.backends.front();
+        info.config.unpin_interval_seconds = std::chrono::duration<double>(cfg.engine.unpin_interval).count();
+        info.config.unpin_gen_threshold = cfg.engine.unpin_gen_threshold;
+        auto set = std::make_shared<exporter::CollectorSet>();
+        Server* srv = server->get();
+        (void)set->add("engine", std::make_shared<exporter::EngineCollector>([srv] { return srv->aggregate(); }, info));
+        (void)set->add("process", std::make_shared<exporter::ProcessCollector>());
+#if defined(COIOMMU_HAVE_BPF) && defined(COIOMMU_HAVE_BPF_COLLECTOR)
+        if (tracing) {
+            (void)set->add("bpf", std::make_shared<exporter::BpfCollector>(
+                                      exporter::tracing_source(*tracing, nullptr, std::nullopt)));
+        }
+#endif
+        exporter::ExposerOptions eo;
+        eo.address = cfg.metrics_address;
+        auto ex = exporter::Exposer::start(eo);
+        if (!ex && ex.error().code == EADDRINUSE && cfg.mode == Mode::Demo) {
+            // A newcomer's second demo (or another exporter) holds the port: take any free one.
+            CLOG_WARN(kLog, "metrics address {} is in use; the demo takes a free port instead", cfg.metrics_address);
+            if (auto la = exporter::parse_listen_address(cfg.metrics_address)) {
+                la->port = 0;
+                eo.address = la->to_string();
+                ex = exporter::Exposer::start(eo);
+            }
+        }
+        if (!ex) {
+            CLOG_ERROR(kLog, "metrics endpoint {}: {} (--metrics-address ADDR or none)", cfg.metrics_address,
+                       ex.error().message());
+            return 1;
+        }
+        exposer.emplace(std::move(*ex));
+        if (auto st = exposer->register_collectable(set); !st) {
+            CLOG_ERROR(kLog, "metrics: {}", st.error().message());
+            return 1;
+        }
+        metrics_url = exposer->url();
+        CLOG_INFO(kLog, "metrics at {}", metrics_url);
+    }
+#else
+    if (cfg.metrics_address != "none") CLOG_WARN(kLog, "metrics not available: built without prometheus-cpp");
+#endif
+
+    int rc = 0;
+    if (cfg.mode == Mode::Demo) {
+        DemoContext ctx;
+        ctx.server = server->get();
+        ctx.config = &cfg;
+        ctx.signal_fd = sigfd->get();
+        ctx.metrics_url = metrics_url;
+        ctx.tracing_status = tracing_status;
+        ctx.trace_tool = sibling_program("coiommu-trace");
+        rc = run_demo(ctx);
+    } else {
+        CLOG_INFO(kLog, "ready: serving VMMs on {}", cfg.socket_path);
+        for (;;) {
+            signalfd_siginfo si{};
+            pollfd p{sigfd->get(), POLLIN, 0};
+            if (::poll(&p, 1, -1) < 0 && errno != EINTR) break;
+            if (::read(sigfd->get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+                CLOG_INFO(kLog, "{}: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+                break;
+            }
+        }
+    }
+    // Orderly: no new sessions, every session's engine unmaps what it mapped, then the exporter
+    // (its collector reads the server) and the tracer go.
+    (*server)->stop();
+#ifdef COIOMMU_HAVE_EXPORTER
+    exposer.reset();
+#endif
+    server->reset();
+    CLOG_INFO(kLog, "stopped");
+    return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string_view> args(argv + 1, argv + argc);
+    auto parsed = coiommu::daemon::parse_args(args);
+    if (!parsed) {
+        std::fprintf(stderr, "coiommud: %s\n", parsed.error().context.c_str());
+        return 2;
+    }
+    switch (parsed->action) {
+        case coiommu::daemon::CliAction::Help:
+            std::fputs(coiommu::daemon::usage().c_str(), stdout);
+            return 0;
+        case coiommu::daemon::CliAction::Version:
+            std::printf("coiommud (coiommu) protocol %u\n", coiommu::daemon::proto::kVersion);
+            return 0;
+        case coiommu::daemon::CliAction::Run:
+            break;
+    }
+    return run(parsed->config);
+}

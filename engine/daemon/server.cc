@@ -1,0 +1,259 @@
+#include "engine/daemon/server.h"
+
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+#include "engine/daemon/client.h"
+
+namespace coiommu::daemon {
+namespace {
+
+constexpr std::string_view kLog = "server";
+
+// Refuses a connection with an Error message the peer can read, then closes it.
+void refuse(UniqueFd sock, int code, std::string_view why, std::chrono::milliseconds timeout) {
+    const auto payload = encode_error(code, 0, why);
+    (void)send_message(sock.get(), static_cast<uint16_t>(proto::MsgType::Error), 0, payload, {}, timeout);
+}
+
+Result<UniqueFd> bind_listener(const std::string& path) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.empty()) return make_error(EINVAL, "empty socket path");
+    if (path.size() >= sizeof addr.sun_path) {
+        return make_error(ENAMETOOLONG, fmt::format("socket path '{}' is longer than {} bytes", path,
+                                                    sizeof addr.sun_path - 1));
+    }
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            return make_error(EEXIST, fmt::format("{} exists and is not a socket", path));
+        }
+        if (connect_seqpacket(path)) {
+            return make_error(EADDRINUSE, fmt::format("{}: another coiommud is serving it", path));
+        }
+        ::unlink(path.c_str());  // stale: its daemon is gone
+    }
+    UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) return make_error(errno, "socket(AF_UNIX, SOCK_SEQPACKET)");
+    // 0600 from the first instant: nobody else can connect between bind and chmod.
+    const mode_t old = ::umask(0177);
+    const int rc = ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    const int err = errno;
+    ::umask(old);
+    if (rc != 0) return make_error(err, fmt::format("bind {}", path));
+    if (::chmod(path.c_str(), 0600) != 0) return make_error(errno, fmt::format("chmod 0600 {}", path));
+    if (::listen(fd.get(), 128) != 0) return make_error(errno, fmt::format("listen {}", path));
+    return fd;
+}
+
+}  // namespace
+
+void merge_snapshot(telemetry::StatsSnapshot& into, const telemetry::StatsSnapshot& other) {
+    telemetry::merge(into.totals, other.totals);
+    auto& g = into.gauges;
+    const auto& o = other.gauges;
+    g.pinned_pages += o.pinned_pages;
+    g.dma_entries += o.dma_entries;
+    g.dma_entry_limit += o.dma_entry_limit;
+    g.queue_depth += o.queue_depth;
+    g.unpin_worker_parked += o.unpin_worker_parked;
+    g.last_unpin_run_unix_ns = std::max(g.last_unpin_run_unix_ns, o.last_unpin_run_unix_ns);
+    g.guest_ram_bytes += o.guest_ram_bytes;
+    g.vcpus += o.vcpus;
+    g.active_sessions += o.active_sessions;
+    into.shards += other.shards;
+}
+
+Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
+    if (options.max_sessions == 0) return make_error(EINVAL, "max_sessions must be at least 1");
+    if (options.allowed_uids.empty()) options.allowed_uids.push_back(::geteuid());
+    std::unique_ptr<Server> s(new Server(std::move(options)));
+    auto listen = bind_listener(s->opts_.socket_path);
+    if (!listen) return tl::unexpected(listen.error());
+    s->listen_ = std::move(*listen);
+    auto ev = EventFd::create(Blocking::No);
+    if (!ev) {
+        return tl::unexpected(with_context(ev.error(), "stop event"));
+    }
+    s->stop_ev_ = std::move(*ev);
+    s->acceptor_ = std::thread([srv = s.get()] { srv->accept_loop(); });
+    CLOG_INFO(kLog, "listening on {} (max {} sessions)", s->opts_.socket_path, s->opts_.max_sessions);
+    return s;
+}
+
+Server::~Server() { stop(); }
+
+void Server::stop() {
+    std::lock_guard stop_lock(stop_mu_);
+    if (stopped_.exchange(true)) return;
+    if (stop_ev_.valid()) (void)stop_ev_.signal();  // the acceptor and every session watch it
+    if (acceptor_.joinable()) acceptor_.join();
+    reap(true);
+    if (listen_) {
+        // Only a socket this server bound (a failed start must not remove someone else's file).
+        listen_.reset();
+        ::unlink(opts_.socket_path.c_str());
+    }
+    CLOG_INFO(kLog, "stopped: {} sessions served", counters_.accepted.load());
+}
+
+void Server::accept_loop() {
+    UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+    if (!ep) {
+        CLOG_ERROR(kLog, "epoll_create1: {}", std::strerror(errno));
+        return;
+    }
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.u32 = 0;
+    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, listen_.get(), &e) != 0) {
+        CLOG_ERROR(kLog, "epoll_ctl: {}", std::strerror(errno));
+        return;
+    }
+    e.data.u32 = 1;
+    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, stop_ev_.fd(), &e) != 0) {
+        CLOG_ERROR(kLog, "epoll_ctl: {}", std::strerror(errno));
+        return;
+    }
+    for (;;) {
+        epoll_event events[2];
+        // The timeout lets finished sessions be reaped even when nobody connects.
+        const int n = ::epoll_wait(ep.get(), events, 2, 200);
+        const int err = errno;
+        if (n < 0 && err != EINTR) {
+            CLOG_ERROR(kLog, "epoll_wait: {}", std::strerror(err));
+            return;
+        }
+        bool stop = false;
+        for (int i = 0; i < n; ++i) {
+            if (events[i].data.u32 == 1) stop = true;
+        }
+        if (stop) return;
+        for (int i = 0; i < n; ++i) {
+            if (events[i].data.u32 == 0) accept_one();
+        }
+        reap(false);
+    }
+}
+
+void Server::accept_one() {
+    // Drain the backlog: a flood of connections is handled in one wake-up.
+    for (;;) {
+        UniqueFd sock(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        if (!sock) {
+            const int err = errno;
+            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return;
+            // EMFILE/ENFILE: out of fds. Log (rate-limited) and retry on the next wake-up.
+            CLOG_ERROR_RL(kLog, "accept: {}", std::strerror(err));
+            return;
+        }
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        if (::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+            CLOG_WARN_RL(kLog, "SO_PEERCRED: {}", std::strerror(errno));
+            continue;
+        }
+        const auto& allowed = opts_.allowed_uids;
+        if (std::find(allowed.begin(), allowed.end(), cred.uid) == allowed.end()) {
+            counters_.refused_credentials.fetch_add(1, std::memory_order_relaxed);
+            CLOG_WARN_RL(kLog, "refused pid {} uid {}: not in allowed_uids", cred.pid, cred.uid);
+            refuse(std::move(sock), EACCES, "uid not allowed by this coiommud", opts_.limits.io_timeout);
+            continue;
+        }
+        std::lock_guard lock(mu_);
+        if (sessions_.size() >= opts_.max_sessions) {
+            counters_.refused_busy.fetch_add(1, std::memory_order_relaxed);
+            CLOG_WARN_RL(kLog, "refused pid {}: {} sessions already (max_sessions)", cred.pid, sessions_.size());
+            refuse(std::move(sock), EBUSY, "coiommud serves its maximum number of sessions",
+                   std::chrono::milliseconds(100));
+            continue;
+        }
+        auto entry = std::make_unique<Entry>();
+        const uint32_t id = next_id_++;
+        entry->session = std::make_unique<Session>(id, opts_.policy);
+        entry->sock = std::move(sock);
+        Entry* raw_entry = entry.get();
+        counters_.accepted.fetch_add(1, std::memory_order_relaxed);
+        CLOG_INFO(kLog, "session {}: connected (pid {}, uid {})", id, cred.pid, cred.uid);
+        entry->thread = std::thread([this, raw_entry] {
+            const SessionEnd end =
+                serve(*raw_entry->session, raw_entry->sock.get(), stop_ev_.fd(), opts_.limits);
+            if (end != SessionEnd::Closed && end != SessionEnd::Stopped && end != SessionEnd::PeerGone) {
+                counters_.sessions_failed.fetch_add(1, std::memory_order_relaxed);
+            }
+            CLOG_INFO(kLog, "session {}: ended ({})", raw_entry->session->id(), to_string(end));
+            raw_entry->sock.reset();  // the VMM sees end of stream now, not at the next reap
+            raw_entry->done.store(true, std::memory_order_release);
+        });
+        sessions_.push_back(std::move(entry));
+    }
+}
+
+void Server::reap(bool all) {
+    if (all) {
+        // stop() signalled every session: wait for each to tear down. The session threads never
+        // take mu_, so joining with a snapshot of the list is safe (only this thread edits it now).
+        std::vector<Entry*> entries;
+        {
+            std::lock_guard lock(mu_);
+            for (auto& e : sessions_) entries.push_back(e.get());
+        }
+        for (Entry* e : entries) {
+            if (e->thread.joinable()) e->thread.join();
+        }
+    }
+    std::list<std::unique_ptr<Entry>> finished;
+    {
+        std::lock_guard lock(mu_);
+        for (auto it = sessions_.begin(); it != sessions_.end();) {
+            if ((*it)->done.load(std::memory_order_acquire)) {
+                // In the same critical section as the removal: aggregate() never sees a dip.
+                telemetry::merge(retired_, (*it)->session->final_totals());
+                counters_.sessions_ended.fetch_add(1, std::memory_order_relaxed);
+                finished.push_back(std::move(*it));
+                it = sessions_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+    for (auto& e : finished) {
+        if (e->thread.joinable()) e->thread.join();  // already past serve(): returns at once
+    }
+}
+
+telemetry::StatsSnapshot Server::aggregate() const {
+    telemetry::StatsSnapshot out{};
+    std::lock_guard lock(mu_);
+    out.totals = retired_;
+    for (const auto& e : sessions_) {
+        // A running session reports its live engine; one that has torn down (or never ran) its
+        // final totals (zero when it never ran).
+        if (auto s = e->session->stats()) {
+            merge_snapshot(out, s->snapshot);
+        } else {
+            telemetry::merge(out.totals, e->session->final_totals());
+        }
+    }
+    out.gauges.active_sessions = static_cast<uint64_t>(sessions_.size());
+    return out;
+}
+
+uint32_t Server::session_count() const {
+    std::lock_guard lock(mu_);
+    return static_cast<uint32_t>(sessions_.size());
+}
+
+}  // namespace coiommu::daemon
