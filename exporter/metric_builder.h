@@ -17,6 +17,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,6 +56,16 @@ void add_histogram(prometheus::MetricFamily& family, const telemetry::HistogramS
 // The ClientMetric::Histogram for a snapshot (what add_histogram appends), exposed for tests.
 [[nodiscard]] prometheus::ClientMetric::Histogram to_client_histogram(const telemetry::HistogramSnapshot& snapshot,
                                                                       const HistogramScale& scale);
+
+// The same for any array of log2 buckets (buckets[k] counts values <= 2^k; e.g. the BPF maps'
+// slots): `sum` is in the recorded unit. The scale is clamped to the array (last_bucket <
+// buckets.size()); buckets above it are counted by `+Inf` only, so a trailing overflow slot
+// must stay above scale.last_bucket. Empty buckets in range are emitted (backfilled) with the
+// running cumulative count, so every scrape has the same `le` series.
+[[nodiscard]] prometheus::ClientMetric::Histogram to_client_histogram(std::span<const uint64_t> buckets, uint64_t sum,
+                                                                      const HistogramScale& scale);
+void add_histogram(prometheus::MetricFamily& family, std::span<const uint64_t> buckets, uint64_t sum,
+                   const HistogramScale& scale, Labels labels = {});
 
 // The `le` bound of log2 bucket k under `scale`: 2^k × unit_to_base.
 [[nodiscard]] double bucket_bound(std::size_t k, const HistogramScale& scale);

@@ -6,6 +6,10 @@
 // Prints per-op log2 histograms every interval (or once at Ctrl-C), calls by result class and
 // bytes requested. Histograms are interval deltas computed from monotonic map snapshots; the
 // maps are never cleared, so pinned maps (--pin) and the exporter stay monotonic.
+//
+// With --exporter ADDR (when built with the exporter: COIOMMU_TRACE_EXPORTER) it also serves the
+// BPF and process metrics at http://ADDR/metrics while tracing, for hosts whose VMM (crosvm,
+// QEMU) runs without the coiommu engine.
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -28,6 +32,13 @@
 
 #include "bpf/loader/tracing.h"
 #include "engine/base/log.h"
+#ifdef COIOMMU_TRACE_EXPORTER
+#include "exporter/bpf_collector.h"
+#include "exporter/bpf_tracing_source.h"
+#include "exporter/collector_set.h"
+#include "exporter/exposer.h"
+#include "exporter/process_collector.h"
+#endif
 
 namespace coiommu::bpf {
 namespace {
@@ -56,6 +67,8 @@ options:
       --pin-temp         pin the maps while running, remove them on exit
       --pin-root DIR     pin root (default /sys/fs/bpf/coiommu)
       --stats            enable BPF run time accounting and print per-program cost
+      --exporter ADDR    also serve Prometheus metrics at http://ADDR/metrics (e.g.
+                         127.0.0.1:9464; port 0 picks a free port, printed on stderr)
   -T, --timestamp        print a timestamp with each interval
   -v, --verbose          debug logging (libbpf and verifier messages)
   -h, --help             this text
@@ -65,6 +78,8 @@ examples:
   coiommu-trace 1 10              10 one-second histograms of every process's DMA ioctls
   coiommu-trace -p $(pidof crosvm) -u --slow-us 500
   coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v1/
+  coiommu-trace --exporter 127.0.0.1:9464 --stats --slow-us 1000
+                                  Prometheus exporter for a crosvm/QEMU host (Ctrl-C ends)
 )";
 
 struct Unit {
@@ -82,6 +97,7 @@ struct Args {
     std::optional<Keep> pin;
     std::string pin_root{kDefaultPinRoot};
     bool stats = false;
+    std::optional<std::string> exporter;  // listen address
     bool timestamp = false;
     bool verbose = false;
     std::optional<double> interval_s;
@@ -108,7 +124,7 @@ bool parse_interval(std::string_view text, double* out) {
 
 // Returns nullopt after printing the reason (or help) when parsing fails or help was asked.
 std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
-    enum LongOnly { kSlowUs = 256, kEngine, kKernelHooks, kPin, kPinTemp, kPinRoot, kStats };
+    enum LongOnly { kSlowUs = 256, kEngine, kKernelHooks, kPin, kPinTemp, kPinRoot, kStats, kExporter };
     static const option kOptions[] = {
         {"pid", required_argument, nullptr, 'p'},
         {"microseconds", no_argument, nullptr, 'u'},
@@ -124,6 +140,7 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
         {"pin-temp", no_argument, nullptr, kPinTemp},
         {"pin-root", required_argument, nullptr, kPinRoot},
         {"stats", no_argument, nullptr, kStats},
+        {"exporter", required_argument, nullptr, kExporter},
         {nullptr, 0, nullptr, 0},
     };
     Args a;
@@ -161,6 +178,18 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
             case kPinTemp: a.pin = Keep::No; break;
             case kPinRoot: a.pin_root = optarg; break;
             case kStats: a.stats = true; break;
+            case kExporter:
+#ifdef COIOMMU_TRACE_EXPORTER
+                if (auto addr = exporter::parse_listen_address(optarg); !addr) {
+                    fmt::print(stderr, "coiommu-trace: --exporter: {}\n", addr.error().message());
+                    return std::nullopt;
+                }
+                a.exporter = optarg;
+                break;
+#else
+                fmt::print(stderr, "coiommu-trace: built without the Prometheus exporter (COIOMMU_EXPORTER=OFF)\n");
+                return std::nullopt;
+#endif
             default: fmt::print(stderr, "{}", kUsage); return std::nullopt;
         }
     }
@@ -498,11 +527,44 @@ int run(const Args& args) {
         fmt::print(stderr, "engine USDT probes attached: {}\n", probes);
     }
     for (const auto& p : tracing->pinned_paths()) fmt::print(stderr, "pinned {}\n", p);
+
+#ifdef COIOMMU_TRACE_EXPORTER
+    // Declared after `tracing`: destroyed (civetweb threads joined) before the tracer it reads.
+    exporter::SlowEventCounter slow_events;
+    std::optional<exporter::Exposer> exposer;
+    if (args.exporter) {
+        auto set = std::make_shared<exporter::CollectorSet>();
+        auto st = set->add("bpf", std::make_shared<exporter::BpfCollector>(
+                                      exporter::tracing_source(*tracing, &slow_events, opts.vfio_dma.slow_threshold)));
+        if (st) st = set->add("process", std::make_shared<exporter::ProcessCollector>());
+        if (!st) {
+            fmt::print(stderr, "coiommu-trace: exporter: {}\n", st.error().message());
+            return 1;
+        }
+        auto started = exporter::Exposer::start({.address = *args.exporter});
+        if (!started) {
+            fmt::print(stderr, "coiommu-trace: exporter: {}\n", started.error().message());
+            return 1;
+        }
+        exposer.emplace(std::move(*started));
+        if (auto reg = exposer->register_collectable(set); !reg) {
+            fmt::print(stderr, "coiommu-trace: exporter: {}\n", reg.error().message());
+            return 1;
+        }
+        fmt::print(stderr, "exporter listening on {} ({})\n", exposer->address(), exposer->url());
+    }
+    const auto count_event = [&slow_events](const SlowEvent&) { slow_events.add(); };
+#else
+    const auto count_event = [](const SlowEvent&) {};
+#endif
     fmt::print(stderr, "Tracing VFIO DMA ioctls of {}... Hit Ctrl-C to end.\n",
                args.pid ? fmt::format("pid {}", args.pid) : std::string("all processes"));
 
 
-    const auto on_event = [&args](const SlowEvent& ev) { print_slow(ev, args); };
+    const auto on_event = [&args, &count_event](const SlowEvent& ev) {
+        count_event(ev);
+        print_slow(ev, args);
+    };
     const auto interval = args.interval_s
                               ? std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*args.interval_s))
                               : Clock::duration::max();

@@ -13,6 +13,7 @@
 #include <prometheus/text_serializer.h>
 
 #include "engine/telemetry/engine_stats.h"
+#include "exporter/bpf_collector.h"
 #include "exporter/collector_set.h"
 #include "exporter/engine_collector.h"
 #include "exporter/exposer.h"
@@ -89,6 +90,63 @@ void BM_FullScrape(benchmark::State& state) {
     state.counters["bytes"] = static_cast<double>(bytes);
 }
 BENCHMARK(BM_FullScrape)->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMicrosecond);
+
+// Every BPF tracer attached (vfio_dma, engine USDT, fentry), 7 programs, every slot populated.
+BpfScrape populated_bpf() {
+    BpfScrape s;
+    s.telemetry.engine = bpf::EngineSnapshot{};
+    s.telemetry.kern = bpf::VfioKernSnapshot{};
+    s.slow_threshold = std::chrono::milliseconds(1);
+    const auto fill = [](bpf::Log2Hist& h) {
+        for (std::size_t k = 0; k < bpf::kHistSlots; ++k) h.slots[k] = 1000 + k;
+        h.sum = 123456789;
+    };
+    for (auto& h : s.telemetry.vfio_dma.latency_ns) fill(h);
+    for (auto& h : s.telemetry.engine->request_latency_ns) fill(h);
+    for (auto& h : s.telemetry.engine->request_pages) fill(h);
+    for (auto& h : s.telemetry.engine->dma_latency_ns) fill(h);
+    for (auto& h : s.telemetry.engine->scan_duration_ns) fill(h);
+    for (auto& h : s.telemetry.kern->latency_ns) fill(h);
+    for (const char* name : {"vfio_dma_enter", "vfio_dma_exit", "eng_req_start", "eng_req_done", "eng_dma_map",
+                             "eng_dma_unmap", "eng_unpin_scan"}) {
+        bpf::ProgramInfo p;
+        p.program = name;
+        p.attach = "usdt";
+        p.id = 42;
+        p.tag = "0123456789abcdef";
+        p.attached = true;
+        p.run_time_ns = 123456;
+        p.run_cnt = 789;
+        s.telemetry.programs.push_back(p);
+    }
+    return s;
+}
+
+// The BPF collector's part of a scrape (map reads excluded: they are syscalls, measured live by
+// engine_scrape_bench --bpf): building the families from one snapshot.
+void BM_BpfFamilies(benchmark::State& state) {
+    const BpfScrape s = populated_bpf();
+    for (auto _ : state) benchmark::DoNotOptimize(bpf_families(s));
+}
+BENCHMARK(BM_BpfFamilies)->Unit(benchmark::kMicrosecond);
+
+// A full scrape of the engine daemon with the tracer attached: engine (8 shards) + process + BPF.
+void BM_FullScrapeWithBpf(benchmark::State& state) {
+    StatsRegistry stats(8);
+    populate(stats);
+    auto set = make_set(stats);
+    const BpfScrape bpf = populated_bpf();
+    (void)set->add("bpf", std::make_shared<BpfCollector>([&bpf]() -> Result<BpfScrape> { return bpf; }));
+    const prometheus::TextSerializer serializer;
+    std::size_t bytes = 0;
+    for (auto _ : state) {
+        const std::string text = serializer.Serialize(set->Collect());
+        bytes = text.size();
+        benchmark::DoNotOptimize(text.data());
+    }
+    state.counters["bytes"] = static_cast<double>(bytes);
+}
+BENCHMARK(BM_FullScrapeWithBpf)->Unit(benchmark::kMicrosecond);
 
 // The writer's side: the per-request stats updates of one vCPU arena while a scraper thread runs a
 // full scrape every `interval_ms` (0 = no scraper). The difference is what scraping costs the
