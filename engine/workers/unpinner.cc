@@ -315,11 +315,18 @@ uint64_t ExtentUnpinner::force_unmap(Gfn head) {
     locks_[0] = env_.table.lock(head);
     uint32_t len = locks_[0].mapped() ? env_.extents.length(head) : 0;
     if (len == 0 || raw(head) + len > env_.table.size()) {
-        // A mapped page without an extent record cannot happen; unmap the page alone if it does.
         if (!locks_[0].mapped()) {
             locks_[0].unlock();
             return 0;
         }
+        // A stale generation entry: its extent was unpinned (balloon) and the page re-pinned as a
+        // member of another extent, which its own entry or the final PinTable scan unmaps whole
+        // (unmapping this page alone would bisect that mapping).
+        if (const auto owner = env_.extents.head_of(head); owner && *owner != head) {
+            locks_[0].unlock();
+            return 0;
+        }
+        // A mapped page without an extent record cannot happen; unmap the page alone if it does.
         len = 1;
     }
     for (uint32_t i = 1; i < len; ++i) locks_[i] = env_.table.lock(Gfn{raw(head) + i});
