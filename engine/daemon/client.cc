@@ -103,17 +103,8 @@ Status Client::send_raw(std::span<const std::byte> datagram, std::span<const int
     msghdr mh{};
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
-    if (!fds.empty()) {
-        if (fds.size() > 256) return make_error(EINVAL, "send_raw: too many fds");
-        std::memset(control, 0, sizeof control);
-        mh.msg_control = control;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-        cmsghdr* c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-        std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
+    if (fds.size() > 256) return make_error(EINVAL, "send_raw: too many fds");
+    if (auto st = attach_fds(mh, control, fds); !st) return st;
     if (::sendmsg(sock_.get(), &mh, MSG_NOSIGNAL) < 0) return make_error(errno, "send_raw");
     return ok();
 }

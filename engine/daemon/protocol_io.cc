@@ -64,6 +64,21 @@ void collect_fds(msghdr& mh, std::vector<UniqueFd>& out) {
 
 }  // namespace
 
+Status attach_fds(msghdr& mh, std::span<unsigned char> control, std::span<const int> fds) {
+    if (fds.empty()) return ok();
+    if (control.size() < CMSG_SPACE(sizeof(int) * fds.size())) return make_error(EMSGSIZE, "too many fds");
+    std::memset(control.data(), 0, control.size());
+    mh.msg_control = control.data();
+    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    if (c == nullptr) return make_error(EMSGSIZE, "no room for SCM_RIGHTS");
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    return ok();
+}
+
 Status check_header(const proto::Header& h, std::size_t payload_bytes) {
     if (h.magic != proto::kMagic) return make_error(EPROTO, fmt::format("bad magic {:#x}", h.magic));
     if (h.version != proto::kVersion) {
@@ -100,16 +115,7 @@ Status send_message(int sock, uint16_t type, uint64_t seq, std::span<const std::
     msghdr mh{};
     mh.msg_iov = iov;
     mh.msg_iovlen = payload.empty() ? 1 : 2;
-    if (!fds.empty()) {
-        std::memset(control, 0, sizeof control);
-        mh.msg_control = control;
-        mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-        cmsghdr* c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-        std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
+    if (auto st = attach_fds(mh, control, fds); !st) return st;
     const auto deadline = Clock::now() + timeout;
     for (;;) {
         const ssize_t n = ::sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);

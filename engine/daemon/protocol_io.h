@@ -19,6 +19,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <sys/socket.h>
+
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
 #include "engine/daemon/protocol.h"
@@ -51,6 +53,10 @@ struct Message {
 // (or hung up), false on timeout or when stop_fd fired first. A negative timeout waits forever.
 // `stopped` (may be null) is set when stop_fd fired.
 [[nodiscard]] Result<bool> wait_readable(int sock, int stop_fd, std::chrono::milliseconds timeout, bool* stopped);
+
+// Attaches `fds` to `mh` as one SCM_RIGHTS control message built in `control` (no-op when empty).
+// Precondition: `control` is cmsghdr-aligned. Errors: EMSGSIZE when `control` is too small.
+[[nodiscard]] Status attach_fds(msghdr& mh, std::span<unsigned char> control, std::span<const int> fds);
 
 // Payload helpers: a wire struct as bytes, and reading one from a payload (bounds-checked).
 template <class T>
