@@ -200,6 +200,13 @@ DMA backend
   --latency L            fake backend latency model: typical|none          (default typical)
   --entry-limit N        dma_entry_limit of the fake/null container        (default 65535)
   --vfio-group PATH      the VFIO group for --backend vfio, e.g. /dev/vfio/12
+  --connect SOCKET       drive a running coiommud at SOCKET as a VMM would (guest RAM memfds,
+                         trigger eventfds, BAR0 writes, balloon requests over its protocol)
+                         instead of an in-process engine; the daemon's engine serves, on its
+                         fake (--latency, --entry-limit) or null backend. Only the coiommu
+                         strategy; not with --backend vfio, --engine, --compare, --engine-opts.
+                         The safety invariant is checked through the daemon's QueryMapped
+                         (fake backend; skipped with null)
 
 output
   --json FILE            every figure of every run as JSON
@@ -354,6 +361,12 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
                 o.vfio_group = std::string(v);
                 return ok();
             });
+        } else if (flag == "--connect") {
+            st = take([&](std::string_view v) -> Status {
+                if (v.empty()) return bad("--connect needs the daemon's socket path");
+                o.connect_path = std::string(v);
+                return ok();
+            });
         } else if (flag == "--engine-opts") {
             st = take([&](std::string_view v) -> Status {
                 if (v.find("variant") != std::string_view::npos) {
@@ -452,6 +465,14 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
     }
     if (o.backend != BackendKind::Vfio && !o.vfio_group.empty()) return bad("--vfio-group is only for --backend vfio");
     if (o.backend != BackendKind::Fake && latency_set) return bad("--latency is only for --backend fake");
+    if (!o.connect_path.empty()) {
+        if (o.backend == BackendKind::Vfio) return bad("--connect and --backend vfio exclude each other");
+        if (compare || engines_set) return bad("--connect: the daemon's engine serves; --engine and --compare do not apply");
+        if (!o.engine_opts.empty()) return bad("--connect: the daemon's engine serves; --engine-opts does not apply");
+        for (StrategyKind s : o.strategies) {
+            if (s != StrategyKind::Coiommu) return bad("--connect runs the coiommu strategy only");
+        }
+    }
     if (o.progress && o.quiet) return bad("--progress and --quiet exclude each other");
     if (o.table_only && o.quiet) return bad("--table and --quiet exclude each other");
     if (o.ram_bytes < kMinRamBytes || o.ram_bytes > kMaxRamBytes || (o.ram_bytes & (kPageSize - 1)) != 0) {

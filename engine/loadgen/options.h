@@ -53,6 +53,9 @@ struct LoadOptions {
     std::vector<StrategyKind> strategies{StrategyKind::Coiommu};
     BackendKind backend = BackendKind::Fake;
     std::string vfio_group;         // --backend vfio: /dev/vfio/N
+    // --connect: a running coiommud serves the coiommu strategy (its engine, its fake or null
+    // backend); empty: the engine runs in this process.
+    std::string connect_path;
     std::string engine_opts;        // as given (for the report)
     workers::EngineConfig engine = default_engine_config();  // parsed --engine-opts
     FakeLatency latency = FakeLatency::Typical;
@@ -97,7 +100,8 @@ struct ParsedCli {
 
 // Parses argv[1..]. Errors (EINVAL) carry a message for the user: unknown flag, missing or
 // malformed value, out-of-range value, conflicting flags (--think-us with --rate; variant= in
-// --engine-opts, which --engine decides), --backend vfio without --vfio-group.
+// --engine-opts, which --engine decides), --backend vfio without --vfio-group, --connect with
+// --backend vfio, a strict/static strategy, --engine, --compare or --engine-opts (the daemon's engine).
 [[nodiscard]] Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args);
 [[nodiscard]] std::string usage();
 

@@ -141,6 +141,7 @@ void options_json(Json& j, const LoadOptions& o) {
     j.str("strategies", join_names(o.strategies));
     j.str("backend", to_string(o.backend));
     j.str("vfio_group", o.vfio_group);
+    j.str("connect", o.connect_path);
     j.str("engine_opts", o.engine_opts);
     j.str("engine_config", workers::to_string(o.engine));
     j.str("latency_model", to_string(o.latency));

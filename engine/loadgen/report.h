@@ -3,7 +3,7 @@
 //
 // JSON schema (every number is a JSON number; latencies in ns; memory in pages of 4 KiB unless
 // the key says mib):
-//   { "tool", "version", "ok", "options": {...every flag...},
+//   { "tool", "version", "ok", "options": {...every flag..., connect ("" unless --connect)},
 //     "runs": [ { "label", "workload", "strategy", "engine" (fast|seed, null unless coiommu),
 //                 "backend", "served_by", "passed",
 //                 "setup_s", "duration_s",

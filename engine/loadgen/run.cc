@@ -42,6 +42,7 @@
 #include "engine/dma/vfio_backend.h"
 #include "engine/loadgen/guest_layout.h"
 #include "engine/loadgen/in_process_link.h"
+#include "engine/loadgen/socket_link.h"
 #include "engine/loadgen/report.h"
 #include "engine/loadgen/rng.h"
 #include "engine/loadgen/tsc_clock.h"
@@ -273,6 +274,7 @@ struct RunCtx {
     const dma::FakeBackend* oracle;  // the invariant's oracle, or null (check skipped)
     BalloonBoard* board;             // null unless the workload balloons
     TscClock clock;                  // per-operation latencies
+    SocketLink* remote = nullptr;    // --connect: the daemon serves (its backend is the oracle)
     std::atomic<bool> go{false};
     std::atomic<bool> stop{false};
 };
@@ -371,9 +373,21 @@ private:
 
     // The safety invariant: the device may DMA to every page of the buffer at `iova`.
     void check(const Buffer& b, Iova iova, const char* when) {
-        if (ctx_.oracle == nullptr) return;
-        v_.invariant_checks.add();
-        if (ctx_.oracle->is_mapped(iova, uint64_t{b.pages} << kPageShift)) return;
+        const uint64_t size = uint64_t{b.pages} << kPageShift;
+        if (ctx_.oracle != nullptr) {
+            v_.invariant_checks.add();
+            if (ctx_.oracle->is_mapped(iova, size)) return;
+        } else if (ctx_.remote != nullptr && ctx_.remote->can_query_mapped()) {
+            // One QueryMapped round trip to the daemon per check (its fake backend answers).
+            v_.invariant_checks.add();
+            auto mapped = ctx_.remote->query_mapped(iova, size);
+            if (mapped && *mapped) return;
+            if (!mapped) {
+                CLOG_ERROR_RL(kLog, "invariant check: QueryMapped: {}", mapped.error().message());
+            }
+        } else {
+            return;
+        }
         v_.invariant_violations.add();
         CLOG_ERROR_RL(kLog,
                       "SAFETY INVARIANT VIOLATED ({}): vcpu {} buffer gfn {:#x}+{} at iova {:#x} is not mapped in the "
@@ -408,6 +422,16 @@ bool any_page_mapped(const dma::FakeBackend& fake, Gfn first, uint64_t pages) {
     return false;
 }
 
+// The same through the daemon (--connect): one QueryMapped per page (about 25 us each; the balloon
+// thread asks at most once per inflation). A transport error counts as mapped (not proven released).
+bool any_page_mapped(SocketLink& remote, Gfn first, uint64_t pages) {
+    for (uint64_t g = raw(first); g < raw(first) + pages; ++g) {
+        auto m = remote.query_mapped(Iova{g << kPageShift}, kPageSize);
+        if (!m || *m) return true;
+    }
+    return false;
+}
+
 void balloon_loop(RunCtx& ctx, BalloonStats& out) {
     ::pthread_setname_np(::pthread_self(), "load_balloon");
     BalloonBoard& board = *ctx.board;
@@ -416,7 +440,8 @@ void balloon_loop(RunCtx& ctx, BalloonStats& out) {
     const uint64_t max_inflated = std::max<uint64_t>(1, board.chunks() / 4);
     const uint64_t interval = static_cast<uint64_t>(ctx.o.balloon_interval.count());
     // The identity-IOVA strategies can be checked page by page after a Success.
-    const bool checkable = ctx.oracle != nullptr && ctx.spec.strategy == StrategyKind::Coiommu;
+    const bool remote_checkable = ctx.remote != nullptr && ctx.remote->can_query_mapped();
+    const bool checkable = (ctx.oracle != nullptr || remote_checkable) && ctx.spec.strategy == StrategyKind::Coiommu;
     while (!ctx.go.load(std::memory_order_acquire)) ::sched_yield();
     uint64_t next_at = monotonic_ns() + interval;
     while (!ctx.stop.load(std::memory_order_relaxed)) {
@@ -444,7 +469,8 @@ void balloon_loop(RunCtx& ctx, BalloonStats& out) {
         if (r && *r == telemetry::BalloonResult::Success) {
             ++out.success;
             out.pages += range.count;
-            if (checkable && any_page_mapped(*ctx.oracle, range.start, range.count)) {
+            if (checkable && (ctx.oracle != nullptr ? any_page_mapped(*ctx.oracle, range.start, range.count)
+                                                    : any_page_mapped(*ctx.remote, range.start, range.count))) {
                 ++out.violations;
                 CLOG_ERROR(kLog, "BALLOON VIOLATION: unpin of gfns {:#x}+{} said Success but a page is still mapped",
                            raw(range.start), range.count);
@@ -468,6 +494,11 @@ struct Backend {
 
 Result<Backend> make_backend(const LoadOptions& o) {
     Backend b;
+    if (!o.connect_path.empty()) {
+        // The daemon's backend serves; this one only keeps the run's references valid (unused).
+        b.own = std::make_unique<dma::NullBackend>(o.entry_limit);
+        return b;
+    }
     switch (o.backend) {
         case BackendKind::Fake: {
             dma::FakeConfig cfg;
@@ -498,9 +529,25 @@ Result<Backend> make_backend(const LoadOptions& o) {
     return make_error(EINVAL, "unknown backend");
 }
 
-Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunSpec& spec, const StrategyEnv& env) {
+// `remote` is set to the SocketLink when --connect serves the coiommu strategy (owned by the strategy).
+Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunSpec& spec, const StrategyEnv& env,
+                                                SocketLink** remote) {
     switch (spec.strategy) {
         case StrategyKind::Coiommu: {
+            if (!o.connect_path.empty()) {
+                SocketLinkConfig sc;
+                sc.socket_path = o.connect_path;
+                sc.vcpus = o.vcpus;
+                sc.endpoints = {kEndpointBdf};
+                sc.backend = o.backend == BackendKind::Null ? RemoteBackend::Null : RemoteBackend::Fake;
+                sc.latency = o.latency == FakeLatency::Typical ? daemon::proto::FakeLatency::Typical
+                                                                : daemon::proto::FakeLatency::None;
+                sc.entry_limit = o.entry_limit;
+                auto link = SocketLink::create(*env.mem, sc);
+                if (!link) return tl::unexpected(link.error());
+                *remote = link->get();
+                return make_coiommu_strategy(env, std::move(*link));
+            }
             workers::EngineConfig cfg = o.engine;
             cfg.variant = spec.engine;
             device::DeviceConfig dc;
@@ -557,8 +604,20 @@ public:
     Sample take(uint64_t now_ns, uint64_t start_ns) {
         Sample s;
         s.t_s = static_cast<double>(now_ns - start_ns) * 1e-9;
-        s.pinned_pages = backend_pinned_pages(ctx_.backend);
-        s.dma_entries = ctx_.backend.live_entries();
+        uint64_t bytes_mapped = 0;
+        if (ctx_.remote != nullptr) {
+            // The daemon's figures: the engine's pinned gauge and the backend's live entries.
+            if (auto rs = ctx_.remote->remote_stats()) {
+                s.pinned_pages = rs->snapshot.gauges.pinned_pages;
+                s.dma_entries = rs->head.backend_live_entries;
+                s.engine_pinned_pages = s.pinned_pages;
+                bytes_mapped = rs->snapshot.totals.pages_pinned << kPageShift;
+            }
+        } else {
+            s.pinned_pages = backend_pinned_pages(ctx_.backend);
+            s.dma_entries = ctx_.backend.live_entries();
+            bytes_mapped = ctx_.backend.counters().bytes_mapped.load(std::memory_order_relaxed);
+        }
         LogLinearSnapshot lat;
         for (const auto& v : vcpus_) {
             s.maps += v->maps.load();
@@ -566,14 +625,15 @@ public:
             s.failures += v->map_failures.load();
             lat.merge(v->map_lat.snapshot());
         }
-        const uint64_t bytes_mapped = ctx_.backend.counters().bytes_mapped.load(std::memory_order_relaxed);
         const double dt = static_cast<double>(now_ns - last_ns_) * 1e-9;
         if (dt > 0 && last_ns_ != 0) {
             s.maps_per_s = static_cast<double>(s.maps - last_maps_) / dt;
             s.pins_per_s = static_cast<double>((bytes_mapped - last_bytes_mapped_) >> kPageShift) / dt;
         }
         s.map_p99_ns = interval(lat, last_lat_).percentile(0.99);
-        if (auto e = ctx_.strategy.engine_stats(); e && *e) s.engine_pinned_pages = (*e)->gauges.pinned_pages;
+        if (ctx_.remote == nullptr) {
+            if (auto e = ctx_.strategy.engine_stats(); e && *e) s.engine_pinned_pages = (*e)->gauges.pinned_pages;
+        }
         last_ns_ = now_ns;
         last_maps_ = s.maps;
         last_bytes_mapped_ = bytes_mapped;
@@ -634,7 +694,8 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     RunResult r;
     r.spec = spec;
     r.label = spec.label();
-    r.backend = std::string(to_string(o.backend));
+    r.backend = o.connect_path.empty() ? std::string(to_string(o.backend))
+                                       : fmt::format("coiommud:{}", to_string(o.backend));
     const double cpu_at_start = process_cpu_s();
     const double main_cpu_at_start = thread_cpu_s();
     const uint64_t setup_t0 = monotonic_ns();
@@ -664,7 +725,8 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     env.vcpus = o.vcpus;
     env.max_outstanding = o.max_outstanding();
     env.max_buffer_pages = o.buffer_pages;
-    auto strategy = make_strategy(o, spec, env);
+    SocketLink* remote = nullptr;
+    auto strategy = make_strategy(o, spec, env, &remote);
     if (!strategy) return tl::unexpected(with_context(strategy.error(), r.label));
     r.served_by = (*strategy)->description();
 
@@ -678,10 +740,15 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
         }
     }
     RunCtx ctx{o, spec, *layout, **strategy, *backend->own, backend->fake, board.get(), TscClock::calibrate()};
-    r.invariant_checked = backend->fake != nullptr;
-    r.invariant_note = r.invariant_checked ? "checked with FakeBackend::is_mapped after every map and before every unmap"
-                                           : fmt::format("skipped: the {} backend keeps no mapping state to check against",
-                                                         r.backend);
+    ctx.remote = remote;
+    r.invariant_checked = backend->fake != nullptr || (remote != nullptr && remote->can_query_mapped());
+    if (backend->fake != nullptr) {
+        r.invariant_note = "checked with FakeBackend::is_mapped after every map and before every unmap";
+    } else if (r.invariant_checked) {
+        r.invariant_note = "checked with the daemon's QueryMapped (its fake backend) after every map and before every unmap";
+    } else {
+        r.invariant_note = fmt::format("skipped: the {} backend keeps no mapping state to check against", r.backend);
+    }
 
     std::vector<std::unique_ptr<VcpuState>> vcpus;
     for (uint32_t i = 0; i < o.vcpus; ++i) {
@@ -792,6 +859,19 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     r.dma_map_failures = bc.map_failures.load();
     r.dma_unmap_failures = bc.unmap_failures.load();
     r.dma_entry_limit = backend->own->entry_limit();
+    if (remote != nullptr) {
+        // The daemon's backend did the work: its call counts, the engine's page totals.
+        auto rs = remote->remote_stats();
+        if (rs) {
+            r.pages_pinned_total = rs->snapshot.totals.pages_pinned;
+            r.pages_unpinned_total = rs->snapshot.totals.pages_unpinned;
+            r.dma_map_calls = rs->head.backend_map_calls;
+            r.dma_unmap_calls = rs->head.backend_unmap_calls;
+            r.dma_entry_limit = rs->head.backend_entry_limit;
+        } else {
+            CLOG_WARN(kLog, "{}: daemon statistics: {}", r.label, rs.error().message());
+        }
+    }
     double sum = 0;
     for (const Sample& s : r.timeline) {
         r.pinned_peak_pages = std::max(r.pinned_peak_pages, s.pinned_pages);
@@ -871,9 +951,11 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
         r.checks.push_back(Check{"engine_counts_add_up", e.pages_pinned - e.pages_unpinned == e.pinned_pages,
                                  fmt::format("engine pinned {} - unpinned {} = {}, gauge {}", e.pages_pinned,
                                              e.pages_unpinned, e.pages_pinned - e.pages_unpinned, e.pinned_pages)});
-        r.checks.push_back(
-            Check{"engine_matches_backend", e.pinned_pages == r.pinned_end_pages,
-                  fmt::format("engine gauge {} pinned pages, backend {}", e.pinned_pages, r.pinned_end_pages)});
+        if (remote == nullptr) {  // --connect: pinned_end_pages is the engine's gauge itself
+            r.checks.push_back(
+                Check{"engine_matches_backend", e.pinned_pages == r.pinned_end_pages,
+                      fmt::format("engine gauge {} pinned pages, backend {}", e.pinned_pages, r.pinned_end_pages)});
+        }
     } else if (!es) {
         CLOG_WARN(kLog, "{}: engine statistics: {}", r.label, es.error().message());
     }
@@ -885,9 +967,18 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
 
     // Teardown: the host must not keep a mapping of this guest.
     (*strategy)->shutdown();
-    const uint64_t left = backend->own->live_entries();
-    r.checks.push_back(
-        Check{"teardown_left_no_mapping", left == 0, fmt::format("{} backend entries left after teardown", left)});
+    if (remote != nullptr) {
+        const auto info = remote->close_info();
+        r.checks.push_back(Check{"teardown_left_no_mapping", info && info->dma_entries_after == 0,
+                                 info ? fmt::format("the daemon reports {} backend entries left after Close "
+                                                    "({} pages unpinned)",
+                                                    info->dma_entries_after, info->pages_unpinned)
+                                      : std::string("the daemon did not answer Close")});
+    } else {
+        const uint64_t left = backend->own->live_entries();
+        r.checks.push_back(
+            Check{"teardown_left_no_mapping", left == 0, fmt::format("{} backend entries left after teardown", left)});
+    }
     r.process_cpu_s = process_cpu_s() - cpu_at_start;
     return r;
 }

@@ -12,7 +12,8 @@
 // The safety invariant is checked before and after every emulated DMA (right after the map and
 // right before the unmap): every page of the buffer is mapped in the DMA backend at the IOVA the
 // device uses. It needs a backend that can answer (fake); with null and vfio the check is skipped
-// and the result says so.
+// and the result says so. With --connect (a coiommud serves through a SocketLink) the check is the
+// daemon's QueryMapped (fake backend), and the backend figures come from the daemon's statistics.
 //
 // Thread-safety: run_once() is called by one thread at a time.
 #pragma once

@@ -9,9 +9,9 @@
 //   balloon_unpin()      the balloon device's unpin request (ranges -> Success / Failed)
 //   stats()              the engine's telemetry snapshot
 //
-// InProcessLink (in_process_link.h) builds the device model and the Engine in this process. A
-// socket transport to a running coiommud (the daemon issue's `--connect SOCKET`) implements the
-// same interface; nothing else in the load generator changes then. Guest memory is created by
+// InProcessLink (in_process_link.h) builds the device model and the Engine in this process.
+// SocketLink (socket_link.h, `--connect SOCKET`) drives a running coiommud through the same
+// interface; the run driver then reads the backend figures from the daemon's statistics. Guest memory is created by
 // the load generator and handed to the link (in-process by reference, over a socket as memfds).
 //
 // Thread-safety: every method may be called from any thread.

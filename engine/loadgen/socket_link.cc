@@ -1,0 +1,95 @@
+#include "engine/loadgen/socket_link.h"
+
+#include <cerrno>
+
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+
+namespace coiommu::loadgen {
+namespace {
+constexpr const char* kLog = "loadgen";
+}  // namespace
+
+Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, const SocketLinkConfig& cfg) {
+    const std::string where = fmt::format("coiommud at {}", cfg.socket_path);
+    auto client = daemon::Client::connect(cfg.socket_path, "coiommu-load");
+    if (!client) return tl::unexpected(with_context(client.error(), where));
+    std::unique_ptr<SocketLink> link(new SocketLink(cfg, std::move(*client)));
+    daemon::Client& c = *link->client_;
+    if (auto st = c.set_memory(mem); !st) return tl::unexpected(with_context(st.error(), where));
+    auto dev = c.set_topology(cfg.vcpus, cfg.endpoints);
+    if (!dev) return tl::unexpected(with_context(dev.error(), where));
+    link->dev_ = std::move(*dev);
+    auto backend = cfg.backend == RemoteBackend::Null
+                       ? c.set_backend_null(cfg.entry_limit)
+                       : c.set_backend_fake(daemon::FakeBackendSpec{cfg.latency, cfg.entry_limit});
+    if (!backend) return tl::unexpected(with_context(backend.error(), where));
+    link->backend_ = *backend;
+    link->can_query_ = cfg.backend == RemoteBackend::Fake &&
+                       (c.hello_info().features & daemon::proto::kFeatureQueryMapped) != 0;
+    // The VMM owns the trigger eventfds (KVM ioeventfds on BAR0 in a real VMM) and lends them.
+    std::vector<int> fds;
+    for (uint32_t i = 0; i < cfg.vcpus; ++i) {
+        auto ev = EventFd::create(Blocking::No);
+        if (!ev) return tl::unexpected(with_context(ev.error(), "trigger eventfd"));
+        fds.push_back(ev->fd());
+        link->triggers_.push_back(std::move(*ev));
+    }
+    auto running = c.set_triggers(fds);
+    if (!running) return tl::unexpected(with_context(running.error(), where));
+    if (!*running) return make_error(EPROTO, where + ": the daemon is not running the engine after SetTriggers");
+    return link;
+}
+
+SocketLink::~SocketLink() { shutdown(); }
+
+Status SocketLink::mmio_write(uint64_t offset, std::span<const std::byte> data) {
+    return client_->mmio_write(offset, data);
+}
+
+Status SocketLink::mmio_read(uint64_t offset, std::span<std::byte> data) { return client_->mmio_read(offset, data); }
+
+Result<bool> SocketLink::active() {
+    auto s = client_->stats();
+    if (!s) return tl::unexpected(s.error());
+    return s->head.active != 0;
+}
+
+Result<telemetry::BalloonResult> SocketLink::balloon_unpin(std::span<const workers::GfnRange> ranges) {
+    return client_->balloon_unpin(ranges);
+}
+
+Result<telemetry::StatsSnapshot> SocketLink::stats() {
+    auto s = client_->stats();
+    if (!s) return tl::unexpected(s.error());
+    return std::move(s->snapshot);
+}
+
+Result<daemon::RemoteStats> SocketLink::remote_stats() { return client_->stats(); }
+
+Result<bool> SocketLink::query_mapped(Iova iova, uint64_t size) { return client_->query_mapped(iova, size); }
+
+std::string SocketLink::engine_description() const {
+    return fmt::format("coiommud at {} (session {}, backend {})", cfg_.socket_path, client_->hello_info().session_id,
+                       backend_.name);
+}
+
+void SocketLink::shutdown() {
+    std::lock_guard lock(close_mu_);
+    if (closed_) return;
+    closed_ = true;
+    auto info = client_->close();
+    if (!info) {
+        CLOG_WARN(kLog, "closing the coiommud session: {}", info.error().message());
+        return;
+    }
+    close_info_ = *info;
+}
+
+std::optional<daemon::CloseInfo> SocketLink::close_info() const {
+    std::lock_guard lock(close_mu_);
+    return close_info_;
+}
+
+}  // namespace coiommu::loadgen

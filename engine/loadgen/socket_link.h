@@ -1,0 +1,86 @@
+// SocketLink: a VmLink served by a running coiommud over its Unix socket (engine/daemon/PROTOCOL.md),
+// the load generator's `--connect SOCKET` transport. The load generator is the VMM: it hands the
+// daemon the guest RAM memfds, asks for the device (the notifymap and topologymap come back as
+// memfds), chooses the daemon's fake or null backend, creates the per-vCPU trigger eventfds and
+// hands them over, then forwards BAR0 accesses, balloon requests and statistics queries. The
+// engine (and its configuration) is the daemon's.
+//
+// Lifetime: `mem` is only read during create() (its memfds are sent; the daemon maps them itself).
+// Thread-safety: VmLink's (the client serialises requests; one in flight per connection).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/base/event_fd.h"
+#include "engine/daemon/client.h"
+#include "engine/guest/guest_memory.h"
+#include "engine/loadgen/transport.h"
+
+namespace coiommu::loadgen {
+
+enum class RemoteBackend : uint8_t { Fake, Null };
+
+struct SocketLinkConfig {
+    std::string socket_path;
+    uint32_t vcpus = 1;
+    std::vector<uint16_t> endpoints;
+    RemoteBackend backend = RemoteBackend::Fake;
+    daemon::proto::FakeLatency latency = daemon::proto::FakeLatency::Typical;
+    uint64_t entry_limit = 0;  // 0: the daemon's default
+};
+
+class SocketLink final : public VmLink {
+public:
+    // Connects, sends the guest memory, the topology, the backend choice and the triggers.
+    // Errors: Client's (connect errno, the daemon's Error replies); EPROTO when the daemon does not
+    // run the engine after every trigger was handed over.
+    [[nodiscard]] static Result<std::unique_ptr<SocketLink>> create(const GuestMemory& mem, const SocketLinkConfig& cfg);
+    ~SocketLink() override;
+    SocketLink(const SocketLink&) = delete;
+    SocketLink& operator=(const SocketLink&) = delete;
+
+    [[nodiscard]] uint32_t vcpus() const override { return cfg_.vcpus; }
+    [[nodiscard]] int notifymap_fd() const override { return dev_.notifymap.get(); }
+    [[nodiscard]] int topologymap_fd() const override { return dev_.topologymap.get(); }
+    [[nodiscard]] int trigger_fd(uint32_t vcpu) const override { return triggers_[vcpu].fd(); }
+    [[nodiscard]] Status mmio_write(uint64_t offset, std::span<const std::byte> data) override;
+    [[nodiscard]] Status mmio_read(uint64_t offset, std::span<std::byte> data) override;
+    [[nodiscard]] Result<bool> active() override;
+    [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const workers::GfnRange> ranges) override;
+    [[nodiscard]] Result<telemetry::StatsSnapshot> stats() override;
+    [[nodiscard]] std::string engine_description() const override;
+    // Closes the session (the daemon stops the engine, which unmaps everything). Idempotent.
+    void shutdown() override;
+
+    // The statistics with the daemon's backend and device counters. Errors: the transport's.
+    [[nodiscard]] Result<daemon::RemoteStats> remote_stats();
+    // Whether the daemon can answer query_mapped (fake backend and the QueryMapped feature).
+    [[nodiscard]] bool can_query_mapped() const { return can_query_; }
+    // Whether [iova, iova+size) is mapped in the daemon's backend. Errors: the transport's.
+    [[nodiscard]] Result<bool> query_mapped(Iova iova, uint64_t size);
+    // The daemon's answer to Close, once shutdown() succeeded.
+    [[nodiscard]] std::optional<daemon::CloseInfo> close_info() const;
+    [[nodiscard]] const daemon::BackendInfo& backend_info() const { return backend_; }
+
+private:
+    SocketLink(SocketLinkConfig cfg, std::unique_ptr<daemon::Client> client)
+        : cfg_(std::move(cfg)), client_(std::move(client)) {}
+
+    SocketLinkConfig cfg_;
+    std::unique_ptr<daemon::Client> client_;
+    daemon::DeviceMemfds dev_;
+    daemon::BackendInfo backend_;
+    std::vector<EventFd> triggers_;
+    bool can_query_ = false;
+    mutable std::mutex close_mu_;
+    bool closed_ = false;
+    std::optional<daemon::CloseInfo> close_info_;
+};
+
+}  // namespace coiommu::loadgen
