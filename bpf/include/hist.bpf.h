@@ -52,8 +52,11 @@ static __always_inline __u32 coiommu_hist_slot(__u64 v)
  * two programs interleave on one CPU (preemptible BPF). */
 static __always_inline void coiommu_hist_add(struct coiommu_hist *h, __u64 v)
 {
-	__u32 slot = coiommu_hist_slot(v);
+	__u64 slot = coiommu_hist_slot(v);
 
+	/* Pin the index in one register: without this clang checks a zero-extended copy and
+	 * indexes with another, which the 6.1 verifier rejects ("R2 unbounded memory access"). */
+	asm volatile("" : "+r"(slot));
 	if (slot >= COIOMMU_HIST_SLOTS) /* for the verifier */
 		return;
 	__sync_fetch_and_add(&h->slots[slot], 1);
