@@ -156,6 +156,14 @@ mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs 
 mount -t tmpfs tmpfs /tmp
 exec </dev/console >/dev/console 2>&1
 echo "INIT start uptime=\$(cut -d' ' -f1 /proc/uptime)"
+# For BPF tests (tests/vm/bpf_*_vmtest.cc): the syscall tracepoints need tracefs, pinning needs
+# bpffs, CO-RE needs the kernel's BTF. 6.1 charges BPF maps to memcg, but older kernels count
+# them against RLIMIT_MEMLOCK. Harmless for every other test.
+mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || echo "INIT mount tracefs FAILED"
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null || echo "INIT mount bpffs FAILED"
+ulimit -l unlimited 2>/dev/null || echo "INIT ulimit -l unlimited FAILED"
+[ -r /sys/kernel/btf/vmlinux ] && BTF=yes || BTF=no
+echo "INIT bpf: btf=\$BTF tracefs=\$([ -d /sys/kernel/tracing/events ] && echo yes || echo no)"
 result() { echo "INIT test-exit=\$1"; poweroff -f; }
 for m in $loads; do
   [ -f /lib/modules/\$m.ko ] && { insmod /lib/modules/\$m.ko || echo "INIT insmod \$m FAILED"; }
