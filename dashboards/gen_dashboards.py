@@ -311,11 +311,12 @@ KERNEL = [
                                                         "1": {"text": "ok", "color": "green"}}}]),
     row("Engine through its USDT probes (when attached)"),
     timeseries("DMA map p99: engine vs kernel", "99th percentile DMA map latency as the engine measured it "
-               "(USDT dma_map probe) and as the kernel saw the MAP_DMA ioctls (syscall tracepoints).", "s",
-               [target(quantile(0.99, "coiommu_bpf_engine_dma_call_duration_seconds", [], 'op="map"'), "engine (USDT)"),
+               "(its own coiommu_dma_call_duration_seconds; the per-call USDT probes are off by default) and as "
+               "the kernel saw the MAP_DMA ioctls (syscall tracepoints).", "s",
+               [target(quantile(0.99, "coiommu_dma_call_duration_seconds", [], 'op="map"'), "engine"),
                 target(quantile(0.99, "coiommu_bpf_dma_duration_seconds", [], 'op="map"'), "kernel (ioctl)")]),
     timeseries("Engine request latency p99 (USDT)", "99th percentile pin request latency by kind from the "
-               "engine's request_start/request_done probes.", "s",
+               "engine's request_done probe (one hit per request, carrying the engine's own latency).", "s",
                [target(quantile(0.99, "coiommu_bpf_engine_request_duration_seconds", ["kind"]), "p99 {{kind}}")]),
 ]
 

@@ -78,10 +78,8 @@ void vfio_dma_families(const BpfScrape& in, std::vector<MetricFamily>& out) {
 
     MetricFamily lost = counter_family("coiommu_bpf_events_lost_total",
                                        "Observations the BPF programs could not record, by the map that was full.");
-    const uint64_t engine_lost = in.telemetry.engine ? in.telemetry.engine->inflight_full : 0;
     add_counter(lost, d(v.drops.inflight_full), {{"map", "vfio_dma_flight"}});
     add_counter(lost, d(v.drops.ringbuf_full), {{"map", "vfio_dma_events"}});
-    add_counter(lost, d(engine_lost), {{"map", "eng_inflight"}});
     out.push_back(std::move(lost));
 }
 
@@ -118,26 +116,21 @@ std::size_t program_families(const std::vector<bpf::ProgramInfo>& programs, std:
 void engine_families(const bpf::EngineSnapshot& e, std::vector<MetricFamily>& out) {
     MetricFamily req_duration =
         histogram_family("coiommu_bpf_engine_request_duration_seconds",
-                         "Engine pin request latency from its USDT probes (request_start to request_done), by kind.");
+                         "Engine pin request latency (notify seen to slot completed) from its request_done USDT probe, by kind.");
     MetricFamily req_pages = histogram_family("coiommu_bpf_engine_pages_per_request",
                                               "Pages per engine pin request, from its USDT probes, by kind.");
     MetricFamily requests = counter_family("coiommu_bpf_engine_requests_total",
                                            "Engine pin requests completed, from its USDT probes, by kind and result.");
-    MetricFamily unmatched = counter_family(
-        "coiommu_bpf_engine_requests_unmatched_total",
-        "Engine pin requests completed without a recorded start (latency unknown; counted in the requests too).");
     for (std::size_t k = 0; k < bpf::kEngineRequestKinds; ++k) {
         const std::string kind = s(bpf::request_kind_name(k));
         add_log2(req_duration, e.request_latency_ns[k], kBpfNanosecondsToSeconds, {{"kind", kind}});
         add_log2(req_pages, e.request_pages[k], kCountBuckets, {{"kind", kind}});
         add_counter(requests, d(e.requests[k].ok), {{"kind", kind}, {"result", "ok"}});
         add_counter(requests, d(e.requests[k].failed), {{"kind", kind}, {"result", "failed"}});
-        add_counter(unmatched, d(e.requests[k].unmatched), {{"kind", kind}});
     }
     out.push_back(std::move(req_duration));
     out.push_back(std::move(req_pages));
     out.push_back(std::move(requests));
-    out.push_back(std::move(unmatched));
 
     MetricFamily dma_duration =
         histogram_family("coiommu_bpf_engine_dma_call_duration_seconds",

@@ -12,27 +12,10 @@
 #define COIOMMU_ENG_DMA_OPS    2 /* map, unmap */
 #define COIOMMU_ENG_SCAN_KINDS 2 /* lru, balloon */
 
-/* Key of map eng_inflight (hash): one outstanding request per (process, session, vcpu). */
-struct coiommu_eng_req_key {
-	__u32 tgid;
-	__u32 session;
-	__u32 vcpu;
-	__u32 pad;
-};
-
-struct coiommu_eng_req_start {
-	__u64 start_ns;
-	__u32 kind;
-	__u32 pad;
-};
-
-#define COIOMMU_ENG_INFLIGHT_MAX 4096
-
 /* Value of eng_req_calls (per-CPU array, key = request kind). */
 struct coiommu_eng_req_calls {
-	__u64 ok;        /* request_done with result 0 */
-	__u64 failed;    /* request_done with result < 0 */
-	__u64 unmatched; /* request_done without a recorded request_start (latency unknown) */
+	__u64 ok;     /* request_done with result 0 */
+	__u64 failed; /* request_done with result < 0 */
 };
 
 /* Value of eng_dma_calls (per-CPU array, key = 0 map / 1 unmap). */
@@ -51,6 +34,5 @@ struct coiommu_eng_scan_stats {
 
 /* Value of eng_drops (per-CPU array, one entry). */
 struct coiommu_eng_drops {
-	__u64 inflight_full;
 	__u64 bad_kind; /* a probe carried a kind outside the known range */
 };

@@ -61,7 +61,10 @@ options:
   -m, --milliseconds     print histogram bounds in milliseconds
       --slow-us N        also stream every call that took >= N microseconds
   -j, --json             one JSON object per interval (and per slow event) on stdout
-      --engine BIN|PID   also attach to the engine's USDT probes (binary path, or pid)
+      --engine BIN|PID   also attach to the engine's USDT probes (binary path, or pid):
+                         request latency, pages per request, unpin scans (one probe hit
+                         per request, ~0.8 us each)
+      --engine-dma       with --engine: also the per-DMA-call probes (one more hit per call)
       --kernel-hooks     also try the fentry hooks inside vfio_iommu_type1
       --pin              pin the maps under <pin-root>/v1/ and keep them after exit
       --pin-temp         pin the maps while running, remove them on exit
@@ -93,6 +96,7 @@ struct Args {
     std::optional<uint64_t> slow_us;
     bool json = false;
     std::optional<std::string> engine;
+    bool engine_dma = false;
     bool kernel_hooks = false;
     std::optional<Keep> pin;
     std::string pin_root{kDefaultPinRoot};
@@ -124,7 +128,7 @@ bool parse_interval(std::string_view text, double* out) {
 
 // Returns nullopt after printing the reason (or help) when parsing fails or help was asked.
 std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
-    enum LongOnly { kSlowUs = 256, kEngine, kKernelHooks, kPin, kPinTemp, kPinRoot, kStats, kExporter };
+    enum LongOnly { kSlowUs = 256, kEngine, kEngineDma, kKernelHooks, kPin, kPinTemp, kPinRoot, kStats, kExporter };
     static const option kOptions[] = {
         {"pid", required_argument, nullptr, 'p'},
         {"microseconds", no_argument, nullptr, 'u'},
@@ -135,6 +139,7 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
         {"help", no_argument, nullptr, 'h'},
         {"slow-us", required_argument, nullptr, kSlowUs},
         {"engine", required_argument, nullptr, kEngine},
+        {"engine-dma", no_argument, nullptr, kEngineDma},
         {"kernel-hooks", no_argument, nullptr, kKernelHooks},
         {"pin", no_argument, nullptr, kPin},
         {"pin-temp", no_argument, nullptr, kPinTemp},
@@ -173,6 +178,7 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
                 break;
             }
             case kEngine: a.engine = optarg; break;
+            case kEngineDma: a.engine_dma = true; break;
             case kKernelHooks: a.kernel_hooks = true; break;
             case kPin: a.pin = Keep::Yes; break;
             case kPinTemp: a.pin = Keep::No; break;
@@ -192,6 +198,10 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
 #endif
             default: fmt::print(stderr, "{}", kUsage); return std::nullopt;
         }
+    }
+    if (a.engine_dma && !a.engine) {
+        fmt::print(stderr, "coiommu-trace: --engine-dma needs --engine\n");
+        return std::nullopt;
     }
     if (optind < argc) {
         double v = 0;
@@ -346,10 +356,7 @@ void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
                    s.examined, s.unpinned, avg(e.scan_duration_ns[k], unit));
         print_hist(e.scan_duration_ns[k], unit.name, unit);
     }
-    if (e.inflight_full + e.bad_kind != 0) {
-        fmt::print("engine lost: {} request starts (map full), {} probes with an unknown kind\n", e.inflight_full,
-                   e.bad_kind);
-    }
+    if (e.bad_kind != 0) fmt::print("engine: {} probes with an unknown kind dropped\n", e.bad_kind);
 }
 
 // ---- JSON rendering (all values in ns / bytes / counts; le "+Inf" for the overflow slot) ----
@@ -389,9 +396,9 @@ std::string json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total) {
 std::string json_engine(const EngineSnapshot& e, const EngineSnapshot& total) {
     std::string out = R"("engine":{"requests":{)";
     for (size_t k = 0; k < kEngineRequestKinds; ++k) {
-        out += fmt::format(R"({}"{}":{{"ok":{},"failed":{},"unmatched":{},"since_start":{{"count":{}}},"latency_ns":{},"pages":{}}})",
+        out += fmt::format(R"({}"{}":{{"ok":{},"failed":{},"since_start":{{"count":{}}},"latency_ns":{},"pages":{}}})",
                            k == 0 ? "" : ",", request_kind_name(k), e.requests[k].ok, e.requests[k].failed,
-                           e.requests[k].unmatched, total.requests[k].total(),
+                           total.requests[k].total(),
                            json_hist(e.request_latency_ns[k], total.request_latency_ns[k]),
                            json_hist(e.request_pages[k], total.request_pages[k]));
     }
@@ -409,7 +416,7 @@ std::string json_engine(const EngineSnapshot& e, const EngineSnapshot& total) {
                            e.scans[k].unpinned, total.scans[k].scans,
                            json_hist(e.scan_duration_ns[k], total.scan_duration_ns[k]));
     }
-    out += fmt::format(R"(}},"drops":{{"inflight_full":{},"bad_kind":{}}}}})", e.inflight_full, e.bad_kind);
+    out += fmt::format(R"(}},"drops":{{"bad_kind":{}}}}})", e.bad_kind);
     return out;
 }
 
@@ -495,6 +502,7 @@ int run(const Args& args) {
             return 1;
         }
         opts.engine = *target;
+        opts.engine->dma = args.engine_dma ? EngineDmaProbes::Yes : EngineDmaProbes::No;
     }
     opts.kernel_hooks = args.kernel_hooks ? TryKernelHooks::Yes : TryKernelHooks::No;
     if (args.pin) opts.pin = PinOptions{args.pin_root, *args.pin};

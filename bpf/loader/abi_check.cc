@@ -39,12 +39,10 @@ static_assert(offsetof(coiommu_vfio_event, comm) == 56);
 static_assert(COIOMMU_ENG_REQ_KINDS == kEngineRequestKinds);
 static_assert(COIOMMU_ENG_DMA_OPS == kEngineDmaOps);
 static_assert(COIOMMU_ENG_SCAN_KINDS == kEngineScanKinds);
-static_assert(sizeof(coiommu_eng_req_key) == 16);
-static_assert(sizeof(coiommu_eng_req_start) == 16);
-static_assert(sizeof(coiommu_eng_req_calls) == 3 * 8);
+static_assert(sizeof(coiommu_eng_req_calls) == 2 * 8);
 static_assert(sizeof(coiommu_eng_dma_calls) == 3 * 8);
 static_assert(sizeof(coiommu_eng_scan_stats) == 3 * 8);
-static_assert(sizeof(coiommu_eng_drops) == 2 * 8);
+static_assert(sizeof(coiommu_eng_drops) == 1 * 8);
 
 static_assert(COIOMMU_VK_FN_COUNT == kKernFnCount);
 

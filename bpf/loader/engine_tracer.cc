@@ -86,13 +86,14 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
         bpf_link** link;
     };
     auto& s = *impl->skel;
-    const Probe probes[] = {
-        {"request_start", s.progs.eng_req_start, &s.links.eng_req_start},
+    std::vector<Probe> probes{
         {"request_done", s.progs.eng_req_done, &s.links.eng_req_done},
-        {"dma_map", s.progs.eng_dma_map, &s.links.eng_dma_map},
-        {"dma_unmap", s.progs.eng_dma_unmap, &s.links.eng_dma_unmap},
         {"unpin_scan", s.progs.eng_unpin_scan, &s.links.eng_unpin_scan},
     };
+    if (target.dma == EngineDmaProbes::Yes) {
+        probes.push_back({"dma_map", s.progs.eng_dma_map, &s.links.eng_dma_map});
+        probes.push_back({"dma_unmap", s.progs.eng_dma_unmap, &s.links.eng_dma_unmap});
+    }
     std::vector<Error> failures;
     for (const Probe& p : probes) {
         errno = 0;
@@ -122,7 +123,7 @@ Status EngineTracer::pin(const PinOptions& options) {
     if (!set) return tl::unexpected(set.error());
     const auto& m = impl_->skel->maps;
     for (bpf_map* map : {m.eng_req_hist, m.eng_req_pages, m.eng_req_calls, m.eng_dma_hist, m.eng_dma_calls,
-                         m.eng_scan_hist, m.eng_scan_stats, m.eng_drops, m.eng_inflight}) {
+                         m.eng_scan_hist, m.eng_scan_stats, m.eng_drops}) {
         if (auto st = set->pin(bpf_map__name(map), bpf_map__fd(map)); !st) return st;
     }
     impl_->pins.emplace(std::move(*set));
@@ -136,7 +137,6 @@ std::vector<std::string> EngineTracer::pinned_paths() const {
 Result<std::vector<ProgramInfo>> EngineTracer::programs() const {
     const auto& s = *impl_->skel;
     return detail::object_programs(s.obj, "usdt", [&s](const bpf_program* p) {
-        if (p == s.progs.eng_req_start) return s.links.eng_req_start != nullptr;
         if (p == s.progs.eng_req_done) return s.links.eng_req_done != nullptr;
         if (p == s.progs.eng_dma_map) return s.links.eng_dma_map != nullptr;
         if (p == s.progs.eng_dma_unmap) return s.links.eng_dma_unmap != nullptr;

@@ -1,10 +1,13 @@
 // EngineTracer: the engine program attached to the engine's USDT probes (provider "coiommu",
 // engine/telemetry/probes.h) of one binary, for every process running it or for one pid.
 //
-// Produces request latency per kind (request_start -> request_done), pages per request, request
-// counts by kind and result, engine-measured DMA map/unmap latency, and unpin scan durations
-// (EngineSnapshot). Uprobes cost ~1-2 us per hit, which is why the engine fires its probes per
-// request and per scan, never per page.
+// Produces request latency per kind (the engine's own measure, carried by request_done), pages
+// per request, request counts by kind and result, unpin scan durations, and, with
+// EngineDmaProbes::Yes, engine-measured DMA map/unmap latency (EngineSnapshot). An attached probe
+// costs a uprobe trap per hit (~0.8 us on the development host), so by default only request_done
+// (one hit per request) and unpin_scan (one per scan) are attached: on the fake backend's latency
+// model that costs a few percent of engine throughput, the DMA probes add one hit per DMA call
+// (tests/bench/bpf/README.md has the numbers).
 //
 // Thread-safety: as VfioDmaTracer (snapshot/programs/pin from any thread).
 #pragma once
@@ -20,9 +23,13 @@
 
 namespace coiommu::bpf {
 
+// Whether the per-DMA-call probes (dma_map, dma_unmap) are attached too.
+enum class EngineDmaProbes : bool { No, Yes };
+
 struct EngineTarget {
     std::string binary;  // ELF carrying the coiommu USDT notes
     int pid = -1;        // -1: every process running `binary`; else only this process
+    EngineDmaProbes dma = EngineDmaProbes::No;
 
     // "1234" -> that pid and its executable (/proc/1234/exe resolved); anything else is a path
     // to the binary (ENOENT when it does not exist).
@@ -35,8 +42,9 @@ public:
     EngineTracer& operator=(EngineTracer&&) noexcept;
     ~EngineTracer();
 
-    // Loads the program and attaches every probe found in the binary. A probe missing from the
-    // binary is logged and left detached (programs() shows it); ENOENT when none is found.
+    // Loads the program and attaches request_done and unpin_scan (and dma_map, dma_unmap when
+    // target.dma says so). A probe missing from the binary is logged and left detached
+    // (programs() shows it); ENOENT when none is found.
     [[nodiscard]] static Result<EngineTracer> attach(const EngineTarget& target);
 
     [[nodiscard]] Result<EngineSnapshot> snapshot() const;
@@ -46,7 +54,7 @@ public:
     [[nodiscard]] std::vector<std::string> pinned_paths() const;
 
     [[nodiscard]] Result<std::vector<ProgramInfo>> programs() const;
-    // Names of the probes attached ("request_start", ...).
+    // Names of the probes attached ("request_done", ...).
     [[nodiscard]] const std::vector<std::string>& attached_probes() const;
 
 private:

@@ -156,7 +156,6 @@ EngineSnapshot EngineSnapshot::delta_since(const EngineSnapshot& prev) const {
         d.request_pages[i] = request_pages[i].delta_since(prev.request_pages[i]);
         d.requests[i].ok = sat_sub(requests[i].ok, prev.requests[i].ok);
         d.requests[i].failed = sat_sub(requests[i].failed, prev.requests[i].failed);
-        d.requests[i].unmatched = sat_sub(requests[i].unmatched, prev.requests[i].unmatched);
     }
     for (size_t i = 0; i < kEngineDmaOps; ++i) {
         d.dma_latency_ns[i] = dma_latency_ns[i].delta_since(prev.dma_latency_ns[i]);
@@ -170,7 +169,6 @@ EngineSnapshot EngineSnapshot::delta_since(const EngineSnapshot& prev) const {
         d.scans[i].examined = sat_sub(scans[i].examined, prev.scans[i].examined);
         d.scans[i].unpinned = sat_sub(scans[i].unpinned, prev.scans[i].unpinned);
     }
-    d.inflight_full = sat_sub(inflight_full, prev.inflight_full);
     d.bad_kind = sat_sub(bad_kind, prev.bad_kind);
     return d;
 }

@@ -110,7 +110,6 @@ inline constexpr size_t kEngineScanKinds = 2;     // telemetry::ScanKind: lru, b
 struct EngineRequestCalls {
     uint64_t ok = 0;
     uint64_t failed = 0;
-    uint64_t unmatched = 0;  // done without a start (latency unknown); counted in ok/failed too
     [[nodiscard]] uint64_t total() const { return ok + failed; }
 };
 
@@ -135,7 +134,6 @@ struct EngineSnapshot {
     std::array<EngineDmaCalls, kEngineDmaOps> dma_calls{};
     std::array<Log2Hist, kEngineScanKinds> scan_duration_ns{};
     std::array<EngineScanStats, kEngineScanKinds> scans{};
-    uint64_t inflight_full = 0;
     uint64_t bad_kind = 0;
 
     [[nodiscard]] EngineSnapshot delta_since(const EngineSnapshot& prev) const;

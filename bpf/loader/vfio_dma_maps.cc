@@ -90,7 +90,7 @@ Result<EngineSnapshot> read_engine(const EngineMapFds& fds) {
     auto req = read_percpu_array<coiommu_eng_req_calls>(fds.req_calls, COIOMMU_ENG_REQ_KINDS);
     if (!req) return tl::unexpected(with_context(req.error(), "eng_req_calls"));
     for (size_t k = 0; k < kEngineRequestKinds; ++k) {
-        snap.requests[k] = {(*req)[k].ok, (*req)[k].failed, (*req)[k].unmatched};
+        snap.requests[k] = {(*req)[k].ok, (*req)[k].failed};
     }
     auto dma = read_percpu_array<coiommu_eng_dma_calls>(fds.dma_calls, COIOMMU_ENG_DMA_OPS);
     if (!dma) return tl::unexpected(with_context(dma.error(), "eng_dma_calls"));
@@ -102,7 +102,6 @@ Result<EngineSnapshot> read_engine(const EngineMapFds& fds) {
     }
     auto drops = read_percpu_array<coiommu_eng_drops>(fds.drops, 1);
     if (!drops) return tl::unexpected(with_context(drops.error(), "eng_drops"));
-    snap.inflight_full = (*drops)[0].inflight_full;
     snap.bad_kind = (*drops)[0].bad_kind;
     return snap;
 }

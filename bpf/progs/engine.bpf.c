@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Engine USDT probes (provider "coiommu", engine/telemetry/probes.h) turned into histograms:
- * guest-visible request latency per kind (request_start -> request_done, matched per
- * (tgid, session, vcpu)), pages per request, DMA map/unmap latency as measured by the engine,
- * and unpin scan durations. Programs are attached by the loader with bpf_program__attach_usdt
- * to one binary (every process running it) or one pid. */
+ * guest-visible request latency per kind (request_done carries the engine's own measure, so one
+ * probe hit per request is enough), pages per request, DMA map/unmap latency as measured by the
+ * engine (per DMA call: the loader attaches those two only on request), and unpin scan
+ * durations. Programs are attached by the loader with bpf_program__attach_usdt to one binary
+ * (every process running it) or one pid. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/usdt.bpf.h>
@@ -20,52 +21,16 @@ COIOMMU_PERCPU_ARRAY(eng_scan_hist, struct coiommu_hist, COIOMMU_ENG_SCAN_KINDS)
 COIOMMU_PERCPU_ARRAY(eng_scan_stats, struct coiommu_eng_scan_stats, COIOMMU_ENG_SCAN_KINDS);
 COIOMMU_PERCPU_ARRAY(eng_drops, struct coiommu_eng_drops, 1);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, COIOMMU_ENG_INFLIGHT_MAX);
-	__type(key, struct coiommu_eng_req_key);
-	__type(value, struct coiommu_eng_req_start);
-} eng_inflight SEC(".maps");
-
-static __always_inline struct coiommu_eng_req_key req_key(__u32 session, __u32 vcpu)
-{
-	struct coiommu_eng_req_key key = {};
-
-	key.tgid = bpf_get_current_pid_tgid() >> 32;
-	key.session = session;
-	key.vcpu = vcpu;
-	return key;
-}
-
 static __always_inline void bad_kind(void)
 {
 	COIOMMU_COUNT(eng_drops, 0, struct coiommu_eng_drops, bad_kind, 1);
 }
 
 SEC("usdt")
-int BPF_USDT(eng_req_start, __u32 session, __u32 vcpu, __u32 kind)
+int BPF_USDT(eng_req_done, __u32 session, __u32 vcpu, __u32 kind, __u64 pages, __s32 result,
+	     __u64 latency_ns)
 {
-	struct coiommu_eng_req_key key = req_key(session, vcpu);
-	struct coiommu_eng_req_start start = {};
-
-	if (kind >= COIOMMU_ENG_REQ_KINDS) {
-		bad_kind();
-		return 0;
-	}
-	start.start_ns = bpf_ktime_get_ns();
-	start.kind = kind;
-	if (bpf_map_update_elem(&eng_inflight, &key, &start, BPF_ANY) != 0)
-		COIOMMU_COUNT(eng_drops, 0, struct coiommu_eng_drops, inflight_full, 1);
-	return 0;
-}
-
-SEC("usdt")
-int BPF_USDT(eng_req_done, __u32 session, __u32 vcpu, __u32 kind, __u64 pages, __s32 result)
-{
-	struct coiommu_eng_req_key key = req_key(session, vcpu);
-	struct coiommu_eng_req_start *start;
 	struct coiommu_eng_req_calls *calls;
-	__u64 now = bpf_ktime_get_ns();
 
 	if (kind >= COIOMMU_ENG_REQ_KINDS) {
 		bad_kind();
@@ -79,15 +44,7 @@ int BPF_USDT(eng_req_done, __u32 session, __u32 vcpu, __u32 kind, __u64 pages, _
 			__sync_fetch_and_add(&calls->failed, 1);
 	}
 	COIOMMU_HIST_ADD(eng_req_pages, kind, pages);
-
-	start = bpf_map_lookup_elem(&eng_inflight, &key);
-	if (!start) {
-		if (calls)
-			__sync_fetch_and_add(&calls->unmatched, 1);
-		return 0;
-	}
-	COIOMMU_HIST_ADD(eng_req_hist, kind, now - start->start_ns);
-	bpf_map_delete_elem(&eng_inflight, &key);
+	COIOMMU_HIST_ADD(eng_req_hist, kind, latency_ns);
 	return 0;
 }
 

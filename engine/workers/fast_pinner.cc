@@ -321,10 +321,11 @@ ServeReport serve_request(const PinEnv& env, VcpuArena& a, uint64_t slot_value, 
     if (t.invalid != 0) s.pin_failures[PinFailureReason::InvalidRequest].add(t.invalid);
     if (result != 0) s.requests_failed.add();
     s.pages_per_request.observe(pages);
-    s.request_latency_ns[kind].observe(telemetry::monotonic_ns() - t0_ns);
+    const uint64_t latency_ns = telemetry::monotonic_ns() - t0_ns;
+    s.request_latency_ns[kind].observe(latency_ns);
     if (t.newly != 0) env.gauges.pinned_pages.add(t.newly);
     if (t.dma_calls != 0) env.gauges.dma_entries.set(env.backend.live_entries());
-    COIOMMU_PROBE_REQUEST_DONE(env.session, a.vcpu, kind, pages, result);
+    COIOMMU_PROBE_REQUEST_DONE(env.session, a.vcpu, kind, pages, result, latency_ns);
     return ServeReport{result, pages, t.newly, t.dma_calls};
 }
 

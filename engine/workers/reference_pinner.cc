@@ -279,8 +279,9 @@ void ReferencePinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
     }
     if (newly != 0) stats_.gauges().pinned_pages.add(newly);
     s.pages_per_request.observe(pages);
-    s.request_latency_ns[kind].observe(telemetry::monotonic_ns() - t0);
-    COIOMMU_PROBE_REQUEST_DONE(cfg_.session, vcpu, kind, pages, -first_error);
+    const uint64_t latency_ns = telemetry::monotonic_ns() - t0;
+    s.request_latency_ns[kind].observe(latency_ns);
+    COIOMMU_PROBE_REQUEST_DONE(cfg_.session, vcpu, kind, pages, -first_error, latency_ns);
 }
 
 // ---- unpinning --------------------------------------------------------------------------------

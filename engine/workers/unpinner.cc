@@ -337,8 +337,14 @@ uint64_t ExtentUnpinner::force_unmap(Gfn head) {
         if (leaf) leaf->fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
     }
     uint64_t done = 0;
-    auto st = env_.backend.unmap_exact(Iova{raw(head) << kPageShift}, uint64_t{len} << kPageShift);
+    const uint64_t iova = raw(head) << kPageShift;  // in_range: no overflow
+    const uint64_t size = uint64_t{len} << kPageShift;
+    const uint64_t t0 = telemetry::monotonic_ns();
+    auto st = env_.backend.unmap_exact(Iova{iova}, size);
+    const uint64_t lat = telemetry::monotonic_ns() - t0;
+    COIOMMU_PROBE_DMA_UNMAP(iova, size, st ? 0 : -st.error().code, lat);
     env_.stats.dma_calls[DmaOp::Unmap].add();
+    env_.stats.dma_call_latency_ns[DmaOp::Unmap].observe(lat);
     if (st) {
         for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
         if (env_.extents.length(head) == len) env_.extents.erase(head, len);

@@ -27,34 +27,55 @@ struct Attached {
     EngineTracer tracer;
 };
 
-Result<Attached> attach_to_fixture() {
+Result<Attached> attach_to_fixture(EngineDmaProbes dma = EngineDmaProbes::No) {
     auto fixture = FixtureProcess::spawn(kFixture);
     if (!fixture) return tl::unexpected(fixture.error());
-    auto tracer = EngineTracer::attach(EngineTarget{kFixture, fixture->pid()});
+    auto tracer = EngineTracer::attach(EngineTarget{kFixture, fixture->pid(), dma});
     if (!tracer) return tl::unexpected(tracer.error());
     return Attached{std::move(*fixture), std::move(*tracer)};
 }
 
-TEST(EngineTracer, AttachesAllFiveProbes) {
+TEST(EngineTracer, AttachesOneProbePerRequestAndThePerScanProbeByDefault) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    EXPECT_EQ(a.tracer.attached_probes(),
-              (std::vector<std::string>{"request_start", "request_done", "dma_map", "dma_unmap", "unpin_scan"}));
+    EXPECT_EQ(a.tracer.attached_probes(), (std::vector<std::string>{"request_done", "unpin_scan"}));
     ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
-    ASSERT_EQ(programs.size(), 5u);
+    ASSERT_EQ(programs.size(), 4u);
     for (const auto& p : programs) {
-        EXPECT_TRUE(p.attached) << p.program;
+        EXPECT_EQ(p.attached, p.program == "eng_req_done" || p.program == "eng_unpin_scan") << p.program;
         EXPECT_EQ(p.attach, "usdt");
     }
+}
+
+TEST(EngineTracer, AttachesThePerDmaCallProbesWhenAsked) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
+
+    EXPECT_EQ(a.tracer.attached_probes(),
+              (std::vector<std::string>{"request_done", "unpin_scan", "dma_map", "dma_unmap"}));
+    ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
+    for (const auto& p : programs) EXPECT_TRUE(p.attached) << p.program;
+}
+
+TEST(EngineTracer, DmaProbesAreNotCountedUnlessAttached) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("dma_map 5 4096 0 700"));
+    ASSERT_OK(a.fixture.command("requests 1 0 1 0 900"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.dma_calls[kMap].total(), 0u);
+    EXPECT_EQ(snap.requests[kSingle].ok, 1u);
 }
 
 TEST(EngineTracer, RequestCountsEqualTheProbesFired) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    ASSERT_OK(a.fixture.command("requests 10 0 1 0"));    // 10 single requests, 1 page, ok
-    ASSERT_OK(a.fixture.command("requests 4 1 64 -12"));  // 4 batches of 64 pages, -ENOMEM
+    ASSERT_OK(a.fixture.command("requests 10 0 1 0 3000"));    // 10 single requests, 1 page, ok
+    ASSERT_OK(a.fixture.command("requests 4 1 64 -12 20000"));  // 4 batches of 64 pages, -ENOMEM
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
     EXPECT_EQ(snap.requests[kSingle].ok, 10u);
@@ -63,16 +84,29 @@ TEST(EngineTracer, RequestCountsEqualTheProbesFired) {
     EXPECT_EQ(snap.requests[kBatch].failed, 4u);
     EXPECT_EQ(snap.request_latency_ns[kSingle].count, 10u);
     EXPECT_EQ(snap.request_latency_ns[kBatch].count, 4u);
-    EXPECT_EQ(snap.requests[kSingle].unmatched + snap.requests[kBatch].unmatched, 0u);
+}
+
+TEST(EngineTracer, RequestLatencyIsTheValueTheEngineCarriedInRequestDone) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("requests 3 0 1 0 4096"));  // slot 12, exactly
+    ASSERT_OK(a.fixture.command("requests 2 0 1 0 4097"));  // slot 13
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    const Log2Hist& lat = snap.request_latency_ns[kSingle];
+    EXPECT_EQ(lat.slots[12], 3u);
+    EXPECT_EQ(lat.slots[13], 2u);
+    EXPECT_EQ(lat.sum, 3 * 4096 + 2 * 4097u);
 }
 
 TEST(EngineTracer, PagesPerRequestLandInCeilLog2Slots) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    ASSERT_OK(a.fixture.command("requests 3 1 64 0"));   // 64 pages -> slot 6
-    ASSERT_OK(a.fixture.command("requests 2 1 65 0"));   // 65 pages -> slot 7
-    ASSERT_OK(a.fixture.command("requests 1 1 1 0"));    // 1 page   -> slot 0
+    ASSERT_OK(a.fixture.command("requests 3 1 64 0 1"));   // 64 pages -> slot 6
+    ASSERT_OK(a.fixture.command("requests 2 1 65 0 1"));   // 65 pages -> slot 7
+    ASSERT_OK(a.fixture.command("requests 1 1 1 0 1"));    // 1 page   -> slot 0
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
     const Log2Hist& pages = snap.request_pages[kBatch];
@@ -85,7 +119,7 @@ TEST(EngineTracer, PagesPerRequestLandInCeilLog2Slots) {
 
 TEST(EngineTracer, DmaLatencyBucketsMatchTheUserSpaceSlotFunction) {
     COIOMMU_REQUIRE_BPF();
-    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
     // Bucket seams: v lands in slot ceil(log2(v)), so 1024 is in slot 10 and 1025 in slot 11.
     const uint64_t latencies[] = {0, 1, 2, 3, 4, 5, 1000, 1024, 1025, uint64_t{1} << 38, uint64_t{1} << 45};
 
@@ -106,7 +140,7 @@ TEST(EngineTracer, DmaLatencyBucketsMatchTheUserSpaceSlotFunction) {
 
 TEST(EngineTracer, DmaCallsSplitByResultWithBytes) {
     COIOMMU_REQUIRE_BPF();
-    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
 
     ASSERT_OK(a.fixture.command("dma_map 5 4096 0 700"));
     ASSERT_OK(a.fixture.command("dma_map 2 4096 -28 900"));  // -ENOSPC
@@ -119,18 +153,6 @@ TEST(EngineTracer, DmaCallsSplitByResultWithBytes) {
     EXPECT_EQ(snap.dma_calls[kUnmap].ok, 3u);
     EXPECT_EQ(snap.dma_calls[kUnmap].bytes, 3 * 8192u);
     EXPECT_EQ(snap.dma_latency_ns[kUnmap].sum, 1500u);
-}
-
-TEST(EngineTracer, DoneWithoutStartIsCountedUnmatched) {
-    COIOMMU_REQUIRE_BPF();
-    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
-
-    ASSERT_OK(a.fixture.command("done_only 3 0 1 0"));
-
-    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
-    EXPECT_EQ(snap.requests[kSingle].unmatched, 3u);
-    EXPECT_EQ(snap.requests[kSingle].ok, 3u);
-    EXPECT_EQ(snap.request_latency_ns[kSingle].count, 0u);
 }
 
 TEST(EngineTracer, UnpinScansAreCountedWithDurations) {
@@ -153,10 +175,10 @@ TEST(EngineTracer, UnknownKindIsDroppedAndCounted) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    ASSERT_OK(a.fixture.command("requests 1 7 1 0"));
+    ASSERT_OK(a.fixture.command("requests 1 7 1 0 1"));
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
-    EXPECT_EQ(snap.bad_kind, 2u);  // the start and the done
+    EXPECT_EQ(snap.bad_kind, 1u);  // request_done (request_start is not attached)
     EXPECT_EQ(snap.requests[kSingle].total() + snap.requests[kBatch].total(), 0u);
 }
 
@@ -166,8 +188,8 @@ TEST(EngineTracer, AttachByBinaryPathSeesEveryProcessRunningIt) {
     ASSERT_OK_AND_ASSIGN(auto first, FixtureProcess::spawn(kFixture));
     ASSERT_OK_AND_ASSIGN(auto second, FixtureProcess::spawn(kFixture));
 
-    ASSERT_OK(first.command("requests 2 0 1 0"));
-    ASSERT_OK(second.command("requests 3 0 1 0"));
+    ASSERT_OK(first.command("requests 2 0 1 0 1"));
+    ASSERT_OK(second.command("requests 3 0 1 0 1"));
 
     ASSERT_OK_AND_ASSIGN(auto snap, tracer.snapshot());
     // Other tests may run the fixture concurrently: at least these two processes' requests.
@@ -179,8 +201,8 @@ TEST(EngineTracer, PidAttachIgnoresOtherProcessesOfTheSameBinary) {
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
     ASSERT_OK_AND_ASSIGN(auto other, FixtureProcess::spawn(kFixture));
 
-    ASSERT_OK(other.command("requests 6 0 1 0"));
-    ASSERT_OK(a.fixture.command("requests 1 0 1 0"));
+    ASSERT_OK(other.command("requests 6 0 1 0 1"));
+    ASSERT_OK(a.fixture.command("requests 1 0 1 0 1"));
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
     EXPECT_EQ(snap.requests[kSingle].ok, 1u);

@@ -164,9 +164,9 @@ TEST_F(TracingTest, SnapshotCombinesEveryAttachedTracer) {
     EXPECT_EQ(snap.vfio_dma.latency(VfioOp::VfioMap).count, 1u);
     ASSERT_TRUE(snap.engine.has_value());
     EXPECT_EQ(snap.kern.has_value(), tracing.kernel_hooks() != nullptr);
-    EXPECT_GE(snap.programs.size(), 7u);  // 2 tracepoint + 5 usdt (+ 4 fentry where allowed)
+    EXPECT_GE(snap.programs.size(), 6u);  // 2 tracepoint + 4 usdt (+ 4 fentry where allowed)
     EXPECT_NE(tracing.kernel_hooks_status(), "not requested");
-    EXPECT_EQ(tracing.pinned_paths().size(), 4u + 9u);
+    EXPECT_EQ(tracing.pinned_paths().size(), 4u + 8u);
     ASSERT_OK_AND_ASSIGN(auto pinned, PinnedMaps::open(root_));
     EXPECT_TRUE(pinned.has_engine());
 }

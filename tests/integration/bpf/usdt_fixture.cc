@@ -3,8 +3,7 @@
 //
 // Protocol: reads one command per line on stdin, answers "ok" (or "error: ...") on stdout after
 // the probes fired. Prints "ready <pid>" first, so the test can attach before any probe fires.
-//   requests N KIND PAGES RESULT     N x (request_start, request_done) on session 1, vcpu i % 4
-//   done_only N KIND PAGES RESULT    N x request_done without a start (session 2)
+//   requests N KIND PAGES RESULT LATENCY   N x (request_start, request_done) on session 1, vcpu i % 4
 //   dma_map N SIZE RESULT LATENCY    N x dma_map(iova 0x1000 * i, ...)
 //   dma_unmap N SIZE RESULT LATENCY
 //   scan N KIND EXAMINED UNPINNED DURATION
@@ -21,16 +20,12 @@
 
 namespace {
 
-void requests(uint64_t n, uint32_t kind, uint64_t pages, int32_t result) {
+void requests(uint64_t n, uint32_t kind, uint64_t pages, int32_t result, uint64_t latency) {
     for (uint64_t i = 0; i < n; ++i) {
         const auto vcpu = static_cast<uint32_t>(i % 4);
         COIOMMU_PROBE_REQUEST_START(1u, vcpu, kind);
-        COIOMMU_PROBE_REQUEST_DONE(1u, vcpu, kind, pages, result);
+        COIOMMU_PROBE_REQUEST_DONE(1u, vcpu, kind, pages, result, latency);
     }
-}
-
-void done_only(uint64_t n, uint32_t kind, uint64_t pages, int32_t result) {
-    for (uint64_t i = 0; i < n; ++i) COIOMMU_PROBE_REQUEST_DONE(2u, 0u, kind, pages, result);
 }
 
 void dma_map(uint64_t n, uint64_t size, int32_t result, uint64_t latency) {
@@ -57,10 +52,8 @@ int main() {
         uint64_t n = 0, a = 0, b = 0, c = 0;
         int64_t r = 0;
         if (cmd == "exit") break;
-        if (cmd == "requests" && in >> n >> a >> b >> r) {
-            requests(n, static_cast<uint32_t>(a), b, static_cast<int32_t>(r));
-        } else if (cmd == "done_only" && in >> n >> a >> b >> r) {
-            done_only(n, static_cast<uint32_t>(a), b, static_cast<int32_t>(r));
+        if (cmd == "requests" && in >> n >> a >> b >> r >> c) {
+            requests(n, static_cast<uint32_t>(a), b, static_cast<int32_t>(r), c);
         } else if (cmd == "dma_map" && in >> n >> a >> r >> b) {
             dma_map(n, a, static_cast<int32_t>(r), b);
         } else if (cmd == "dma_unmap" && in >> n >> a >> r >> b) {

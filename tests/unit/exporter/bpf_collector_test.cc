@@ -86,15 +86,14 @@ TEST(BpfCollector, VfioOnlyScrapeHasTheKernelAndProgramFamiliesButNoEngineOnes) 
 TEST(BpfCollector, EngineAndKernelHookFamiliesAppearWhenThoseTracersAreAttached) {
     const auto fs = bpf_families(everything());
     for (const char* name : {"coiommu_bpf_engine_request_duration_seconds", "coiommu_bpf_engine_pages_per_request",
-                             "coiommu_bpf_engine_requests_total", "coiommu_bpf_engine_requests_unmatched_total",
-                             "coiommu_bpf_engine_dma_call_duration_seconds", "coiommu_bpf_engine_dma_calls_total",
+                             "coiommu_bpf_engine_requests_total", "coiommu_bpf_engine_dma_call_duration_seconds", "coiommu_bpf_engine_dma_calls_total",
                              "coiommu_bpf_engine_dma_bytes_total", "coiommu_bpf_engine_unpin_scan_duration_seconds",
                              "coiommu_bpf_engine_unpin_scans_total", "coiommu_bpf_engine_unpin_pages_examined_total",
                              "coiommu_bpf_engine_pages_unpinned_total", "coiommu_bpf_engine_probe_errors_total",
                              "coiommu_bpf_kernel_dma_duration_seconds", "coiommu_bpf_slow_threshold_seconds"}) {
         EXPECT_NE(find_family(fs, name), nullptr) << name;
     }
-    EXPECT_EQ(fs.size(), 26u);
+    EXPECT_EQ(fs.size(), 25u);
 }
 
 TEST(BpfCollector, EveryOpAndResultClassIsPresentFromTheFirstScrape) {
@@ -184,14 +183,10 @@ TEST(BpfCollector, EventsLostAreLabelledByTheMapThatWasFull) {
     s.telemetry.vfio_dma.drops.inflight_full = 4;
     s.telemetry.vfio_dma.drops.ringbuf_full = 5;
     s.telemetry.vfio_dma.drops.read_fault = 6;
-    s.telemetry.engine->inflight_full = 7;
     const auto e = parse(bpf_families(s));
     EXPECT_EQ(e.value("coiommu_bpf_events_lost_total", {{"map", "vfio_dma_flight"}}), 4.0);
     EXPECT_EQ(e.value("coiommu_bpf_events_lost_total", {{"map", "vfio_dma_events"}}), 5.0);
-    EXPECT_EQ(e.value("coiommu_bpf_events_lost_total", {{"map", "eng_inflight"}}), 7.0);
     EXPECT_EQ(e.value("coiommu_bpf_dma_argument_read_failures_total"), 6.0);
-    // Without the engine tracer the engine's map still has its series, at 0.
-    EXPECT_EQ(parse(bpf_families(vfio_only())).value("coiommu_bpf_events_lost_total", {{"map", "eng_inflight"}}), 0.0);
 }
 
 TEST(BpfCollector, ProgramsCarryInfoLabelsAttachStateAndRunTimeInSeconds) {
@@ -212,7 +207,7 @@ TEST(BpfCollector, ProgramsCarryInfoLabelsAttachStateAndRunTimeInSeconds) {
 
 TEST(BpfCollector, EngineSnapshotIsExportedUnderItsOwnBpfEnginePrefix) {
     BpfScrape s = everything();
-    s.telemetry.engine->requests[1] = {9, 1, 2};
+    s.telemetry.engine->requests[1] = {9, 1};
     s.telemetry.engine->dma_calls[0] = {30, 3, 33 * 4096};
     s.telemetry.engine->scans[0] = {5, 500, 50};
     s.telemetry.engine->bad_kind = 8;
@@ -220,7 +215,6 @@ TEST(BpfCollector, EngineSnapshotIsExportedUnderItsOwnBpfEnginePrefix) {
     const auto e = parse(bpf_families(s));
     EXPECT_EQ(e.value("coiommu_bpf_engine_requests_total", {{"kind", "batch"}, {"result", "ok"}}), 9.0);
     EXPECT_EQ(e.value("coiommu_bpf_engine_requests_total", {{"kind", "batch"}, {"result", "failed"}}), 1.0);
-    EXPECT_EQ(e.value("coiommu_bpf_engine_requests_unmatched_total", {{"kind", "batch"}}), 2.0);
     EXPECT_EQ(e.value("coiommu_bpf_engine_dma_calls_total", {{"op", "map"}, {"result", "failed"}}), 3.0);
     EXPECT_EQ(e.value("coiommu_bpf_engine_dma_bytes_total", {{"op", "map"}}), 33.0 * 4096);
     EXPECT_EQ(e.value("coiommu_bpf_engine_unpin_scans_total", {{"kind", "lru"}}), 5.0);
