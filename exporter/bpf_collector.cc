@@ -172,7 +172,7 @@ void engine_families(const bpf::EngineSnapshot& e, std::vector<MetricFamily>& ou
 
     MetricFamily probe_errors = counter_family("coiommu_bpf_engine_probe_errors_total",
                                                "Engine USDT probe hits dropped because they carried an unknown kind.");
-    add_counter(probe_errors, d(e.bad_kind));
+    add_counter(probe_errors, d(e.bad_kind + e.bad_batch));
     out.push_back(std::move(probe_errors));
 }
 

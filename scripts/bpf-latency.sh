@@ -6,7 +6,7 @@
 #   stats [SECONDS]      turn on kernel.bpf_stats_enabled for SECONDS (default 5), then print
 #                        run count, run time and ns per run of each of our programs; the sysctl
 #                        is restored afterwards
-#   dump [MAP...]        `bpftool -j map dump pinned <pin-root>/v1/<map>` of the pinned maps
+#   dump [MAP...]        `bpftool -j map dump pinned <pin-root>/v2/<map>` of the pinned maps
 #                        (default: every pinned coiommu map) rendered as text histograms and
 #                        counter tables; per-CPU values are summed. --json prints the summed
 #                        values as one JSON object instead.
@@ -39,7 +39,7 @@ CMD=$1; shift
 case "$UNIT" in ns|us|ms) ;; *) die "unit must be ns, us or ms" ;; esac
 [ -x "$BPFTOOL" ] || die "bpftool not found (apt-get install bpftool; it lives in /usr/sbin)"
 [ "$(id -u)" = 0 ] || die "needs root (bpftool reads BPF programs and maps)"
-PIN_DIR=$PIN_ROOT/v1
+PIN_DIR=$PIN_ROOT/v2
 
 our_prog_ids() {
   python3 - "$PROG_RE" "$("$BPFTOOL" -j prog show)" <<'PY'

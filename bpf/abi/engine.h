@@ -12,6 +12,20 @@
 #define COIOMMU_ENG_DMA_OPS    2 /* map, unmap */
 #define COIOMMU_ENG_SCAN_KINDS 2 /* lru, balloon */
 
+/* Mirrors coiommu::telemetry::RequestRecord: one served request in a `requests` probe batch. */
+struct coiommu_eng_request_record {
+	__u64 latency_ns;
+	__u64 pages;
+	__s32 result;
+	__u32 kind;
+};
+#define COIOMMU_ENG_BATCH_MAX 64 /* kMaxRequestRecords */
+
+/* Value of eng_scratch (per-CPU array, one entry): a batch copied from the engine's memory. */
+struct coiommu_eng_batch {
+	struct coiommu_eng_request_record records[COIOMMU_ENG_BATCH_MAX];
+};
+
 /* Value of eng_req_calls (per-CPU array, key = request kind). */
 struct coiommu_eng_req_calls {
 	__u64 ok;     /* request_done with result 0 */
@@ -34,5 +48,6 @@ struct coiommu_eng_scan_stats {
 
 /* Value of eng_drops (per-CPU array, one entry). */
 struct coiommu_eng_drops {
-	__u64 bad_kind; /* a probe carried a kind outside the known range */
+	__u64 bad_kind;  /* a probe or record carried a kind outside the known range */
+	__u64 bad_batch; /* records lost: a count above COIOMMU_ENG_BATCH_MAX, or unreadable memory */
 };

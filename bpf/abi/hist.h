@@ -26,4 +26,4 @@ struct coiommu_hist {
 /* Version of every pinned map layout below /sys/fs/bpf/coiommu/. Bump it whenever a map
  * definition (key, value, max_entries) changes: libbpf refuses to reuse a pinned map whose
  * definition differs, and old readers must not misread new layouts. */
-#define COIOMMU_BPF_ABI_VERSION 1
+#define COIOMMU_BPF_ABI_VERSION 2

@@ -66,7 +66,7 @@ options:
                          per request, ~0.8 us each)
       --engine-dma       with --engine: also the per-DMA-call probes (one more hit per call)
       --kernel-hooks     also try the fentry hooks inside vfio_iommu_type1
-      --pin              pin the maps under <pin-root>/v1/ and keep them after exit
+      --pin              pin the maps under <pin-root>/v2/ and keep them after exit
       --pin-temp         pin the maps while running, remove them on exit
       --pin-root DIR     pin root (default /sys/fs/bpf/coiommu)
       --stats            enable BPF run time accounting and print per-program cost
@@ -80,7 +80,7 @@ Needs root or CAP_BPF+CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs/bpffs if m
 examples:
   coiommu-trace 1 10              10 one-second histograms of every process's DMA ioctls
   coiommu-trace -p $(pidof crosvm) -u --slow-us 500
-  coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v1/
+  coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v2/
   coiommu-trace --exporter 127.0.0.1:9464 --stats --slow-us 1000
                                   Prometheus exporter for a crosvm/QEMU host (Ctrl-C ends)
 )";
@@ -356,7 +356,10 @@ void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
                    s.examined, s.unpinned, avg(e.scan_duration_ns[k], unit));
         print_hist(e.scan_duration_ns[k], unit.name, unit);
     }
-    if (e.bad_kind != 0) fmt::print("engine: {} probes with an unknown kind dropped\n", e.bad_kind);
+    if (e.bad_kind + e.bad_batch != 0) {
+        fmt::print("engine: dropped {} probes/records with an unknown kind, {} request records unreadable or over "
+                   "the batch limit\n", e.bad_kind, e.bad_batch);
+    }
 }
 
 // ---- JSON rendering (all values in ns / bytes / counts; le "+Inf" for the overflow slot) ----
@@ -416,7 +419,7 @@ std::string json_engine(const EngineSnapshot& e, const EngineSnapshot& total) {
                            e.scans[k].unpinned, total.scans[k].scans,
                            json_hist(e.scan_duration_ns[k], total.scan_duration_ns[k]));
     }
-    out += fmt::format(R"(}},"drops":{{"bad_kind":{}}}}})", e.bad_kind);
+    out += fmt::format(R"(}},"drops":{{"bad_kind":{},"bad_batch":{}}}}})", e.bad_kind, e.bad_batch);
     return out;
 }
 

@@ -7,6 +7,7 @@
 #include "bpf/abi/vfio_dma.h"
 #include "bpf/abi/vfio_kern.h"
 #include "bpf/loader/snapshot.h"
+#include "engine/telemetry/probes.h"
 
 namespace coiommu::bpf {
 
@@ -42,7 +43,13 @@ static_assert(COIOMMU_ENG_SCAN_KINDS == kEngineScanKinds);
 static_assert(sizeof(coiommu_eng_req_calls) == 2 * 8);
 static_assert(sizeof(coiommu_eng_dma_calls) == 3 * 8);
 static_assert(sizeof(coiommu_eng_scan_stats) == 3 * 8);
-static_assert(sizeof(coiommu_eng_drops) == 1 * 8);
+static_assert(sizeof(coiommu_eng_drops) == 2 * 8);
+static_assert(sizeof(coiommu_eng_request_record) == sizeof(telemetry::RequestRecord));
+static_assert(offsetof(coiommu_eng_request_record, latency_ns) == offsetof(telemetry::RequestRecord, latency_ns));
+static_assert(offsetof(coiommu_eng_request_record, pages) == offsetof(telemetry::RequestRecord, pages));
+static_assert(offsetof(coiommu_eng_request_record, result) == offsetof(telemetry::RequestRecord, result));
+static_assert(offsetof(coiommu_eng_request_record, kind) == offsetof(telemetry::RequestRecord, kind));
+static_assert(COIOMMU_ENG_BATCH_MAX == telemetry::kMaxRequestRecords);
 
 static_assert(COIOMMU_VK_FN_COUNT == kKernFnCount);
 

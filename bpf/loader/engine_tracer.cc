@@ -87,7 +87,7 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
     };
     auto& s = *impl->skel;
     std::vector<Probe> probes{
-        {"request_done", s.progs.eng_req_done, &s.links.eng_req_done},
+        {"requests", s.progs.eng_requests, &s.links.eng_requests},
         {"unpin_scan", s.progs.eng_unpin_scan, &s.links.eng_unpin_scan},
     };
     if (target.dma == EngineDmaProbes::Yes) {
@@ -137,7 +137,7 @@ std::vector<std::string> EngineTracer::pinned_paths() const {
 Result<std::vector<ProgramInfo>> EngineTracer::programs() const {
     const auto& s = *impl_->skel;
     return detail::object_programs(s.obj, "usdt", [&s](const bpf_program* p) {
-        if (p == s.progs.eng_req_done) return s.links.eng_req_done != nullptr;
+        if (p == s.progs.eng_requests) return s.links.eng_requests != nullptr;
         if (p == s.progs.eng_dma_map) return s.links.eng_dma_map != nullptr;
         if (p == s.progs.eng_dma_unmap) return s.links.eng_dma_unmap != nullptr;
         if (p == s.progs.eng_unpin_scan) return s.links.eng_unpin_scan != nullptr;

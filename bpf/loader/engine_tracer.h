@@ -1,13 +1,12 @@
 // EngineTracer: the engine program attached to the engine's USDT probes (provider "coiommu",
 // engine/telemetry/probes.h) of one binary, for every process running it or for one pid.
 //
-// Produces request latency per kind (the engine's own measure, carried by request_done), pages
-// per request, request counts by kind and result, unpin scan durations, and, with
-// EngineDmaProbes::Yes, engine-measured DMA map/unmap latency (EngineSnapshot). An attached probe
-// costs a uprobe trap per hit (~0.8 us on the development host), so by default only request_done
-// (one hit per request) and unpin_scan (one per scan) are attached: on the fake backend's latency
-// model that costs a few percent of engine throughput, the DMA probes add one hit per DMA call
-// (tests/bench/bpf/README.md has the numbers).
+// Produces request latency per kind (the engine's own measure), pages per request, request counts
+// by kind and result, unpin scan durations, and, with EngineDmaProbes::Yes, engine-measured DMA
+// map/unmap latency (EngineSnapshot). An attached probe costs a uprobe trap per hit (~1 us on the
+// development host), so by default only `requests` (one hit per batch of up to 64 requests, at
+// most 1 ms late: engine/telemetry/request_trace.h) and unpin_scan (one per scan) are attached;
+// the DMA probes add one hit per DMA call. Costs: bpf/README.md, "Overhead".
 //
 // Thread-safety: as VfioDmaTracer (snapshot/programs/pin from any thread).
 #pragma once
@@ -42,19 +41,19 @@ public:
     EngineTracer& operator=(EngineTracer&&) noexcept;
     ~EngineTracer();
 
-    // Loads the program and attaches request_done and unpin_scan (and dma_map, dma_unmap when
+    // Loads the program and attaches requests and unpin_scan (and dma_map, dma_unmap when
     // target.dma says so). A probe missing from the binary is logged and left detached
     // (programs() shows it); ENOENT when none is found.
     [[nodiscard]] static Result<EngineTracer> attach(const EngineTarget& target);
 
     [[nodiscard]] Result<EngineSnapshot> snapshot() const;
 
-    // Pins every eng_* map under <root>/v1/.
+    // Pins every eng_* map under <root>/v2/.
     [[nodiscard]] Status pin(const PinOptions& options);
     [[nodiscard]] std::vector<std::string> pinned_paths() const;
 
     [[nodiscard]] Result<std::vector<ProgramInfo>> programs() const;
-    // Names of the probes attached ("request_done", ...).
+    // Names of the probes attached ("requests", ...).
     [[nodiscard]] const std::vector<std::string>& attached_probes() const;
 
 private:

@@ -1,5 +1,5 @@
 // Pinning maps under a versioned bpffs directory so they outlive the process and can be read by
-// bpftool (`bpftool -j map dump pinned /sys/fs/bpf/coiommu/v1/<map>`) or another reader.
+// bpftool (`bpftool -j map dump pinned /sys/fs/bpf/coiommu/v2/<map>`) or another reader.
 //
 // Layout: <root>/v<COIOMMU_BPF_ABI_VERSION>/<map name>, root = /sys/fs/bpf/coiommu by default.
 // A PinSet removes what it pinned (and the empty directories) on destruction unless Keep::Yes.
@@ -23,7 +23,7 @@ struct PinOptions {
     Keep keep = Keep::No;
 };
 
-// "<root>/v1".
+// "<root>/v2".
 [[nodiscard]] std::string versioned_pin_dir(std::string_view root);
 
 // Makes sure /sys/fs/bpf is a bpffs, mounting one when it is not (as bpftool does).
@@ -38,7 +38,7 @@ public:
     PinSet(PinSet&& other) noexcept;
     PinSet& operator=(PinSet&& other) noexcept;
 
-    // Creates <root>/v1 (and bpffs when root lies under /sys/fs/bpf).
+    // Creates <root>/v2 (and bpffs when root lies under /sys/fs/bpf).
     [[nodiscard]] static Result<PinSet> create(const PinOptions& options);
 
     // Pins the object behind `fd` as <dir>/<name>. EEXIST never happens: a stale pin is replaced.
@@ -59,7 +59,7 @@ private:
     Keep keep_ = Keep::No;
 };
 
-// Removes <root>/v1/* and the directories (for cleanup of kept pins, tests, scripts).
+// Removes <root>/v2/* and the directories (for cleanup of kept pins, tests, scripts).
 [[nodiscard]] Status remove_pins(std::string_view root);
 
 }  // namespace coiommu::bpf

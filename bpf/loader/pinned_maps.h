@@ -1,5 +1,5 @@
 // PinnedMaps: reads maps that a tracer (this process or another one, e.g. `coiommu-trace --pin`)
-// pinned under <root>/v1/, without loading any program. Same snapshots as the live tracers.
+// pinned under <root>/v2/, without loading any program. Same snapshots as the live tracers.
 #pragma once
 
 #include <optional>
@@ -14,7 +14,7 @@ namespace coiommu::bpf {
 
 class PinnedMaps {
 public:
-    // Opens whatever is pinned under <root>/v1/: the vfio_dma maps and/or the engine maps.
+    // Opens whatever is pinned under <root>/v2/: the vfio_dma maps and/or the engine maps.
     // ENOENT when neither set is there.
     [[nodiscard]] static Result<PinnedMaps> open(std::string_view root = kDefaultPinRoot);
 

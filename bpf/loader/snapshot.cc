@@ -170,6 +170,7 @@ EngineSnapshot EngineSnapshot::delta_since(const EngineSnapshot& prev) const {
         d.scans[i].unpinned = sat_sub(scans[i].unpinned, prev.scans[i].unpinned);
     }
     d.bad_kind = sat_sub(bad_kind, prev.bad_kind);
+    d.bad_batch = sat_sub(bad_batch, prev.bad_batch);
     return d;
 }
 

@@ -134,7 +134,8 @@ struct EngineSnapshot {
     std::array<EngineDmaCalls, kEngineDmaOps> dma_calls{};
     std::array<Log2Hist, kEngineScanKinds> scan_duration_ns{};
     std::array<EngineScanStats, kEngineScanKinds> scans{};
-    uint64_t bad_kind = 0;
+    uint64_t bad_kind = 0;   // probe hits or records with an unknown kind
+    uint64_t bad_batch = 0;  // request records lost (oversized batch, unreadable memory)
 
     [[nodiscard]] EngineSnapshot delta_since(const EngineSnapshot& prev) const;
 };

@@ -26,7 +26,7 @@ struct TracingOptions {
     VfioDmaOptions vfio_dma;
     std::optional<EngineTarget> engine;
     TryKernelHooks kernel_hooks = TryKernelHooks::No;
-    std::optional<PinOptions> pin;              // pin every map under <root>/v1/
+    std::optional<PinOptions> pin;              // pin every map under <root>/v2/
     CollectRunTime run_time = CollectRunTime::No;  // hold a StatsGuard (run_time_ns/run_cnt)
 };
 

@@ -103,6 +103,7 @@ Result<EngineSnapshot> read_engine(const EngineMapFds& fds) {
     auto drops = read_percpu_array<coiommu_eng_drops>(fds.drops, 1);
     if (!drops) return tl::unexpected(with_context(drops.error(), "eng_drops"));
     snap.bad_kind = (*drops)[0].bad_kind;
+    snap.bad_batch = (*drops)[0].bad_batch;
     return snap;
 }
 

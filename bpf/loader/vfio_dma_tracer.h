@@ -49,7 +49,7 @@ public:
                                                const std::function<void(const SlowEvent&)>& on_event);
 
     // Pins the histogram, calls and drops maps (vfio_dma_hist, vfio_dma_calls, vfio_dma_drops,
-    // vfio_dma_flight) under <root>/v1/. Once per tracer.
+    // vfio_dma_flight) under <root>/v2/. Once per tracer.
     [[nodiscard]] Status pin(const PinOptions& options);
     [[nodiscard]] std::vector<std::string> pinned_paths() const;
 

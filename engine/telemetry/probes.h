@@ -2,17 +2,21 @@
 //
 // A probe site is a single nop until a tracer attaches (sys/sdt.h, no semaphores), so the
 // untraced cost is the evaluation of the arguments, which are values the engine already has in
-// registers. Probes fire per request, per DMA call and per unpin scan, never per page.
+// registers. Probes fire per batch of requests, per request, per DMA call and per unpin scan,
+// never per page.
 //
-// An attached probe costs a uprobe trap per hit (0.3-1 us; 0.8 us on the PVM development host),
-// about a quarter of a single-page request. So everything about a request is in ONE probe,
-// request_done, which carries the engine's own latency measure; bpf/engine.bpf.c attaches
-// request_done and unpin_scan by default and dma_map/dma_unmap only on request (per DMA call;
-// the vfio_dma program already times real VFIO calls from the kernel side). request_start exists
-// for ad-hoc tools (bpftrace) and is not attached by engine.bpf.c.
+// An attached probe costs a uprobe trap per hit (0.3-1 us; ~1 us on the PVM development host),
+// about a tenth of a single-page request's engine time. So the always-on tracer (engine.bpf.c)
+// reads requests in batches: `requests` carries up to kMaxRequestRecords RequestRecords in this
+// process's memory (request_trace.h), one hit per batch. It also attaches unpin_scan (one hit per
+// scan) and, only on request, dma_map/dma_unmap (one per DMA call; the vfio_dma program already
+// times real VFIO calls from the kernel side). request_start and request_done fire per request
+// for ad-hoc tools (bpftrace), which accept that cost; engine.bpf.c does not attach them.
 //
-// The argument lists are an ABI shared with bpf/engine.bpf.c; change both together.
+// The argument lists are an ABI shared with bpf/engine.bpf.c (bpf/abi/engine.h mirrors
+// RequestRecord); change both together.
 //
+//   requests     (u32 session, RequestRecord* records, u32 count)    count <= kMaxRequestRecords
 //   request_start(u32 session, u32 vcpu, u32 kind)                   kind: RequestKind
 //   request_done (u32 session, u32 vcpu, u32 kind, u64 pages, s32 result, u64 latency_ns)
 //                 result: 0 = every page pinned, else a negative errno (first failure)
@@ -34,8 +38,21 @@ namespace coiommu::telemetry {
 enum class RequestKind : uint32_t { Single = 0, Batch = 1 };
 enum class ScanKind : uint32_t { Lru = 0, Balloon = 1 };
 
+// One served request in a `requests` batch: the fields of request_done.
+struct RequestRecord {
+    uint64_t latency_ns;
+    uint64_t pages;
+    int32_t result;
+    uint32_t kind;  // RequestKind
+};
+static_assert(sizeof(RequestRecord) == 24, "RequestRecord is an ABI (bpf/abi/engine.h)");
+inline constexpr uint32_t kMaxRequestRecords = 64;
+
 }  // namespace coiommu::telemetry
 
+#define COIOMMU_PROBE_REQUESTS(session, records, count)                                                 \
+    DTRACE_PROBE3(coiommu, requests, static_cast<uint32_t>(session), reinterpret_cast<uint64_t>(records), \
+                  static_cast<uint32_t>(count))
 #define COIOMMU_PROBE_REQUEST_START(session, vcpu, kind) \
     DTRACE_PROBE3(coiommu, request_start, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu), static_cast<uint32_t>(kind))
 #define COIOMMU_PROBE_REQUEST_DONE(session, vcpu, kind, pages, result, latency_ns)                                  \

@@ -63,7 +63,8 @@ FastEngine::FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetr
            cfg.unpin_policy == UnpinPolicy::Lru, {}},
       queue_(deps.trigger_fds.size()),
       spin_budget_(effective_spin_budget(cfg)),
-      workers_count_(effective_workers(cfg)) {}
+      workers_count_(effective_workers(cfg)),
+      intake_trace_(cfg.session) {}
 
 Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, const EngineDeps& deps,
                                                       telemetry::StatsRegistry& stats) {
@@ -225,7 +226,10 @@ void FastEngine::run_intake() {
     constexpr int kMaxEvents = 64;
     epoll_event evs[kMaxEvents];
     for (;;) {
-        const int n = ::epoll_wait(ep.get(), evs, kMaxEvents, -1);
+        // A quiet engine still hands its last requests to the tracer within kMaxAgeNs.
+        const uint64_t now = telemetry::monotonic_ns();
+        intake_trace_.flush_if_due(now);
+        const int n = ::epoll_wait(ep.get(), evs, kMaxEvents, intake_trace_.wait_timeout_ms(now));
         if (n < 0) {
             if (errno == EINTR) continue;
             CLOG_ERROR_RL(kLog, "intake: epoll_wait: errno {}", errno);
@@ -233,11 +237,17 @@ void FastEngine::run_intake() {
             continue;
         }
         for (int i = 0; i < n; ++i) {
-            if (evs[i].data.u64 == kStopToken) return;
+            if (evs[i].data.u64 == kStopToken) {
+                intake_trace_.flush();
+                return;
+            }
             on_trigger(*arenas_[evs[i].data.u64]);
         }
         if (spin_budget_.count() > 0) spin_pass();
-        if (stopping_.load(std::memory_order_acquire)) return;
+        if (stopping_.load(std::memory_order_acquire)) {
+            intake_trace_.flush();
+            return;
+        }
     }
 }
 
@@ -273,6 +283,7 @@ void FastEngine::on_trigger(VcpuArena& a) {
                     s.requests[telemetry::RequestKind::Single].add();
                     s.requests_failed.add();
                     s.pin_failures[telemetry::PinFailureReason::InvalidRequest].add();
+                    intake_trace_.add(telemetry::RequestKind::Single, 0, -EINVAL, 0, telemetry::monotonic_ns());
                     CLOG_WARN_RL(kLog, "vcpu {}: spurious trigger: notify slot is empty", a.vcpu);
                 }
                 return;
@@ -296,7 +307,7 @@ FastEngine::Attempt FastEngine::try_serve(VcpuArena& a) {
 void FastEngine::dispatch(VcpuArena& a, uint64_t value) {
     const uint64_t t0 = telemetry::monotonic_ns();
     if (workers_.empty()) {
-        serve_request(env_, a, value, t0);
+        serve_request(env_, a, value, t0, intake_trace_);
         finish(a);
         return;
     }
@@ -305,7 +316,7 @@ void FastEngine::dispatch(VcpuArena& a, uint64_t value) {
         // Cannot happen (one item per vCPU, capacity >= vcpus); complete rather than lose it.
         stats_.gauges().queue_depth.sub();
         CLOG_ERROR_RL(kLog, "vcpu {}: pin queue full; serving inline", a.vcpu);
-        serve_request(env_, a, value, t0);
+        serve_request(env_, a, value, t0, intake_trace_);
         finish(a);
         return;
     }
@@ -341,16 +352,18 @@ void FastEngine::spin_pass() {
 // ---- workers ----------------------------------------------------------------------------------
 
 void FastEngine::run_worker() {
+    telemetry::RequestTraceBatch trace(env_.session);  // flushed when full, due, idle and at exit
     Item item{};
-    while (pop(item)) {
+    while (pop(item, trace)) {
         stats_.gauges().queue_depth.sub();
         VcpuArena& a = *arenas_[item.vcpu];
-        serve_request(env_, a, item.value, item.t0_ns);
+        serve_request(env_, a, item.value, item.t0_ns, trace);
         finish(a);
+        trace.flush_if_due(telemetry::monotonic_ns());
     }
 }
 
-bool FastEngine::pop(Item& out) {
+bool FastEngine::pop(Item& out, telemetry::RequestTraceBatch& trace) {
     const auto deadline = std::chrono::steady_clock::now() + spin_budget_;
     for (uint32_t iter = 1;; ++iter) {
         if (auto it = queue_.try_pop()) {
@@ -364,6 +377,8 @@ bool FastEngine::pop(Item& out) {
         }
         cpu_relax();
     }
+    // About to block without a timeout: hand the batch over now (this costs idle time only).
+    trace.flush();
     for (;;) {
         const auto key = queue_ec_.prepare_wait();
         if (auto it = queue_.try_pop()) {

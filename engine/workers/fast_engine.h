@@ -88,7 +88,7 @@ private:
     void dispatch(VcpuArena& a, uint64_t value);
     void spin_pass();
     void run_worker();
-    bool pop(Item& out);
+    bool pop(Item& out, telemetry::RequestTraceBatch& trace);
     void finish(VcpuArena& a);
 
     EngineConfig cfg_;
@@ -113,6 +113,8 @@ private:
     std::atomic<bool> stopping_{false};          // the intake leaves
     std::atomic<bool> workers_stopping_{false};  // the workers leave once the queue is empty
     std::thread intake_;
+    // Requests the intake serves inline (or counts as spurious); only the intake thread uses it.
+    telemetry::RequestTraceBatch intake_trace_;
     std::vector<std::thread> workers_;
     std::mutex lifecycle_mu_;
     bool active_ = false;

@@ -286,7 +286,8 @@ private:
 
 }  // namespace
 
-ServeReport serve_request(const PinEnv& env, VcpuArena& a, uint64_t slot_value, uint64_t t0_ns) {
+ServeReport serve_request(const PinEnv& env, VcpuArena& a, uint64_t slot_value, uint64_t t0_ns,
+                          telemetry::RequestTraceBatch& trace) {
     const RequestKind kind = (slot_value & core::kPinPagesInBatch) != 0 ? RequestKind::Batch : RequestKind::Single;
     COIOMMU_PROBE_REQUEST_START(env.session, a.vcpu, kind);
     Tally t;
@@ -321,11 +322,13 @@ ServeReport serve_request(const PinEnv& env, VcpuArena& a, uint64_t slot_value, 
     if (t.invalid != 0) s.pin_failures[PinFailureReason::InvalidRequest].add(t.invalid);
     if (result != 0) s.requests_failed.add();
     s.pages_per_request.observe(pages);
-    const uint64_t latency_ns = telemetry::monotonic_ns() - t0_ns;
+    const uint64_t now = telemetry::monotonic_ns();
+    const uint64_t latency_ns = now - t0_ns;
     s.request_latency_ns[kind].observe(latency_ns);
     if (t.newly != 0) env.gauges.pinned_pages.add(t.newly);
     if (t.dma_calls != 0) env.gauges.dma_entries.set(env.backend.live_entries());
     COIOMMU_PROBE_REQUEST_DONE(env.session, a.vcpu, kind, pages, result, latency_ns);
+    trace.add(kind, pages, result, latency_ns, now);
     return ServeReport{result, pages, t.newly, t.dma_calls};
 }
 

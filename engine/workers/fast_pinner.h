@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "engine/telemetry/request_trace.h"
 #include "engine/workers/arena.h"
 
 namespace coiommu::workers {
@@ -39,7 +40,9 @@ struct ServeReport {
 // Serves one request and completes the slot. Never fails: bad guest input and DMA failures are
 // counted in arena.stats, logged (rate-limited) and reported to the guest by a clear PINNED bit.
 // Preconditions: the caller owns `arena` for this request; `slot_value` is the value read from
-// the slot by the intake; t0_ns is when the intake saw the request (monotonic_ns).
-ServeReport serve_request(const PinEnv& env, VcpuArena& arena, uint64_t slot_value, uint64_t t0_ns);
+// the slot by the intake; t0_ns is when the intake saw the request (monotonic_ns); `trace` is
+// the calling thread's batch (the request is appended to it).
+ServeReport serve_request(const PinEnv& env, VcpuArena& arena, uint64_t slot_value, uint64_t t0_ns,
+                          telemetry::RequestTraceBatch& trace);
 
 }  // namespace coiommu::workers

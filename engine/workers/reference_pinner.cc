@@ -282,6 +282,9 @@ void ReferencePinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
     const uint64_t latency_ns = telemetry::monotonic_ns() - t0;
     s.request_latency_ns[kind].observe(latency_ns);
     COIOMMU_PROBE_REQUEST_DONE(cfg_.session, vcpu, kind, pages, -first_error, latency_ns);
+    // The reference is serial and not tuned: a batch of one, handed over at once.
+    const telemetry::RequestRecord record{latency_ns, pages, -first_error, static_cast<uint32_t>(kind)};
+    COIOMMU_PROBE_REQUESTS(cfg_.session, &record, 1);
 }
 
 // ---- unpinning --------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ public:
     }
     workers::ServeReport serve(uint64_t value) {
         slot_ = value;
-        return workers::serve_request(env_, *arena_, value, 0);
+        return workers::serve_request(env_, *arena_, value, 0, trace_);
     }
     static Gpa batch_gpa() { return Gpa{kBatchGfn << kPageShift}; }
     // Unmaps everything (not timed by callers).
@@ -144,6 +144,7 @@ private:
     workers::PinEnv env_;
     uint64_t slot_ = 0;
     std::unique_ptr<workers::VcpuArena> arena_;
+    telemetry::RequestTraceBatch trace_{0};
     workers::ParkGate gate_;
     std::unique_ptr<workers::ExtentUnpinner> unpinner_;
 };

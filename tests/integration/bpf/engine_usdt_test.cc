@@ -35,15 +35,15 @@ Result<Attached> attach_to_fixture(EngineDmaProbes dma = EngineDmaProbes::No) {
     return Attached{std::move(*fixture), std::move(*tracer)};
 }
 
-TEST(EngineTracer, AttachesOneProbePerRequestAndThePerScanProbeByDefault) {
+TEST(EngineTracer, AttachesTheBatchedRequestProbeAndThePerScanProbeByDefault) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    EXPECT_EQ(a.tracer.attached_probes(), (std::vector<std::string>{"request_done", "unpin_scan"}));
+    EXPECT_EQ(a.tracer.attached_probes(), (std::vector<std::string>{"requests", "unpin_scan"}));
     ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
     ASSERT_EQ(programs.size(), 4u);
     for (const auto& p : programs) {
-        EXPECT_EQ(p.attached, p.program == "eng_req_done" || p.program == "eng_unpin_scan") << p.program;
+        EXPECT_EQ(p.attached, p.program == "eng_requests" || p.program == "eng_unpin_scan") << p.program;
         EXPECT_EQ(p.attach, "usdt");
     }
 }
@@ -53,7 +53,7 @@ TEST(EngineTracer, AttachesThePerDmaCallProbesWhenAsked) {
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
 
     EXPECT_EQ(a.tracer.attached_probes(),
-              (std::vector<std::string>{"request_done", "unpin_scan", "dma_map", "dma_unmap"}));
+              (std::vector<std::string>{"requests", "unpin_scan", "dma_map", "dma_unmap"}));
     ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
     for (const auto& p : programs) EXPECT_TRUE(p.attached) << p.program;
 }
@@ -86,7 +86,42 @@ TEST(EngineTracer, RequestCountsEqualTheProbesFired) {
     EXPECT_EQ(snap.request_latency_ns[kBatch].count, 4u);
 }
 
-TEST(EngineTracer, RequestLatencyIsTheValueTheEngineCarriedInRequestDone) {
+TEST(EngineTracer, ManyBatchesOfRecordsAreAllCounted) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("requests 1000 1 8 0 5000"));  // 15 full batches and one of 40
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.requests[kBatch].ok, 1000u);
+    EXPECT_EQ(snap.request_pages[kBatch].sum, 8000u);
+    EXPECT_EQ(snap.request_latency_ns[kBatch].sum, 5'000'000u);
+    EXPECT_EQ(snap.bad_batch, 0u);
+}
+
+TEST(EngineTracer, BatchClaimingMoreThanTheLimitCountsTheRestAsLost) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("batch_count 100"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.requests[kSingle].ok, 64u);
+    EXPECT_EQ(snap.bad_batch, 36u);
+}
+
+TEST(EngineTracer, UnreadableBatchIsCountedLostNotMisread) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
+
+    ASSERT_OK(a.fixture.command("batch_unreadable 5"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.requests[kSingle].total() + snap.requests[kBatch].total(), 0u);
+    EXPECT_EQ(snap.bad_batch, 5u);
+}
+
+TEST(EngineTracer, RequestLatencyIsTheValueTheEngineRecorded) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
@@ -178,7 +213,7 @@ TEST(EngineTracer, UnknownKindIsDroppedAndCounted) {
     ASSERT_OK(a.fixture.command("requests 1 7 1 0 1"));
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
-    EXPECT_EQ(snap.bad_kind, 1u);  // request_done (request_start is not attached)
+    EXPECT_EQ(snap.bad_kind, 1u);  // the record (request_start/request_done are not attached)
     EXPECT_EQ(snap.requests[kSingle].total() + snap.requests[kBatch].total(), 0u);
 }
 

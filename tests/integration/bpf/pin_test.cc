@@ -43,7 +43,7 @@ VfioDmaOptions only_this_process() {
 }
 
 TEST(PinPaths, DirectoryCarriesTheAbiVersion) {
-    EXPECT_EQ(versioned_pin_dir("/sys/fs/bpf/coiommu"), "/sys/fs/bpf/coiommu/v1");
+    EXPECT_EQ(versioned_pin_dir("/sys/fs/bpf/coiommu"), "/sys/fs/bpf/coiommu/v2");
 }
 
 TEST(PinPaths, RelativeRootIsEinval) { EXPECT_ERR(PinSet::create(PinOptions{"relative/dir", Keep::No}), EINVAL); }
@@ -58,10 +58,10 @@ TEST_F(PinTest, PinsAreRemovedWhenTheTracerGoesAway) {
         ASSERT_OK(tracer.pin(PinOptions{root_, Keep::No}));
         paths = tracer.pinned_paths();
         ASSERT_EQ(paths.size(), 4u);
-        EXPECT_TRUE(exists(root_ + "/v1/vfio_dma_hist"));
+        EXPECT_TRUE(exists(root_ + "/v2/vfio_dma_hist"));
     }
     for (const auto& p : paths) EXPECT_FALSE(exists(p)) << p;
-    EXPECT_FALSE(exists(root_ + "/v1"));
+    EXPECT_FALSE(exists(root_ + "/v2"));
 }
 
 TEST_F(PinTest, KeptPinsOutliveTheTracerWithItsCounts) {

@@ -155,7 +155,7 @@ def cli_buckets(lines, op):
 
 
 def remove_root(root):
-    d = os.path.join(root, "v1")
+    d = os.path.join(root, "v2")
     if os.path.isdir(d):
         for name in os.listdir(d):
             os.unlink(os.path.join(d, name))
@@ -193,7 +193,7 @@ def kept_pins_scenario(args, root):
     check(sum(o["vfio_dma"]["ops"]["vfio_map_dma"]["count"] for o in lines) == N_MAP,
           "interval deltas add up to the total")
 
-    pin_dir = os.path.join(root, "v1")
+    pin_dir = os.path.join(root, "v2")
     check(os.path.exists(os.path.join(pin_dir, "vfio_dma_hist")), "--pin keeps the pins after exit")
     hist = bpftool_summed(args.bpftool, os.path.join(pin_dir, "vfio_dma_hist"))
     calls = bpftool_summed(args.bpftool, os.path.join(pin_dir, "vfio_dma_calls"))
@@ -232,7 +232,7 @@ def temp_pins_scenario(args, root):
     try:
         out_reader, err = LineReader(proc.stdout), LineReader(proc.stderr)
         wait_stderr(err, "Tracing")
-        check(os.path.exists(os.path.join(root, "v1", "vfio_dma_hist")), "--pin-temp pins while running")
+        check(os.path.exists(os.path.join(root, "v2", "vfio_dma_hist")), "--pin-temp pins while running")
         issue_ioctls()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
@@ -243,7 +243,7 @@ def temp_pins_scenario(args, root):
             proc.wait()
     check(proc.returncode == 0, f"coiommu-trace exits 0 on SIGTERM (got {proc.returncode})")
     check(f"op = vfio_map_dma: {N_MAP} calls" in out, "the final text report shows the calls")
-    check(not os.path.exists(os.path.join(root, "v1")), "--pin-temp removes its pins on exit")
+    check(not os.path.exists(os.path.join(root, "v2")), "--pin-temp removes its pins on exit")
 
 
 def main():

@@ -3,7 +3,10 @@
 //
 // Protocol: reads one command per line on stdin, answers "ok" (or "error: ...") on stdout after
 // the probes fired. Prints "ready <pid>" first, so the test can attach before any probe fires.
-//   requests N KIND PAGES RESULT LATENCY   N x (request_start, request_done) on session 1, vcpu i % 4
+//   requests N KIND PAGES RESULT LATENCY   N requests: request_start and request_done each, and the
+//                                          records in `requests` batches (RequestTraceBatch)
+//   batch_count COUNT                      one `requests` hit claiming COUNT records (64 valid ones)
+//   batch_unreadable COUNT                 one `requests` hit whose records pointer is unmapped
 //   dma_map N SIZE RESULT LATENCY    N x dma_map(iova 0x1000 * i, ...)
 //   dma_unmap N SIZE RESULT LATENCY
 //   scan N KIND EXAMINED UNPINNED DURATION
@@ -16,16 +19,39 @@
 #include <sstream>
 #include <string>
 
-#include "engine/telemetry/probes.h"
+#include <sys/mman.h>
+
+#include <array>
+
+#include "engine/telemetry/request_trace.h"
 
 namespace {
 
+using coiommu::telemetry::RequestKind;
+using coiommu::telemetry::RequestRecord;
+
 void requests(uint64_t n, uint32_t kind, uint64_t pages, int32_t result, uint64_t latency) {
+    coiommu::telemetry::RequestTraceBatch batch(1);
     for (uint64_t i = 0; i < n; ++i) {
         const auto vcpu = static_cast<uint32_t>(i % 4);
         COIOMMU_PROBE_REQUEST_START(1u, vcpu, kind);
         COIOMMU_PROBE_REQUEST_DONE(1u, vcpu, kind, pages, result, latency);
+        batch.add(static_cast<RequestKind>(kind), pages, result, latency, 0);
     }
+    batch.flush();
+}
+
+void batch_count(uint32_t count) {
+    std::array<RequestRecord, coiommu::telemetry::kMaxRequestRecords> records{};
+    for (auto& r : records) r = RequestRecord{1000, 1, 0, 0};
+    COIOMMU_PROBE_REQUESTS(1u, records.data(), count);
+}
+
+void batch_unreadable(uint32_t count) {
+    // A page reserved and never accessible: the program's copy from it fails.
+    void* p = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    COIOMMU_PROBE_REQUESTS(1u, p, count);
+    ::munmap(p, 4096);
 }
 
 void dma_map(uint64_t n, uint64_t size, int32_t result, uint64_t latency) {
@@ -54,6 +80,10 @@ int main() {
         if (cmd == "exit") break;
         if (cmd == "requests" && in >> n >> a >> b >> r >> c) {
             requests(n, static_cast<uint32_t>(a), b, static_cast<int32_t>(r), c);
+        } else if (cmd == "batch_count" && in >> n) {
+            batch_count(static_cast<uint32_t>(n));
+        } else if (cmd == "batch_unreadable" && in >> n) {
+            batch_unreadable(static_cast<uint32_t>(n));
         } else if (cmd == "dma_map" && in >> n >> a >> r >> b) {
             dma_map(n, a, static_cast<int32_t>(r), b);
         } else if (cmd == "dma_unmap" && in >> n >> a >> r >> b) {

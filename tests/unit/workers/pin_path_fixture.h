@@ -121,7 +121,7 @@ public:
     }
     ServeReport serve(uint64_t value) {
         slot_ = value;
-        return serve_request(env_, *arena_, value, 0);
+        return serve_request(env_, *arena_, value, 0, trace_);
     }
     // The guest's DMA unmap of every page (count - 1), leaving ACCESSED set.
     void unmark(std::span<const Gfn> gfns) {
@@ -164,6 +164,7 @@ private:
     PinEnv env_;
     uint64_t slot_ = 0;
     std::unique_ptr<VcpuArena> arena_;
+    telemetry::RequestTraceBatch trace_{0};
     ParkGate gate_;
     std::unique_ptr<ExtentUnpinner> unpinner_;
 };

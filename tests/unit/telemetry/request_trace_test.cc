@@ -1,0 +1,53 @@
+// RequestTraceBatch's flush policy (what the tracer sees is tested in tests/integration/bpf,
+// with the real engine program attached).
+#include "engine/telemetry/request_trace.h"
+
+#include <gtest/gtest.h>
+
+namespace coiommu::telemetry {
+namespace {
+
+constexpr uint64_t kMs = 1'000'000;
+
+TEST(RequestTraceBatch, EmptyBatchNeedsNoWakeup) {
+    RequestTraceBatch batch(1);
+    EXPECT_EQ(batch.wait_timeout_ms(123 * kMs), -1);
+}
+
+TEST(RequestTraceBatch, FullBatchIsHandedOverAtOnce) {
+    RequestTraceBatch batch(1);
+    for (uint32_t i = 0; i + 1 < RequestTraceBatch::kCapacity; ++i) batch.add(RequestKind::Single, 1, 0, 10, 0);
+    EXPECT_EQ(batch.size(), RequestTraceBatch::kCapacity - 1);
+    batch.add(RequestKind::Single, 1, 0, 10, 0);
+    EXPECT_EQ(batch.size(), 0u);
+}
+
+TEST(RequestTraceBatch, WakeupIsDueWhenTheOldestRecordTurnsMaxAge) {
+    RequestTraceBatch batch(1);
+    batch.add(RequestKind::Batch, 4, 0, 10, 5 * kMs);
+    batch.add(RequestKind::Batch, 4, 0, 10, 5 * kMs + kMs / 2);  // does not restart the clock
+    EXPECT_EQ(batch.wait_timeout_ms(5 * kMs), 1);
+    EXPECT_EQ(batch.wait_timeout_ms(5 * kMs + kMs / 2), 1);  // 0.5 ms left: rounded up
+    EXPECT_EQ(batch.wait_timeout_ms(6 * kMs), 0);
+}
+
+TEST(RequestTraceBatch, FlushIfDueKeepsAYoungBatchAndHandsOverAnOldOne) {
+    RequestTraceBatch batch(1);
+    batch.add(RequestKind::Single, 1, 0, 10, 0);
+    batch.flush_if_due(RequestTraceBatch::kMaxAgeNs - 1);
+    EXPECT_EQ(batch.size(), 1u);
+    batch.flush_if_due(RequestTraceBatch::kMaxAgeNs);
+    EXPECT_EQ(batch.size(), 0u);
+    EXPECT_EQ(batch.wait_timeout_ms(RequestTraceBatch::kMaxAgeNs), -1);
+}
+
+TEST(RequestTraceBatch, RecordMatchesTheProbeAbi) {
+    static_assert(sizeof(RequestRecord) == 24);
+    static_assert(RequestTraceBatch::kCapacity == kMaxRequestRecords);
+    const RequestRecord r{7, 3, -12, static_cast<uint32_t>(RequestKind::Batch)};
+    EXPECT_EQ(r.kind, 1u);
+    EXPECT_EQ(r.result, -12);
+}
+
+}  // namespace
+}  // namespace coiommu::telemetry
