@@ -2,7 +2,9 @@
 //   - per VFIO_IOMMU_MAP_DMA ioctl on /dev/null (fails with ENOTTY after the full syscall path):
 //     untraced, traced by vfio_dma (tgid filter = this process), traced but filtered out (another
 //     tgid), and an unrelated ioctl (FIONREAD) while vfio_dma is attached;
-//   - per engine USDT probe hit (COIOMMU_PROBE_DMA_MAP): untraced (a nop) vs traced by engine.
+//   - per engine USDT probe hit (COIOMMU_PROBE_DMA_MAP): untraced (a nop) vs traced by engine;
+//   - per served request recorded in a RequestTraceBatch (one `requests` hit per 64 records):
+//     untraced vs traced by engine.
 // Needs root or CAP_BPF+CAP_PERFMON; otherwise the traced cases report the reason as an error.
 //
 //   build/<dir>/tests/bench/bpf/bpf_overhead_bench --benchmark_repetitions=5
@@ -22,6 +24,7 @@
 #include "engine/base/log.h"
 #include "engine/base/unique_fd.h"
 #include "engine/telemetry/probes.h"
+#include "engine/telemetry/request_trace.h"
 
 namespace coiommu::bpf {
 namespace {
@@ -100,20 +103,49 @@ void BM_OtherIoctl_Traced(benchmark::State& state) {
 
 void BM_UsdtProbe_Untraced(benchmark::State& state) { usdt_loop(state); }
 
-void BM_UsdtProbe_Traced(benchmark::State& state) {
+// Attaches the engine program (with the per-DMA-call probes) to this process, or records why not.
+std::optional<EngineTracer> attach_engine(benchmark::State& state) {
     auto target = EngineTarget::parse(std::to_string(::getpid()));
     if (!target) {
         state.SkipWithError(target.error().message().c_str());
-        return;
+        return std::nullopt;
     }
+    target->dma = EngineDmaProbes::Yes;
     auto tracer = EngineTracer::attach(*target);
     if (!tracer) {
         state.SkipWithError(tracer.error().message().c_str());
-        return;
+        return std::nullopt;
     }
+    return std::move(*tracer);
+}
+
+void BM_UsdtProbe_Traced(benchmark::State& state) {
+    auto tracer = attach_engine(state);
+    if (!tracer) return;
     usdt_loop(state);
     auto snap = tracer->snapshot();
     if (snap) state.counters["traced_hits"] = static_cast<double>(snap->dma_calls[0].ok);
+}
+
+[[gnu::noinline]] void record_loop(benchmark::State& state) {
+    telemetry::RequestTraceBatch batch(1);
+    uint64_t i = 0;
+    for (auto _ : state) {
+        batch.add(telemetry::RequestKind::Single, 1, 0, 700, i);
+        benchmark::DoNotOptimize(++i);
+    }
+    batch.flush();
+    state.SetItemsProcessed(state.iterations());
+}
+
+void BM_RequestRecord_Untraced(benchmark::State& state) { record_loop(state); }
+
+void BM_RequestRecord_Traced(benchmark::State& state) {
+    auto tracer = attach_engine(state);
+    if (!tracer) return;
+    record_loop(state);
+    auto snap = tracer->snapshot();
+    if (snap) state.counters["traced_requests"] = static_cast<double>(snap->requests[0].ok);
 }
 
 BENCHMARK(BM_MapDmaIoctl_Untraced);
@@ -123,6 +155,8 @@ BENCHMARK(BM_OtherIoctl_Untraced);
 BENCHMARK(BM_OtherIoctl_Traced);
 BENCHMARK(BM_UsdtProbe_Untraced);
 BENCHMARK(BM_UsdtProbe_Traced);
+BENCHMARK(BM_RequestRecord_Untraced);
+BENCHMARK(BM_RequestRecord_Traced);
 
 }  // namespace
 }  // namespace coiommu::bpf
