@@ -6,6 +6,8 @@
 #include <cstdarg>
 #include <cstdio>
 #include <mutex>
+#include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -15,14 +17,31 @@ namespace coiommu::bpf::detail {
 
 namespace {
 
+std::mutex g_reason_mu;
+std::string g_reason;  // guarded by g_reason_mu
+
 int libbpf_print(enum libbpf_print_level level, const char* format, va_list args) {
-    if (!log::enabled(log::Level::Debug)) return 0;
-    char buf[1024];
-    const int n = std::vsnprintf(buf, sizeof(buf), format, args);
+    const bool debug = log::enabled(log::Level::Debug);
+    if (!debug && level != LIBBPF_WARN) return 0;
+    va_list copy;
+    va_copy(copy, args);
+    const int n = std::vsnprintf(nullptr, 0, format, copy);
+    va_end(copy);
     if (n <= 0) return n;
-    std::string_view msg(buf, std::min(static_cast<size_t>(n), sizeof(buf) - 1));
-    while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
-    CLOG_DEBUG("libbpf", "{}{}", level == LIBBPF_WARN ? "warn: " : "", msg);
+    std::string text(static_cast<size_t>(n) + 1, '\0');  // verifier logs run to many KiB
+    std::vsnprintf(text.data(), text.size(), format, args);
+    text.resize(static_cast<size_t>(n));
+    if (level == LIBBPF_WARN) {
+        if (std::string reason = verifier_reason(text); !reason.empty()) {
+            std::lock_guard lock(g_reason_mu);
+            g_reason = std::move(reason);
+        }
+    }
+    if (debug) {
+        std::string_view msg(text);
+        while (!msg.empty() && msg.back() == '\n') msg.remove_suffix(1);
+        CLOG_DEBUG("libbpf", "{}{}", level == LIBBPF_WARN ? "warn: " : "", msg);
+    }
     return n;
 }
 
@@ -30,6 +49,38 @@ constexpr const char* kTracefs = "/sys/kernel/tracing";
 constexpr const char* kDebugfsTracing = "/sys/kernel/debug/tracing";
 
 }  // namespace
+
+std::string verifier_reason(std::string_view message) {
+    constexpr std::string_view kBegin = "-- BEGIN PROG LOAD LOG --";
+    constexpr std::string_view kEnd = "-- END PROG LOAD LOG --";
+    const size_t begin = message.find(kBegin);
+    const size_t end = message.find(kEnd);
+    if (begin == std::string_view::npos || end == std::string_view::npos || end < begin) return {};
+    std::string prog;
+    if (const size_t p = message.rfind("prog '", begin); p != std::string_view::npos) {
+        const size_t q = message.find('\'', p + 6);
+        if (q != std::string_view::npos && q < begin) prog = std::string(message.substr(p, q + 1 - p));
+    }
+    // Walk the log's lines backwards: skip the summary ("processed ...") and blank lines.
+    std::string_view log = message.substr(begin + kBegin.size(), end - begin - kBegin.size());
+    std::string_view reason;
+    while (!log.empty()) {
+        while (!log.empty() && (log.back() == '\n' || log.back() == ' ')) log.remove_suffix(1);
+        const size_t nl = log.rfind('\n');
+        const std::string_view line = nl == std::string_view::npos ? log : log.substr(nl + 1);
+        log = nl == std::string_view::npos ? std::string_view{} : log.substr(0, nl);
+        if (line.empty() || line.starts_with("processed ") || line.starts_with("verification time")) continue;
+        reason = line;
+        break;
+    }
+    if (reason.empty()) return {};
+    return prog.empty() ? std::string(reason) : prog + ": " + std::string(reason);
+}
+
+std::string take_verifier_reason() {
+    std::lock_guard lock(g_reason_mu);
+    return std::exchange(g_reason, {});
+}
 
 void install_libbpf_logging() {
     static std::once_flag once;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -20,8 +21,18 @@ namespace coiommu::bpf::detail {
 
 // Routes libbpf's messages to the log at debug level (once per process). libbpf warns about
 // failures we handle ourselves (trial loads), so they stay out of the normal output; run with
-// debug logging (coiommu-trace -v) to see verifier logs.
+// debug logging (coiommu-trace -v) to see verifier logs. The verifier's reason for refusing a
+// program is kept whatever the level, for take_verifier_reason().
 void install_libbpf_logging();
+
+// From one libbpf warning holding a program load log ("prog 'p': -- BEGIN PROG LOAD LOG --" ...
+// "-- END PROG LOAD LOG --"): "prog 'p': <the verifier's last message>"; empty when `message` is
+// not such a log. The reason is the last line before the "processed N insns" summary.
+[[nodiscard]] std::string verifier_reason(std::string_view message);
+
+// The reason of the last program the verifier refused in this process (then forgotten); empty
+// when none was refused since the last call. Thread-safe.
+[[nodiscard]] std::string take_verifier_reason();
 
 // Syscall tracepoints need tracefs (libbpf reads the event id from
 // /sys/kernel/tracing/events/...). Mounts it at /sys/kernel/tracing when it is not mounted

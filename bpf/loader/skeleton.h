@@ -18,6 +18,7 @@
 #include <string>
 #include <utility>
 
+#include "bpf/loader/bpf_util.h"
 #include "bpf/loader/privileges.h"
 #include "engine/base/result.h"
 
@@ -54,8 +55,17 @@ public:
 
     // Creates the maps and verifies/loads every program whose autoload is on.
     [[nodiscard]] Status load() {
+        (void)detail::take_verifier_reason();  // only a refusal of this load counts
         const int rc = T::load(skel_);
-        if (rc != 0) return tl::unexpected(bpf_error(-rc, "load BPF programs of " + name_));
+        if (rc != 0) {
+            // As root, EACCES from a load is the verifier refusing a program, not a privilege
+            // problem: say which program and why.
+            if (std::string reason = detail::take_verifier_reason(); !reason.empty()) {
+                return make_error(-rc, "load BPF programs of " + name_ + ": the kernel's verifier refused " + reason +
+                                           " (coiommu-trace -v prints the whole log)");
+            }
+            return tl::unexpected(bpf_error(-rc, "load BPF programs of " + name_));
+        }
         return ok();
     }
 
