@@ -12,7 +12,10 @@
 // each end: the engine hands records over in batches, engine/telemetry/request_trace.h).
 //
 // usage: engine_usdt_bench [--rounds N] [--phase-seconds S] [--vcpus N] [--pages N] [--dma]
+//                          [--workers N] [--spin-us N]
 //   --dma also attaches the per-DMA-call probes (EngineDmaProbes::Yes)
+//   --workers 0 serves inline on the intake thread (the default below 4 CPUs); default 1 worker
+//   --spin-us the intake/worker spin before blocking (default 20)
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -46,6 +49,8 @@ struct Args {
     uint32_t vcpus = 2;
     uint64_t pages = 1;
     bool dma = false;
+    uint32_t workers = 1;
+    long spin_us = 20;
 };
 
 bool parse(int argc, char** argv, Args& a) {
@@ -65,11 +70,15 @@ bool parse(int argc, char** argv, Args& a) {
             a.vcpus = static_cast<uint32_t>(std::atoi(v));
         } else if (arg == "--pages") {
             a.pages = std::strtoull(v, nullptr, 10);
+        } else if (arg == "--workers") {
+            a.workers = static_cast<uint32_t>(std::atoi(v));
+        } else if (arg == "--spin-us") {
+            a.spin_us = std::atol(v);
         } else {
             return false;
         }
     }
-    return a.rounds > 0 && a.phase_s > 0 && a.vcpus > 0 && a.pages > 0;
+    return a.rounds > 0 && a.phase_s > 0 && a.vcpus > 0 && a.pages > 0 && a.spin_us >= 0;
 }
 
 double process_cpu_seconds() {
@@ -114,7 +123,8 @@ int main(int argc, char** argv) {
     Args args;
     if (!parse(argc, argv, args)) {
         std::fprintf(stderr,
-                     "usage: engine_usdt_bench [--rounds N] [--phase-seconds S] [--vcpus N] [--pages N] [--dma]\n");
+                     "usage: engine_usdt_bench [--rounds N] [--phase-seconds S] [--vcpus N] [--pages N] [--dma] "
+                     "[--workers N] [--spin-us N]\n");
         return 2;
     }
     if (auto priv = bpf::check_bpf_privileges(); !priv) {
@@ -134,14 +144,16 @@ int main(int argc, char** argv) {
     opts.load_vcpus = args.vcpus;
     opts.max_pages = args.pages;
     opts.engine.unpin_interval = std::chrono::seconds(1);
+    opts.engine.workers = args.workers;
+    opts.engine.spin_budget = std::chrono::microseconds(args.spin_us);
     auto vm = exporter::testing::EngineVm::create(opts);
     if (!vm) {
         std::fprintf(stderr, "engine vm: %s\n", vm.error().message().c_str());
         return 1;
     }
-    std::printf("engine_usdt_bench: %u vCPUs, %lu pages per request (Fresh), fake backend (typical latency), "
-                "probes attached in B: %s\n",
-                args.vcpus, static_cast<unsigned long>(args.pages),
+    std::printf("engine_usdt_bench: %u vCPUs, %lu pages per request (Fresh), %u workers (0: inline), spin %ld us, "
+                "fake backend (typical latency), probes attached in B: %s\n",
+                args.vcpus, static_cast<unsigned long>(args.pages), args.workers, args.spin_us,
                 args.dma ? "requests (batched), unpin_scan, dma_map, dma_unmap" : "requests (batched), unpin_scan");
     std::printf("%d rounds of A (detached) and B (attached), %.1f s per phase\n\n", args.rounds, args.phase_s);
     std::printf("%-6s %-6s %14s %14s %16s %12s %12s\n", "round", "phase", "pages/s", "requests/s", "pages/CPU-s",
