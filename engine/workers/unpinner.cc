@@ -140,16 +140,7 @@ ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Fo
         return ExtentUnpin::NotUnpinned;
     }
 
-    const uint64_t iova = raw(head) << kPageShift;  // in_range: no overflow
-    const uint64_t size = uint64_t{len} << kPageShift;
-    const uint64_t t0 = telemetry::monotonic_ns();
-    auto st = env_.backend.unmap_exact(Iova{iova}, size);
-    const uint64_t lat = telemetry::monotonic_ns() - t0;
-    COIOMMU_PROBE_DMA_UNMAP(iova, size, st ? 0 : -st.error().code, lat);
-    env_.stats.dma_calls[DmaOp::Unmap].add();
-    env_.stats.dma_call_latency_ns[DmaOp::Unmap].observe(lat);
-    if (!st) {
-        env_.stats.dma_call_failures[DmaOp::Unmap].add();
+    if (auto st = unmap_extent(head, len); !st) {
         CLOG_ERROR_RL(kLog, "failed to unmap extent {:#x}+{}: {}", raw(head), len, st.error().message());
         // The mapping may still be live: keep the records and tell the guest again.
         for (uint32_t i = 0; i < len; ++i) {
@@ -158,7 +149,6 @@ ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Fo
         }
         return ExtentUnpin::FailedUnpin;
     }
-    env_.stats.dma_bytes[DmaOp::Unmap].add(size);
     for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
     env_.extents.erase(head, len);
     env_.stats.pages_unpinned.add(len);
@@ -337,7 +327,21 @@ uint64_t ExtentUnpinner::force_unmap(Gfn head) {
         if (leaf) leaf->fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
     }
     uint64_t done = 0;
-    const uint64_t iova = raw(head) << kPageShift;  // in_range: no overflow
+    if (auto st = unmap_extent(head, len); st) {
+        for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
+        if (env_.extents.length(head) == len) env_.extents.erase(head, len);
+        env_.stats.pages_unpinned.add(len);
+        env_.gauges.pinned_pages.sub(len);
+        done = len;
+    } else {
+        CLOG_ERROR(kLog, "teardown: cannot unmap extent {:#x}+{}: {}", raw(head), len, st.error().message());
+    }
+    for (uint32_t i = 0; i < len; ++i) locks_[i].unlock();
+    return done;
+}
+
+Status ExtentUnpinner::unmap_extent(Gfn head, uint32_t len) {
+    const uint64_t iova = raw(head) << kPageShift;  // callers checked in_range: no overflow
     const uint64_t size = uint64_t{len} << kPageShift;
     const uint64_t t0 = telemetry::monotonic_ns();
     auto st = env_.backend.unmap_exact(Iova{iova}, size);
@@ -346,18 +350,11 @@ uint64_t ExtentUnpinner::force_unmap(Gfn head) {
     env_.stats.dma_calls[DmaOp::Unmap].add();
     env_.stats.dma_call_latency_ns[DmaOp::Unmap].observe(lat);
     if (st) {
-        for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
-        if (env_.extents.length(head) == len) env_.extents.erase(head, len);
-        env_.stats.dma_bytes[DmaOp::Unmap].add(uint64_t{len} << kPageShift);
-        env_.stats.pages_unpinned.add(len);
-        env_.gauges.pinned_pages.sub(len);
-        done = len;
+        env_.stats.dma_bytes[DmaOp::Unmap].add(size);
     } else {
         env_.stats.dma_call_failures[DmaOp::Unmap].add();
-        CLOG_ERROR(kLog, "teardown: cannot unmap extent {:#x}+{}: {}", raw(head), len, st.error().message());
     }
-    for (uint32_t i = 0; i < len; ++i) locks_[i].unlock();
-    return done;
+    return st;
 }
 
 uint64_t ExtentUnpinner::teardown() {

@@ -140,6 +140,9 @@ private:
     ExtentUnpin unpin_locked_extent(Gfn head, uint32_t len, core::Force force);
     ExtentUnpin balloon_page(Gfn gfn);
     uint64_t force_unmap(Gfn head);
+    // One DMA unmap of the extent [head, head + len): timed, probed (dma_unmap) and counted
+    // (calls, latency, bytes or failures). Precondition: the extent's page locks are held.
+    [[nodiscard]] Status unmap_extent(Gfn head, uint32_t len);
     void track(uint64_t head);
     void untrack(uint64_t head);
     [[nodiscard]] bool tracked(uint64_t head) const;
