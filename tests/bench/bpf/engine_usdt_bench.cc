@@ -16,16 +16,12 @@
 //   --dma also attaches the per-DMA-call probes (EngineDmaProbes::Yes)
 //   --workers 0 serves inline on the intake thread (the default below 4 CPUs); default 1 worker
 //   --spin-us the intake/worker spin before blocking (default 20)
-#include <sys/resource.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,12 +32,14 @@
 #include "bpf/loader/privileges.h"
 #include "engine/base/log.h"
 #include "engine/telemetry/probes.h"
+#include "tests/bench/support/paired_rounds.h"
 #include "tests/unit/exporter/engine_vm.h"
 
 namespace {
 
 using namespace coiommu;
 using Clock = std::chrono::steady_clock;
+using bench::process_cpu_seconds;
 
 struct Args {
     int rounds = 6;
@@ -79,32 +77,6 @@ bool parse(int argc, char** argv, Args& a) {
         }
     }
     return a.rounds > 0 && a.phase_s > 0 && a.vcpus > 0 && a.pages > 0 && a.spin_us >= 0;
-}
-
-double process_cpu_seconds() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    const auto tv = [](const timeval& t) {
-        return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6;
-    };
-    return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-double mean(const std::vector<double>& v) {
-    return std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-}
-
-double stddev(const std::vector<double>& v) {
-    if (v.size() < 2) return 0;
-    const double m = mean(v);
-    double acc = 0;
-    for (double x : v) acc += (x - m) * (x - m);
-    return std::sqrt(acc / static_cast<double>(v.size() - 1));
-}
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 == 1 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 uint64_t engine_requests(const telemetry::StatsSnapshot& s) {
@@ -210,20 +182,9 @@ int main(int argc, char** argv) {
     }
     (*vm)->stop();
 
-    const auto report = [](const char* what, const std::vector<double>& a, const std::vector<double>& b) {
-        const double ma = mean(a), mb = mean(b);
-        std::vector<double> paired;
-        for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) paired.push_back(100 * (b[i] - a[i]) / a[i]);
-        std::printf("\n%s: detached (A) mean %.0f (sd %.1f%%), attached (B) mean %.0f (sd %.1f%%)\n", what, ma,
-                    100 * stddev(a) / ma, mb, 100 * stddev(b) / mb);
-        std::printf("  B vs A: means %+.2f%%; paired by round: mean %+.2f%%, median %+.2f%%, standard error %.2f%% (%zu "
-                    "rounds)\n",
-                    100 * (mb - ma) / ma, mean(paired), median(paired),
-                    stddev(paired) / std::sqrt(static_cast<double>(paired.size())), paired.size());
-    };
-    report("pages pinned per second", a_rate, b_rate);
-    report("requests per second", a_req, b_req);
-    report("pages pinned per CPU-second of the process", a_eff, b_eff);
+    bench::report_paired("pages pinned per second", "detached", "attached", a_rate, b_rate);
+    bench::report_paired("requests per second", "detached", "attached", a_req, b_req);
+    bench::report_paired("pages pinned per CPU-second of the process", "detached", "attached", a_eff, b_eff);
     std::printf("attached phases where the tracer's request count differed from the engine's: %lu\n",
                 static_cast<unsigned long>(mismatched_phases));
     std::printf("guest maps %lu, failures %lu\n", static_cast<unsigned long>((*vm)->guest_maps()),

@@ -12,19 +12,16 @@
 //
 // usage: engine_scrape_bench [--rounds N] [--phase-seconds S] [--vcpus N] [--pages N]
 //                            [--interval-ms MS] [--latency] [--bpf]
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,6 +35,7 @@
 #include "exporter/engine_collector.h"
 #include "exporter/exposer.h"
 #include "exporter/process_collector.h"
+#include "tests/bench/support/paired_rounds.h"
 #include "tests/unit/exporter/engine_vm.h"
 #include "tests/unit/exporter/scrape_support.h"
 #ifdef COIOMMU_EXPORTER_HAS_BPF
@@ -50,6 +48,8 @@
 namespace {
 
 using namespace coiommu;
+using bench::percentile;
+using bench::process_cpu_seconds;
 using Clock = std::chrono::steady_clock;
 
 struct Args {
@@ -90,34 +90,6 @@ bool parse(int argc, char** argv, Args& a) {
         }
     }
     return a.rounds > 0 && a.phase_s > 0 && a.interval_ms > 0;
-}
-
-// User + system CPU time of this whole process (engine threads, guest threads, exporter), seconds.
-double process_cpu_seconds() {
-    rusage ru{};
-    ::getrusage(RUSAGE_SELF, &ru);
-    const auto tv = [](const timeval& t) {
-        return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6;
-    };
-    return tv(ru.ru_utime) + tv(ru.ru_stime);
-}
-
-double mean(const std::vector<double>& v) {
-    return std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
-}
-
-double stddev(const std::vector<double>& v) {
-    if (v.size() < 2) return 0;
-    const double m = mean(v);
-    double acc = 0;
-    for (double x : v) acc += (x - m) * (x - m);
-    return std::sqrt(acc / static_cast<double>(v.size() - 1));
-}
-
-double percentile(std::vector<double> v, double q) {
-    if (v.empty()) return 0;
-    std::sort(v.begin(), v.end());
-    return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5))];
 }
 
 // GETs /metrics every `interval` while enabled; records each scrape's wall time.
@@ -274,21 +246,8 @@ int main(int argc, char** argv) {
         inproc_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
 
-    const auto report = [](const char* what, const std::vector<double>& a, const std::vector<double>& b) {
-        const double ma = mean(a), mb = mean(b);
-        std::printf("\n%s: not scraped (A) mean %.0f (sd %.1f%%), scraped (B) mean %.0f (sd %.1f%%)\n", what, ma,
-                    100 * stddev(a) / ma, mb, 100 * stddev(b) / mb);
-        // Paired by round (A and B of one round are adjacent in time): cancels slow drift.
-        std::vector<double> paired;
-        for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) paired.push_back(100 * (b[i] - a[i]) / a[i]);
-        std::printf(
-            "  B vs A: means %+.2f%%; paired by round: mean %+.2f%%, median %+.2f%%, standard error %.2f%% (%zu "
-            "rounds)\n",
-            100 * (mb - ma) / ma, mean(paired), percentile(paired, 0.5),
-            stddev(paired) / std::sqrt(static_cast<double>(paired.size())), paired.size());
-    };
-    report("pages pinned per second", a_rates, b_rates);
-    report("pages pinned per CPU-second of the process", a_eff, b_eff);
+    bench::report_paired("pages pinned per second", "not scraped", "scraped", a_rates, b_rates);
+    bench::report_paired("pages pinned per CPU-second of the process", "not scraped", "scraped", a_eff, b_eff);
     std::printf(
         "HTTP scrape (engine under load, %zu bytes): n %zu, median %.2f ms, p90 %.2f ms, max %.2f ms, errors %d\n",
         scraper.last_bytes(), scrape_ms.size(), percentile(scrape_ms, 0.5), percentile(scrape_ms, 0.9),
