@@ -214,7 +214,7 @@ BpfCollector::BpfCollector(Source source) : source_(std::move(source)) {}
 Status BpfCollector::collect_into(std::vector<MetricFamily>& out) const {
     if (!source_) return make_error(EINVAL, "bpf collector: no source");
     auto scrape = source_();
-    if (!scrape) return tl::unexpected(with_context(scrape.error(), "bpf collector"));
+    if (!scrape) return coiommu::unexpected(with_context(scrape.error(), "bpf collector"));
     std::size_t duplicates = 0;
     auto families = bpf_families(*scrape, &duplicates);
     out.insert(out.end(), std::make_move_iterator(families.begin()), std::make_move_iterator(families.end()));

@@ -8,7 +8,7 @@ BpfCollector::Source tracing_source(const bpf::Tracing& tracing, const SlowEvent
                                     std::optional<std::chrono::nanoseconds> slow_threshold) {
     return [&tracing, slow_events, slow_threshold]() -> Result<BpfScrape> {
         auto snap = tracing.snapshot();
-        if (!snap) return tl::unexpected(snap.error());
+        if (!snap) return coiommu::unexpected(snap.error());
         BpfScrape scrape;
         scrape.telemetry = std::move(*snap);
         scrape.slow_events_received = slow_events != nullptr ? slow_events->value() : 0;

@@ -141,7 +141,7 @@ Exposer::~Exposer() {
 
 Result<Exposer> Exposer::start(const ExposerOptions& options) {
     auto parsed = parse_listen_address(options.address);
-    if (!parsed) return tl::unexpected(parsed.error());
+    if (!parsed) return coiommu::unexpected(parsed.error());
     if (options.threads == 0) return make_error(EINVAL, "exporter: threads must be at least 1");
 
     std::string startup_messages;

@@ -135,19 +135,19 @@ Result<uint64_t> parse_status_kb(std::string_view text, std::string_view key) {
 Result<ProcessStats> read_process_stats(const std::string& proc_root) {
     const std::string self = proc_root + "/self";
     auto stat_text = read_proc_file(self + "/stat");
-    if (!stat_text) return tl::unexpected(stat_text.error());
+    if (!stat_text) return coiommu::unexpected(stat_text.error());
     auto stat = parse_proc_pid_stat(*stat_text);
-    if (!stat) return tl::unexpected(stat.error());
+    if (!stat) return coiommu::unexpected(stat.error());
     auto system_text = read_proc_file(proc_root + "/stat");
-    if (!system_text) return tl::unexpected(system_text.error());
+    if (!system_text) return coiommu::unexpected(system_text.error());
     auto btime = parse_boot_time(*system_text);
-    if (!btime) return tl::unexpected(btime.error());
+    if (!btime) return coiommu::unexpected(btime.error());
     auto status_text = read_proc_file(self + "/status");
-    if (!status_text) return tl::unexpected(status_text.error());
+    if (!status_text) return coiommu::unexpected(status_text.error());
     auto locked = parse_status_kb(*status_text, "VmLck");
-    if (!locked) return tl::unexpected(locked.error());
+    if (!locked) return coiommu::unexpected(locked.error());
     auto fds = count_open_fds(self + "/fd");
-    if (!fds) return tl::unexpected(fds.error());
+    if (!fds) return coiommu::unexpected(fds.error());
 
     const long ticks = ::sysconf(_SC_CLK_TCK);
     const long page = ::sysconf(_SC_PAGESIZE);
@@ -199,7 +199,7 @@ std::vector<prometheus::MetricFamily> process_families(const ProcessStats& s) {
 
 Status ProcessCollector::collect_into(std::vector<prometheus::MetricFamily>& out) const {
     auto stats = read_process_stats(proc_root_);
-    if (!stats) return tl::unexpected(with_context(stats.error(), "process collector"));
+    if (!stats) return coiommu::unexpected(with_context(stats.error(), "process collector"));
     for (auto& f : process_families(*stats)) out.push_back(std::move(f));
     return ok();
 }

@@ -451,7 +451,7 @@ struct Reporter {
 
     Status report() {
         auto snap = tracing.snapshot();
-        if (!snap) return tl::unexpected(snap.error());
+        if (!snap) return coiommu::unexpected(snap.error());
         const auto now = Clock::now();
         const double elapsed = std::chrono::duration<double>(now - prev_time).count();
         const VfioDmaSnapshot dv = snap->vfio_dma.delta_since(prev.vfio_dma);

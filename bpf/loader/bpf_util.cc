@@ -124,7 +124,7 @@ Result<ProgramInfo> program_info(int prog_fd, std::string attach, bool attached)
     uint32_t len = sizeof(info);
     if (bpf_obj_get_info_by_fd(prog_fd, &info, &len) != 0) {
         const int err = errno;
-        return tl::unexpected(bpf_error(err, "get program info"));
+        return coiommu::unexpected(bpf_error(err, "get program info"));
     }
     ProgramInfo out;
     out.program = info.name;

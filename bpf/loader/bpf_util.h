@@ -50,13 +50,13 @@ template <class T>
                   "per-CPU values must be structs of u64 fields");
     constexpr size_t kWords = sizeof(T) / sizeof(uint64_t);
     auto cpus = possible_cpus();
-    if (!cpus) return tl::unexpected(cpus.error());
+    if (!cpus) return coiommu::unexpected(cpus.error());
     std::vector<uint64_t> buf(kWords * static_cast<size_t>(*cpus));
     std::vector<T> out(entries);
     for (uint32_t key = 0; key < entries; ++key) {
         if (bpf_map_lookup_elem(map_fd, &key, buf.data()) != 0) {
             const int err = errno;
-            return tl::unexpected(bpf_error(err, "read per-CPU map entry " + std::to_string(key)));
+            return coiommu::unexpected(bpf_error(err, "read per-CPU map entry " + std::to_string(key)));
         }
         uint64_t sum[kWords] = {};
         for (int cpu = 0; cpu < *cpus; ++cpu) {
@@ -79,7 +79,7 @@ template <class F>
     bpf_object__for_each_program(prog, obj) {
         if (!bpf_program__autoload(prog)) continue;
         auto info = program_info(bpf_program__fd(prog), attach, linked(prog));
-        if (!info) return tl::unexpected(info.error());
+        if (!info) return coiommu::unexpected(info.error());
         out.push_back(std::move(*info));
     }
     return out;

@@ -72,13 +72,13 @@ EngineTracer::~EngineTracer() = default;
 
 Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
     detail::install_libbpf_logging();
-    if (auto st = check_bpf_privileges(); !st) return tl::unexpected(with_context(st.error(), "engine"));
+    COIOMMU_TRY(check_bpf_privileges(), "engine");
 
     auto impl = std::make_unique<Impl>();
     auto skel = Skeleton<engine_bpf>::open("engine");
-    if (!skel) return tl::unexpected(skel.error());
+    if (!skel) return coiommu::unexpected(skel.error());
     impl->skel = std::move(*skel);
-    if (auto st = impl->skel.load(); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(impl->skel.load());
 
     struct Probe {
         const char* name;
@@ -107,7 +107,7 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
         impl->probes.emplace_back(p.name);
     }
     if (impl->probes.empty()) {
-        return tl::unexpected(with_context(failures.front(), fmt::format("engine: no {} USDT probe could be attached in "
+        return coiommu::unexpected(with_context(failures.front(), fmt::format("engine: no {} USDT probe could be attached in "
                                                                          "{} (pid {}); is it the engine binary?",
                                                                          kProvider, target.binary, target.pid)));
     }
@@ -120,7 +120,7 @@ Result<EngineSnapshot> EngineTracer::snapshot() const { return detail::read_engi
 Status EngineTracer::pin(const PinOptions& options) {
     if (impl_->pins) return make_error(EALREADY, "engine maps already pinned in " + impl_->pins->dir());
     auto set = PinSet::create(options);
-    if (!set) return tl::unexpected(set.error());
+    if (!set) return coiommu::unexpected(set.error());
     const auto& m = impl_->skel->maps;
     for (bpf_map* map : {m.eng_req_hist, m.eng_req_pages, m.eng_req_calls, m.eng_dma_hist, m.eng_dma_calls,
                          m.eng_scan_hist, m.eng_scan_stats, m.eng_drops}) {

@@ -75,14 +75,14 @@ Result<PinSet> PinSet::create(const PinOptions& options) {
         return make_error(EINVAL, "pin root must be an absolute path: '" + options.root + "'");
     }
     if (options.root.rfind(kBpffs, 0) == 0) {
-        if (auto st = ensure_bpffs(); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(ensure_bpffs());
     }
     PinSet set;
     set.root_ = options.root;
     set.dir_ = versioned_pin_dir(options.root);
     set.keep_ = options.keep;
-    if (auto st = mkdir_one(set.root_); !st) return tl::unexpected(st.error());
-    if (auto st = mkdir_one(set.dir_); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(mkdir_one(set.root_));
+    COIOMMU_TRY(mkdir_one(set.dir_));
     return set;
 }
 
@@ -91,7 +91,7 @@ Status PinSet::pin(std::string_view name, int fd) {
     if (::unlink(path.c_str()) == 0) CLOG_WARN("bpf", "replaced a stale pin at {}", path);
     if (bpf_obj_pin(fd, path.c_str()) != 0) {
         const int err = errno;
-        return tl::unexpected(bpf_error(err, "pin " + path));
+        return coiommu::unexpected(bpf_error(err, "pin " + path));
     }
     paths_.push_back(path);
     return ok();

@@ -18,7 +18,7 @@ Result<UniqueFd> open_pin(const std::string& dir, const char* name) {
     if (fd < 0) {
         const int err = errno;
         if (err == ENOENT) return UniqueFd();
-        return tl::unexpected(bpf_error(err, "open pinned map " + path));
+        return coiommu::unexpected(bpf_error(err, "open pinned map " + path));
     }
     return UniqueFd(fd);
 }
@@ -42,7 +42,7 @@ Result<PinnedMaps> PinnedMaps::open(std::string_view root) {
     };
     for (const Slot& s : slots) {
         auto fd = open_pin(p.dir_, s.name);
-        if (!fd) return tl::unexpected(fd.error());
+        if (!fd) return coiommu::unexpected(fd.error());
         *s.fd = std::move(*fd);
     }
     const bool vfio_complete = p.vfio_dma_.hist && p.vfio_dma_.calls && p.vfio_dma_.drops;

@@ -64,7 +64,7 @@ std::string privilege_hint() {
 
 Status check_bpf_privileges() {
     auto p = current_privileges();
-    if (!p) return tl::unexpected(p.error());
+    if (!p) return coiommu::unexpected(p.error());
     if (p->can_trace()) return ok();
     return make_error(EPERM, fmt::format("{} (have: {})", privilege_hint(), p->describe()));
 }

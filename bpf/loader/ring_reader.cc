@@ -43,7 +43,7 @@ Result<RingReader> RingReader::open(int map_fd, Callback callback) {
     r.rb_ = ring_buffer__new(map_fd, on_record, r.callback_.get(), nullptr);
     if (r.rb_ == nullptr) {
         const int err = errno;
-        return tl::unexpected(bpf_error(err != 0 ? err : EINVAL, "open ring buffer"));
+        return coiommu::unexpected(bpf_error(err != 0 ? err : EINVAL, "open ring buffer"));
     }
     return r;
 }

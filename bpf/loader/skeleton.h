@@ -46,7 +46,7 @@ public:
         errno = 0;
         T* raw = T::open(opts);
         const int err = errno;
-        if (raw == nullptr) return tl::unexpected(bpf_error(err != 0 ? err : EINVAL, "open BPF skeleton " + name));
+        if (raw == nullptr) return coiommu::unexpected(bpf_error(err != 0 ? err : EINVAL, "open BPF skeleton " + name));
         Skeleton s;
         s.skel_ = raw;
         s.name_ = std::move(name);
@@ -64,7 +64,7 @@ public:
                 return make_error(-rc, "load BPF programs of " + name_ + ": the kernel's verifier refused " + reason +
                                            " (coiommu-trace -v prints the whole log)");
             }
-            return tl::unexpected(bpf_error(-rc, "load BPF programs of " + name_));
+            return coiommu::unexpected(bpf_error(-rc, "load BPF programs of " + name_));
         }
         return ok();
     }
@@ -73,7 +73,7 @@ public:
     // Programs with a bare SEC("usdt") are attached by the caller and skipped here.
     [[nodiscard]] Status attach() {
         const int rc = T::attach(skel_);
-        if (rc != 0) return tl::unexpected(bpf_error(-rc, "attach BPF programs of " + name_));
+        if (rc != 0) return coiommu::unexpected(bpf_error(-rc, "attach BPF programs of " + name_));
         return ok();
     }
 

@@ -8,7 +8,7 @@ namespace coiommu::bpf {
 
 Result<StatsGuard> StatsGuard::enable() {
     const int fd = bpf_enable_stats(BPF_STATS_RUN_TIME);
-    if (fd < 0) return tl::unexpected(bpf_error(-fd, "enable BPF run time stats"));
+    if (fd < 0) return coiommu::unexpected(bpf_error(-fd, "enable BPF run time stats"));
     return StatsGuard(UniqueFd(fd));
 }
 

@@ -11,19 +11,19 @@ Result<Tracing> Tracing::start(const TracingOptions& options) {
     t.pin_ = options.pin;
     if (options.run_time == CollectRunTime::Yes) {
         auto stats = StatsGuard::enable();
-        if (!stats) return tl::unexpected(stats.error());
+        if (!stats) return coiommu::unexpected(stats.error());
         t.stats_.emplace(std::move(*stats));
     }
 
     auto vfio = VfioDmaTracer::start(options.vfio_dma);
-    if (!vfio) return tl::unexpected(vfio.error());
+    if (!vfio) return coiommu::unexpected(vfio.error());
     t.vfio_dma_.emplace(std::move(*vfio));
     if (t.pin_) {
-        if (auto st = t.vfio_dma_->pin(*t.pin_); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(t.vfio_dma_->pin(*t.pin_));
     }
 
     if (options.engine) {
-        if (auto st = t.attach_engine(*options.engine); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(t.attach_engine(*options.engine));
     }
 
     if (options.kernel_hooks == TryKernelHooks::Yes) {
@@ -42,7 +42,7 @@ Result<Tracing> Tracing::start(const TracingOptions& options) {
 Status Tracing::attach_engine(const EngineTarget& target) {
     if (engine_) return make_error(EALREADY, "engine tracer already attached");
     auto engine = EngineTracer::attach(target);
-    if (!engine) return tl::unexpected(engine.error());
+    if (!engine) return coiommu::unexpected(engine.error());
     if (pin_) {
         if (auto st = engine->pin(*pin_); !st) return st;
     }
@@ -53,26 +53,26 @@ Status Tracing::attach_engine(const EngineTarget& target) {
 Result<TelemetrySnapshot> Tracing::snapshot() const {
     TelemetrySnapshot snap;
     auto vfio = vfio_dma_->snapshot();
-    if (!vfio) return tl::unexpected(vfio.error());
+    if (!vfio) return coiommu::unexpected(vfio.error());
     snap.vfio_dma = *vfio;
     auto progs = vfio_dma_->programs();
-    if (!progs) return tl::unexpected(progs.error());
+    if (!progs) return coiommu::unexpected(progs.error());
     snap.programs = std::move(*progs);
 
     if (engine_) {
         auto eng = engine_->snapshot();
-        if (!eng) return tl::unexpected(eng.error());
+        if (!eng) return coiommu::unexpected(eng.error());
         snap.engine = *eng;
         auto ep = engine_->programs();
-        if (!ep) return tl::unexpected(ep.error());
+        if (!ep) return coiommu::unexpected(ep.error());
         snap.programs.insert(snap.programs.end(), ep->begin(), ep->end());
     }
     if (kern_) {
         auto k = kern_->snapshot();
-        if (!k) return tl::unexpected(k.error());
+        if (!k) return coiommu::unexpected(k.error());
         snap.kern = *k;
         auto kp = kern_->programs();
-        if (!kp) return tl::unexpected(kp.error());
+        if (!kp) return coiommu::unexpected(kp.error());
         snap.programs.insert(snap.programs.end(), kp->begin(), kp->end());
     }
     return snap;

@@ -49,12 +49,12 @@ VfioDmaTracer::~VfioDmaTracer() = default;
 
 Result<VfioDmaTracer> VfioDmaTracer::start(const VfioDmaOptions& options) {
     detail::install_libbpf_logging();
-    if (auto st = check_bpf_privileges(); !st) return tl::unexpected(with_context(st.error(), "vfio_dma"));
-    if (auto st = detail::ensure_tracefs(); !st) return tl::unexpected(with_context(st.error(), "vfio_dma"));
+    COIOMMU_TRY(check_bpf_privileges(), "vfio_dma");
+    COIOMMU_TRY(detail::ensure_tracefs(), "vfio_dma");
 
     auto impl = std::make_unique<Impl>();
     auto skel = Skeleton<vfio_dma_bpf>::open("vfio_dma");
-    if (!skel) return tl::unexpected(skel.error());
+    if (!skel) return coiommu::unexpected(skel.error());
     impl->skel = std::move(*skel);
 
     impl->skel->rodata->targ_tgid = options.target_tgid;
@@ -63,14 +63,14 @@ Result<VfioDmaTracer> VfioDmaTracer::start(const VfioDmaOptions& options) {
         const auto ns = options.slow_threshold->count();
         impl->skel->rodata->slow_threshold_ns = ns > 0 ? static_cast<__u64>(ns) : 0;
     }
-    if (auto st = impl->skel.load(); !st) return tl::unexpected(st.error());
-    if (auto st = impl->skel.attach(); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(impl->skel.load());
+    COIOMMU_TRY(impl->skel.attach());
 
     if (options.slow_threshold) {
         const Impl* self = impl.get();
         auto ring = RingReader::open(bpf_map__fd(impl->skel->maps.vfio_dma_events),
                                      [self](std::span<const std::byte> rec) { self->deliver(rec); });
-        if (!ring) return tl::unexpected(with_context(ring.error(), "vfio_dma_events"));
+        if (!ring) return coiommu::unexpected(with_context(ring.error(), "vfio_dma_events"));
         impl->ring.emplace(std::move(*ring));
     }
     return VfioDmaTracer(std::move(impl));
@@ -90,7 +90,7 @@ Result<int> VfioDmaTracer::poll_slow_events(std::chrono::milliseconds timeout,
 Status VfioDmaTracer::pin(const PinOptions& options) {
     if (impl_->pins) return make_error(EALREADY, "vfio_dma maps already pinned in " + impl_->pins->dir());
     auto set = PinSet::create(options);
-    if (!set) return tl::unexpected(set.error());
+    if (!set) return coiommu::unexpected(set.error());
     const auto& m = impl_->skel->maps;
     for (bpf_map* map : {m.vfio_dma_hist, m.vfio_dma_calls, m.vfio_dma_drops, m.vfio_dma_flight}) {
         if (auto st = set->pin(bpf_map__name(map), bpf_map__fd(map)); !st) return st;

@@ -16,8 +16,8 @@ namespace {
 
 constexpr const char* kModuleBtf = "/sys/kernel/btf/vfio_iommu_type1";
 
-tl::unexpected<Error> not_available(int err, const std::string& reason) {
-    return tl::unexpected(Error{err, "not available: " + reason});
+coiommu::unexpected<Error> not_available(int err, const std::string& reason) {
+    return coiommu::unexpected(Error{err, "not available: " + reason});
 }
 
 }  // namespace
@@ -62,7 +62,7 @@ Result<VfioKernTracer> VfioKernTracer::start() {
 
 Result<VfioKernSnapshot> VfioKernTracer::snapshot() const {
     auto v = detail::read_percpu_array<coiommu_hist>(bpf_map__fd(impl_->skel->maps.vk_hist), COIOMMU_VK_FN_COUNT);
-    if (!v) return tl::unexpected(with_context(v.error(), "vk_hist"));
+    if (!v) return coiommu::unexpected(with_context(v.error(), "vk_hist"));
     VfioKernSnapshot snap;
     for (size_t i = 0; i < kKernFnCount; ++i) {
         std::memcpy(snap.latency_ns[i].slots.data(), (*v)[i].slots, sizeof((*v)[i].slots));

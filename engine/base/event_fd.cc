@@ -49,7 +49,7 @@ Result<bool> EventFd::wait_for(std::chrono::milliseconds timeout) const {
         if (n < 0) return make_error(errno, "eventfd poll");
         if (n == 0) return false;
         auto value = read();
-        if (!value) return tl::unexpected(value.error());
+        if (!value) return coiommu::unexpected(value.error());
         if (*value != 0) return true;
         // Another reader consumed it first (blocking fds never get here).
         if (std::chrono::steady_clock::now() >= deadline) return false;

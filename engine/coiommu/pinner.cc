@@ -38,14 +38,14 @@ void clear_pinned(const GuestAtomicU32& entry) {
 
 Result<PinReport> pin_page(const PinContext& ctx, DttWalker& walker, Gfn gfn) {
     auto entry = walker.leaf(gfn);
-    if (!entry) return tl::unexpected(with_context(entry.error(), "pin"));
+    if (!entry) return coiommu::unexpected(with_context(entry.error(), "pin"));
 
     const auto gpa = to_gpa(gfn);
     if (!gpa || !ctx.table.in_range(gfn)) {
         return make_error(EFAULT, fmt::format("pin gfn {:#x}: outside guest RAM", raw(gfn)));
     }
     auto hva = ctx.mem.translate(*gpa, kPageSize);
-    if (!hva) return tl::unexpected(with_context(hva.error(), fmt::format("pin gfn {:#x}", raw(gfn))));
+    if (!hva) return coiommu::unexpected(with_context(hva.error(), fmt::format("pin gfn {:#x}", raw(gfn))));
 
     auto lock = ctx.table.lock(gfn);
     if (lock.mapped()) {

@@ -12,7 +12,7 @@ namespace {
 Result<DecodedRequest> decode_batch(Gpa header, const GuestMemory& mem, const EndpointSet& endpoints,
                                     const RequestLimits& limits) {
     auto info = mem.read_obj<PinPageInfo>(header);
-    if (!info) return tl::unexpected(with_context(info.error(), "read pin page info"));
+    if (!info) return coiommu::unexpected(with_context(info.error(), "read pin page info"));
     if (!endpoints.contains(info->bdf)) {
         return make_error(EPERM, fmt::format("pin page for unexpected bdf {:#06x}", info->bdf));
     }

@@ -32,10 +32,10 @@ Result<UniqueFd> connect_seqpacket(const std::string& path) {
 Result<std::unique_ptr<Client>> Client::connect(const std::string& socket_path, std::string_view name,
                                                 uint64_t features) {
     auto fd = connect_seqpacket(socket_path);
-    if (!fd) return tl::unexpected(fd.error());
+    if (!fd) return coiommu::unexpected(fd.error());
     std::unique_ptr<Client> c(new Client(std::move(*fd)));
     auto h = c->hello(name, features);
-    if (!h) return tl::unexpected(h.error());
+    if (!h) return coiommu::unexpected(h.error());
     return c;
 }
 
@@ -66,11 +66,11 @@ Result<Message> Client::call_locked(MsgType type, std::span<const std::byte> pay
                 }
             }
         }
-        return tl::unexpected(with_context(st.error(), what));
+        return coiommu::unexpected(with_context(st.error(), what));
     }
     bool stopped = false;
     auto readable = wait_readable(sock_.get(), -1, timeout_, &stopped);
-    if (!readable) return tl::unexpected(with_context(readable.error(), what));
+    if (!readable) return coiommu::unexpected(with_context(readable.error(), what));
     if (!*readable) return make_error(ETIMEDOUT, fmt::format("{}: no reply from coiommud", what));
     auto in = recv_message(sock_.get(), buf_);
     if (!in && in.error().code == ECONNRESET) {
@@ -79,13 +79,13 @@ Result<Message> Client::call_locked(MsgType type, std::span<const std::byte> pay
         in = recv_message(sock_.get(), buf_);
         if (!in && in.error().code == EAGAIN) in = make_error(ECONNRESET, "recvmsg");
     }
-    if (!in) return tl::unexpected(with_context(in.error(), what));
+    if (!in) return coiommu::unexpected(with_context(in.error(), what));
     if (!*in) return make_error(ECONNRESET, fmt::format("{}: coiommud closed the session", what));
     Message m = std::move(**in);
-    if (auto st = check_header(m.header, m.payload.size()); !st) return tl::unexpected(with_context(st.error(), what));
+    COIOMMU_TRY(check_header(m.header, m.payload.size()), what);
     if (m.header.type == static_cast<uint16_t>(MsgType::Error)) {
         auto e = decode_error(m.payload);
-        if (!e) return tl::unexpected(with_context(e.error(), what));
+        if (!e) return coiommu::unexpected(with_context(e.error(), what));
         return make_error(e->code, fmt::format("{}: coiommud: {}", what, e->text));
     }
     if (m.header.type != proto::reply_type(type) || m.header.seq != seq) {
@@ -113,7 +113,7 @@ Result<std::optional<Message>> Client::receive() {
     std::lock_guard lock(mu_);
     bool stopped = false;
     auto readable = wait_readable(sock_.get(), -1, timeout_, &stopped);
-    if (!readable) return tl::unexpected(readable.error());
+    if (!readable) return coiommu::unexpected(readable.error());
     if (!*readable) return make_error(ETIMEDOUT, "receive: nothing from coiommud");
     return recv_message(sock_.get(), buf_);
 }
@@ -123,7 +123,7 @@ Result<HelloInfo> Client::hello(std::string_view name, uint64_t features) {
     req.features = features;
     std::memcpy(req.client_name, name.data(), std::min(name.size(), sizeof req.client_name));
     auto m = call(MsgType::Hello, as_bytes_of(req));
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::HelloRep>(m->payload);
     if (!rep) return make_error(EBADMSG, "Hello: short reply");
     hello_ = HelloInfo{rep->version, rep->features, rep->session_id, rep->max_message_size};
@@ -145,7 +145,7 @@ Status Client::set_memory(const GuestMemory& mem) {
         fds.push_back(r.fd);
     }
     auto m = call(MsgType::SetMemory, payload, fds);
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     return ok();
 }
 
@@ -158,7 +158,7 @@ Result<DeviceMemfds> Client::set_topology(uint32_t vcpus, std::span<const uint16
     append_wire(payload, req);
     for (uint16_t bdf : endpoints) append_wire(payload, bdf);
     auto m = call(MsgType::SetTopology, payload);
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     if (m->fds.size() != 2) return make_error(EBADMSG, fmt::format("SetTopology: {} fds in the reply, 2 expected",
                                                                    m->fds.size()));
     return DeviceMemfds{std::move(m->fds[0]), std::move(m->fds[1])};
@@ -166,7 +166,7 @@ Result<DeviceMemfds> Client::set_topology(uint32_t vcpus, std::span<const uint16
 
 Result<BackendInfo> Client::set_backend(const proto::SetBackendReq& req, std::span<const int> fds) {
     auto m = call(MsgType::SetBackend, as_bytes_of(req), fds);
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::SetBackendRep>(m->payload);
     if (!rep) return make_error(EBADMSG, "SetBackend: short reply");
     BackendInfo info;
@@ -206,7 +206,7 @@ Result<bool> Client::set_triggers(std::span<const int> eventfds) {
         req.first_vcpu = static_cast<uint32_t>(first);
         req.count = static_cast<uint32_t>(n);
         auto m = call(MsgType::SetTriggers, as_bytes_of(req), eventfds.subspan(first, n));
-        if (!m) return tl::unexpected(m.error());
+        if (!m) return coiommu::unexpected(m.error());
         auto rep = read_wire<proto::SetTriggersRep>(m->payload);
         if (!rep) return make_error(EBADMSG, "SetTriggers: short reply");
         running = rep->running != 0;
@@ -221,7 +221,7 @@ Status Client::mmio_write(uint64_t offset, std::span<const std::byte> data) {
     req.len = static_cast<uint32_t>(data.size());
     std::memcpy(req.data, data.data(), data.size());
     auto m = call(MsgType::MmioWrite, as_bytes_of(req));
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     return ok();
 }
 
@@ -231,7 +231,7 @@ Status Client::mmio_read(uint64_t offset, std::span<std::byte> data) {
     req.offset = offset;
     req.len = static_cast<uint32_t>(data.size());
     auto m = call(MsgType::MmioRead, as_bytes_of(req));
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::MmioReadRep>(m->payload);
     if (!rep) return make_error(EBADMSG, "MmioRead: short reply");
     std::memcpy(data.data(), rep->data, data.size());
@@ -246,7 +246,7 @@ Result<telemetry::BalloonResult> Client::balloon_unpin(std::span<const workers::
     append_wire(payload, req);
     for (const auto& r : ranges) append_wire(payload, proto::GfnRangeWire{raw(r.start), r.count});
     auto m = call(MsgType::BalloonUnpin, payload);
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::BalloonRep>(m->payload);
     if (!rep || rep->result > 1) return make_error(EBADMSG, "BalloonUnpin: malformed reply");
     return rep->result == 0 ? telemetry::BalloonResult::Success : telemetry::BalloonResult::Failed;
@@ -254,7 +254,7 @@ Result<telemetry::BalloonResult> Client::balloon_unpin(std::span<const workers::
 
 Result<RemoteStats> Client::stats() {
     auto m = call(MsgType::GetStats, {});
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto head = read_wire<proto::StatsRepHead>(m->payload);
     if (!head) return make_error(EBADMSG, "GetStats: short reply");
     if (head->totals_bytes != sizeof(telemetry::ShardTotals) || head->gauges_bytes != sizeof(telemetry::GaugeValues) ||
@@ -272,7 +272,7 @@ Result<RemoteStats> Client::stats() {
 Result<bool> Client::query_mapped(Iova iova, uint64_t size) {
     proto::QueryMappedReq req{raw(iova), size};
     auto m = call(MsgType::QueryMapped, as_bytes_of(req));
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::QueryMappedRep>(m->payload);
     if (!rep) return make_error(EBADMSG, "QueryMapped: short reply");
     return rep->mapped != 0;
@@ -280,7 +280,7 @@ Result<bool> Client::query_mapped(Iova iova, uint64_t size) {
 
 Result<CloseInfo> Client::close() {
     auto m = call(MsgType::Close, {});
-    if (!m) return tl::unexpected(m.error());
+    if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::CloseRep>(m->payload);
     if (!rep) return make_error(EBADMSG, "Close: short reply");
     return CloseInfo{rep->dma_entries_after, rep->pages_unpinned};

@@ -146,14 +146,14 @@ Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view va
         if (cfg.allowed_uids.empty()) return make_error(EINVAL, "allowed_uids: empty list");
     } else if (key == "max_sessions") {
         auto n = parse_u64(key, value);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         if (*n == 0 || *n > kMaxSessionsLimit) {
             return make_error(EINVAL, fmt::format("max_sessions: {} is outside 1..{}", *n, kMaxSessionsLimit));
         }
         cfg.max_sessions = static_cast<uint32_t>(*n);
     } else if (key == "setup_timeout" || key == "io_timeout") {
         auto d = parse_duration(key, value);
-        if (!d) return tl::unexpected(d.error());
+        if (!d) return coiommu::unexpected(d.error());
         if (d->count() == 0) return make_error(EINVAL, fmt::format("{}: must be above 0", key));
         (key == "setup_timeout" ? cfg.setup_timeout : cfg.io_timeout) = *d;
     } else if (key == "engine") {
@@ -169,7 +169,7 @@ Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view va
         if (cfg.backends.empty()) return make_error(EINVAL, "backends: empty list");
     } else if (key == "max_guest_memory") {
         auto n = parse_size(key, value);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         if (*n < (uint64_t{1} << 20) || *n > (uint64_t{1} << 48)) {
             return make_error(EINVAL, fmt::format("max_guest_memory: {} is outside 1M..256T", value));
         }
@@ -201,16 +201,16 @@ Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view va
         }
     } else if (key == "duration") {
         auto d = parse_duration(key, value);
-        if (!d) return tl::unexpected(d.error());
+        if (!d) return coiommu::unexpected(d.error());
         cfg.duration = *d;
     } else if (key == "demo_vcpus") {
         auto n = parse_u64(key, value);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         if (*n == 0 || *n > 64) return make_error(EINVAL, fmt::format("demo_vcpus: {} is outside 1..64", *n));
         cfg.demo_vcpus = static_cast<uint32_t>(*n);
     } else if (key == "demo_ram") {
         auto n = parse_size(key, value);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         if (*n < (uint64_t{64} << 20) || *n > (uint64_t{64} << 30) || *n % 4096 != 0) {
             return make_error(EINVAL, fmt::format("demo_ram: {} is outside 64M..64G or not page aligned", value));
         }
@@ -237,7 +237,7 @@ Status apply_config_text(DaemonConfig& cfg, std::string_view text, std::string_v
         }
         const auto key = trim(line.substr(0, eq));
         if (auto st = apply_option(cfg, key, line.substr(eq + 1)); !st) {
-            return tl::unexpected(with_context(st.error(), fmt::format("{}:{}", origin, line_no)));
+            return coiommu::unexpected(with_context(st.error(), fmt::format("{}:{}", origin, line_no)));
         }
     }
     return ok();
@@ -255,7 +255,7 @@ Status load_config_file(DaemonConfig& cfg, const std::string& path) {
 Status finalize(DaemonConfig& cfg) {
     const workers::EngineConfig base = cfg.mode == Mode::Demo ? demo_engine_defaults() : workers::EngineConfig{};
     auto e = workers::parse_engine_options(cfg.engine_opts, base);
-    if (!e) return tl::unexpected(with_context(e.error(), "engine"));
+    if (!e) return coiommu::unexpected(with_context(e.error(), "engine"));
     cfg.engine = *e;
     return ok();
 }
@@ -282,7 +282,7 @@ Result<ParsedArgs> parse_args(const std::vector<std::string_view>& args) {
             } else {
                 path = a.substr(std::strlen("--config="));
             }
-            if (auto st = load_config_file(out.config, std::string(path)); !st) return tl::unexpected(st.error());
+            COIOMMU_TRY(load_config_file(out.config, std::string(path)));
         }
     }
     // Pass 2: every other flag, in order, over the file.
@@ -315,10 +315,10 @@ Result<ParsedArgs> parse_args(const std::vector<std::string_view>& args) {
             if (st.error().context.starts_with("unknown key")) {
                 return make_error(EINVAL, fmt::format("unknown flag '--{}' (see --help)", name));
             }
-            return tl::unexpected(with_context(st.error(), fmt::format("--{}", name)));
+            return coiommu::unexpected(with_context(st.error(), fmt::format("--{}", name)));
         }
     }
-    if (auto st = finalize(out.config); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(finalize(out.config));
     return out;
 }
 

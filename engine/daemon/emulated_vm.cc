@@ -75,39 +75,39 @@ Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o
 
     const RegionSpec region{Gpa{0}, o.ram_bytes};
     auto mem = GuestMemory::create(std::span<const RegionSpec>(&region, 1));
-    if (!mem) return tl::unexpected(with_context(mem.error(), "guest RAM"));
+    if (!mem) return coiommu::unexpected(with_context(mem.error(), "guest RAM"));
     vm->mem_ = std::move(*mem);
     vm->shared_ = std::make_unique<Shared>(vm->data_chunks_);
 
     // The VMM's part.
     auto client = Client::connect(o.socket_path, o.name);
-    if (!client) return tl::unexpected(client.error());
+    if (!client) return coiommu::unexpected(client.error());
     vm->client_ = std::move(*client);
     Client& c = *vm->client_;
-    if (auto st = c.set_memory(vm->mem_); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(c.set_memory(vm->mem_));
     auto dev = c.set_topology(o.vcpus, o.endpoints);
-    if (!dev) return tl::unexpected(dev.error());
+    if (!dev) return coiommu::unexpected(dev.error());
     vm->dev_ = std::move(*dev);
     Result<BackendInfo> backend = o.backend == proto::BackendKind::Null
                                       ? c.set_backend_null(o.entry_limit)
                                       : c.set_backend_fake(FakeBackendSpec{o.latency, o.entry_limit});
-    if (!backend) return tl::unexpected(backend.error());
+    if (!backend) return coiommu::unexpected(backend.error());
     vm->backend_ = *backend;
     std::vector<int> trigger_fds;
     for (uint32_t i = 0; i < o.vcpus; ++i) {
         auto ev = EventFd::create(Blocking::No);
-        if (!ev) return tl::unexpected(with_context(ev.error(), "trigger eventfd"));
+        if (!ev) return coiommu::unexpected(with_context(ev.error(), "trigger eventfd"));
         trigger_fds.push_back(ev->fd());
         vm->triggers_.push_back(std::move(*ev));
     }
     auto running = c.set_triggers(trigger_fds);
-    if (!running) return tl::unexpected(running.error());
+    if (!running) return coiommu::unexpected(running.error());
     if (!*running) return make_error(EPROTO, "SetTriggers: the daemon is not running the engine");
 
     // The guest's part: the PCI fixup reads the topology BAR, the probe builds the DTT and
     // programs BAR0.
     auto endpoints = device::read_topology(vm->dev_.topologymap.get());
-    if (!endpoints) return tl::unexpected(with_context(endpoints.error(), "guest: topology BAR"));
+    if (!endpoints) return coiommu::unexpected(with_context(endpoints.error(), "guest: topology BAR"));
     if (endpoints->empty()) return make_error(ENODEV, "guest: the topology BAR lists no endpoint");
     emulator::GuestDttConfig dcfg;
     dcfg.levels = kDttLevels;
@@ -115,7 +115,7 @@ Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o
     dcfg.pool_pages = pool_pages;
     dcfg.ncpus = o.vcpus;
     auto dtt = emulator::GuestDtt::create(vm->mem_, dcfg);
-    if (!dtt) return tl::unexpected(with_context(dtt.error(), "guest: DTT"));
+    if (!dtt) return coiommu::unexpected(with_context(dtt.error(), "guest: DTT"));
     vm->dtt_ = std::move(*dtt);
     emulator::GuestDriverConfig gcfg;
     gcfg.mem = &vm->mem_;
@@ -123,20 +123,20 @@ Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o
     gcfg.notifymap_fd = vm->dev_.notifymap.get();
     gcfg.trigger_fds = trigger_fds;
     auto drv = emulator::GuestDriver::create(std::move(gcfg));
-    if (!drv) return tl::unexpected(with_context(drv.error(), "guest: driver"));
+    if (!drv) return coiommu::unexpected(with_context(drv.error(), "guest: driver"));
     vm->driver_ = std::move(*drv);
     auto write_reg = [&c](uint64_t off, uint64_t value) {
         std::byte bytes[sizeof value];
         std::memcpy(bytes, &value, sizeof value);
         return c.mmio_write(off, bytes);
     };
-    if (auto st = write_reg(core::kRegDttRoot, raw(vm->dtt_->dtt_root())); !st) return tl::unexpected(st.error());
-    if (auto st = write_reg(core::kRegDttLevel, vm->dtt_->levels()); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(write_reg(core::kRegDttRoot, raw(vm->dtt_->dtt_root())));
+    COIOMMU_TRY(write_reg(core::kRegDttLevel, vm->dtt_->levels()));
     if (auto st = write_reg(core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)); !st) {
-        return tl::unexpected(st.error());
+        return coiommu::unexpected(st.error());
     }
     auto stats = c.stats();
-    if (!stats) return tl::unexpected(stats.error());
+    if (!stats) return coiommu::unexpected(stats.error());
     if (stats->head.active == 0) return make_error(EIO, "guest: the device refused ACTIVATE (see the daemon's log)");
 
     std::vector<emulator::VcpuDriver> vcpus;
@@ -147,7 +147,7 @@ Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o
         vc.batch_gpa = offset(batch_base, i * batch_stride);
         vc.batch_capacity = o.max_buffer_pages;
         auto v = vm->driver_->vcpu(vc);
-        if (!v) return tl::unexpected(with_context(v.error(), fmt::format("guest: vCPU {}", i)));
+        if (!v) return coiommu::unexpected(with_context(v.error(), fmt::format("guest: vCPU {}", i)));
         vcpus.push_back(std::move(*v));
     }
     for (uint32_t i = 0; i < o.vcpus; ++i) {

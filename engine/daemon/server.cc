@@ -81,11 +81,11 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
     if (options.allowed_uids.empty()) options.allowed_uids.push_back(::geteuid());
     std::unique_ptr<Server> s(new Server(std::move(options)));
     auto listen = bind_listener(s->opts_.socket_path);
-    if (!listen) return tl::unexpected(listen.error());
+    if (!listen) return coiommu::unexpected(listen.error());
     s->listen_ = std::move(*listen);
     auto ev = EventFd::create(Blocking::No);
     if (!ev) {
-        return tl::unexpected(with_context(ev.error(), "stop event"));
+        return coiommu::unexpected(with_context(ev.error(), "stop event"));
     }
     s->stop_ev_ = std::move(*ev);
     s->acceptor_ = std::thread([srv = s.get()] { srv->accept_loop(); });

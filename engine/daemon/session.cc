@@ -359,7 +359,7 @@ Status Session::start_engine() {
     workers::EngineConfig cfg = policy_.engine;
     cfg.session = id_;
     auto engine = workers::Engine::create(cfg, deps);
-    if (!engine) return tl::unexpected(with_context(engine.error(), "engine"));
+    if (!engine) return coiommu::unexpected(with_context(engine.error(), "engine"));
     {
         std::lock_guard lock(engine_mu_);
         engine_ = std::move(*engine);

@@ -75,9 +75,9 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
     // Notifymap: zeroed slots; sealed against resizing so no one can truncate it under our
     // mapping (a SIGBUS in the engine).
     auto notify = make_memfd("coiommu_notifymap", core::kNotifymapSize);
-    if (!notify) return tl::unexpected(notify.error());
+    if (!notify) return coiommu::unexpected(notify.error());
     if (auto st = add_seals(notify->get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, "notifymap"); !st) {
-        return tl::unexpected(st.error());
+        return coiommu::unexpected(st.error());
     }
     void* p = ::mmap(nullptr, core::kNotifymapSize, PROT_READ | PROT_WRITE, MAP_SHARED, notify->get(), 0);
     if (p == MAP_FAILED) return make_error(errno, "mmap notifymap");
@@ -87,7 +87,7 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
     // Topologymap: u16 count then the BDFs, written once with pwrite (never mapped writable), then
     // sealed so that neither we nor the VMM nor the guest can change it.
     auto topo = make_memfd("coiommu_topologymap", core::kTopologymapSize);
-    if (!topo) return tl::unexpected(topo.error());
+    if (!topo) return coiommu::unexpected(topo.error());
     std::vector<uint16_t> words;
     words.reserve(cfg.endpoints.size() + 1);
     words.push_back(static_cast<uint16_t>(cfg.endpoints.size()));
@@ -98,14 +98,14 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
     if (auto st = add_seals(topo->get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL,
                             "topologymap");
         !st) {
-        return tl::unexpected(st.error());
+        return coiommu::unexpected(st.error());
     }
     dev->topologymap_fd_ = std::move(*topo);
 
     dev->triggers_.reserve(cfg.vcpus);
     for (uint32_t i = 0; i < cfg.vcpus; ++i) {
         auto ev = EventFd::create(Blocking::No);
-        if (!ev) return tl::unexpected(with_context(ev.error(), fmt::format("trigger eventfd {}", i)));
+        if (!ev) return coiommu::unexpected(with_context(ev.error(), fmt::format("trigger eventfd {}", i)));
         dev->triggers_.push_back(std::move(*ev));
     }
     return dev;

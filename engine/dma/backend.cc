@@ -18,7 +18,7 @@ std::string describe(std::string_view backend, std::string_view op, Iova iova, u
 
 Status DmaBackend::unmap_exact(Iova iova, uint64_t size) {
     auto bytes = unmap(iova, size);
-    if (!bytes) return tl::unexpected(bytes.error());
+    if (!bytes) return coiommu::unexpected(bytes.error());
     if (*bytes != size) {
         return make_error(EIO, fmt::format("{} unmap iova {:#x}: short unmap: asked {:#x}, unmapped {:#x}",
                                            name(), raw(iova), size, *bytes));

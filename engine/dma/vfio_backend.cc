@@ -55,7 +55,7 @@ T load(std::span<const std::byte> buf, size_t off) {
     return v;
 }
 
-tl::unexpected<Error> malformed(std::string what) { return make_error(EPROTO, "vfio GET_INFO reply: " + what); }
+coiommu::unexpected<Error> malformed(std::string what) { return make_error(EPROTO, "vfio GET_INFO reply: " + what); }
 
 }  // namespace
 
@@ -105,7 +105,7 @@ Result<IommuInfo> parse_iommu_info(std::span<const std::byte> reply) {
     const uint32_t cap_offset = load<uint32_t>(reply, 16);
     if ((info.flags & kIommuInfoFlagCaps) == 0 || cap_offset == 0 || info.argsz > reply.size()) return info;
     auto caps = parse_info_caps(reply.first(info.argsz), cap_offset);
-    if (!caps) return tl::unexpected(caps.error());
+    if (!caps) return coiommu::unexpected(caps.error());
     info.caps = std::move(*caps);
     return info;
 }
@@ -162,7 +162,7 @@ Result<std::unique_ptr<VfioBackend>> VfioBackend::open_group(const std::string& 
 
     std::unique_ptr<VfioBackend> backend(new VfioBackend(std::move(container), std::move(group)));
     auto info = backend->query_info();
-    if (!info) return tl::unexpected(with_context(info.error(), ctx));
+    if (!info) return coiommu::unexpected(with_context(info.error(), ctx));
     // A fresh container has every entry available: DMA_AVAIL is the limit it was given.
     backend->entry_limit_ = info->caps.dma_avail.value_or(module_entry_limit().value_or(kDefaultEntryLimit));
     return backend;
@@ -172,7 +172,7 @@ Result<std::unique_ptr<VfioBackend>> VfioBackend::adopt(UniqueFd container, std:
     if (!container) return make_error(EBADF, "vfio adopt: invalid container fd");
     std::unique_ptr<VfioBackend> backend(new VfioBackend(std::move(container), UniqueFd{}));
     auto info = backend->query_info();
-    if (!info) return tl::unexpected(with_context(info.error(), "vfio adopt (is the IOMMU type set?)"));
+    if (!info) return coiommu::unexpected(with_context(info.error(), "vfio adopt (is the IOMMU type set?)"));
     // The VMM may have mapped already, so DMA_AVAIL is only a lower bound of the limit.
     const uint64_t avail = info->caps.dma_avail.value_or(0);
     const uint64_t fallback = info->caps.dma_avail ? avail : kDefaultEntryLimit;
@@ -246,7 +246,7 @@ Result<uint64_t> VfioBackend::unmap(Iova iova, uint64_t size) {
 
 Result<ContainerInfo> VfioBackend::info() const {
     auto raw_info = query_info();
-    if (!raw_info) return tl::unexpected(raw_info.error());
+    if (!raw_info) return coiommu::unexpected(raw_info.error());
     ContainerInfo out;
     out.iova_pgsizes = raw_info->iova_pgsizes;
     out.iova_ranges = std::move(raw_info->caps.iova_ranges);

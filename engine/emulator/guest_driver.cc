@@ -61,7 +61,7 @@ Result<std::unique_ptr<GuestDriver>> GuestDriver::create(GuestDriverConfig cfg) 
     }
     auto notify = cfg.notify_slots.empty() ? NotifyMapping::map(cfg.notifymap_fd)
                                            : Result<NotifyMapping>(NotifyMapping::borrow(cfg.notify_slots));
-    if (!notify) return tl::unexpected(notify.error());
+    if (!notify) return coiommu::unexpected(notify.error());
     std::unique_ptr<GuestDriver> d(new GuestDriver(std::move(cfg)));
     d->notify_ = std::move(*notify);
     return d;
@@ -134,7 +134,7 @@ Status VcpuDriver::request_pins(uint16_t bdf, std::span<const Gfn> gfns) {
     info.nr_pages = gfns.size();
     if (auto st = mem.write_obj(cfg_.batch_gpa, info); !st) return st;
     auto list = mem.host_ptr(offset(cfg_.batch_gpa, sizeof info), gfns.size() * core::kPinPageGfnSize);
-    if (!list) return tl::unexpected(list.error());
+    if (!list) return coiommu::unexpected(list.error());
     // Safety: this vCPU's own batch buffer in guest RAM (bounds checked by vcpu()); the host reads
     // it only after the slot store below (seq_cst) publishes it.
     std::memcpy(*list, gfns.data(), gfns.size() * core::kPinPageGfnSize);
@@ -153,7 +153,7 @@ Result<MapReport> VcpuDriver::map(std::span<const Gfn> gfns) {
         auto pinned = dtt.mark(gfns[marked]);
         if (!pinned) {
             roll_back(marked);
-            return tl::unexpected(pinned.error());
+            return coiommu::unexpected(pinned.error());
         }
         if (!*pinned) unpinned_.push_back(gfns[marked]);
     }
@@ -163,7 +163,7 @@ Result<MapReport> VcpuDriver::map(std::span<const Gfn> gfns) {
         rep.notified = true;
         if (auto st = request_pins(cfg_.bdf, unpinned_); !st) {
             roll_back(gfns.size());
-            return tl::unexpected(st.error());
+            return coiommu::unexpected(st.error());
         }
         for (Gfn g : unpinned_) {
             if (!dtt.pinned(g)) {

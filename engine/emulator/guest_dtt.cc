@@ -58,7 +58,7 @@ Result<std::unique_ptr<GuestDtt>> GuestDtt::create(const GuestMemory& mem, const
     }
     std::unique_ptr<GuestDtt> dtt(new GuestDtt(mem, cfg));
     auto root = dtt->alloc_page();
-    if (!root) return tl::unexpected(with_context(root.error(), "guest DTT root"));
+    if (!root) return coiommu::unexpected(with_context(root.error(), "guest DTT root"));
     dtt->root_ = *root;
     return dtt;
 }
@@ -78,7 +78,7 @@ Result<Gpa> GuestDtt::alloc_page() const {
     }
     const Gpa page = offset(pool_base_, index * kDttPageSize);
     auto p = mem_->host_ptr(page, kDttPageSize);
-    if (!p) return tl::unexpected(p.error());  // cannot happen: create() checked the pool
+    if (!p) return coiommu::unexpected(p.error());  // cannot happen: create() checked the pool
     // Safety: a page just taken from the pool is unpublished (no entry points at it), so plain
     // stores race with nobody; the release CAS that publishes it orders them before any reader.
     std::memset(*p, 0, kDttPageSize);
@@ -104,11 +104,11 @@ Status GuestDtt::check_reach(Gfn gfn) const {
 }
 
 Result<std::byte*> GuestDtt::walk(Gfn gfn, uint64_t stop_level, Alloc alloc) const {
-    if (auto st = check_reach(gfn); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(check_reach(gfn));
     Gpa table = root_;
     for (uint64_t level = levels_; level > stop_level; --level) {
         auto page = mem_->host_ptr(table, kDttPageSize);
-        if (!page) return tl::unexpected(with_context(page.error(), fmt::format("guest DTT level {}", level)));
+        if (!page) return coiommu::unexpected(with_context(page.error(), fmt::format("guest DTT level {}", level)));
         GuestAtomicU64 slot(reinterpret_cast<uint64_t*>(*page) + upper_index(gfn, level));
         // Safety: an aligned u64 inside a table page in guest RAM; acquire pairs with the release
         // CAS that published the next page (its zeroed contents are visible).
@@ -118,7 +118,7 @@ Result<std::byte*> GuestDtt::walk(Gfn gfn, uint64_t stop_level, Alloc alloc) con
                 return make_error(ENOENT, fmt::format("guest DTT absent at level {} for gfn {:#x}", level, raw(gfn)));
             }
             auto fresh = alloc_page();
-            if (!fresh) return tl::unexpected(fresh.error());
+            if (!fresh) return coiommu::unexpected(fresh.error());
             uint64_t expected = 0;
             // Safety: same word; the release half publishes our zeroed page. A failed CAS loads
             // relaxed, so the winner's entry is re-read below with acquire.
@@ -138,20 +138,20 @@ Result<std::byte*> GuestDtt::walk(Gfn gfn, uint64_t stop_level, Alloc alloc) con
         table = Gpa{entry & kDttEntryAddrMask};
     }
     auto page = mem_->host_ptr(table, kDttPageSize);
-    if (!page) return tl::unexpected(with_context(page.error(), "guest DTT table page"));
+    if (!page) return coiommu::unexpected(with_context(page.error(), "guest DTT table page"));
     return *page;
 }
 
 Result<GuestAtomicU32> GuestDtt::leaf(Gfn gfn, Alloc alloc) const {
     auto page = walk(gfn, 1, alloc);
-    if (!page) return tl::unexpected(page.error());
+    if (!page) return coiommu::unexpected(page.error());
     // Safety: index < 1024 inside a 4 KiB leaf page in guest RAM; 4-byte aligned.
     return GuestAtomicU32(reinterpret_cast<uint32_t*>(*page) + (raw(gfn) & kDttLeafMask));
 }
 
 Result<bool> GuestDtt::mark(Gfn gfn) {
     auto e = leaf(gfn, Alloc::Yes);
-    if (!e) return tl::unexpected(e.error());
+    if (!e) return coiommu::unexpected(e.error());
     // Safety: leaf word from leaf(); seq_cst as the guest's locked RMW (see file comment).
     uint32_t cur = e->load(std::memory_order_relaxed);
     for (;;) {
@@ -167,7 +167,7 @@ Result<bool> GuestDtt::mark(Gfn gfn) {
 
 Status GuestDtt::decrement(Gfn gfn, ClearAccessed clear_at_zero) {
     auto e = leaf(gfn, Alloc::No);
-    if (!e) return tl::unexpected(e.error());
+    if (!e) return coiommu::unexpected(e.error());
     // Safety: leaf word from leaf(); seq_cst RMW as the guest's atomic_dec.
     uint32_t cur = e->load(std::memory_order_relaxed);
     for (;;) {
@@ -185,7 +185,7 @@ Status GuestDtt::unmark_after_failure(Gfn gfn) { return decrement(gfn, ClearAcce
 
 Result<uint32_t> GuestDtt::entry(Gfn gfn) const {
     auto e = leaf(gfn, Alloc::No);
-    if (!e) return tl::unexpected(e.error());
+    if (!e) return coiommu::unexpected(e.error());
     // Safety: leaf word from leaf(); a seq_cst snapshot.
     return e->load(std::memory_order_seq_cst);
 }
@@ -202,14 +202,14 @@ uint32_t GuestDtt::map_count(Gfn gfn) const {
 
 Result<Gpa> GuestDtt::leaf_entry_gpa(Gfn gfn) const {
     auto t = table_gpa(gfn, 1);
-    if (!t) return tl::unexpected(t.error());
+    if (!t) return coiommu::unexpected(t.error());
     return offset(*t, (raw(gfn) & kDttLeafMask) * sizeof(uint32_t));
 }
 
 Result<Gpa> GuestDtt::table_gpa(Gfn gfn, uint64_t level) const {
     if (level == 0 || level > levels_) return make_error(EINVAL, fmt::format("guest DTT: bad level {}", level));
     auto page = walk(gfn, level, Alloc::No);
-    if (!page) return tl::unexpected(page.error());
+    if (!page) return coiommu::unexpected(page.error());
     // Translate the host page back to its GPA through the region that holds it.
     for (const auto& r : mem_->regions()) {
         if (*page >= r.host && *page < r.host + r.size) return offset(r.base, static_cast<uint64_t>(*page - r.host));
@@ -219,7 +219,7 @@ Result<Gpa> GuestDtt::table_gpa(Gfn gfn, uint64_t level) const {
 
 Status GuestDtt::set_entry(Gfn gfn, uint32_t value) {
     auto e = leaf(gfn, Alloc::Yes);
-    if (!e) return tl::unexpected(e.error());
+    if (!e) return coiommu::unexpected(e.error());
     // Safety: leaf word from leaf(); seq_cst store (a guest write the host may race with).
     e->store(value, std::memory_order_seq_cst);
     return ok();
@@ -227,7 +227,7 @@ Status GuestDtt::set_entry(Gfn gfn, uint32_t value) {
 
 Status GuestDtt::clear_pinned(Gfn gfn) {
     auto e = leaf(gfn, Alloc::Yes);
-    if (!e) return tl::unexpected(e.error());
+    if (!e) return coiommu::unexpected(e.error());
     // Safety: leaf word from leaf(); seq_cst RMW.
     e->fetch_and(~kDttePinned, std::memory_order_seq_cst);
     return ok();
@@ -235,7 +235,7 @@ Status GuestDtt::clear_pinned(Gfn gfn) {
 
 Status GuestDtt::forge_pinned(Gfn gfn) {
     auto e = leaf(gfn, Alloc::Yes);
-    if (!e) return tl::unexpected(e.error());
+    if (!e) return coiommu::unexpected(e.error());
     // Safety: leaf word from leaf(); seq_cst RMW.
     e->fetch_or(kDttePinned, std::memory_order_seq_cst);
     return ok();
@@ -244,7 +244,7 @@ Status GuestDtt::forge_pinned(Gfn gfn) {
 Status GuestDtt::set_upper_entry(Gfn gfn, uint64_t level, uint64_t raw_entry) {
     if (level < 2 || level > levels_) return make_error(EINVAL, fmt::format("guest DTT: bad upper level {}", level));
     auto page = walk(gfn, level, Alloc::Yes);
-    if (!page) return tl::unexpected(page.error());
+    if (!page) return coiommu::unexpected(page.error());
     // Safety: aligned u64 inside a table page in guest RAM; release as a publishing guest write.
     GuestAtomicU64(reinterpret_cast<uint64_t*>(*page) + upper_index(gfn, level))
         .store(raw_entry, std::memory_order_release);
@@ -254,7 +254,7 @@ Status GuestDtt::set_upper_entry(Gfn gfn, uint64_t level, uint64_t raw_entry) {
 Status GuestDtt::drop_table(Gfn gfn, uint64_t level) {
     if (level == 0 || level >= levels_) return make_error(EINVAL, fmt::format("guest DTT: cannot drop level {}", level));
     auto parent = walk(gfn, level + 1, Alloc::No);
-    if (!parent) return tl::unexpected(parent.error());
+    if (!parent) return coiommu::unexpected(parent.error());
     GuestAtomicU64 slot(reinterpret_cast<uint64_t*>(*parent) + upper_index(gfn, level + 1));
     // Safety: aligned u64 inside a table page in guest RAM; an atomic exchange-by-CAS so two
     // droppers cannot both free the page.

@@ -50,7 +50,7 @@ Result<GuestMemory> GuestMemory::create(std::span<const RegionSpec> specs) {
     std::vector<Region> regions;
     regions.reserve(specs.size());
     for (const auto& s : specs) regions.push_back(Region{s.base, s.size, nullptr, UniqueFd(), 0});
-    if (auto st = validate(regions); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(validate(regions));
 
     for (auto& r : regions) {
         const std::string name = fmt::format("coiommu-guest-{:x}", raw(r.base));
@@ -73,7 +73,7 @@ Result<GuestMemory> GuestMemory::adopt(std::vector<AdoptedRegion> adopted) {
         if (!a.fd.valid()) return make_error(EBADF, "guest memory: invalid region fd");
         regions.push_back(Region{a.base, a.size, nullptr, std::move(a.fd), a.fd_offset});
     }
-    if (auto st = validate(regions); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(validate(regions));
     for (auto& r : regions) {
         struct stat sb {};
         if (::fstat(r.fd.get(), &sb) < 0) return make_error(errno, "fstat guest region fd");
@@ -167,14 +167,14 @@ Result<std::byte*> GuestMemory::host_ptr(Gpa gpa, uint64_t len) const {
 
 Result<Hva> GuestMemory::translate(Gpa gpa, uint64_t len) const {
     auto p = host_ptr(gpa, len);
-    if (!p) return tl::unexpected(p.error());
+    if (!p) return coiommu::unexpected(p.error());
     return Hva{reinterpret_cast<uintptr_t>(*p)};
 }
 
 Result<GuestAtomicU32> GuestMemory::atomic_u32(Gpa gpa) const {
     if ((raw(gpa) & 3u) != 0) return make_error(EINVAL, fmt::format("unaligned 32-bit guest word at {:#x}", raw(gpa)));
     auto p = host_ptr(gpa, sizeof(uint32_t));
-    if (!p) return tl::unexpected(p.error());
+    if (!p) return coiommu::unexpected(p.error());
     // Safety: the region base is page aligned and gpa is 4-aligned, so the host address is too.
     return GuestAtomicU32(reinterpret_cast<uint32_t*>(*p));
 }
@@ -182,7 +182,7 @@ Result<GuestAtomicU32> GuestMemory::atomic_u32(Gpa gpa) const {
 Result<GuestAtomicU64> GuestMemory::atomic_u64(Gpa gpa) const {
     if ((raw(gpa) & 7u) != 0) return make_error(EINVAL, fmt::format("unaligned 64-bit guest word at {:#x}", raw(gpa)));
     auto p = host_ptr(gpa, sizeof(uint64_t));
-    if (!p) return tl::unexpected(p.error());
+    if (!p) return coiommu::unexpected(p.error());
     return GuestAtomicU64(reinterpret_cast<uint64_t*>(*p));
 }
 

@@ -140,7 +140,7 @@ public:
     [[nodiscard]] Result<T> read_obj(Gpa gpa) const {
         static_assert(std::is_trivially_copyable_v<T>);
         auto p = host_ptr(gpa, sizeof(T));
-        if (!p) return tl::unexpected(p.error());
+        if (!p) return coiommu::unexpected(p.error());
         T out;
         std::memcpy(&out, *p, sizeof(T));
         return out;
@@ -149,7 +149,7 @@ public:
     [[nodiscard]] Status write_obj(Gpa gpa, const T& value) const {
         static_assert(std::is_trivially_copyable_v<T>);
         auto p = host_ptr(gpa, sizeof(T));
-        if (!p) return tl::unexpected(p.error());
+        if (!p) return coiommu::unexpected(p.error());
         std::memcpy(*p, &value, sizeof(T));
         return ok();
     }

@@ -6,9 +6,9 @@ Result<std::unique_ptr<InProcessLink>> InProcessLink::create(const GuestMemory& 
                                                             const workers::EngineConfig& cfg,
                                                             const device::DeviceConfig& dev_cfg) {
     auto dev = device::CoiommuDevice::create(dev_cfg);
-    if (!dev) return tl::unexpected(with_context(dev.error(), "coiommu device"));
+    if (!dev) return coiommu::unexpected(with_context(dev.error(), "coiommu device"));
     auto engine = workers::Engine::create(cfg, workers::device_deps(**dev, mem, backend));
-    if (!engine) return tl::unexpected(with_context(engine.error(), "engine"));
+    if (!engine) return coiommu::unexpected(with_context(engine.error(), "engine"));
     (*dev)->set_engine(engine->get());
     return std::unique_ptr<InProcessLink>(new InProcessLink(std::move(*dev), std::move(*engine)));
 }

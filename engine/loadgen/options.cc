@@ -16,7 +16,7 @@ namespace {
 using std::chrono::nanoseconds;
 
 template <class... Args>
-tl::unexpected<Error> bad(fmt::format_string<Args...> f, Args&&... args) {
+coiommu::unexpected<Error> bad(fmt::format_string<Args...> f, Args&&... args) {
     return make_error(EINVAL, fmt::format(f, std::forward<Args>(args)...));
 }
 
@@ -243,7 +243,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         };
         auto take = [&](auto&& apply) -> Status {
             auto v = need();
-            if (!v) return tl::unexpected(v.error());
+            if (!v) return coiommu::unexpected(v.error());
             return apply(*v);
         };
         auto no_value = [&]() -> Status {
@@ -257,7 +257,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--vcpus") {
             st = take([&](std::string_view v) -> Status {
                 auto n = ranged<uint32_t>(flag, v, 1, kMaxVcpusFlag);
-                if (!n) return tl::unexpected(n.error());
+                if (!n) return coiommu::unexpected(n.error());
                 o.vcpus = *n;
                 return ok();
             });
@@ -271,14 +271,14 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--workload") {
             st = take([&](std::string_view v) -> Status {
                 auto l = parse_list<WorkloadKind>(flag, v, "stream|ring|zipf|random|balloon|mix", parse_workload);
-                if (!l) return tl::unexpected(l.error());
+                if (!l) return coiommu::unexpected(l.error());
                 o.workloads = std::move(*l);
                 return ok();
             });
         } else if (flag == "--buffer-pages") {
             st = take([&](std::string_view v) -> Status {
                 auto n = ranged<uint32_t>(flag, v, 1, kMaxBufferPages);
-                if (!n) return tl::unexpected(n.error());
+                if (!n) return coiommu::unexpected(n.error());
                 o.buffer_pages = *n;
                 return ok();
             });
@@ -331,7 +331,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--engine") {
             st = take([&](std::string_view v) -> Status {
                 auto l = parse_list<workers::Variant>(flag, v, "fast|seed", parse_variant);
-                if (!l) return tl::unexpected(l.error());
+                if (!l) return coiommu::unexpected(l.error());
                 o.engines = std::move(*l);
                 engines_set = true;
                 return ok();
@@ -339,7 +339,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--strategy") {
             st = take([&](std::string_view v) -> Status {
                 auto l = parse_list<StrategyKind>(flag, v, "coiommu|strict|static", parse_strategy);
-                if (!l) return tl::unexpected(l.error());
+                if (!l) return coiommu::unexpected(l.error());
                 o.strategies = std::move(*l);
                 strategies_set = true;
                 return ok();
@@ -389,7 +389,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--entry-limit") {
             st = take([&](std::string_view v) -> Status {
                 auto n = ranged<uint64_t>(flag, v, 1, uint64_t{1} << 32);
-                if (!n) return tl::unexpected(n.error());
+                if (!n) return coiommu::unexpected(n.error());
                 o.entry_limit = *n;
                 return ok();
             });
@@ -403,14 +403,14 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--ring-buffers") {
             st = take([&](std::string_view v) -> Status {
                 auto n = ranged<uint32_t>(flag, v, 1, 1u << 20);
-                if (!n) return tl::unexpected(n.error());
+                if (!n) return coiommu::unexpected(n.error());
                 o.ring_buffers = *n;
                 return ok();
             });
         } else if (flag == "--balloon-pages") {
             st = take([&](std::string_view v) -> Status {
                 auto n = ranged<uint32_t>(flag, v, 1, 1u << 24);
-                if (!n) return tl::unexpected(n.error());
+                if (!n) return coiommu::unexpected(n.error());
                 o.balloon_pages = *n;
                 return ok();
             });
@@ -452,7 +452,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else {
             return bad("unknown option '{}'", args[i]);
         }
-        if (!st) return tl::unexpected(st.error());
+        if (!st) return coiommu::unexpected(st.error());
     }
     if (think_set && rate_set) return bad("--think-us and --rate exclude each other");
     if (compare) {

@@ -521,7 +521,7 @@ Result<Backend> make_backend(const LoadOptions& o) {
                 }
             }
             auto v = dma::VfioBackend::open_group(o.vfio_group);
-            if (!v) return tl::unexpected(with_context(v.error(), fmt::format("vfio group {}", o.vfio_group)));
+            if (!v) return coiommu::unexpected(with_context(v.error(), fmt::format("vfio group {}", o.vfio_group)));
             b.own = std::move(*v);
             return b;
         }
@@ -544,7 +544,7 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
                                                                 : daemon::proto::FakeLatency::None;
                 sc.entry_limit = o.entry_limit;
                 auto link = SocketLink::create(*env.mem, sc);
-                if (!link) return tl::unexpected(link.error());
+                if (!link) return coiommu::unexpected(link.error());
                 *remote = link->get();
                 return make_coiommu_strategy(env, std::move(*link));
             }
@@ -554,7 +554,7 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
             dc.endpoints = {kEndpointBdf};
             dc.vcpus = o.vcpus;
             auto link = InProcessLink::create(*env.mem, *env.backend, cfg, dc);
-            if (!link) return tl::unexpected(link.error());
+            if (!link) return coiommu::unexpected(link.error());
             return make_coiommu_strategy(env, std::move(*link));
         }
         case StrategyKind::Strict: return make_strict_strategy(env);
@@ -701,7 +701,7 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     const uint64_t setup_t0 = monotonic_ns();
 
     auto layout = GuestLayout::compute(o.ram_bytes, o.vcpus, o.buffer_pages);
-    if (!layout) return tl::unexpected(layout.error());
+    if (!layout) return coiommu::unexpected(layout.error());
     WorkloadParams wp;
     wp.kind = spec.workload;
     wp.data_pages = layout->data_pages;
@@ -710,13 +710,13 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     wp.zipf_s = o.zipf_s;
     wp.ring_buffers = o.ring_buffers;
     wp.seed = o.seed;
-    if (auto st = wp.validate(); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(wp.validate());
 
     const RegionSpec region{Gpa{0}, o.ram_bytes};
     auto mem = GuestMemory::create(std::span<const RegionSpec>(&region, 1));
-    if (!mem) return tl::unexpected(with_context(mem.error(), "guest RAM"));
+    if (!mem) return coiommu::unexpected(with_context(mem.error(), "guest RAM"));
     auto backend = make_backend(o);
-    if (!backend) return tl::unexpected(backend.error());
+    if (!backend) return coiommu::unexpected(backend.error());
 
     StrategyEnv env;
     env.mem = &*mem;
@@ -727,7 +727,7 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     env.max_buffer_pages = o.buffer_pages;
     SocketLink* remote = nullptr;
     auto strategy = make_strategy(o, spec, env, &remote);
-    if (!strategy) return tl::unexpected(with_context(strategy.error(), r.label));
+    if (!strategy) return coiommu::unexpected(with_context(strategy.error(), r.label));
     r.served_by = (*strategy)->description();
 
     std::unique_ptr<BalloonBoard> board;
@@ -755,10 +755,10 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
         auto v = std::make_unique<VcpuState>();
         v->index = i;
         auto dma = (*strategy)->vcpu(i);
-        if (!dma) return tl::unexpected(with_context(dma.error(), fmt::format("vcpu {}", i)));
+        if (!dma) return coiommu::unexpected(with_context(dma.error(), fmt::format("vcpu {}", i)));
         v->dma = std::move(*dma);
         auto gen = WorkloadGen::create(wp, i);
-        if (!gen) return tl::unexpected(gen.error());
+        if (!gen) return coiommu::unexpected(gen.error());
         v->gen.emplace(std::move(*gen));
         v->touched.assign((layout->data_pages + 63) / 64, 0);
         vcpus.push_back(std::move(v));

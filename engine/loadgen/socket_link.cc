@@ -14,17 +14,17 @@ constexpr const char* kLog = "loadgen";
 Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, const SocketLinkConfig& cfg) {
     const std::string where = fmt::format("coiommud at {}", cfg.socket_path);
     auto client = daemon::Client::connect(cfg.socket_path, "coiommu-load");
-    if (!client) return tl::unexpected(with_context(client.error(), where));
+    if (!client) return coiommu::unexpected(with_context(client.error(), where));
     std::unique_ptr<SocketLink> link(new SocketLink(cfg, std::move(*client)));
     daemon::Client& c = *link->client_;
-    if (auto st = c.set_memory(mem); !st) return tl::unexpected(with_context(st.error(), where));
+    COIOMMU_TRY(c.set_memory(mem), where);
     auto dev = c.set_topology(cfg.vcpus, cfg.endpoints);
-    if (!dev) return tl::unexpected(with_context(dev.error(), where));
+    if (!dev) return coiommu::unexpected(with_context(dev.error(), where));
     link->dev_ = std::move(*dev);
     auto backend = cfg.backend == RemoteBackend::Null
                        ? c.set_backend_null(cfg.entry_limit)
                        : c.set_backend_fake(daemon::FakeBackendSpec{cfg.latency, cfg.entry_limit});
-    if (!backend) return tl::unexpected(with_context(backend.error(), where));
+    if (!backend) return coiommu::unexpected(with_context(backend.error(), where));
     link->backend_ = *backend;
     link->can_query_ = cfg.backend == RemoteBackend::Fake &&
                        (c.hello_info().features & daemon::proto::kFeatureQueryMapped) != 0;
@@ -32,12 +32,12 @@ Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, c
     std::vector<int> fds;
     for (uint32_t i = 0; i < cfg.vcpus; ++i) {
         auto ev = EventFd::create(Blocking::No);
-        if (!ev) return tl::unexpected(with_context(ev.error(), "trigger eventfd"));
+        if (!ev) return coiommu::unexpected(with_context(ev.error(), "trigger eventfd"));
         fds.push_back(ev->fd());
         link->triggers_.push_back(std::move(*ev));
     }
     auto running = c.set_triggers(fds);
-    if (!running) return tl::unexpected(with_context(running.error(), where));
+    if (!running) return coiommu::unexpected(with_context(running.error(), where));
     if (!*running) return make_error(EPROTO, where + ": the daemon is not running the engine after SetTriggers");
     return link;
 }
@@ -52,7 +52,7 @@ Status SocketLink::mmio_read(uint64_t offset, std::span<std::byte> data) { retur
 
 Result<bool> SocketLink::active() {
     auto s = client_->stats();
-    if (!s) return tl::unexpected(s.error());
+    if (!s) return coiommu::unexpected(s.error());
     return s->head.active != 0;
 }
 
@@ -62,7 +62,7 @@ Result<telemetry::BalloonResult> SocketLink::balloon_unpin(std::span<const worke
 
 Result<telemetry::StatsSnapshot> SocketLink::stats() {
     auto s = client_->stats();
-    if (!s) return tl::unexpected(s.error());
+    if (!s) return coiommu::unexpected(s.error());
     return std::move(s->snapshot);
 }
 

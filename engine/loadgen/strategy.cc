@@ -83,7 +83,7 @@ private:
 class CoiommuStrategy final : public Strategy {
 public:
     static Result<std::unique_ptr<Strategy>> create(const StrategyEnv& env, std::unique_ptr<VmLink> link) {
-        if (auto st = check_env(env); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(check_env(env));
         if (!link) return make_error(EINVAL, "coiommu strategy: no link");
         if (link->vcpus() < env.vcpus) {
             return make_error(EINVAL, fmt::format("coiommu strategy: the device has {} vCPUs, {} wanted", link->vcpus(),
@@ -92,7 +92,7 @@ public:
         std::unique_ptr<CoiommuStrategy> s(new CoiommuStrategy(env, std::move(link)));
         // The guest's PCI fixup: which endpoints get the CoIOMMU DMA ops.
         auto endpoints = device::read_topology(s->link_->topologymap_fd());
-        if (!endpoints) return tl::unexpected(with_context(endpoints.error(), "guest: topology BAR"));
+        if (!endpoints) return coiommu::unexpected(with_context(endpoints.error(), "guest: topology BAR"));
         if (endpoints->empty()) return make_error(ENODEV, "guest: the topology BAR lists no endpoint");
         s->endpoints_ = std::move(*endpoints);
         // The driver's probe: allocate the DTT, program dtt_root and dtt_level, ACTIVATE.
@@ -102,7 +102,7 @@ public:
         dcfg.pool_pages = env.layout->pool_pages;
         dcfg.ncpus = env.vcpus;
         auto dtt = emulator::GuestDtt::create(*env.mem, dcfg);
-        if (!dtt) return tl::unexpected(with_context(dtt.error(), "guest: DTT"));
+        if (!dtt) return coiommu::unexpected(with_context(dtt.error(), "guest: DTT"));
         s->dtt_ = std::move(*dtt);
         emulator::GuestDriverConfig gcfg;
         gcfg.mem = env.mem;
@@ -111,15 +111,15 @@ public:
         for (uint32_t i = 0; i < env.vcpus; ++i) gcfg.trigger_fds.push_back(s->link_->trigger_fd(i));
         gcfg.timeout = env.timeout;
         auto drv = emulator::GuestDriver::create(std::move(gcfg));
-        if (!drv) return tl::unexpected(with_context(drv.error(), "guest: driver"));
+        if (!drv) return coiommu::unexpected(with_context(drv.error(), "guest: driver"));
         s->driver_ = std::move(*drv);
-        if (auto st = s->write_reg(core::kRegDttRoot, raw(s->dtt_->dtt_root())); !st) return tl::unexpected(st.error());
-        if (auto st = s->write_reg(core::kRegDttLevel, s->dtt_->levels()); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(s->write_reg(core::kRegDttRoot, raw(s->dtt_->dtt_root())));
+        COIOMMU_TRY(s->write_reg(core::kRegDttLevel, s->dtt_->levels()));
         if (auto st = s->write_reg(core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)); !st) {
-            return tl::unexpected(st.error());
+            return coiommu::unexpected(st.error());
         }
         auto active = s->link_->active();
-        if (!active) return tl::unexpected(with_context(active.error(), "guest: device state"));
+        if (!active) return coiommu::unexpected(with_context(active.error(), "guest: device state"));
         if (!*active) return make_error(EIO, "guest: the device refused ACTIVATE (see the engine's log)");
         return std::unique_ptr<Strategy>(std::move(s));
     }
@@ -135,7 +135,7 @@ public:
         vc.batch_gpa = env_.layout->batch_gpa(index);
         vc.batch_capacity = env_.layout->batch_capacity;
         auto v = driver_->vcpu(vc);
-        if (!v) return tl::unexpected(v.error());
+        if (!v) return coiommu::unexpected(v.error());
         return std::unique_ptr<VcpuDma>(std::make_unique<CoiommuVcpu>(std::move(*v), env_.max_buffer_pages));
     }
 
@@ -154,7 +154,7 @@ public:
 
     Result<std::optional<telemetry::StatsSnapshot>> engine_stats() override {
         auto s = link_->stats();
-        if (!s) return tl::unexpected(s.error());
+        if (!s) return coiommu::unexpected(s.error());
         return std::optional<telemetry::StatsSnapshot>(std::move(*s));
     }
 
@@ -250,11 +250,11 @@ private:
 class StrictStrategy final : public Strategy {
 public:
     static Result<std::unique_ptr<Strategy>> create(const StrategyEnv& env) {
-        if (auto st = check_env(env); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(check_env(env));
         const uint64_t window = uint64_t{env.max_outstanding} * env.max_buffer_pages * kPageSize;
         const uint64_t last = kStrictIovaBase + uint64_t{env.vcpus} * window - 1;
         auto info = env.backend->info();
-        if (!info) return tl::unexpected(with_context(info.error(), "strict: container info"));
+        if (!info) return coiommu::unexpected(with_context(info.error(), "strict: container info"));
         bool fits = info->iova_ranges.empty();
         for (const dma::IovaRange& r : info->iova_ranges) fits = fits || (r.start <= kStrictIovaBase && last <= r.end);
         if (!fits) {
@@ -268,7 +268,7 @@ public:
         std::unique_ptr<StrictStrategy> s(new StrictStrategy(env, std::make_unique<viommu::ViommuDevice>(o)));
         auto mapper = std::make_shared<viommu::VfioMapper>(*env.mem, *env.backend, kMapperId);
         if (auto st = s->dev_->add_endpoint(kEndpointId, mapper); !st) {
-            return tl::unexpected(with_context(st.error(), "strict: virtio-iommu endpoint"));
+            return coiommu::unexpected(with_context(st.error(), "strict: virtio-iommu endpoint"));
         }
         // The guest's virtio-iommu driver attaches the device to its DMA domain at probe.
         viommu::wire::ReqAttach attach;
@@ -277,12 +277,12 @@ public:
         const auto req = encode(viommu::wire::kTypeAttach, attach);
         std::array<std::byte, sizeof(viommu::wire::ReqTail)> tail{};
         auto used = s->dev_->handle(req, tail);
-        if (!used) return tl::unexpected(with_context(used.error(), "strict: ATTACH"));
+        if (!used) return coiommu::unexpected(with_context(used.error(), "strict: ATTACH"));
         if (static_cast<uint8_t>(tail[0]) != viommu::wire::kStatusOk) {
             return make_error(EIO, fmt::format("strict: ATTACH answered status {}", static_cast<int>(tail[0])));
         }
         auto q = ViommuQueue::start(*s->dev_, env.vcpus, env.timeout);
-        if (!q) return tl::unexpected(q.error());
+        if (!q) return coiommu::unexpected(q.error());
         s->queue_ = std::move(*q);
         return std::unique_ptr<Strategy>(std::move(s));
     }
@@ -336,12 +336,12 @@ public:
 class StaticStrategy final : public Strategy {
 public:
     static Result<std::unique_ptr<Strategy>> create(const StrategyEnv& env) {
-        if (auto st = check_env(env); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(check_env(env));
         std::unique_ptr<StaticStrategy> s(new StaticStrategy(env));
         for (const GuestMemory::Region& r : env.mem->regions()) {
             const Hva hva{reinterpret_cast<uint64_t>(r.host)};
             auto out = env.backend->map(identity_iova(r.base), hva, r.size, dma::Prot::ReadWrite);
-            if (!out) return tl::unexpected(with_context(out.error(), "static: map guest RAM"));
+            if (!out) return coiommu::unexpected(with_context(out.error(), "static: map guest RAM"));
             if (*out != dma::MapOutcome::Mapped) {
                 return make_error(*out == dma::MapOutcome::NoSpace ? ENOSPC : EEXIST,
                                   "static: the container refused the whole-RAM map");

@@ -28,7 +28,7 @@ Result<std::unique_ptr<ViommuQueue>> ViommuQueue::start(viommu::ViommuDevice& de
                                                         std::chrono::nanoseconds timeout) {
     if (vcpus == 0) return make_error(EINVAL, "viommu queue: no vCPUs");
     auto kick = EventFd::create(Blocking::Yes);
-    if (!kick) return tl::unexpected(with_context(kick.error(), "viommu queue kick"));
+    if (!kick) return coiommu::unexpected(with_context(kick.error(), "viommu queue kick"));
     std::unique_ptr<ViommuQueue> q(new ViommuQueue(dev, vcpus, timeout, std::move(*kick)));
     q->thread_ = std::thread([raw = q.get()] {
         ::pthread_setname_np(::pthread_self(), "viommu_queue");
@@ -98,7 +98,7 @@ Result<uint8_t> ViommuQueue::submit(uint32_t vcpu, std::span<const std::byte> re
     kicks_.add();
     if (auto st = kick_.signal(); !st) {
         m.state.store(kIdle, std::memory_order_relaxed);
-        return tl::unexpected(with_context(st.error(), "viommu queue kick"));
+        return coiommu::unexpected(with_context(st.error(), "viommu queue kick"));
     }
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
     for (uint32_t i = 1;; ++i) {

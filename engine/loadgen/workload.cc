@@ -154,7 +154,7 @@ uint64_t ZipfSampler::sample(Rng& rng) const {
 // ---- WorkloadGen -------------------------------------------------------------------------------
 
 Result<WorkloadGen> WorkloadGen::create(const WorkloadParams& params, uint32_t vcpu) {
-    if (auto st = params.validate(); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(params.validate());
     if (vcpu >= params.vcpus) return make_error(EINVAL, fmt::format("workload: vcpu {} of {}", vcpu, params.vcpus));
     return WorkloadGen(params, vcpu);
 }

@@ -112,14 +112,14 @@ Result<EventFd> BasicMemoryMapper::start_export_session() {
         return make_error(EBUSY, "previous export session still active");
     }
     auto fault = EventFd::create();
-    if (!fault) return tl::unexpected(with_context(fault.error(), "failed to create fault_event"));
+    if (!fault) return coiommu::unexpected(with_context(fault.error(), "failed to create fault_event"));
     auto client_fault = fault->duplicate();
-    if (!client_fault) return tl::unexpected(with_context(client_fault.error(), "failed to clone fault event"));
+    if (!client_fault) return coiommu::unexpected(with_context(client_fault.error(), "failed to clone fault event"));
     auto resolved = EventFd::create();
-    if (!resolved) return tl::unexpected(with_context(resolved.error(), "failed to create resolve event"));
+    if (!resolved) return coiommu::unexpected(with_context(resolved.error(), "failed to create resolve event"));
     auto resolved_external = resolved->duplicate();
     if (!resolved_external) {
-        return tl::unexpected(with_context(resolved_external.error(), "failed to clone resolve event"));
+        return coiommu::unexpected(with_context(resolved_external.error(), "failed to clone resolve event"));
     }
     export_.emplace(ExportState{{}, std::move(*fault), std::move(*resolved), std::move(*resolved_external)});
     return std::move(*client_fault);
@@ -200,7 +200,7 @@ Status BasicMemoryMapper::release(Iova iova, uint64_t size) {
 
     if (exported.empty() && !export_->resolved_external.valid()) {
         if (auto s = export_->resolved_internal.signal(); !s) {
-            return tl::unexpected(with_context(s.error(), "failed to resolve fault"));
+            return coiommu::unexpected(with_context(s.error(), "failed to resolve fault"));
         }
     }
     return ok();

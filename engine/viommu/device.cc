@@ -81,7 +81,7 @@ Status ViommuDevice::add_endpoint(uint32_t endpoint, std::shared_ptr<MemoryMappe
 Status ViommuDevice::add_endpoint_unguarded(uint32_t endpoint, std::shared_ptr<MemoryMapper> mapper) {
     if (!mapper) return make_error(EINVAL, fmt::format("endpoint {}: null mapper", endpoint));
     auto mask = mapper->get_mask();
-    if (!mask) return tl::unexpected(with_context(mask.error(), fmt::format("endpoint {}", endpoint)));
+    if (!mask) return coiommu::unexpected(with_context(mask.error(), fmt::format("endpoint {}", endpoint)));
 
     std::lock_guard topo(topology_mu_);
     const uint64_t narrowed = page_size_mask_.load(std::memory_order_relaxed) & *mask;
@@ -107,7 +107,7 @@ Result<uint64_t> ViommuDevice::page_size_mask() const {
             EndpointTable::const_accessor ep;
             if (!endpoints_.find(ep, id)) continue;  // never: endpoints are not removed
             auto m = ep->second.mapper->get_mask();
-            if (!m) return tl::unexpected(with_context(m.error(), fmt::format("endpoint {}", id)));
+            if (!m) return coiommu::unexpected(with_context(m.error(), fmt::format("endpoint {}", id)));
             mask &= *m;
         }
     }
@@ -117,7 +117,7 @@ Result<uint64_t> ViommuDevice::page_size_mask() const {
 
 Result<wire::Config> ViommuDevice::config() const {
     auto mask = page_size_mask();
-    if (!mask) return tl::unexpected(mask.error());
+    if (!mask) return coiommu::unexpected(mask.error());
     wire::Config c;
     c.page_size_mask = *mask;
     c.input_range.start = uint64_t{0};
@@ -225,7 +225,7 @@ Result<size_t> ViommuDevice::handle_request(std::span<const std::byte> request, 
             auto r = map(*req);
             if (!r) {
                 counters_.failed.fetch_add(1, std::memory_order_relaxed);
-                return tl::unexpected(r.error());
+                return coiommu::unexpected(r.error());
             }
             reply = std::move(*r);
             break;
@@ -236,7 +236,7 @@ Result<size_t> ViommuDevice::handle_request(std::span<const std::byte> request, 
             auto r = unmap(*req);
             if (!r) {
                 counters_.failed.fetch_add(1, std::memory_order_relaxed);
-                return tl::unexpected(r.error());
+                return coiommu::unexpected(r.error());
             }
             reply = std::move(*r);
             break;
@@ -445,7 +445,7 @@ Result<ViommuDevice::Reply> ViommuDevice::map(const wire::ReqMap& req) {
         return mapper.add_map(MappingInfo{Iova{virt_start}, Gpa{phys_start}, size, prot});
     }();
     if (!result) {
-        return tl::unexpected(with_context(
+        return coiommu::unexpected(with_context(
             result.error(), fmt::format("MAP domain {} iova {:#x}..={:#x} gpa {:#x}", domain, virt_start,
                                         virt_end, phys_start)));
     }
@@ -476,7 +476,7 @@ Result<ViommuDevice::Reply> ViommuDevice::unmap(const wire::ReqUnmap& req) {
     const uint64_t size = virt_end - virt_start + 1;
     auto result = d->second.mapper->remove_map(Iova{virt_start}, size);
     if (!result) {
-        return tl::unexpected(with_context(
+        return coiommu::unexpected(with_context(
             result.error(), fmt::format("UNMAP domain {} iova {:#x}..={:#x}", domain, virt_start, virt_end)));
     }
     if (result->is_overlap_failure()) {

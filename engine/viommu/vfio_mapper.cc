@@ -8,7 +8,7 @@ namespace coiommu::viommu {
 
 Result<AddMapResult> VfioMapper::add_map(const MappingInfo& map) {
     auto hva = memory_.translate(map.gpa, map.size);
-    if (!hva) return tl::unexpected(with_context(hva.error(), "failed to find host address"));
+    if (!hva) return coiommu::unexpected(with_context(hva.error(), "failed to find host address"));
     return do_map(map.iova, *hva, map.size, map.prot);
 }
 
@@ -20,7 +20,7 @@ Result<AddMapResult> VfioMapper::do_map(Iova iova, Hva hva, uint64_t size, Prot 
     // crosvm passes only "write allowed"; VFIO always maps readable.
     const Prot effective = dma::has_write(prot) ? Prot::ReadWrite : Prot::Read;
     auto outcome = backend_.map(iova, hva, size, effective);
-    if (!outcome) return tl::unexpected(with_context(outcome.error(), "vfio mapping error"));
+    if (!outcome) return coiommu::unexpected(with_context(outcome.error(), "vfio mapping error"));
     switch (*outcome) {
         case dma::MapOutcome::Mapped:
             return AddMapResult::Ok;
@@ -42,13 +42,13 @@ Result<AddMapResult> VfioMapper::do_map(Iova iova, Hva hva, uint64_t size, Prot 
 Result<RemoveMapResult> VfioMapper::remove_map(Iova iova, uint64_t size) {
     if (!checked_add(iova, size)) return make_error(EOVERFLOW, "iova overflow");
     auto removed = backend_.unmap(iova, size);
-    if (!removed) return tl::unexpected(with_context(removed.error(), "vfio unmapping error"));
+    if (!removed) return coiommu::unexpected(with_context(removed.error(), "vfio unmapping error"));
     return RemoveMapResult::success();
 }
 
 Result<uint64_t> VfioMapper::get_mask() const {
     auto info = backend_.info();
-    if (!info) return tl::unexpected(with_context(info.error(), "vfio get mask error"));
+    if (!info) return coiommu::unexpected(with_context(info.error(), "vfio get mask error"));
     return info->iova_pgsizes;
 }
 

@@ -5,9 +5,9 @@ namespace coiommu::workers {
 Result<std::unique_ptr<VcpuArena>> VcpuArena::create(uint32_t vcpu, GuestAtomicU64 slot, int trigger_fd,
                                                      uint64_t max_batch_pages, telemetry::StatsShard& stats) {
     auto gfns = FlatArray<uint64_t>::create(max_batch_pages);
-    if (!gfns) return tl::unexpected(with_context(gfns.error(), "arena gfn buffer"));
+    if (!gfns) return coiommu::unexpected(with_context(gfns.error(), "arena gfn buffer"));
     auto work = FlatArray<WorkPage>::create(max_batch_pages);
-    if (!work) return tl::unexpected(with_context(work.error(), "arena work buffer"));
+    if (!work) return coiommu::unexpected(with_context(work.error(), "arena work buffer"));
     auto a = std::make_unique<VcpuArena>();
     a->vcpu = vcpu;
     a->slot = slot;

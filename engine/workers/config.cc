@@ -44,7 +44,7 @@ Result<nanoseconds> parse_duration(std::string_view key, std::string_view v, nan
         }
     }
     auto n = parse_u64(key, number);
-    if (!n) return tl::unexpected(n.error());
+    if (!n) return coiommu::unexpected(n.error());
     uint64_t ns = 0;
     if (__builtin_mul_overflow(*n, static_cast<uint64_t>(unit.count()), &ns) || ns > INT64_MAX) {
         return make_error(EINVAL, fmt::format("{}: '{}' is too long", key, v));
@@ -74,7 +74,7 @@ Status apply(EngineConfig& cfg, std::string_view key, std::string_view v) {
             return ok();
         }
         auto n = parse_u64(key, v);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         if (*n > kMaxWorkers) return make_error(EINVAL, fmt::format("workers: {} exceeds {}", *n, kMaxWorkers));
         cfg.workers = static_cast<uint32_t>(*n);
     } else if (key == "coalesce") {
@@ -87,11 +87,11 @@ Status apply(EngineConfig& cfg, std::string_view key, std::string_view v) {
             return ok();
         }
         auto d = parse_duration(key, v, std::chrono::microseconds(1));
-        if (!d) return tl::unexpected(d.error());
+        if (!d) return coiommu::unexpected(d.error());
         cfg.spin_budget = *d;
     } else if (key == "max_batch_pages") {
         auto n = parse_u64(key, v);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         cfg.max_batch_pages = *n;
     } else if (key == "extent_store") {
         if (v == "flat") cfg.extent_store = ExtentStoreKind::Flat;
@@ -103,19 +103,19 @@ Status apply(EngineConfig& cfg, std::string_view key, std::string_view v) {
         else return bad("off|lru");
     } else if (key == "unpin_interval") {
         auto d = parse_duration(key, v, std::chrono::seconds(1));
-        if (!d) return tl::unexpected(d.error());
+        if (!d) return coiommu::unexpected(d.error());
         cfg.unpin_interval = *d;
     } else if (key == "unpin_limit") {
         auto n = parse_u64(key, v);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         cfg.unpin_limit = *n;
     } else if (key == "unpin_gen_threshold") {
         auto n = parse_u64(key, v);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         cfg.unpin_gen_threshold = *n;
     } else if (key == "session") {
         auto n = parse_u64(key, v);
-        if (!n) return tl::unexpected(n.error());
+        if (!n) return coiommu::unexpected(n.error());
         if (*n > UINT32_MAX) return make_error(EINVAL, fmt::format("session: {} exceeds 2^32-1", *n));
         cfg.session = static_cast<uint32_t>(*n);
     } else {
@@ -156,9 +156,9 @@ Result<EngineConfig> parse_engine_options(std::string_view text, EngineConfig ba
         }
         const std::string_view key = item.substr(0, eq);
         if (!seen.insert(key).second) return make_error(EINVAL, fmt::format("engine option '{}' given twice", key));
-        if (auto st = apply(base, key, item.substr(eq + 1)); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(apply(base, key, item.substr(eq + 1)));
     }
-    if (auto st = base.validate(); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(base.validate());
     return base;
 }
 

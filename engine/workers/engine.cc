@@ -8,17 +8,17 @@
 namespace coiommu::workers {
 
 Result<std::unique_ptr<Engine>> Engine::create(const EngineConfig& cfg, const EngineDeps& deps) {
-    if (auto st = cfg.validate(); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(cfg.validate());
     if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "engine: no guest memory or backend");
     auto stats = std::make_unique<telemetry::StatsRegistry>(deps.trigger_fds.size());
     std::unique_ptr<Engine> e(new Engine(cfg, *deps.backend, std::move(stats)));
     if (cfg.variant == Variant::Fast) {
         auto v = FastEngine::create(cfg, deps, *e->stats_);
-        if (!v) return tl::unexpected(v.error());
+        if (!v) return coiommu::unexpected(v.error());
         e->variant_ = std::move(*v);
     } else {
         auto v = ReferencePinner::create(cfg, deps, *e->stats_);
-        if (!v) return tl::unexpected(v.error());
+        if (!v) return coiommu::unexpected(v.error());
         e->variant_ = std::move(*v);
     }
     auto& g = e->stats_->gauges();

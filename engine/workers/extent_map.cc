@@ -24,7 +24,7 @@ ExtentMap& ExtentMap::operator=(ExtentMap&&) noexcept = default;
 
 Result<ExtentMap> ExtentMap::create(uint64_t gfn_count, ExtentStoreKind kind) {
     auto words = FlatArray<uint32_t>::create(gfn_count);
-    if (!words) return tl::unexpected(with_context(words.error(), "extent map"));
+    if (!words) return coiommu::unexpected(with_context(words.error(), "extent map"));
     ExtentMap m;
     m.kind_ = kind;
     m.words_ = std::move(*words);
@@ -73,7 +73,7 @@ uint32_t ExtentMap::length(Gfn head) const {
 
 Result<ExtentHandoff> ExtentHandoff::create(uint64_t gfn_count) {
     auto links = FlatArray<uint64_t>::create(gfn_count);
-    if (!links) return tl::unexpected(with_context(links.error(), "extent handoff"));
+    if (!links) return coiommu::unexpected(with_context(links.error(), "extent handoff"));
     ExtentHandoff h;
     h.links_ = std::move(*links);
     return h;

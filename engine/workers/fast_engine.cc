@@ -76,13 +76,13 @@ Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, 
     if (stats.shard_count() < vcpus) return make_error(EINVAL, "engine: fewer stats shards than vCPUs");
     const uint64_t gfns = deps.mem->gfn_span();
     auto table = core::PinTable::create(gfns);
-    if (!table) return tl::unexpected(with_context(table.error(), "engine"));
+    if (!table) return coiommu::unexpected(with_context(table.error(), "engine"));
     auto extents = ExtentMap::create(gfns, cfg.extent_store);
-    if (!extents) return tl::unexpected(with_context(extents.error(), "engine"));
+    if (!extents) return coiommu::unexpected(with_context(extents.error(), "engine"));
     auto handoff = ExtentHandoff::create(gfns);
-    if (!handoff) return tl::unexpected(with_context(handoff.error(), "engine"));
+    if (!handoff) return coiommu::unexpected(with_context(handoff.error(), "engine"));
     auto stop_ev = EventFd::create(Blocking::No);
-    if (!stop_ev) return tl::unexpected(with_context(stop_ev.error(), "engine stop event"));
+    if (!stop_ev) return coiommu::unexpected(with_context(stop_ev.error(), "engine stop event"));
 
     std::unique_ptr<FastEngine> e(
         new FastEngine(cfg, deps, stats, std::move(*table), std::move(*extents), std::move(*handoff)));
@@ -92,7 +92,7 @@ Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, 
         // Safety: slot i of the notifymap mapping (8-byte aligned, inside notify_slots).
         auto a = VcpuArena::create(static_cast<uint32_t>(i), GuestAtomicU64(&deps.notify_slots[i]),
                                    deps.trigger_fds[i], cfg.max_batch_pages, stats.shard(i));
-        if (!a) return tl::unexpected(with_context(a.error(), fmt::format("engine vcpu {}", i)));
+        if (!a) return coiommu::unexpected(with_context(a.error(), fmt::format("engine vcpu {}", i)));
         e->arenas_.push_back(std::move(*a));
     }
     return e;
@@ -120,10 +120,10 @@ Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
     auto unpinner = ExtentUnpinner::create(uenv, walker ? std::optional(*walker) : std::nullopt,
                                            LruParams{cfg_.unpin_policy, cfg_.unpin_limit, cfg_.unpin_gen_threshold},
                                            gate_);
-    if (!unpinner) return tl::unexpected(unpinner.error());
+    if (!unpinner) return coiommu::unexpected(unpinner.error());
     unpinner_ = std::move(*unpinner);
     auto service = UnpinService::start(*unpinner_, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu-unpin"});
-    if (!service) return tl::unexpected(service.error());
+    if (!service) return coiommu::unexpected(service.error());
     unpin_service_ = std::move(*service);
 
     try {

@@ -57,9 +57,9 @@ Result<std::unique_ptr<ReferencePinner>> ReferencePinner::create(const EngineCon
     }
     if (stats.shard_count() < vcpus) return make_error(EINVAL, "seed: fewer stats shards than vCPUs");
     auto table = core::PinTable::create(deps.mem->gfn_span());
-    if (!table) return tl::unexpected(with_context(table.error(), "seed"));
+    if (!table) return coiommu::unexpected(with_context(table.error(), "seed"));
     auto stop_ev = EventFd::create(Blocking::No);
-    if (!stop_ev) return tl::unexpected(stop_ev.error());
+    if (!stop_ev) return coiommu::unexpected(stop_ev.error());
     std::unique_ptr<ReferencePinner> p(new ReferencePinner(cfg, deps, stats, std::move(*table)));
     p->stop_ev_ = std::move(*stop_ev);
     for (std::size_t i = 0; i < vcpus; ++i) p->shards_.push_back(&stats.shard(i));
@@ -84,7 +84,7 @@ Status ReferencePinner::activate(Gpa dtt_root, uint64_t dtt_level) {
     }
     unpin_stats_ = &stats_.add_shard();
     auto service = UnpinService::start(*this, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu_unpin"});
-    if (!service) return tl::unexpected(service.error());
+    if (!service) return coiommu::unexpected(service.error());
     unpin_service_ = std::move(*service);
     try {
         pin_thread_ = std::thread([this] { run_pin(); });

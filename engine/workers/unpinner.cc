@@ -387,9 +387,9 @@ Result<std::unique_ptr<UnpinService>> UnpinService::start(UnpinStrategy& strateg
                                                          const Options& opts) {
     std::unique_ptr<UnpinService> s(new UnpinService(strategy, gate));
     auto stop_ev = EventFd::create(Blocking::No);
-    if (!stop_ev) return tl::unexpected(stop_ev.error());
+    if (!stop_ev) return coiommu::unexpected(stop_ev.error());
     auto wake_ev = EventFd::create(Blocking::No);
-    if (!wake_ev) return tl::unexpected(wake_ev.error());
+    if (!wake_ev) return coiommu::unexpected(wake_ev.error());
     s->stop_ev_ = std::move(*stop_ev);
     s->wake_ev_ = std::move(*wake_ev);
     s->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
@@ -401,8 +401,8 @@ Result<std::unique_ptr<UnpinService>> UnpinService::start(UnpinStrategy& strateg
         if (::epoll_ctl(s->epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return make_error(errno, "unpinner epoll_ctl");
         return ok();
     };
-    if (auto st = add(s->stop_ev_.fd(), kStopToken); !st) return tl::unexpected(st.error());
-    if (auto st = add(s->wake_ev_.fd(), kWakeToken); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(add(s->stop_ev_.fd(), kStopToken));
+    COIOMMU_TRY(add(s->wake_ev_.fd(), kWakeToken));
     if (opts.policy == UnpinPolicy::Lru && opts.interval.count() > 0) {
         s->timer_ = UniqueFd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
         if (!s->timer_) return make_error(errno, "unpinner timerfd_create");
@@ -412,7 +412,7 @@ Result<std::unique_ptr<UnpinService>> UnpinService::start(UnpinStrategy& strateg
         its.it_interval.tv_nsec = ns % 1'000'000'000;
         its.it_value = its.it_interval;
         if (::timerfd_settime(s->timer_.get(), 0, &its, nullptr) != 0) return make_error(errno, "unpinner timerfd_settime");
-        if (auto st = add(s->timer_.get(), kTimerToken); !st) return tl::unexpected(st.error());
+        COIOMMU_TRY(add(s->timer_.get(), kTimerToken));
     }
     try {
         s->thread_ = std::thread([svc = s.get()] { svc->run(); });
@@ -484,7 +484,7 @@ Status UnpinService::submit(Request& req) {
     if (auto st = wake_ev_.signal(); !st) {
         std::lock_guard lock(mu_);
         std::erase(requests_, &req);
-        return tl::unexpected(st.error());
+        return coiommu::unexpected(st.error());
     }
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return req.done || req.cancelled; });
@@ -496,7 +496,7 @@ Result<telemetry::BalloonResult> UnpinService::balloon(std::span<const GfnRange>
     Request req;
     req.is_balloon = true;
     req.ranges = ranges;
-    if (auto st = submit(req); !st) return tl::unexpected(st.error());
+    COIOMMU_TRY(submit(req));
     return req.result;
 }
 

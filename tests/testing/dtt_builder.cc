@@ -11,7 +11,7 @@ Result<DttBuilder> DttBuilder::create(const DttBuilderOptions& opts) {
     }
     const std::array<RegionSpec, 1> regions{{{Gpa{0}, opts.ram_bytes}}};
     auto mem = GuestMemory::create(regions);
-    if (!mem) return tl::unexpected(mem.error());
+    if (!mem) return coiommu::unexpected(mem.error());
     auto owned = std::make_unique<GuestMemory>(std::move(*mem));
 
     const Gfn pool_first{opts.ram_bytes / kPageSize - opts.pool_pages};
@@ -21,7 +21,7 @@ Result<DttBuilder> DttBuilder::create(const DttBuilderOptions& opts) {
     cfg.pool_pages = opts.pool_pages;
     cfg.ncpus = opts.ncpus;
     auto dtt = emulator::GuestDtt::create(*owned, cfg);
-    if (!dtt) return tl::unexpected(dtt.error());
+    if (!dtt) return coiommu::unexpected(dtt.error());
     return DttBuilder(std::move(owned), std::move(*dtt), pool_first);
 }
 

@@ -36,8 +36,6 @@ std::string describe(const R& r) {
         EXPECT_EQ(expect_err_r_.error().code, (errno_value)) << expect_err_r_.error().message(); \
     } while (0)
 
-#define COIOMMU_CONCAT_INNER_(a, b) a##b
-#define COIOMMU_CONCAT_(a, b) COIOMMU_CONCAT_INNER_(a, b)
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) \
     ASSERT_OK_AND_ASSIGN_IMPL_(COIOMMU_CONCAT_(result_, __LINE__), lhs, expr)
 #define ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, expr)                           \

@@ -118,7 +118,7 @@ public:
         f.in_ = ::fdopen(to_child[1], "w");
         f.out_ = ::fdopen(from_child[0], "r");
         auto line = f.read_line();
-        if (!line) return tl::unexpected(line.error());
+        if (!line) return coiommu::unexpected(line.error());
         if (line->rfind("ready ", 0) != 0) return make_error(EPROTO, "fixture said '" + *line + "'");
         return f;
     }
@@ -129,7 +129,7 @@ public:
     [[nodiscard]] Status command(const std::string& cmd) {
         if (std::fprintf(in_, "%s\n", cmd.c_str()) < 0 || std::fflush(in_) != 0) return make_error(errno, "write " + cmd);
         auto line = read_line();
-        if (!line) return tl::unexpected(line.error());
+        if (!line) return coiommu::unexpected(line.error());
         if (*line != "ok") return make_error(EPROTO, cmd + ": " + *line);
         return ok();
     }

@@ -35,23 +35,23 @@ struct TracedRun {
 // unmaps everything, which fires probes too), then reads both sides.
 Result<TracedRun> traced_run(EngineDmaProbes dma, std::chrono::milliseconds duration) {
     auto target = EngineTarget::parse(std::to_string(::getpid()));
-    if (!target) return tl::unexpected(target.error());
+    if (!target) return coiommu::unexpected(target.error());
     target->dma = dma;
     auto tracer = EngineTracer::attach(*target);
-    if (!tracer) return tl::unexpected(tracer.error());
+    if (!tracer) return coiommu::unexpected(tracer.error());
 
     EngineVmOptions o;
     o.pattern = LoadPattern::Mixed;
     o.engine.unpin_interval = std::chrono::milliseconds(50);
     o.balloon_every = std::chrono::milliseconds(100);
     auto vm = EngineVm::create(o);
-    if (!vm) return tl::unexpected(vm.error());
+    if (!vm) return coiommu::unexpected(vm.error());
     (*vm)->start();
     std::this_thread::sleep_for(duration);
     (*vm)->stop();
 
     auto snap = tracer->snapshot();
-    if (!snap) return tl::unexpected(snap.error());
+    if (!snap) return coiommu::unexpected(snap.error());
     return TracedRun{(*vm)->stats(), *snap};
 }
 

@@ -29,9 +29,9 @@ struct Attached {
 
 Result<Attached> attach_to_fixture(EngineDmaProbes dma = EngineDmaProbes::No) {
     auto fixture = FixtureProcess::spawn(kFixture);
-    if (!fixture) return tl::unexpected(fixture.error());
+    if (!fixture) return coiommu::unexpected(fixture.error());
     auto tracer = EngineTracer::attach(EngineTarget{kFixture, fixture->pid(), dma});
-    if (!tracer) return tl::unexpected(tracer.error());
+    if (!tracer) return coiommu::unexpected(tracer.error());
     return Attached{std::move(*fixture), std::move(*tracer)};
 }
 

@@ -63,7 +63,7 @@ Result<std::unique_ptr<EngineVm>> EngineVm::create(const EngineVmOptions& option
 
     const std::array<RegionSpec, 1> regions{{{Gpa{0}, kRamBytes}}};
     auto mem = GuestMemory::create(regions);
-    if (!mem) return tl::unexpected(mem.error());
+    if (!mem) return coiommu::unexpected(mem.error());
     vm->mem_ = std::make_unique<GuestMemory>(std::move(*mem));
     emulator::GuestDttConfig dcfg;
     dcfg.levels = 4;
@@ -71,18 +71,18 @@ Result<std::unique_ptr<EngineVm>> EngineVm::create(const EngineVmOptions& option
     dcfg.pool_pages = kPoolPages;
     dcfg.ncpus = vcpus;
     auto dtt = emulator::GuestDtt::create(*vm->mem_, dcfg);
-    if (!dtt) return tl::unexpected(dtt.error());
+    if (!dtt) return coiommu::unexpected(dtt.error());
     vm->dtt_ = std::move(*dtt);
 
     dma::FakeConfig fcfg;
     fcfg.latency = options.latency;
     vm->backend_ = std::make_unique<dma::FakeBackend>(fcfg);
     auto dev = device::CoiommuDevice::create(device::DeviceConfig{{kBdf}, vcpus});
-    if (!dev) return tl::unexpected(dev.error());
+    if (!dev) return coiommu::unexpected(dev.error());
     vm->device_ = std::move(*dev);
     auto engine =
         workers::Engine::create(vm->opts_.engine, workers::device_deps(*vm->device_, *vm->mem_, *vm->backend_));
-    if (!engine) return tl::unexpected(engine.error());
+    if (!engine) return coiommu::unexpected(engine.error());
     vm->engine_ = std::move(*engine);
     vm->device_->set_engine(vm->engine_.get());
 
@@ -95,11 +95,11 @@ Result<std::unique_ptr<EngineVm>> EngineVm::create(const EngineVmOptions& option
     gcfg.notify_slots = vm->device_->notify_slots();
     for (uint32_t i = 0; i < vcpus; ++i) gcfg.trigger_fds.push_back(vm->device_->trigger_fd(i));
     auto driver = emulator::GuestDriver::create(std::move(gcfg));
-    if (!driver) return tl::unexpected(driver.error());
+    if (!driver) return coiommu::unexpected(driver.error());
     vm->driver_ = std::move(*driver);
     for (uint32_t i = 0; i < vcpus; ++i) {
         auto v = vm->driver_->vcpu({i, kBdf, Gpa{(kBatchAreaGfn + 4 * i) << kPageShift}, kBatchCapacity});
-        if (!v) return tl::unexpected(v.error());
+        if (!v) return coiommu::unexpected(v.error());
         vm->vcpus_.push_back(std::move(*v));
     }
 

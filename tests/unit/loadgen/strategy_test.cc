@@ -56,7 +56,7 @@ public:
         dc.endpoints = {kBdf};
         dc.vcpus = kVcpus;
         auto link = InProcessLink::create(mem_, backend_, cfg, dc);
-        if (!link) return tl::unexpected(link.error());
+        if (!link) return coiommu::unexpected(link.error());
         return make_coiommu_strategy(env_, std::move(*link));
     }
 
