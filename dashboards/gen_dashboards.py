@@ -8,7 +8,7 @@ panel -> metric table of dashboards/README.md. Python 3 standard library only.
 The committed JSON is this script's output (tests/unit/dashboards checks that they are equal), so
 edit the panels here, run the script, and commit both.
 
-Conventions (grafana/dashboard-linter rules, spec/observability.md section 4): a `datasource`
+Conventions (the rules of grafana/dashboard-linter, which is not packaged): a `datasource`
 variable (type datasource, query prometheus) used by every panel and target; `job` and `instance`
 query variables (multi, include All, allValue ".+"); every selector carries
 {job=~"$job",instance=~"$instance"}; counters and histogram buckets only inside rate()/increase()

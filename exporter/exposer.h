@@ -10,7 +10,7 @@
 // Thread-safety: start/register/remove from one owner thread; port()/address()/url() are
 // const and safe from any thread. Scrapes run on civetweb's worker threads.
 // Known limit: with Debian's civetweb 1.15, destroying an Exposer that has served a request can
-// take up to 2 s (civetweb issue #1163, fixed upstream in 1.16 by PR #1164): mg_stop waits out a
+// take up to 2 s (a civetweb bug, fixed in civetweb 1.16): mg_stop waits out a
 // 2 s poll quantum. Harmless for the daemon; tests that start many exposers pay it each time.
 #pragma once
 

@@ -6,7 +6,7 @@
 # installed) on q35 with an emulated Intel VT-d and QEMU's `edu` PCI device. /init loads the vfio
 # modules, binds edu to vfio-pci and runs the test as root with
 #   VFIO_BDF=<edu bdf>  VFIO_GROUP=/dev/vfio/<group>
-# in the environment. See ../shared/spec/vfio-vm.md (what was measured, and the pitfalls).
+# in the environment. See engine/README.md, "Real VFIO in a QEMU guest" (what was measured, and the pitfalls).
 #
 # usage: scripts/vfio-vm-test.sh [--prepare] TEST_BINARY [ARGS...]
 #   --prepare   only download and cache the guest kernel and modules, then exit
@@ -196,7 +196,7 @@ chmod 755 "$S/init"
 (cd "$S" && find . | cpio -o -H newc --quiet) | gzip -1 >"$RUN/initramfs.cpio.gz"
 rm -rf "$S"
 
-# ---- 3. boot (TCG only: this host's /dev/kvm is PVM, see the spec) ---------------------------
+# ---- 3. boot (TCG only: this host's /dev/kvm is PVM, which runs only PVM guests; engine/README.md) ---------------------------
 LOG=$RUN/serial.log
 log "booting $KVER under TCG (timeout ${QEMU_TIMEOUT:-300}s)"
 start=$(date +%s)

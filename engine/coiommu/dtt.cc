@@ -1,12 +1,12 @@
 // DTT walk.
 //
-// Layout (spec/coiommu.md §2.1): a radix tree of 4 KiB guest pages, `levels` deep. Upper levels
-// hold 512 u64 entries (bit 0 PRESENT, bits 12..63 the GPA of the next page), the leaf holds 1024
-// u32 entries (PINNED bit 31, ACCESSED bit 30, map count in bits 0..15).
+// Layout (engine/README.md, "DTT format"): a radix tree of 4 KiB guest pages, `levels` deep. Upper
+// levels hold 512 u64 entries (bit 0 PRESENT, bits 12..63 the GPA of the next page), the leaf holds
+// 1024 u32 entries (PINNED bit 31, ACCESSED bit 30, map count in bits 0..15).
 //
-// Validation differs from the seed in three places, all because the table is guest-controlled:
-//  - levels above kMaxDttLevel are rejected (the seed's shift reaches 64 at level 8);
-//  - a gfn with bits above the table's reach is ERANGE (the seed masks them off and so aliases
+// Validation differs from crosvm's walk in three places, all because the table is guest-controlled:
+//  - levels above kMaxDttLevel are rejected (crosvm's shift reaches 64 at level 8);
+//  - a gfn with bits above the table's reach is ERANGE (crosvm masks them off and so aliases
 //    a huge gfn onto the entry of a small one);
 //  - every table page, not only the final leaf word, must lie wholly inside guest RAM, so the
 //    cursor's pointer arithmetic inside a leaf page can never leave guest RAM.

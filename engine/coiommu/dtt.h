@@ -1,4 +1,5 @@
-// Host-side walk of the guest's DMA Tracking Table (DTT), spec/coiommu.md §2.1 and §3.4.
+// Host-side walk of the guest's DMA Tracking Table (DTT). Its format and crosvm's walk:
+// engine/README.md, "DTT format".
 //
 // The DTT lives in guest RAM and the guest changes it at any time: it installs upper entries
 // with a 64-bit cmpxchg, bumps leaf entries with atomic RMWs and frees all-zero table pages
@@ -41,7 +42,7 @@ struct LeafLookup {
 // gives an independent cursor. The GuestMemory must outlive every copy.
 //
 // Staleness: the cursor caches a guest page that the guest may free and reuse. That can only
-// misdirect accesses within guest RAM (never host memory), exactly like the seed's DTTIter; keep
+// misdirect accesses within guest RAM (never host memory), exactly like crosvm's DTT iterator; keep
 // a cursor for one request (reset_cursor() or a fresh copy per request) so staleness stays short.
 class DttWalker {
 public:
@@ -51,7 +52,7 @@ public:
                                                   uint64_t levels);
 
     // The leaf entry of `gfn` as an atomic guest word.
-    // Errors: ERANGE when gfn has bits above what `levels` levels index (the seed silently
+    // Errors: ERANGE when gfn has bits above what `levels` levels index (crosvm silently
     // aliases such gfns onto a lower entry); ENOENT "DTT absent at level L for gfn" when an upper
     // entry's PRESENT bit is clear (also the normal state of a page the guest never mapped);
     // EFAULT when an upper entry points at a table page not wholly inside guest RAM.

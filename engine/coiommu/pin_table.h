@@ -12,7 +12,7 @@
 //   bit 31  kLocked   per-page lock: pin and unpin of one page are serialised on it. Waiters
 //                     block with std::atomic_ref::wait (a futex), there is no global lock.
 //   bit 30  kMapped   this host mapped the page (and has not unmapped it yet).
-//   bits 0..29        reserved for coalesced-extent bookkeeping (added by a later issue); zero.
+//   bits 0..29        unused, always zero (coalesced extents are recorded in workers::ExtentMap).
 //
 // Thread-safety: every method may be called from any thread. kMapped changes only under the
 // page's lock; mapped() may be read without it (acquire) and is then a snapshot.

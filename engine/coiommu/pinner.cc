@@ -9,7 +9,7 @@
 // map succeeded or the page is known to be mapped, and cleared only by the CAS that precedes an
 // unmap). So a guest that sees PINNED under a non-zero map count can rely on the mapping.
 //
-// Memory orders: the flag RMWs on the guest word are seq_cst as in the seed. The unpin CAS must be
+// Memory orders: the flag RMWs on the guest word are seq_cst as in crosvm. The unpin CAS must be
 // ordered against the guest's "increment count, then test PINNED" sequence (a Dekker-style pair:
 // either the guest sees PINNED clear and asks for a pin, or our CAS sees the count and fails);
 // that argument needs sequential consistency, and on x86 every locked RMW is a full barrier anyway.
@@ -50,7 +50,7 @@ Result<PinReport> pin_page(const PinContext& ctx, DttWalker& walker, Gfn gfn) {
     auto lock = ctx.table.lock(gfn);
     if (lock.mapped()) {
         // Safety: leaf word from DttWalker::leaf. A relaxed load is enough for the common skip
-        // (as in the seed): a stale "clear" only costs the fetch_or below, which is idempotent.
+        // (as in crosvm): a stale "clear" only costs the fetch_or below, which is idempotent.
         if ((entry->load(std::memory_order_relaxed) & kDttePinned) != 0) {
             return PinReport{PinOutcome::AlreadyPinned};
         }
@@ -74,7 +74,7 @@ Result<PinReport> pin_page(const PinContext& ctx, DttWalker& walker, Gfn gfn) {
             entry->fetch_or(kDttePinned, std::memory_order_seq_cst);
             return PinReport{PinOutcome::Pinned};
         case dma::MapOutcome::AlreadyMapped:
-            // Someone else holds a mapping over this IOVA in the container (EEXIST). As the seed,
+            // Someone else holds a mapping over this IOVA in the container (EEXIST). As crosvm does,
             // treat the page as pinned, but it is not ours: never record it, never unmap it.
             CLOG_ERROR_RL(kLog, "iova {:#x} already mapped in the container by someone else", raw(*gpa));
             // Safety: leaf word from DttWalker::leaf; seq_cst flag RMW.

@@ -1,5 +1,6 @@
-// Pin and unpin of one guest page: the seed's pin_page / unpin_page (spec/coiommu.md §3.5-§3.6),
-// with the host's own record (PinTable) as the authority on what this host has mapped.
+// Pin and unpin of one guest page: crosvm's pin_page / unpin_page (engine/README.md, "Pin path" and
+// "Unpin primitive"), with the host's own record (PinTable) as the authority on what this host has
+// mapped.
 //
 // Both primitives hold the page's PinTable lock for the whole operation, so a pin and an unpin of
 // the same page never interleave (no map racing an in-flight unmap). They are safe to call from
@@ -51,8 +52,8 @@ struct PinContext {
 //
 // The host record decides whether to map, not the guest's PINNED bit: a page we mapped is never
 // mapped again (guest-cleared PINNED is set again: Repinned), and a page we did not map is mapped
-// even if the guest forged PINNED (the seed would skip it and leave device DMA to an unpinned
-// page). Map failures are outcomes, not Errors, as in the seed; they leave PINNED clear.
+// even if the guest forged PINNED (crosvm would skip it and leave device DMA to an unpinned
+// page). Map failures are outcomes, not Errors, as in crosvm; they leave PINNED clear.
 //
 // Errors (bad guest input only): the DttWalker's errors (ERANGE, ENOENT, EFAULT); EFAULT when the
 // 4 KiB page at gfn is not inside guest RAM.

@@ -1,5 +1,5 @@
-// Pin requests: decoding the u64 a vCPU writes into its notify slot, and the seed's serial
-// processing of one request (spec/coiommu.md §3.5).
+// Pin requests: decoding the u64 a vCPU writes into its notify slot, and crosvm's serial
+// processing of one request (engine/README.md, "Pin path").
 //
 //   single  (gfn << 16) | bdf                          bit 63 clear
 //   batch   gpa(PinPageInfo) | (1 << 63)               header {u16 bdf, u16 pad[3], u64 nr_pages}
@@ -62,7 +62,7 @@ struct DecodedRequest {
 
 // Decodes a notify-slot value. The batch header is copied once (the guest may change it while we
 // work; only the copy is used).
-// Errors: EINVAL for a slot value of 0 (a spurious trigger; the seed would reject it as bdf 0
+// Errors: EINVAL for a slot value of 0 (a spurious trigger; crosvm would reject it as bdf 0
 // only when 0 is not an endpoint); EPERM "pin page for unexpected bdf" when the BDF is not in
 // `endpoints`; EFAULT when the batch header or the whole gfn list [list_gpa, list_gpa + 8*nr_pages)
 // is not inside one guest RAM region; E2BIG when nr_pages > limits.max_batch_pages.
@@ -85,10 +85,10 @@ struct RequestReport {
     }
 };
 
-// The seed's serial algorithm: pins every gfn of `req` in order with one fresh cursor (a copy of
+// crosvm's serial algorithm: pins every gfn of `req` in order with one fresh cursor (a copy of
 // `dtt` with its cursor reset), re-reading each batch gfn from guest memory. The first Error
 // (bad DTT, gfn outside RAM) stops the request: the remaining gfns are not pinned and the error is
-// returned in first_error. MapFailed / NoSpace are counted and do not stop it (as in the seed).
+// returned in first_error. MapFailed / NoSpace are counted and do not stop it (as in crosvm).
 // Runs at most req.nr_pages iterations (bounded by decode_request).
 // Thread-safety: as pin_page; `dtt` is only copied.
 [[nodiscard]] RequestReport process_request(const PinContext& ctx, const DttWalker& dtt,

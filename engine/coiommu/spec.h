@@ -1,9 +1,10 @@
 // The CoIOMMU device ABI: every constant and layout the guest driver and the host agree on.
 //
-// Sources: the ChromiumOS guest driver (kernel/dma/coiommu.{c,h}, pci-coiommu) and crosvm's
-// devices/src/pci/coiommu.rs; see spec/coiommu.md §2. Nothing here may change without breaking
-// existing guests. This header is self-contained (constants and plain structs only) so the guest
-// emulator can include it without linking the host engine.
+// Sources: the ChromiumOS guest driver (kernel/dma/coiommu.{c,h}, pci-coiommu) and crosvm's CoIOMMU
+// device; the protocol around them is in engine/README.md ("DTT format", "Guest driver protocol",
+// "Device model"). Nothing here may change without breaking existing guests. This header is
+// self-contained (constants and plain structs only) so the guest emulator can include it without
+// linking the host engine.
 #pragma once
 
 #include <cstddef>

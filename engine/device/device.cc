@@ -1,11 +1,11 @@
 // The BAR0 register model and the two shared-memory BARs.
 //
-// Differences from crosvm (spec/coiommu.md §3.3, §4.2), all because the register values and the
-// access sizes are guest-controlled and a VMM must not die on them:
+// Differences from crosvm (engine/README.md, "Device model"), all because the register values and
+// the access sizes are guest-controlled and a VMM must not die on them:
 //  - DEACTIVATE, PARK overflow and a trigger byte beyond the notifymap are refused with a log line
 //    and a counter instead of a panic;
-//  - the seed starts the workers as soon as root and level are both written; like upstream we
-//    start them on ACTIVATE only (writes to root/level just record the values);
+//  - crosvm's 2022 backend starts the workers as soon as root and level are both written; like
+//    upstream we start them on ACTIVATE only (writes to root/level just record the values);
 //  - the topologymap is sealed with F_SEAL_FUTURE_WRITE after it is written, so the read-only
 //    guest mapping is enforced by the kernel rather than by the VMM's flags alone.
 #include "engine/device/device.h"

@@ -1,5 +1,5 @@
-// The CoIOMMU PCI device model: what a VMM exposes to the guest (spec/coiommu.md §2.3, §3.1-§3.3,
-// §4.2), without the VMM.
+// The CoIOMMU PCI device model: what a VMM exposes to the guest (behaviour in engine/README.md,
+// "Device model"), without the VMM.
 //
 //   PCI identity and three 64-bit prefetchable BARs, as data (pci_identity(), bars()):
 //     BAR0  0x2000  MMIO registers: dtt_root (0x00), cmd (0x08), dtt_level (0x10), then one trigger
@@ -86,7 +86,7 @@ class EngineControl {
 public:
     virtual ~EngineControl() = default;
     // ACTIVATE with dtt_root and dtt_level set. Starts pinning. A DTT the engine finds invalid is
-    // not an error here (the engine completes every request with an error, as the seed's workers
+    // not an error here (the engine completes every request with an error, as crosvm's workers
     // do); an Error means the engine could not start (threads, fds) and the device stays inactive.
     [[nodiscard]] virtual Status activate(Gpa dtt_root, uint64_t dtt_level) = 0;
     // Stops unpinning (LRU scans and balloon requests wait) until unpark_unpin(). Returns once no

@@ -5,7 +5,7 @@
 //   fake  (fake_backend.h)  the same semantics in memory, with a latency model and fault injection
 //   null  (null_backend.h)  success at once, counters only (measures the engine alone)
 //
-// Semantics every implementation follows (the kernel's, see spec/vfio-vm.md):
+// Semantics every implementation follows (the kernel's: engine/README.md, "VFIO type1 semantics"):
 //  - map: iova, hva and size must be 4 KiB aligned and non-zero (EINVAL), no wrap (EINVAL);
 //    any overlap with an existing mapping is the outcome AlreadyMapped (EEXIST), the container's
 //    entry limit is the outcome NoSpace (ENOSPC); other errnos are failures.

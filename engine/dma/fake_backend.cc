@@ -45,16 +45,18 @@ nanoseconds cost(nanoseconds per_call, nanoseconds per_page, uint64_t bytes) {
 LatencyModel LatencyModel::typical() {
     using std::chrono::nanoseconds;
     LatencyModel m;
-    // One 4 KiB map ≈ 2 µs and one 4 KiB unmap ≈ 3 µs (spec/performance.md §2.4). How that splits
-    // between the call and its pages decides what coalescing can win, so it follows the evidence:
+    // One 4 KiB map ≈ 2 µs and one 4 KiB unmap ≈ 3 µs (engine/README.md, "VFIO cost model"). How
+    // that splits between the call and its pages decides what coalescing can win, so it follows the
+    // evidence:
     //  - map: syscall + container mutex + vfio_dma kzalloc + rb-tree insert + batch setup is per
     //    call; inside one MAP_DMA the kernel pins 512 pages per batch, ≈0.2 µs/page amortised
-    //    (§2.2, the bulk-pin measurement). The real-VFIO QEMU guest agrees on the shape: a warm
+    //    (the bulk-pin measurement). The real-VFIO QEMU guest agrees on the shape: a warm
     //    4 KiB map costs 14-21 µs there, a warm 64 MiB map 0.5-0.9 µs per page (TCG inflates both).
     m.map_per_call = nanoseconds{1800};
     m.map_per_page = nanoseconds{200};
     //  - unmap: syscall + mutex + one IOTLB sync per vfio_dma entry (a coalesced extent is one
-    //    entry) per call; unpin and accounting ≈0.15 µs per page when batched (§2.3).
+    //    entry) per call; unpin and accounting ≈0.15 µs per page when batched (the kernel's
+    //    long-term-pin stand-ins).
     m.unmap_per_call = nanoseconds{2850};
     m.unmap_per_page = nanoseconds{150};
     return m;

@@ -1,7 +1,7 @@
 // FakeBackend: a VFIO type1v2 container in memory, for unit tests and load runs.
 //
-// It follows the kernel's semantics as measured in a real guest (spec/vfio-vm.md, "Semantics
-// confirmed"), in the kernel's order of checks:
+// It follows the kernel's semantics as measured in a real guest (engine/README.md, "VFIO type1
+// semantics"), in the kernel's order of checks:
 //  map:   EINVAL for size 0, iova/hva/size not aligned to the smallest page size in
 //         iova_pgsizes (4 KiB by default), iova or hva range wrapping, prot with neither read nor
 //         write (or unknown bits); then AlreadyMapped (EEXIST) on any overlap; then NoSpace
@@ -42,9 +42,9 @@ namespace coiommu::dma {
 
 struct LatencyModel {  // busy-waited inside the container mutex
     std::chrono::nanoseconds map_per_call{0}, map_per_page{0}, unmap_per_call{0}, unmap_per_page{0};
-    // One 4 KiB map ≈ 2 µs and one 4 KiB unmap ≈ 3 µs (spec/performance.md §2.4 estimate for bare
-    // metal), split into a per-call part (syscall, mutex, vfio_dma alloc, IOTLB sync) and a
-    // per-page part (pin + iommu_map / unmap + unpin).
+    // One 4 KiB map ≈ 2 µs and one 4 KiB unmap ≈ 3 µs (bare-metal estimates, engine/README.md,
+    // "VFIO cost model"), split into a per-call part (syscall, mutex, vfio_dma alloc, IOTLB sync)
+    // and a per-page part (pin + iommu_map / unmap + unpin).
     static LatencyModel typical();
 };
 

@@ -1,5 +1,6 @@
-// The guest driver's DMA-map protocol (spec/coiommu.md §2.2), emulated on host threads so tests,
-// benchmarks and the load generator can drive the real engine through the real shared memory:
+// The guest driver's DMA-map protocol (engine/README.md, "Guest driver protocol"), emulated on host
+// threads so tests, benchmarks and the load generator can drive the real engine through the real
+// shared memory:
 //
 //   map(gfns):  mark every page in the DTT (map count + 1, ACCESSED, test PINNED); if some pages
 //               are not PINNED, ask for them - one page: slot := (gfn << 16) | bdf; several: a

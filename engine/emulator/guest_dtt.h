@@ -1,6 +1,6 @@
 // The guest side of the DMA Tracking Table: what the Linux CoIOMMU frontend does to the DTT
-// (spec/coiommu.md §2), emulated over a GuestMemory so tests and the load generator can play the
-// guest against the real host engine.
+// (engine/README.md, "DTT format"), emulated over a GuestMemory so tests and the load generator
+// can play the guest against the real host engine.
 //
 // Table pages come from a reserved range of guest RAM (the "pool"), handed out zeroed. Missing
 // table pages are installed with a 64-bit CAS 0 -> (gpa | PRESENT), as the guest's cmpxchg; the

@@ -2,7 +2,7 @@
 //
 // Log2Histogram     64 power-of-two buckets plus a sum: the engine's latency and size histograms.
 //                   Bucket k maps exactly onto a Prometheus `le = 2^k × unit` bound (the ceil(log2)
-//                   convention of ebpf_exporter's fix for its issue #488, and of bpf/).
+//                   convention of ebpf_exporter's log2 histograms, and of bpf/).
 // LogLinearHistogram HDR-style: 16 linear sub-buckets per power of two, relative error < 1/16.
 //                   For the load generator's p50/p90/p99/p99.9/max.
 //

@@ -1,5 +1,5 @@
 // BasicMemoryMapper: the in-memory IOMMU domain of virtio-iommu (port of crosvm's
-// BasicMemoryMapper, behaviour in spec/coiommu.md §5.1-§5.4).
+// BasicMemoryMapper; behaviour in engine/README.md, "virtio-iommu memory mappers").
 //
 // Mappings live in an ordered map keyed by IOVA start; they never overlap and are never merged.
 // Costs: add_map / remove_map O(log n + removed), export of a range spanning k mappings

@@ -248,7 +248,7 @@ Result<size_t> ViommuDevice::handle_request(std::span<const std::byte> request, 
             break;
         }
         default:
-            // The spec: the device SHOULD NOT write the buffer and SHOULD set used length 0.
+            // The virtio spec: the device SHOULD NOT write the buffer and SHOULD set used length 0.
             return fail(EOPNOTSUPP, fmt::format("unknown request type {}", head->type));
     }
 

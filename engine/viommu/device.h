@@ -1,5 +1,5 @@
-// ViommuDevice: the virtio-iommu request layer (crosvm devices/src/virtio/iommu.rs, statuses
-// per spec/coiommu.md §5.6).
+// ViommuDevice: the virtio-iommu request layer (a port of crosvm's virtio-iommu device; statuses
+// in engine/README.md, "virtio-iommu request statuses").
 //
 // It decodes ATTACH / DETACH / MAP / UNMAP / PROBE requests from a descriptor's bytes, keeps
 // the endpoint and domain tables, drives the endpoints' MemoryMappers and writes the reply.

@@ -1,8 +1,8 @@
 // The MemoryMapper contract: what virtio-iommu asks of one IOMMU domain's backing.
 //
-// Port of crosvm's `MemoryMapper` trait (devices/src/virtio/iommu/memory_mapper.rs). Every
-// range in this file is [start, start + size): ends are exclusive, and an end of exactly 2^64
-// counts as overflow (as Rust's checked_add does).
+// Port of crosvm's virtio-iommu `MemoryMapper` trait (engine/README.md, "virtio-iommu memory
+// mappers"). Every range in this file is [start, start + size): ends are exclusive, and an end of
+// exactly 2^64 counts as overflow (as Rust's checked_add does).
 //
 // Two implementations:
 //   BasicMemoryMapper (basic_mapper.h)  an IOVA -> GPA table in memory, with export sessions

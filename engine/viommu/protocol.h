@@ -3,7 +3,7 @@
 // Everything the guest driver and the device exchange is little-endian and byte-packed. The
 // fields are `Le<T>` byte arrays rather than plain integers, so the structs have alignment 1,
 // no padding, and decode the same on any host; the static_asserts below pin every size and
-// offset to the spec's layout.
+// offset to the virtio spec's layout.
 //
 // A request is the device-readable part `head + body` followed by the device-writable part
 // `[properties (PROBE only)] + tail`. The request structs here are the bodies only (crosvm

@@ -29,8 +29,8 @@
 namespace coiommu::workers {
 
 // The longest extent one DMA call maps (2 MiB). Longer runs are split: the kernel pins in batches
-// of 512 pages anyway (spec/performance.md §2.1), so a longer call saves < 0.5% of per-call cost,
-// while shorter extents unpin more precisely and bound the page locks one run holds.
+// of 512 pages anyway (engine/README.md, "VFIO type1 semantics"), so a longer call saves < 0.5% of
+// per-call cost, while shorter extents unpin more precisely and bound the page locks one run holds.
 inline constexpr uint32_t kMaxExtentPages = 512;
 
 // Shared by every pin worker of one engine; all members outlive the workers. Immutable once the

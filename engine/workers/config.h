@@ -1,5 +1,5 @@
 // EngineConfig: every knob of the pin engine, with crosvm's CoIommuParameters among them
-// (spec/coiommu.md §4.1) and the throughput engine's own.
+// (engine/README.md, "Engine parameters") and the throughput engine's own.
 //
 //   variant=fast|seed            fast: the throughput engine; seed: the reference pinner (crosvm's
 //                                serial algorithm: one thread, blocking wait, 4 KiB maps, one lock)

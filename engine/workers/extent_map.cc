@@ -7,10 +7,10 @@
 
 namespace coiommu::workers {
 
-// Presized (performance.md §5: presizing halves TBB's insert cost); the default dma_entry_limit
-// bounds live extents at 65535 anyway. std::allocator rather than tbb_allocator: tbbmalloc's
-// free -> malloc reuse is invisible to ThreadSanitizer (it reports node construction racing the
-// previous owner's unlock), and malloc is just as fast for one node per extent.
+// Presized (presizing halves TBB's insert cost: engine/README.md, "VFIO cost model"); the default
+// dma_entry_limit bounds live extents at 65535 anyway. std::allocator rather than tbb_allocator:
+// tbbmalloc's free -> malloc reuse is invisible to ThreadSanitizer (it reports node construction
+// racing the previous owner's unlock), and malloc is just as fast for one node per extent.
 struct ExtentMap::TbbStore {
     using Map = tbb::concurrent_hash_map<uint64_t, uint32_t, tbb::tbb_hash_compare<uint64_t>,
                                          std::allocator<std::pair<const uint64_t, uint32_t>>>;

@@ -107,7 +107,7 @@ Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
 
     auto walker = core::DttWalker::create(mem_, dtt_root, dtt_level);
     if (!walker) {
-        // As the seed: the workers run and every request fails on the walk; the guest is told by
+        // As in crosvm: the workers run and every request fails on the walk; the guest is told by
         // a clear PINNED bit instead of hanging on its slot.
         env_.dtt_error = walker.error().message();
         CLOG_ERROR(kLog, "invalid DTT (root {:#x}, level {}): {}; every pin request will fail", raw(dtt_root),

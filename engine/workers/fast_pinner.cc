@@ -230,7 +230,7 @@ private:
             }
             case dma::MapOutcome::AlreadyMapped:
                 if (len > 1) {
-                    // Part of the run is mapped by someone else: the seed's page-by-page semantics.
+                    // Part of the run is mapped by someone else: crosvm's page-by-page semantics.
                     for (uint32_t p = k; p < e; ++p) map_span(run, p, p + 1, t);
                     return;
                 }

@@ -4,19 +4,19 @@
 //   1. decode the slot value (request.h: BDF, bounds, nr_pages <= max_batch_pages);
 //   2. copy a batch's gfn list once into the arena; for each gfn in order: walk its DTT leaf (the
 //      arena's cursor), check it lies in guest RAM, and skip it if we already map it and the guest
-//      sees PINNED. The first bad gfn stops the walk (the seed's first-error rule): the pages before
+//      sees PINNED. The first bad gfn stops the walk (crosvm's first-error rule): the pages before
 //      it are still pinned, the ones after it are not;
 //   3. sort the remaining pages (a no-op for the usual ascending list) and cut them into runs of
 //      consecutive gfns with contiguous host addresses, at most kMaxExtentPages long (coalesce=off:
-//      runs of one page, which is exactly the seed's page-by-page mapping);
+//      runs of one page, which is exactly crosvm's page-by-page mapping);
 //   4. per run: lock its pages in ascending gfn order (every locker does, so no deadlock), re-check
 //      under the locks, re-set PINNED on pages we already map, and map each sub-run of unmapped
 //      pages with ONE DMA call (IOVA = GPA, read+write). Mapped: record the extent, set PINNED on
 //      every page (seq_cst fetch_or), hand the extent to the unpinner. AlreadyMapped (EEXIST, a
-//      mapping that is not ours overlaps): retry page by page with the seed's semantics.
+//      mapping that is not ours overlaps): retry page by page with crosvm's semantics.
 //      NoSpace (ENOSPC, dma_entry_limit reached): PINNED stays clear and no further DMA call is made
 //      for this request (every later one would fail the same way); later runs only re-set PINNED
-//      on pages that are already mapped. Other map errors: PINNED clear, counted, go on (seed);
+//      on pages that are already mapped. Other map errors: PINNED clear, counted, go on (as crosvm);
 //   5. complete: slot.store(0, release) after every PINNED RMW, also when the request failed.
 //
 // Stats go to the arena's shard (per request and per DMA call, never per page), USDT probes fire

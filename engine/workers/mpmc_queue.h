@@ -4,8 +4,8 @@
 //
 // Why this queue: the intake hands each pin request to a worker; the intake never has more than
 // one request per vCPU outstanding, so a ring of >= vcpus cells never fills, and there is no
-// allocation after construction. spec/performance.md §4: the queue costs nanoseconds against
-// microseconds of DMA work; what matters is that it never blocks and never allocates.
+// allocation after construction. The queue costs nanoseconds against microseconds of DMA work
+// (engine/README.md, "VFIO cost model"); what matters is that it never blocks and never allocates.
 //
 // Caveat (inherent to the design): a producer preempted between claiming a cell and publishing it
 // delays the consumer of that cell; no item is lost.

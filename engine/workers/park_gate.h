@@ -1,4 +1,4 @@
-// ParkGate: PARK_UNPIN / UNPARK_UNPIN for the unpinner (spec/coiommu.md §4.2).
+// ParkGate: PARK_UNPIN / UNPARK_UNPIN for the unpinner (engine/README.md, "Device model").
 //
 // The guest's DTT shrinker brackets its scan with PARK/UNPARK and frees table pages in between, so
 // after PARK returns no unpin may touch the DTT until UNPARK. The unpinner runs each unit of work

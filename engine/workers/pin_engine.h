@@ -34,7 +34,7 @@ public:
     virtual ~PinEngine() = default;
 
     // Starts pinning for the DTT at (root, levels). An invalid DTT is not an Error: the engine runs
-    // and completes every request with an error (as the seed's workers do). Errors: EALREADY when
+    // and completes every request with an error (as crosvm's workers do). Errors: EALREADY when
     // already active; errno of thread/fd creation.
     [[nodiscard]] virtual Status activate(Gpa dtt_root, uint64_t dtt_level) = 0;
     // PARK_UNPIN / UNPARK_UNPIN (park_gate.h). Valid in any state.

@@ -187,7 +187,7 @@ void ReferencePinner::run_pin() {
             if (::read(trigger_fds_[i], &ignored, sizeof ignored) != sizeof ignored && errno != EAGAIN) {
                 CLOG_ERROR(kLog, "failed reading event {}: errno {}", i, errno);
                 slot.store(0, std::memory_order_release);
-                return;  // the seed leaves its loop here
+                return;  // crosvm leaves its loop here
             }
             const uint64_t t0 = telemetry::monotonic_ns();
             // Safety: acquire pairs with the guest's store of the request.
@@ -196,7 +196,7 @@ void ReferencePinner::run_pin() {
                 std::lock_guard g(mu_);
                 pin_pages(i, value, t0);
             }
-            // Safety: as above; completion, always, also after errors. seq_cst: the seed's full fence
+            // Safety: as above; completion, always, also after errors. seq_cst: crosvm's full fence
             // followed by the store.
             slot.store(0, std::memory_order_seq_cst);
         }

@@ -1,15 +1,16 @@
-// ReferencePinner: crosvm's CoIOMMU algorithm (seeds/coiommu.rs + upstream's LRU, spec §3.5-§4.3),
-// small and serial, as the baseline of every benchmark and the oracle of the differential test.
+// ReferencePinner: crosvm's CoIOMMU algorithm (the 2022 backend plus upstream's LRU;
+// engine/README.md, "Pin path" to "LRU and balloon unpinning"), small and serial, as the baseline
+// of every benchmark and the oracle of the differential test.
 //
 //   - one pin thread blocks in epoll on the per-vCPU triggers (no spinning); per trigger it reads
-//     the eventfd (a read failure zeroes the slot and ends the thread, as the seed), reads the slot,
-//     and pins the request's pages one by one with core::pin_page (4 KiB maps) while holding ONE
-//     global mutex for the whole request; then a full fence and slot := 0, also after errors;
+//     the eventfd (a read failure zeroes the slot and ends the thread, as in crosvm), reads the
+//     slot, and pins the request's pages one by one with core::pin_page (4 KiB maps) while holding
+//     ONE global mutex for the whole request; then a full fence and slot := 0, also after errors;
 //   - the unpinner (UnpinService thread) takes the same mutex per page: LRU per page with new/old
 //     generations (crosvm's quirk kept: with threshold 0 a busy page is dropped from tracking), and
 //     balloon requests per page with force; PARK stops both;
 //   - stop joins both threads and unmaps every page still recorded in the PinTable.
-// Differences from the seed are those of the primitives (pinner.h: the host record decides).
+// Differences from crosvm are those of the primitives (pinner.h: the host record decides).
 // Pages mapped by someone else (EEXIST) are never tracked for LRU (they are not ours to unmap).
 //
 // Thread-safety: PinEngine's.

@@ -1,7 +1,7 @@
 // ExtentUnpinner and UnpinService (see unpinner.h for the policy).
 //
 // Memory orders on the guest's leaf words are seq_cst for every PINNED/ACCESSED RMW and CAS, as in
-// the seed and in pinner.cc: the unpin CAS must be ordered against the guest's "increment the map
+// crosvm and in pinner.cc: the unpin CAS must be ordered against the guest's "increment the map
 // count, then test PINNED" (a Dekker pair); on x86 every locked RMW is a full barrier anyway.
 #include "engine/workers/unpinner.h"
 
@@ -233,7 +233,7 @@ ExtentUnpin ExtentUnpinner::balloon_page(Gfn gfn) {
         // page again below.
         if (r != ExtentUnpin::NotPinned || !env_.table.mapped(gfn)) return r;
     }
-    // Not ours: as the seed does on the DTT (ACCESSED cleared, a mapped page refuses the balloon),
+    // Not ours: as crosvm does on the DTT (ACCESSED cleared, a mapped page refuses the balloon),
     // under the page lock so that no pin of the page interleaves.
     core::PinTable::PageLock lock = env_.table.lock(gfn);
     if (lock.mapped()) {

@@ -4,7 +4,8 @@
 // caller's thread in tests and at teardown). UnpinService is the thread around a policy: a timer
 // every unpin_interval, synchronous requests (balloon, "tick now"), and stop.
 //
-// LRU (spec/coiommu.md §4.3, with the extent as the tracked unit):
+// LRU (upstream crosvm's, engine/README.md, "LRU and balloon unpinning"), with the extent as the
+// tracked unit:
 //  - every extent the pin workers create reaches new_gen through the ExtentHandoff (lock-free);
 //  - a tick: if unpin_gen_threshold != 0, tick_counter += 1 and when it reaches the threshold it is
 //    reset and old_gen is scanned with limit = unpin_limit; then new_gen is scanned with
@@ -33,7 +34,7 @@
 // clears the records (Unpinned).
 //
 // Balloon (force): for each gfn of each range (clamped to guest RAM: no unbounded loop on a huge
-// count), in order: a page we do not map is handled as the seed does on the DTT (ACCESSED cleared,
+// count), in order: a page we do not map is handled as crosvm does on the DTT (ACCESSED cleared,
 // a map count > 0 refuses the page); a page we map is unpinned with its whole extent, ACCESSED
 // force-cleared on every member - also members outside the ranges, because a mapping cannot be
 // split: the extent is released only if no member has a map count. Unpinned / NotPinned go on;

@@ -1,5 +1,5 @@
-// DttBuilder: a memfd-backed guest with a real multi-level DTT laid out the way the Linux
-// CoIOMMU frontend does it (spec/coiommu.md §2), for tests of the host-side walker and pinner.
+// DttBuilder: a memfd-backed guest with a real multi-level DTT laid out the way the Linux CoIOMMU
+// frontend does it (engine/README.md, "DTT format"), for tests of the host-side walker and pinner.
 //
 // Layout: one RAM region [0, ram_bytes). The DTT's table pages come from a pool at the top of
 // RAM (the last pool_pages pages); gfns below pool_first_gfn() are free for test data.

@@ -8,7 +8,7 @@
 //
 // Inside the guest BPF must work: a tracer that cannot start FAILS the case with libbpf's reason
 // (the harness rejects skips). Latencies are TCG numbers: functional, not performance
-// (spec/vfio-vm.md: TCG inflates kernel code ~10x).
+// (TCG inflates kernel code ~10x: engine/README.md, "Real VFIO in a QEMU guest").
 #include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 #include <unistd.h>

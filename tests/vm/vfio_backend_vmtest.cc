@@ -6,7 +6,8 @@
 // case starts with an empty container. The host memory mapped is a memfd-backed GuestMemory,
 // the way a VMM hands guest RAM to the engine.
 //
-// Timings printed here are TCG numbers: functional only (spec/vfio-vm.md: ~10x bare metal).
+// Timings printed here are TCG numbers: functional only (~10x bare metal: engine/README.md, "Real
+// VFIO in a QEMU guest").
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/pci_regs.h>
@@ -272,9 +273,9 @@ TEST_F(VfioBackendVm, AdoptOfAContainerWithoutAnIommuFailsWithEinval) {
 
 // ---- real device DMA through the emulated VT-d (QEMU edu) ---------------------------------------
 
-// The edu device through its VFIO device fd: BAR0 registers and its DMA engine.
-// QEMU 7.2 pitfalls (spec/vfio-vm.md): a 4096-byte DMA aborts QEMU (use < 4096), DMA addresses
-// are masked to 28 bits (IOVA < 256 MiB), each DMA takes 100 ms of virtual time.
+// The edu device through its VFIO device fd: BAR0 registers and its DMA engine. QEMU 7.2 pitfalls
+// (engine/README.md, "Real VFIO in a QEMU guest"): a 4096-byte DMA aborts QEMU (use < 4096), DMA
+// addresses are masked to 28 bits (IOVA < 256 MiB), each DMA takes 100 ms of virtual time.
 class Edu {
 public:
     static constexpr uint64_t kRegId = 0x00;
@@ -345,7 +346,7 @@ private:
     uint64_t bar0_ = 0;
 };
 
-// Low IOVAs for edu (28-bit DMA addresses), the ones the spec's C test used.
+// Low IOVAs for edu (28-bit DMA addresses), known to work with it.
 constexpr Iova kEduSrc{0x100000};
 constexpr Iova kEduDst{0x200000};
 constexpr Iova kEduCheck{0x300000};

@@ -81,8 +81,8 @@ inline std::unique_ptr<dma::DmaBackend> make_backend(BackendKind k) {
         case BackendKind::Fake: break;
         case BackendKind::FakeLatency: cfg.latency = dma::LatencyModel::typical(); break;
         case BackendKind::FakeBatchedPin: {
-            // spec/performance.md §2.2: in one map call the kernel pins in 512-page batches, ≈0.2 µs
-            // per page; per-call cost as typical(). Unmap as typical().
+            // In one map call the kernel pins in 512-page batches, ≈0.2 µs per page (engine/README.md,
+            // "VFIO cost model"); per-call cost as typical(). Unmap as typical().
             dma::LatencyModel m = dma::LatencyModel::typical();
             m.map_per_call = std::chrono::nanoseconds{1800};
             m.map_per_page = std::chrono::nanoseconds{200};

@@ -1,4 +1,5 @@
-// Pin throughput and latency of the engine (spec/performance.md; the performance targets).
+// Pin throughput and latency of the engine (costs: engine/README.md, "VFIO cost model"; results and
+// the 5× goal against the seed variant: tests/bench/workers/README.md).
 //
 //   Direct*     the fast pin path on the benchmark thread (decode, DTT walk, coalesce, map, PINNED,
 //               completion), i.e. "the engine alone on one worker", no protocol
@@ -9,7 +10,7 @@
 //
 // Backends: null (engine alone), fake with LatencyModel::typical() (map 1.5 µs + 0.5 µs/page,
 // unmap 2 µs + 1 µs/page, container mutex) and fake "batched pin" (map 1.8 µs + 0.2 µs/page,
-// the kernel's batched-pin amortisation, spec/performance.md §2.2).
+// the kernel's batched-pin amortisation, engine/README.md, "VFIO cost model").
 #include <benchmark/benchmark.h>
 #include <sys/eventfd.h>
 #include <unistd.h>

@@ -30,7 +30,7 @@
 
 namespace coiommu::bpf::testing {
 
-// iommufd uAPI (linux/iommufd.h is not in every linux-libc-dev): coiommu.md section 6.
+// iommufd uAPI (linux/iommufd.h is not in every linux-libc-dev): engine/README.md, "iommufd uAPI".
 struct IommuIoasMap {
     uint32_t size;
     uint32_t flags;

@@ -1,4 +1,4 @@
-// Pin and unpin racing on overlapping pages, against the safety invariant of DESIGN.md:
+// Pin and unpin racing on overlapping pages, against the safety invariant (engine/README.md):
 // a page the guest has DMA-mapped (count > 0) and sees PINNED is mapped in the container; and
 // the host record never double-maps, never unmaps what it did not map, never leaks.
 // Run under the tsan preset (label `concurrency`).

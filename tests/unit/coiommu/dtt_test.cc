@@ -280,7 +280,7 @@ TEST(DttWalker, LowFlagBitsOfAnUpperEntryAreIgnored) {
 TEST(DttWalker, GfnBeyondFourLevelReachIsErange) {
     ASSERT_OK_AND_ASSIGN(auto g, DttBuilder::create());
     ASSERT_OK_AND_ASSIGN(auto w, g.walker());
-    // Bit 37 is the first a 4-level table cannot index; the seed would alias it onto gfn 0.
+    // Bit 37 is the first a 4-level table cannot index; crosvm would alias it onto gfn 0.
     EXPECT_ERR(w.leaf(Gfn{uint64_t{1} << 37}), ERANGE);
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks coiommu's Grafana dashboards and Prometheus rules without a Grafana server
-(spec/observability.md section 4.3). Python 3 standard library only.
+(Debian 12 packages none). Python 3 standard library only.
 
 usage: check_dashboards.py [--root DIR] COMMAND
   structure   structural checks of every dashboard (grafana/dashboard-linter's rules and more):

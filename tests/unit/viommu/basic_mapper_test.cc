@@ -1,4 +1,4 @@
-// BasicMemoryMapper: the unit tests of crosvm's memory_mapper.rs, case for case, plus the
+// BasicMemoryMapper: the unit tests of crosvm's BasicMemoryMapper, case for case, plus the
 // export-session / IOMMU-fault flow with real eventfds and the error order of export/release.
 #include "engine/viommu/basic_mapper.h"
 

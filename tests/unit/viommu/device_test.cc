@@ -1,5 +1,6 @@
-// The virtio-iommu request layer: one test per status path of spec/coiommu.md §5.6, malformed
-// requests, PROBE's property bytes, config, and waiting on IOMMU faults.
+// The virtio-iommu request layer: one test per status path of engine/README.md, "virtio-iommu
+// request statuses", malformed requests, PROBE's property bytes, config, and waiting on IOMMU
+// faults.
 #include "engine/viommu/device.h"
 
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
-// ExtentUnpinner on one thread: extent unpin as a unit, LRU generations (spec §4.3 over extents),
-// balloon force-unpin, park, teardown.
+// ExtentUnpinner on one thread: extent unpin as a unit, LRU generations (upstream crosvm's, over
+// extents), balloon force-unpin, park, teardown.
 #include "engine/workers/unpinner.h"
 
 #include <gtest/gtest.h>
@@ -286,7 +286,7 @@ TEST(Balloon, MappedPageFailsAndStopsAtIt) {
 
 TEST(Balloon, UnpinnedPageStillMappedByTheGuestFails) {
     PinPath p;
-    ASSERT_OK(p.guest().mark(gfn_at(3)));  // the guest maps it but it is not pinned (as the seed)
+    ASSERT_OK(p.guest().mark(gfn_at(3)));  // the guest maps it but it is not pinned (as in crosvm)
     const GfnRange r{gfn_at(3), 1};
     EXPECT_EQ(p.unpinner().balloon({&r, 1}), telemetry::BalloonResult::Failed);
 }
