@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The run command: installs what is missing, builds what the demo needs, and runs the appliance
+# The run command: installs what is missing, builds the three programs, and runs the appliance
 # demo (`coiommud --demo`: an emulated VM served over the daemon's real socket, metrics on
 # http://127.0.0.1:9464/metrics, BPF tracing when run as root, a status line every second).
 #
@@ -9,6 +9,9 @@
 #        COIOMMU_BUILD_DIR  an already configured build tree to build and use instead of a preset
 #        JOBS               parallel build jobs (default: number of cores)
 #        COIOMMU_SKIP_DEPS  set to 1 to skip scripts/deps.sh (packages known to be present)
+#
+# A build failure stops here with the compiler's own message: the demo's next steps name all
+# three programs, so a demo without one of them would point at something that does not exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
@@ -26,16 +29,15 @@ else
   cmake --preset "$PRESET" >/dev/null
 fi
 
-# Only what the demo needs: the daemon (required), then the tracing CLI and the load generator the
-# demo points to (optional: the demo runs without them).
-echo "run: building coiommud in $BUILD"
-cmake --build "$BUILD" -j "$JOBS" --target coiommud
-available=$(cmake --build "$BUILD" --target help 2>/dev/null || true)
-for t in coiommu-trace coiommu-load; do
-  if grep -q "^$t:" <<<"$available"; then
-    cmake --build "$BUILD" -j "$JOBS" --target "$t" >/dev/null 2>&1 ||
-      echo "run: warning: $t did not build (the demo runs without it)"
-  fi
-done
+echo "run: building coiommud, coiommu-trace and coiommu-load in $BUILD"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! cmake --build "$BUILD" -j "$JOBS" --target coiommud coiommu-trace coiommu-load >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "run: the build failed (the compiler's message is above)" >&2
+  exit 1
+fi
+rm -f "$log"
+trap - EXIT
 
 exec "$BUILD/engine/daemon/coiommud" --demo "$@"

@@ -29,9 +29,11 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "bpf/loader/tracing.h"
 #include "engine/base/log.h"
+#include "engine/base/version.h"
 #ifdef COIOMMU_TRACE_EXPORTER
 #include "exporter/bpf_collector.h"
 #include "exporter/bpf_tracing_source.h"
@@ -75,6 +77,7 @@ options:
   -T, --timestamp        print a timestamp with each interval
   -v, --verbose          debug logging (libbpf and verifier messages)
   -h, --help             this text
+  -V, --version          print the version and git revision
 
 Needs root or CAP_BPF+CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs/bpffs if missing).
 examples:
@@ -137,6 +140,7 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
         {"timestamp", no_argument, nullptr, 'T'},
         {"verbose", no_argument, nullptr, 'v'},
         {"help", no_argument, nullptr, 'h'},
+        {"version", no_argument, nullptr, 'V'},
         {"slow-us", required_argument, nullptr, kSlowUs},
         {"engine", required_argument, nullptr, kEngine},
         {"engine-dma", no_argument, nullptr, kEngineDma},
@@ -151,7 +155,7 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
     Args a;
     *exit_code = 2;
     int c = 0;
-    while ((c = getopt_long(argc, argv, "p:umjTvh", kOptions, nullptr)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:umjTvhV", kOptions, nullptr)) != -1) {
         switch (c) {
             case 'p':
                 if (!parse_number(optarg, &a.pid) || a.pid == 0) {
@@ -166,6 +170,10 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
             case 'v': a.verbose = true; break;
             case 'h':
                 fmt::print("{}", kUsage);
+                *exit_code = 0;
+                return std::nullopt;
+            case 'V':
+                fmt::print("{}\n", version_line("coiommu-trace"));
                 *exit_code = 0;
                 return std::nullopt;
             case kSlowUs: {
@@ -236,20 +244,19 @@ std::string now_hms() {
     return buf;
 }
 
-std::string json_escape(std::string_view s) {
-    std::string out;
-    for (char ch : s) {
-        const auto u = static_cast<unsigned char>(ch);
-        if (ch == '"' || ch == '\\') {
-            out += '\\';
-            out += ch;
-        } else if (u < 0x20) {
-            out += fmt::format("\\u{:04x}", u);
-        } else {
-            out += ch;
-        }
-    }
-    return out;
+// "2026-12-01T20:41:09.123+00:00": local time with its UTC offset, for -T with --json.
+std::string now_iso8601() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    char date[32];
+    std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S", &tm);
+    char zone[8];
+    std::strftime(zone, sizeof(zone), "%z", &tm);  // "+0000"
+    const std::string z(zone);
+    return fmt::format("{}.{:03}{}:{}", date, ms, z.substr(0, 3), z.substr(3));
 }
 
 std::string errno_name(int64_t ret) {
@@ -363,75 +370,98 @@ void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
 }
 
 // ---- JSON rendering (all values in ns / bytes / counts; le "+Inf" for the overflow slot) ----
+// ordered_json keeps the keys in the order written here, so a line reads the way it is built.
 
-std::string json_hist(const Log2Hist& h, const Log2Hist& total) {
-    std::string out = fmt::format(R"({{"count":{},"sum":{},"since_start":{{"count":{},"sum":{}}},"buckets":[)",
-                                  h.count, h.sum, total.count, total.sum);
-    bool first = true;
-    for (size_t k = 0; k < kHistSlots; ++k) {
-        if (h.slots[k] == 0) continue;
-        const std::string le = k == kOverflowSlot ? std::string(R"("+Inf")") : std::to_string(Log2Hist::upper_bound(k));
-        out += fmt::format(R"({}{{"le":{},"count":{}}})", first ? "" : ",", le, h.slots[k]);
-        first = false;
-    }
-    return out + "]}";
+using Json = nlohmann::ordered_json;
+
+// One JSON line. A process name (comm) is arbitrary bytes: invalid UTF-8 is replaced, never thrown.
+void print_json_line(const Json& j) {
+    fmt::print("{}\n", j.dump(-1, ' ', false, Json::error_handler_t::replace));
 }
 
-std::string json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total) {
-    std::string out = R"("vfio_dma":{"ops":{)";
+Json json_hist(const Log2Hist& h, const Log2Hist& total) {
+    Json buckets = Json::array();
+    for (size_t k = 0; k < kHistSlots; ++k) {
+        if (h.slots[k] == 0) continue;
+        Json le = k == kOverflowSlot ? Json("+Inf") : Json(Log2Hist::upper_bound(k));
+        buckets.push_back({{"le", std::move(le)}, {"count", h.slots[k]}});
+    }
+    return {{"count", h.count},
+            {"sum", h.sum},
+            {"since_start", {{"count", total.count}, {"sum", total.sum}}},
+            {"buckets", std::move(buckets)}};
+}
+
+Json json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total) {
+    Json ops = Json::object();
     for (size_t i = 0; i < kVfioOpCount; ++i) {
         const auto op = static_cast<VfioOp>(i);
         const VfioCalls& c = d.calls_of(op);
-        std::string calls;
+        Json calls = Json::object();
         for (size_t r = 0; r < kResultClassCount; ++r) {
-            calls += fmt::format(R"({}"{}":{})", r == 0 ? "" : ",", result_name(static_cast<ResultClass>(r)),
-                                 c.by_result[r]);
+            calls[std::string(result_name(static_cast<ResultClass>(r)))] = c.by_result[r];
         }
-        out += fmt::format(R"({}"{}":{{"latency_ns":{},"calls":{{{}}},"count":{},"bytes":{},"since_start":{{"count":{},"bytes":{}}}}})",
-                           i == 0 ? "" : ",", op_name(op), json_hist(d.latency(op), total.latency(op)), calls,
-                           c.total(), c.bytes, total.calls_of(op).total(), total.calls_of(op).bytes);
+        ops[std::string(op_name(op))] = {
+            {"latency_ns", json_hist(d.latency(op), total.latency(op))},
+            {"calls", std::move(calls)},
+            {"count", c.total()},
+            {"bytes", c.bytes},
+            {"since_start", {{"count", total.calls_of(op).total()}, {"bytes", total.calls_of(op).bytes}}}};
     }
-    out += fmt::format(R"(}},"drops":{{"inflight_full":{},"ringbuf_full":{},"read_fault":{}}},"inflight":{}}})",
-                       d.drops.inflight_full, d.drops.ringbuf_full, d.drops.read_fault, total.inflight_entries);
-    return out;
+    return {{"ops", std::move(ops)},
+            {"drops",
+             {{"inflight_full", d.drops.inflight_full},
+              {"ringbuf_full", d.drops.ringbuf_full},
+              {"read_fault", d.drops.read_fault}}},
+            {"inflight", total.inflight_entries}};
 }
 
-std::string json_engine(const EngineSnapshot& e, const EngineSnapshot& total) {
-    std::string out = R"("engine":{"requests":{)";
+Json json_engine(const EngineSnapshot& e, const EngineSnapshot& total) {
+    Json requests = Json::object();
     for (size_t k = 0; k < kEngineRequestKinds; ++k) {
-        out += fmt::format(R"({}"{}":{{"ok":{},"failed":{},"since_start":{{"count":{}}},"latency_ns":{},"pages":{}}})",
-                           k == 0 ? "" : ",", request_kind_name(k), e.requests[k].ok, e.requests[k].failed,
-                           total.requests[k].total(),
-                           json_hist(e.request_latency_ns[k], total.request_latency_ns[k]),
-                           json_hist(e.request_pages[k], total.request_pages[k]));
+        requests[std::string(request_kind_name(k))] = {
+            {"ok", e.requests[k].ok},
+            {"failed", e.requests[k].failed},
+            {"since_start", {{"count", total.requests[k].total()}}},
+            {"latency_ns", json_hist(e.request_latency_ns[k], total.request_latency_ns[k])},
+            {"pages", json_hist(e.request_pages[k], total.request_pages[k])}};
     }
-    out += R"(},"dma":{)";
+    Json dma = Json::object();
     for (size_t op = 0; op < kEngineDmaOps; ++op) {
-        out += fmt::format(R"({}"{}":{{"ok":{},"failed":{},"bytes":{},"since_start":{{"count":{}}},"latency_ns":{}}})",
-                           op == 0 ? "" : ",", engine_dma_op_name(op), e.dma_calls[op].ok, e.dma_calls[op].failed,
-                           e.dma_calls[op].bytes, total.dma_calls[op].total(),
-                           json_hist(e.dma_latency_ns[op], total.dma_latency_ns[op]));
+        dma[std::string(engine_dma_op_name(op))] = {
+            {"ok", e.dma_calls[op].ok},
+            {"failed", e.dma_calls[op].failed},
+            {"bytes", e.dma_calls[op].bytes},
+            {"since_start", {{"count", total.dma_calls[op].total()}}},
+            {"latency_ns", json_hist(e.dma_latency_ns[op], total.dma_latency_ns[op])}};
     }
-    out += R"(},"unpin_scans":{)";
+    Json scans = Json::object();
     for (size_t k = 0; k < kEngineScanKinds; ++k) {
-        out += fmt::format(R"({}"{}":{{"scans":{},"examined":{},"unpinned":{},"since_start":{{"scans":{}}},"duration_ns":{}}})",
-                           k == 0 ? "" : ",", scan_kind_name(k), e.scans[k].scans, e.scans[k].examined,
-                           e.scans[k].unpinned, total.scans[k].scans,
-                           json_hist(e.scan_duration_ns[k], total.scan_duration_ns[k]));
+        scans[std::string(scan_kind_name(k))] = {
+            {"scans", e.scans[k].scans},
+            {"examined", e.scans[k].examined},
+            {"unpinned", e.scans[k].unpinned},
+            {"since_start", {{"scans", total.scans[k].scans}}},
+            {"duration_ns", json_hist(e.scan_duration_ns[k], total.scan_duration_ns[k])}};
     }
-    out += fmt::format(R"(}},"drops":{{"bad_kind":{},"bad_batch":{}}}}})", e.bad_kind, e.bad_batch);
-    return out;
+    return {{"requests", std::move(requests)},
+            {"dma", std::move(dma)},
+            {"unpin_scans", std::move(scans)},
+            {"drops", {{"bad_kind", e.bad_kind}, {"bad_batch", e.bad_batch}}}};
 }
 
-std::string json_programs(const std::vector<ProgramInfo>& programs) {
-    std::string out = R"("programs":[)";
-    for (size_t i = 0; i < programs.size(); ++i) {
-        const auto& p = programs[i];
-        out += fmt::format(R"({}{{"program":"{}","attach":"{}","id":{},"tag":"{}","attached":{},"run_time_ns":{},"run_cnt":{}}})",
-                           i == 0 ? "" : ",", json_escape(p.program), p.attach, p.id, p.tag,
-                           p.attached ? "true" : "false", p.run_time_ns, p.run_cnt);
+Json json_programs(const std::vector<ProgramInfo>& programs) {
+    Json out = Json::array();
+    for (const auto& p : programs) {
+        out.push_back({{"program", p.program},
+                       {"attach", p.attach},
+                       {"id", p.id},
+                       {"tag", p.tag},
+                       {"attached", p.attached},
+                       {"run_time_ns", p.run_time_ns},
+                       {"run_cnt", p.run_cnt}});
     }
-    return out + "]";
+    return out;
 }
 
 void print_programs_text(const std::vector<ProgramInfo>& programs) {
@@ -459,12 +489,14 @@ struct Reporter {
         if (snap->engine) de = snap->engine->delta_since(prev.engine.value_or(EngineSnapshot{}));
 
         if (args.json) {
-            std::string line = fmt::format(R"({{"time":"{}","interval_s":{:.3f},"unit":"ns",)", now_hms(), elapsed);
-            line += json_vfio(dv, snap->vfio_dma);
-            if (de) line += "," + json_engine(*de, *snap->engine);
-            if (args.stats) line += "," + json_programs(snap->programs);
-            line += "}";
-            fmt::print("{}\n", line);
+            Json line = {{"time", now_hms()}};
+            if (args.timestamp) line["timestamp"] = now_iso8601();
+            line["interval_s"] = elapsed;
+            line["unit"] = "ns";
+            line["vfio_dma"] = json_vfio(dv, snap->vfio_dma);
+            if (de) line["engine"] = json_engine(*de, *snap->engine);
+            if (args.stats) line["programs"] = json_programs(snap->programs);
+            print_json_line(line);
         } else {
             if (args.timestamp) fmt::print("\n{}\n", now_hms());
             print_vfio_text(dv, args.unit);
@@ -480,10 +512,18 @@ struct Reporter {
 
 void print_slow(const SlowEvent& ev, const Args& args) {
     if (args.json) {
-        fmt::print(R"({{"event":"slow","ts_ns":{},"pid":{},"tid":{},"comm":"{}","op":"{}","iova":{},"size":{},"latency_ns":{},"ret":{}}})"
-                   "\n",
-                   ev.ts_ns, ev.pid, ev.tid, json_escape(ev.comm), op_name(ev.op), ev.iova, ev.size, ev.latency_ns,
-                   ev.ret);
+        Json ev_json = {{"event", "slow"}};
+        if (args.timestamp) ev_json["timestamp"] = now_iso8601();
+        ev_json.update(Json{{"ts_ns", ev.ts_ns},
+                            {"pid", ev.pid},
+                            {"tid", ev.tid},
+                            {"comm", ev.comm},
+                            {"op", op_name(ev.op)},
+                            {"iova", ev.iova},
+                            {"size", ev.size},
+                            {"latency_ns", ev.latency_ns},
+                            {"ret", ev.ret}});
+        print_json_line(ev_json);
     } else {
         fmt::print("SLOW {} pid {} tid {} comm {} op {} iova {:#x} size {} latency {} {} ret {}\n", now_hms(), ev.pid,
                    ev.tid, ev.comm, op_name(ev.op), ev.iova, ev.size, format_bound(ev.latency_ns, args.unit),

@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "engine/base/log.h"
+#include "engine/base/version.h"
 #include "engine/loadgen/options.h"
 #include "engine/loadgen/report.h"
 #include "engine/loadgen/run.h"
@@ -62,6 +63,10 @@ int run_cli(const std::vector<std::string_view>& args, std::FILE* out, std::FILE
     }
     if (parsed->action == CliAction::Help) {
         std::fputs(usage().c_str(), out);
+        return 0;
+    }
+    if (parsed->action == CliAction::Version) {
+        std::fprintf(out, "%s\n", version_line("coiommu-load").c_str());
         return 0;
     }
     const LoadOptions& o = parsed->options;

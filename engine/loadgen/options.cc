@@ -216,6 +216,7 @@ output
   --table                only the comparison table (no per-run summaries)
   --log-level L          debug|info|warn|error|off for the engine's log on stderr (default warn)
   --help                 this text
+  --version              print the version and git revision
 
 Exit status: 0 all runs passed; 1 a run failed (safety invariant or a final check) or could not
 be set up; 2 bad command line.
@@ -253,6 +254,9 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         Status st = ok();
         if (flag == "--help" || flag == "-h") {
             out.action = CliAction::Help;
+            return out;
+        } else if (flag == "--version") {
+            out.action = CliAction::Version;
             return out;
         } else if (flag == "--vcpus") {
             st = take([&](std::string_view v) -> Status {

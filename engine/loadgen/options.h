@@ -92,7 +92,7 @@ struct RunSpec {
 // workloads x strategies x engines (engines only for coiommu), in the order given.
 [[nodiscard]] std::vector<RunSpec> expand_matrix(const LoadOptions& o);
 
-enum class CliAction : uint8_t { Run, Help };
+enum class CliAction : uint8_t { Run, Help, Version };
 struct ParsedCli {
     CliAction action = CliAction::Run;
     LoadOptions options;
