@@ -9,7 +9,7 @@ PACKAGES=(
   # toolchain and build
   build-essential g++ gcc cmake ninja-build pkg-config git
   # engine
-  libexpected-dev libtbb-dev libfmt-dev linux-libc-dev systemtap-sdt-dev
+  libexpected-dev libtbb-dev libfmt-dev linux-libc-dev systemtap-sdt-dev nlohmann-json3-dev libsystemd-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3
   # BPF: clang compiles *.bpf.c, bpftool makes skeletons and is the investigation tool
@@ -20,6 +20,8 @@ PACKAGES=(
   qemu-system-x86 busybox-static cpio xz-utils kmod
   # load generator plots
   gnuplot-nox
+  # the Debian package: built with cpack, checked with lintian, units with systemd-analyze
+  dpkg-dev fakeroot lintian systemd adduser man-db
 )
 
 missing=()

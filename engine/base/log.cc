@@ -52,6 +52,17 @@ uint64_t now_ns() {
 void set_level(Level l) { detail::g_level.store(static_cast<int>(l), std::memory_order_relaxed); }
 Level level() { return static_cast<Level>(detail::g_level.load(std::memory_order_relaxed)); }
 
+std::string_view level_name(Level level) {
+    switch (level) {
+        case Level::Debug: return "debug";
+        case Level::Info: return "info";
+        case Level::Warn: return "warn";
+        case Level::Error: return "error";
+        case Level::Off: return "off";
+    }
+    return "?";
+}
+
 bool parse_level(std::string_view text, Level* out) {
     static constexpr std::pair<std::string_view, Level> kNames[] = {
         {"debug", Level::Debug}, {"info", Level::Info}, {"warn", Level::Warn},

@@ -27,6 +27,8 @@ void set_level(Level level);
 [[nodiscard]] inline bool enabled(Level l);
 // Parses "debug|info|warn|error|off"; false when unknown.
 [[nodiscard]] bool parse_level(std::string_view text, Level* out);
+// "debug", "info", "warn", "error" or "off".
+[[nodiscard]] std::string_view level_name(Level level);
 // Prefix each line with the syslog priority "<N>" (journald-friendly).
 void set_priority_prefix(bool on);
 

@@ -47,6 +47,7 @@ struct DaemonConfig {
     Mode mode = Mode::Service;
     std::string config_path;  // the file read, if any
     std::string socket_path{kDefaultSocket};
+    bool socket_activated = false;  // set by coiommud when systemd passed the listening socket
     std::vector<uid_t> allowed_uids;  // empty: this process's effective uid, and root
     uint32_t max_sessions = 64;
     std::chrono::milliseconds setup_timeout{10'000};

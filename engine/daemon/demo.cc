@@ -152,13 +152,16 @@ int run_demo(const DemoContext& ctx) {
                         "while running with --duration 0)\n",
                    ctx.metrics_url);
     }
-    fmt::print(out, "  dashboards  dashboards/ (Grafana JSON, Prometheus rules)\n");
+    fmt::print(out, "  dashboards  {}/grafana/*.json, rules in {}/prometheus/\n", ctx.dashboards, ctx.dashboards);
     if (!ctx.trace_tool.empty()) {
         fmt::print(out, "  tracing     sudo {} --help   (vfio_dma map/unmap latency histograms, any process)\n",
                    ctx.trace_tool);
     }
-    fmt::print(out, "  load        coiommu-load --help   (workloads, engines, strategies; JSON reports)\n");
-    fmt::print(out, "  service     coiommud --help   (the VMM socket protocol: engine/daemon/PROTOCOL.md)\n");
+    if (!ctx.load_tool.empty()) {
+        fmt::print(out, "  load        {} --help   (workloads, engines, strategies; JSON reports)\n", ctx.load_tool);
+    }
+    fmt::print(out, "  service     {} --help   (serves VMMs over a Unix socket; protocol: engine/daemon/PROTOCOL.md)\n",
+               ctx.daemon_tool.empty() ? std::string("coiommud") : ctx.daemon_tool);
     std::fflush(out);
     return clean && vc.maps > 0 ? 0 : 1;
 }

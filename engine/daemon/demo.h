@@ -20,6 +20,9 @@ struct DemoContext {
     std::string metrics_url;       // empty when the exporter is off
     std::string tracing_status;    // "attached (...)" or "not available: <reason>"
     std::string trace_tool;        // path of coiommu-trace next to this binary, if found
+    std::string load_tool;         // path of coiommu-load next to this binary, if found
+    std::string daemon_tool;       // path of this coiommud
+    std::string dashboards;        // directory holding grafana/ and prometheus/
     std::FILE* out = stdout;
 };
 

@@ -19,10 +19,13 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "engine/base/log.h"
 #include "engine/base/unique_fd.h"
+#include "engine/base/version.h"
 #include "engine/daemon/config.h"
+#include "engine/daemon/systemd_service.h"
 #include "engine/daemon/demo.h"
 #include "engine/daemon/server.h"
 
@@ -54,6 +57,7 @@ Result<UniqueFd> block_signals() {
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     if (const int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr); rc != 0) return make_error(rc, "pthread_sigmask");
     UniqueFd fd(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
     if (!fd) return make_error(errno, "signalfd");
@@ -62,15 +66,34 @@ Result<UniqueFd> block_signals() {
     return fd;
 }
 
-std::string sibling_program(const char* name) {
+// The path of another coiommu program beside this one: installed, they share a directory; in a
+// build tree, build/<preset>/engine/daemon/coiommud has build/<preset>/{bpf,engine/loadgen}/<name>.
+std::string sibling_program(const char* name, const char* build_dir) {
     std::error_code ec;
     const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
     if (ec) return {};
-    // build/<preset>/engine/daemon/coiommud -> build/<preset>/bpf/coiommu-trace
-    for (const auto& cand : {self.parent_path() / name, self.parent_path().parent_path().parent_path() / "bpf" / name}) {
+    const auto build_root = self.parent_path().parent_path().parent_path();
+    for (const auto& cand : {self.parent_path() / name, build_root / build_dir / name}) {
         if (std::filesystem::exists(cand, ec)) return cand.lexically_normal().string();
     }
     return {};
+}
+
+// Where the dashboards and rules are: /usr/share/coiommu when installed, else the source tree.
+std::string dashboards_dir() {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        const auto installed = self.parent_path().parent_path() / "share" / "coiommu" / "dashboards";
+        if (std::filesystem::exists(installed, ec)) return installed.lexically_normal().string();
+    }
+    return COIOMMU_SOURCE_DIR "/dashboards";
+}
+
+std::string self_program() {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return ec ? std::string("coiommud") : self.string();
 }
 
 // A private directory for the demo's socket (nobody else can reach it; removed at exit).
@@ -83,7 +106,49 @@ Result<std::string> demo_socket_dir() {
     return std::string(buf.data());
 }
 
-int run(const DaemonConfig& given) {
+// SIGHUP: reads the configuration again (the same command line over the file as it is now).
+// The log keys take effect at once; every other key that changed is named as needing a restart,
+// and the sessions carry on untouched either way.
+void reload(const std::vector<std::string_view>& args, DaemonConfig& live) {
+    notify_reloading();
+    auto parsed = parse_args(args);
+    if (!parsed) {
+        CLOG_ERROR(kLog, "SIGHUP: configuration not reloaded, keeping the running one: {}", parsed.error().message());
+        notify_ready("serving (reload failed: configuration kept)");
+        return;
+    }
+    const DaemonConfig& next = parsed->config;
+    live.log_level = next.log_level;
+    log::set_level(next.log_level);
+    if (next.priority_prefix != live.priority_prefix) {
+        live.priority_prefix = next.priority_prefix;
+        log::set_priority_prefix(next.priority_prefix == PriorityPrefix::On ||
+                                 (next.priority_prefix == PriorityPrefix::Auto && ::getenv("JOURNAL_STREAM") != nullptr));
+    }
+    std::vector<std::string_view> restart;
+    auto differs = [&](std::string_view key, bool changed) {
+        if (changed) restart.push_back(key);
+    };
+    differs("socket", next.socket_path != live.socket_path && !live.socket_activated);
+    differs("allowed_uids", next.allowed_uids != live.allowed_uids);
+    differs("max_sessions", next.max_sessions != live.max_sessions);
+    differs("setup_timeout", next.setup_timeout != live.setup_timeout);
+    differs("io_timeout", next.io_timeout != live.io_timeout);
+    differs("engine", next.engine_opts != live.engine_opts);
+    differs("backends", next.backends != live.backends);
+    differs("max_guest_memory", next.max_guest_memory != live.max_guest_memory);
+    differs("metrics_address", next.metrics_address != live.metrics_address);
+    differs("tracing", next.tracing != live.tracing);
+    if (restart.empty()) {
+        CLOG_INFO(kLog, "SIGHUP: configuration reloaded (log_level {}); nothing else changed", log::level_name(live.log_level));
+    } else {
+        CLOG_WARN(kLog, "SIGHUP: configuration reloaded; changed keys that take effect only after a restart: {}",
+                  fmt::join(restart, ", "));
+    }
+    notify_ready("serving (configuration reloaded)");
+}
+
+int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
     DaemonConfig cfg = given;
     log::set_level(cfg.log_level);
     const bool prefix = cfg.priority_prefix == PriorityPrefix::On ||
@@ -110,7 +175,27 @@ int run(const DaemonConfig& given) {
         if (std::find(cfg.backends.begin(), cfg.backends.end(), "fake") == cfg.backends.end()) {
             cfg.backends.emplace_back("fake");
         }
-    } else if (const auto parent = std::filesystem::path(cfg.socket_path).parent_path(); !parent.empty()) {
+    }
+    ServerOptions server_opts = cfg.server_options();
+    if (cfg.mode == Mode::Service) {
+        auto activated = take_activated_listener();
+        if (!activated) {
+            CLOG_ERROR(kLog, "socket activation: {}", activated.error().message());
+            return 1;
+        }
+        if (activated->fd) {
+            if (activated->path != cfg.socket_path) {
+                CLOG_INFO(kLog, "socket-activated on {} (the configured socket {} is not used)", activated->path,
+                          cfg.socket_path);
+            }
+            cfg.socket_path = activated->path;
+            cfg.socket_activated = true;
+            server_opts.socket_path = activated->path;
+            server_opts.inherited_listener = std::move(activated->fd);
+        }
+    }
+    if (const auto parent = std::filesystem::path(cfg.socket_path).parent_path();
+        cfg.mode == Mode::Service && !cfg.socket_activated && !parent.empty()) {
         std::error_code ec;
         if (!std::filesystem::exists(parent, ec)) {
             CLOG_ERROR(kLog, "socket directory {} does not exist (systemd: RuntimeDirectory=coiommu; by hand: "
@@ -126,7 +211,7 @@ int run(const DaemonConfig& given) {
         }
     } cleanup{demo_dir};
 
-    auto server = Server::start(cfg.server_options());
+    auto server = Server::start(std::move(server_opts));
     if (!server) {
         CLOG_ERROR(kLog, "cannot serve {}: {}", cfg.socket_path, server.error().message());
         return 1;
@@ -232,20 +317,28 @@ int run(const DaemonConfig& given) {
         ctx.signal_fd = sigfd->get();
         ctx.metrics_url = metrics_url;
         ctx.tracing_status = tracing_status;
-        ctx.trace_tool = sibling_program("coiommu-trace");
+        ctx.trace_tool = sibling_program("coiommu-trace", "bpf");
+        ctx.load_tool = sibling_program("coiommu-load", "engine/loadgen");
+        ctx.daemon_tool = self_program();
+        ctx.dashboards = dashboards_dir();
         rc = run_demo(ctx);
     } else {
         CLOG_INFO(kLog, "ready: serving VMMs on {}", cfg.socket_path);
+        notify_ready(fmt::format("serving VMMs on {}", cfg.socket_path));
         for (;;) {
             signalfd_siginfo si{};
             pollfd p{sigfd->get(), POLLIN, 0};
             if (::poll(&p, 1, -1) < 0 && errno != EINTR) break;
-            if (::read(sigfd->get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-                CLOG_INFO(kLog, "{}: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-                break;
+            if (::read(sigfd->get(), &si, sizeof si) != static_cast<ssize_t>(sizeof si)) continue;
+            if (si.ssi_signo == SIGHUP) {
+                reload(args, cfg);
+                continue;
             }
+            CLOG_INFO(kLog, "{}: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+            break;
         }
     }
+    notify_stopping();
     // Orderly: no new sessions, every session's engine unmaps what it mapped, then the exporter
     // (its collector reads the server) and the tracer go.
     (*server)->stop();
@@ -271,10 +364,11 @@ int main(int argc, char** argv) {
             std::fputs(coiommu::daemon::usage().c_str(), stdout);
             return 0;
         case coiommu::daemon::CliAction::Version:
-            std::printf("coiommud (coiommu) protocol %u\n", coiommu::daemon::proto::kVersion);
+            std::printf("%s\nVMM protocol version %u\n", coiommu::version_line("coiommud").c_str(),
+                        coiommu::daemon::proto::kVersion);
             return 0;
         case coiommu::daemon::CliAction::Run:
             break;
     }
-    return run(parsed->config);
+    return run(parsed->config, args);
 }

@@ -1,5 +1,6 @@
 #include "engine/daemon/server.h"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -80,9 +81,17 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
     if (options.max_sessions == 0) return make_error(EINVAL, "max_sessions must be at least 1");
     if (options.allowed_uids.empty()) options.allowed_uids.push_back(::geteuid());
     std::unique_ptr<Server> s(new Server(std::move(options)));
-    auto listen = bind_listener(s->opts_.socket_path);
-    if (!listen) return coiommu::unexpected(listen.error());
-    s->listen_ = std::move(*listen);
+    if (s->opts_.inherited_listener) {
+        // systemd created it blocking; the accept loop needs EAGAIN, not a block, after epoll.
+        const int fl = ::fcntl(s->opts_.inherited_listener.get(), F_GETFL);
+        if (fl < 0 || ::fcntl(s->opts_.inherited_listener.get(), F_SETFL, fl | O_NONBLOCK) != 0) {
+            return make_error(errno, "inherited listener: O_NONBLOCK");
+        }
+        s->listen_ = std::move(s->opts_.inherited_listener);
+        s->owns_socket_file_ = false;
+    } else {
+        COIOMMU_ASSIGN_OR_RETURN(s->listen_, bind_listener(s->opts_.socket_path));
+    }
     auto ev = EventFd::create(Blocking::No);
     if (!ev) {
         return coiommu::unexpected(with_context(ev.error(), "stop event"));
@@ -104,7 +113,7 @@ void Server::stop() {
     if (listen_) {
         // Only a socket this server bound (a failed start must not remove someone else's file).
         listen_.reset();
-        ::unlink(opts_.socket_path.c_str());
+        if (owns_socket_file_) ::unlink(opts_.socket_path.c_str());
     }
     CLOG_INFO(kLog, "stopped: {} sessions served", counters_.accepted.load());
 }

@@ -38,6 +38,9 @@ namespace coiommu::daemon {
 
 struct ServerOptions {
     std::string socket_path;
+    // A listening SOCK_SEQPACKET socket handed over by systemd socket activation (coiommud.socket).
+    // When valid it is served as it is: no bind, and stop() leaves the socket file to systemd.
+    UniqueFd inherited_listener;
     std::vector<uid_t> allowed_uids;  // empty: only this process's effective uid
     uint32_t max_sessions = 64;
     SessionLimits limits;
@@ -83,6 +86,7 @@ private:
 
     ServerOptions opts_;
     UniqueFd listen_;
+    bool owns_socket_file_ = true;  // false for a socket-activated listener
     EventFd stop_ev_;
     std::thread acceptor_;
     std::atomic<bool> stopped_{false};
