@@ -10,7 +10,9 @@ usage: check_dashboards.py [--root DIR] COMMAND
               _count, _sum) only inside rate/irate/increase, over [$__rate_interval]; heatmap
               targets; every metric referenced by a panel, a variable or rules.yml is documented
               in exporter/METRICS.md (exporter_test's MetricsDoc ties that file to what the
-              collectors emit)
+              collectors emit); every alert of rules.yml has a runbook_url pointing at its own
+              section of dashboards/RUNBOOK.md (which exists, and no section lacks its alert),
+              and at least one firing and one quiet (exp_alerts: []) case in rules_test.yml
   promql      every panel query, variables substituted, through `promtool check rules` as a
               recording rule; `promtool check rules` and `promtool test rules` on
               dashboards/prometheus; `promtool check config` on the scrape example (exit 77 when
@@ -19,7 +21,8 @@ usage: check_dashboards.py [--root DIR] COMMAND
   queries     print every panel query (one per line, '#' comment lines naming the panel) and
               every recording rule name, for scripts/prometheus-live.sh; --skip-bpf leaves out the
               BPF dashboard (tag "bpf") and the BPF recording rules
-  selftest    feed broken copies of the dashboards to the checks: each breakage must be reported
+  selftest    feed broken copies of the dashboards, rules, runbook and rule tests to the checks:
+              each breakage must be reported
 exit: 0 clean, 1 findings (printed), 2 usage, 77 skipped (a tool is missing)
 """
 
@@ -34,6 +37,12 @@ import sys
 import tempfile
 
 DASHBOARD_FILES = ["grafana/coiommu-overview.json", "grafana/coiommu-kernel.json"]
+RULES_FILE = os.path.join("dashboards", "prometheus", "rules.yml")
+RULES_TEST_FILE = os.path.join("dashboards", "prometheus", "rules_test.yml")
+RUNBOOK_FILE = os.path.join("dashboards", "RUNBOOK.md")
+# Every alert's runbook_url: dashboards/RUNBOOK.md where the package installs dashboards/
+# (engine/daemon/main.cc, dashboards_dir()), anchored at the alert's own section.
+RUNBOOK_URL = "file:///usr/share/coiommu/dashboards/RUNBOOK.md#"
 RATE_FUNCS = {"rate", "irate", "increase"}
 COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
@@ -310,6 +319,76 @@ def check_rules_metrics(root, known, problems):
                 problems.append(f"rules.yml {name}: metric {s.name} is not in exporter/METRICS.md")
 
 
+def alert_annotations(text):
+    """{alert name: {annotation: value}} of a rules file (the small YAML subset rules.yml uses)."""
+    alerts, name, in_annotations, indent = {}, None, False, 0
+    for line in text.split("\n"):
+        m = re.match(r"^\s*- (record|alert): (\S+)", line)
+        if m:
+            name = m.group(2) if m.group(1) == "alert" else None
+            if name:
+                alerts[name] = {}
+            in_annotations = False
+            continue
+        if name is None:
+            continue
+        m = re.match(r"^(\s*)annotations:\s*$", line)
+        if m:
+            in_annotations, indent = True, len(m.group(1))
+            continue
+        if in_annotations:
+            m = re.match(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*): (.*)$", line)
+            if m and len(m.group(1)) > indent:
+                alerts[name][m.group(2)] = m.group(3).strip()
+            elif line.strip():
+                in_annotations = False
+    return alerts
+
+
+def markdown_anchors(text):
+    """The GitHub-style anchors of a Markdown file's headings (outside code blocks)."""
+    anchors, in_code = set(), False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        m = re.match(r"^#{1,6} (.+?)\s*$", line)
+        if m and not in_code:
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-"))
+    return anchors
+
+
+def runbook_problems(rules_text, runbook_text, tests_text):
+    """Every alert: runbook_url = RUNBOOK_URL + its lower-case name, a RUNBOOK.md section with that
+    anchor, and a firing and a quiet case in rules_test.yml; every alert section has its alert."""
+    problems = []
+    alerts = alert_annotations(rules_text)
+    anchors = markdown_anchors(runbook_text)
+    for name, annotations in alerts.items():
+        want = RUNBOOK_URL + name.lower()
+        url = annotations.get("runbook_url")
+        if not url:
+            problems.append(f"rules.yml {name}: no runbook_url annotation (want {want})")
+        elif url != want:
+            problems.append(f"rules.yml {name}: runbook_url {url!r}, want {want!r}")
+        if name.lower() not in anchors:
+            problems.append(f"RUNBOOK.md: no section '## {name}' (anchor #{name.lower()}) for alert {name}")
+        cases = re.findall(r"alertname: " + re.escape(name) + r"[ \t]*\n\s*exp_alerts:(.*)", tests_text)
+        if not any(c.strip() == "[]" for c in cases):
+            problems.append(f"rules_test.yml: no quiet case (exp_alerts: []) for alert {name}")
+        if not any(c.strip() != "[]" for c in cases):
+            problems.append(f"rules_test.yml: no firing case for alert {name}")
+    for section in re.findall(r"^## (Coiommu[A-Za-z0-9]+)\s*$", runbook_text, re.M):
+        if section not in alerts:
+            problems.append(f"RUNBOOK.md: section {section} has no alert in rules.yml")
+    return problems
+
+
+def read_text(root, rel):
+    with open(os.path.join(root, rel), encoding="utf-8") as f:
+        return f.read()
+
+
 def load_dashboards(root):
     out = {}
     for rel in DASHBOARD_FILES:
@@ -328,6 +407,8 @@ def structure_problems(root, dashboards):
         uids[d.get("uid")] = rel
         check_dashboard(d, rel, known, problems)
     check_rules_metrics(root, known, problems)
+    problems.extend(runbook_problems(read_text(root, RULES_FILE), read_text(root, RUNBOOK_FILE),
+                                     read_text(root, RULES_TEST_FILE)))
     return problems
 
 
@@ -452,7 +533,26 @@ def cmd_selftest(root):
         found = structure_problems(root, ds)
         print(f"{'ok  ' if found else 'MISS'} {name}: {found[0] if found else 'not reported'}")
         missed += 0 if found else 1
-    print(f"{len(breakages) - missed}/{len(breakages)} breakages reported")
+
+    # Rules, runbook and rule tests: (rules.yml, RUNBOOK.md, rules_test.yml) -> broken copies.
+    texts = (read_text(root, RULES_FILE), read_text(root, RUNBOOK_FILE), read_text(root, RULES_TEST_FILE))
+    if runbook_problems(*texts):
+        print("FAIL: the committed rules/runbook/tests are not clean; run 'structure' first")
+        return 1
+    anchor = "#coiommuunpinstalled"
+    text_breakages = {
+        "alert without runbook_url": lambda r, b, t: (re.sub(r"\n *runbook_url: [^\n]*", "", r, count=1), b, t),
+        "runbook_url outside the runbook": lambda r, b, t: (r.replace(RUNBOOK_URL[:-1] + anchor, "https://wiki.example/coiommu" + anchor), b, t),
+        "runbook section missing": lambda r, b, t: (r, b.replace("## CoiommuUnpinStalled\n", "## Unpinning\n"), t),
+        "runbook section without alert": lambda r, b, t: (r, b + "\n## CoiommuNoSuchAlert\n\nGone.\n", t),
+        "alert without quiet case": lambda r, b, t: (r, b, re.sub(r"(alertname: CoiommuTracerDown\n\s*exp_alerts:) \[\]", r"\1\n          - exp_labels: {}", t)),
+    }
+    for name, breakage in text_breakages.items():
+        found = runbook_problems(*breakage(*texts))
+        print(f"{'ok  ' if found else 'MISS'} {name}: {found[0] if found else 'not reported'}")
+        missed += 0 if found else 1
+    total = len(breakages) + len(text_breakages)
+    print(f"{total - missed}/{total} breakages reported")
     return 1 if missed else 0
 
 
