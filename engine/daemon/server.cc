@@ -35,7 +35,6 @@ Result<UniqueFd> bind_listener(const std::string& path) {
         return make_error(ENAMETOOLONG, fmt::format("socket path '{}' is longer than {} bytes", path,
                                                     sizeof addr.sun_path - 1));
     }
-    std::memcpy(addr.sun_path, path.data(), path.size());
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
@@ -48,14 +47,29 @@ Result<UniqueFd> bind_listener(const std::string& path) {
     }
     UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!fd) return make_error(errno, "socket(AF_UNIX, SOCK_SEQPACKET)");
+    // Bound and listening under a temporary name, then renamed into place: a VMM that sees the
+    // path can connect at once (no ECONNREFUSED window between bind and listen).
+    const std::string tmp = fmt::format("{}.{}.tmp", path, ::getpid());
+    if (tmp.size() >= sizeof addr.sun_path) {
+        return make_error(ENAMETOOLONG, fmt::format("socket path '{}' leaves no room for its temporary name", path));
+    }
+    sockaddr_un tmp_addr{};
+    tmp_addr.sun_family = AF_UNIX;
+    std::memcpy(tmp_addr.sun_path, tmp.data(), tmp.size());
+    ::unlink(tmp.c_str());
     // 0600 from the first instant: nobody else can connect between bind and chmod.
     const mode_t old = ::umask(0177);
-    const int rc = ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+    const int rc = ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&tmp_addr), sizeof tmp_addr);
     const int err = errno;
     ::umask(old);
-    if (rc != 0) return make_error(err, fmt::format("bind {}", path));
-    if (::chmod(path.c_str(), 0600) != 0) return make_error(errno, fmt::format("chmod 0600 {}", path));
-    if (::listen(fd.get(), 128) != 0) return make_error(errno, fmt::format("listen {}", path));
+    if (rc != 0) return make_error(err, fmt::format("bind {}", tmp));
+    auto fail = [&](int e, std::string what) {
+        ::unlink(tmp.c_str());
+        return make_error(e, std::move(what));
+    };
+    if (::chmod(tmp.c_str(), 0600) != 0) return fail(errno, fmt::format("chmod 0600 {}", tmp));
+    if (::listen(fd.get(), 128) != 0) return fail(errno, fmt::format("listen {}", tmp));
+    if (::rename(tmp.c_str(), path.c_str()) != 0) return fail(errno, fmt::format("rename {} to {}", tmp, path));
     return fd;
 }
 
