@@ -130,17 +130,18 @@ Result<HelloInfo> Client::hello(std::string_view name, uint64_t features) {
     return hello_;
 }
 
-Status Client::set_memory(const GuestMemory& mem) {
-    const auto layout = mem.layout();
-    if (layout.empty() || layout.size() > proto::kMaxRegions) {
-        return make_error(EINVAL, fmt::format("SetMemory: {} regions (1..{})", layout.size(), proto::kMaxRegions));
+Status Client::set_memory(const GuestMemory& mem) { return set_memory(mem.layout()); }
+
+Status Client::set_memory(std::span<const RegionLayout> regions) {
+    if (regions.empty() || regions.size() > proto::kMaxRegions) {
+        return make_error(EINVAL, fmt::format("SetMemory: {} regions (1..{})", regions.size(), proto::kMaxRegions));
     }
     std::vector<std::byte> payload;
     proto::SetMemoryReq req;
-    req.count = static_cast<uint32_t>(layout.size());
+    req.count = static_cast<uint32_t>(regions.size());
     append_wire(payload, req);
     std::vector<int> fds;
-    for (const RegionLayout& r : layout) {
+    for (const RegionLayout& r : regions) {
         append_wire(payload, proto::MemRegionWire{raw(r.base), r.size, r.fd_offset});
         fds.push_back(r.fd);
     }

@@ -16,6 +16,9 @@
 //
 // Thread-safety: every method may be called from any thread; calls are serialised (one request
 // in flight per connection).
+//
+// This is the one implementation of the VMM side: the C ABI for VMMs in other languages
+// (libcoiommu-client.so, engine/client/) is a thin layer over this class.
 #pragma once
 
 #include <chrono>
@@ -86,6 +89,10 @@ public:
     // Every region of `mem` with its memfd (memfds created by GuestMemory::create are sealed
     // against shrinking, as the daemon requires).
     [[nodiscard]] Status set_memory(const GuestMemory& mem);
+    // The same from plain descriptors (a VMM that owns its RAM, the C ABI): each fd is borrowed for
+    // the call and must be a memfd sealed with F_SEAL_SHRINK. Errors: EINVAL for 0 or more than
+    // kMaxRegions regions; the daemon's Error (EINVAL for an unsealed memfd, overlap, misalignment).
+    [[nodiscard]] Status set_memory(std::span<const RegionLayout> regions);
     [[nodiscard]] Result<DeviceMemfds> set_topology(uint32_t vcpus, std::span<const uint16_t> endpoints);
     [[nodiscard]] Result<BackendInfo> set_backend_fake(const FakeBackendSpec& spec);
     [[nodiscard]] Result<BackendInfo> set_backend_null(uint64_t entry_limit = 0);
