@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, builds, runs the whole ctest suite, then the unit
+# The test command: installs what is missing, then proves the user's path before the test suites:
+# the release build of every program and the README's run command (no warning allowed), the
+# Debian packages built, installed, verified and removed; then the whole ctest suite, and the unit
 # tests again under ASan+UBSan and the concurrency tests under TSan.
 #
-# usage: ./scripts/test.sh [--quick]   (--quick: dev preset only, no sanitizer passes)
+# usage: ./scripts/test.sh [--quick]   (--quick: release path + dev preset only, no sanitizer passes)
 # env:   JOBS (parallel build/test jobs, default: number of cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,17 @@ step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
 step "dependencies"
 ./scripts/deps.sh
+
+# The user's path: `cmake --preset release && cmake --build --preset release` builds every target,
+# and `./scripts/run.sh --duration N` runs the demo to a clean end without printing a warning.
+step "release build (every target)"
+cmake --preset release >/dev/null
+cmake --build --preset release -j "$JOBS"
+step "the run command: ./scripts/run.sh --duration 5"
+./scripts/check-run.sh 5
+
+step "Debian packages: build, lintian, install, verify, remove"
+./scripts/package.sh --check
 
 run_preset() {
   local preset=$1

@@ -362,7 +362,9 @@ demo (--demo)
 
 Durations: 20, 20s, 500ms, 2m. Sizes: 4096, 64K, 512M, 1G, 1T.
 Signals: SIGTERM/SIGINT stop the daemon in order: no new sessions, every engine unmaps what it
-mapped, then exit 0. The protocol: engine/daemon/PROTOCOL.md.
+mapped, then exit 0. SIGHUP re-reads --config (log keys apply at once; other changed keys are
+named as needing a restart). Under systemd: socket activation ($LISTEN_FDS, coiommud.socket) and
+Type=notify readiness ($NOTIFY_SOCKET). The protocol: engine/daemon/PROTOCOL.md.
 )";
 }
 

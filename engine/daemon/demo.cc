@@ -1,5 +1,9 @@
 #include "engine/daemon/demo.h"
 
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
 #include <poll.h>
 
 #include <chrono>
@@ -100,6 +104,9 @@ int run_demo(const DemoContext& ctx) {
         pollfd p{ctx.signal_fd, POLLIN, 0};
         const int r = ::poll(&p, ctx.signal_fd >= 0 ? 1 : 0, 1000);
         if (r > 0) {
+            signalfd_siginfo si{};
+            const bool got = ::read(ctx.signal_fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si);
+            if (got && si.ssi_signo == SIGHUP) continue;  // reload is a service-mode signal
             interrupted = true;
             break;
         }

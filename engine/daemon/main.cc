@@ -356,7 +356,9 @@ int main(int argc, char** argv) {
     std::vector<std::string_view> args(argv + 1, argv + argc);
     auto parsed = coiommu::daemon::parse_args(args);
     if (!parsed) {
-        std::fprintf(stderr, "coiommud: %s\n", parsed.error().context.c_str());
+        // The errno says why a config file could not be read; a flag error is its own sentence.
+        const auto& e = parsed.error();
+        std::fprintf(stderr, "coiommud: %s\n", e.code == EINVAL ? e.context.c_str() : e.message().c_str());
         return 2;
     }
     switch (parsed->action) {
