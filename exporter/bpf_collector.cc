@@ -114,9 +114,9 @@ std::size_t program_families(const std::vector<bpf::ProgramInfo>& programs, std:
 }
 
 void engine_families(const bpf::EngineSnapshot& e, std::vector<MetricFamily>& out) {
-    MetricFamily req_duration =
-        histogram_family("coiommu_bpf_engine_request_duration_seconds",
-                         "Engine pin request latency (notify seen to slot completed) from its request_done USDT probe, by kind.");
+    MetricFamily req_duration = histogram_family(
+        "coiommu_bpf_engine_request_duration_seconds",
+        "Engine pin request latency (notify seen to slot completed) from its request_done USDT probe, by kind.");
     MetricFamily req_pages = histogram_family("coiommu_bpf_engine_pages_per_request",
                                               "Pages per engine pin request, from its USDT probes, by kind.");
     MetricFamily requests = counter_family("coiommu_bpf_engine_requests_total",

@@ -40,7 +40,8 @@ std::vector<prometheus::MetricFamily> Collector::Collect() const {
 
 Status CollectorSet::add(std::string name, std::shared_ptr<const prometheus::Collectable> collectable) {
     if (!collectable) return make_error(EINVAL, "collector set: null collectable");
-    if (!valid_collector_name(name)) return make_error(EINVAL, fmt::format("collector set: bad name '{}' (want [a-z0-9_]+)", name));
+    if (!valid_collector_name(name))
+        return make_error(EINVAL, fmt::format("collector set: bad name '{}' (want [a-z0-9_]+)", name));
     std::lock_guard lock(mu_);
     for (const Entry& e : entries_) {
         if (e.name == name) return make_error(EEXIST, fmt::format("collector set: '{}' already added", name));
@@ -97,7 +98,8 @@ std::vector<prometheus::MetricFamily> CollectorSet::Collect() const {
             for (auto& f : part) {
                 if (!seen.insert(f.name).second) {
                     ok_now = false;
-                    CLOG_ERROR_RL(kLog, "collector {}: family {} already emitted by another collector; dropped", e.name, f.name);
+                    CLOG_ERROR_RL(kLog, "collector {}: family {} already emitted by another collector; dropped", e.name,
+                                  f.name);
                     continue;
                 }
                 out.push_back(std::move(f));
@@ -107,8 +109,8 @@ std::vector<prometheus::MetricFamily> CollectorSet::Collect() const {
             if (!ok_now) ++e.errors;
         }
 
-        auto duration = gauge_family("coiommu_exporter_collect_duration_seconds",
-                                     "Time the last scrape spent in each collector.");
+        auto duration =
+            gauge_family("coiommu_exporter_collect_duration_seconds", "Time the last scrape spent in each collector.");
         auto errors = counter_family("coiommu_exporter_collect_errors_total",
                                      "Scrapes in which a collector failed, threw or returned partial data.");
         auto success = gauge_family("coiommu_exporter_collector_success",

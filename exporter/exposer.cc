@@ -150,7 +150,8 @@ Result<Exposer> Exposer::start(const ExposerOptions& options) {
     t_startup_messages = &startup_messages;
     try {
         impl = std::make_unique<prometheus::Exposer>(
-            std::vector<std::string>{"listening_ports", parsed->to_string(), "num_threads", std::to_string(options.threads)},
+            std::vector<std::string>{"listening_ports", parsed->to_string(), "num_threads",
+                                     std::to_string(options.threads)},
             &callbacks());
     } catch (const std::bad_alloc&) {
         t_startup_messages = nullptr;
@@ -169,14 +170,16 @@ Result<Exposer> Exposer::start(const ExposerOptions& options) {
             return make_error(err, fmt::format("exporter: cannot listen on {}: {} (civetweb: {})", parsed->to_string(),
                                                describe_bind_errno(err), detail));
         }
-        return make_error(EIO, fmt::format("exporter: cannot start HTTP server on {}: {}", parsed->to_string(), detail));
+        return make_error(EIO,
+                          fmt::format("exporter: cannot start HTTP server on {}: {}", parsed->to_string(), detail));
     }
 
     ListenAddress bound = *parsed;
     try {
         const std::vector<int> ports = impl->GetListeningPorts();
         if (ports.empty() || ports.front() <= 0 || ports.front() > 65535) {
-            return make_error(EIO, fmt::format("exporter: server on {} reports no listening port", parsed->to_string()));
+            return make_error(EIO,
+                              fmt::format("exporter: server on {} reports no listening port", parsed->to_string()));
         }
         bound.port = static_cast<uint16_t>(ports.front());
     } catch (const std::exception& e) {
@@ -189,7 +192,8 @@ Result<Exposer> Exposer::start(const ExposerOptions& options) {
 Status Exposer::register_collectable(std::shared_ptr<prometheus::Collectable> collectable, std::string_view uri) {
     if (!impl_) return make_error(EINVAL, "exporter: register on a moved-from exposer");
     if (!collectable) return make_error(EINVAL, "exporter: register a null collectable");
-    if (uri.empty() || uri.front() != '/') return make_error(EINVAL, fmt::format("exporter: uri '{}' must start with '/'", uri));
+    if (uri.empty() || uri.front() != '/')
+        return make_error(EINVAL, fmt::format("exporter: uri '{}' must start with '/'", uri));
     try {
         impl_->RegisterCollectable(collectable, std::string(uri));
         registrations_.push_back({std::move(collectable), std::string(uri)});

@@ -32,7 +32,7 @@ namespace coiommu::exporter {
 using Labels = std::vector<prometheus::ClientMetric::Label>;
 
 struct HistogramScale {
-    double unit_to_base = 1.0;  // multiplier from the recorded unit to the base unit (1e-9: ns → s)
+    double unit_to_base = 1.0;     // multiplier from the recorded unit to the base unit (1e-9: ns → s)
     std::size_t first_bucket = 0;  // lowest log2 bucket emitted as its own `le`
     std::size_t last_bucket = 0;   // highest log2 bucket emitted; above it only `+Inf`
 };

@@ -184,7 +184,8 @@ std::vector<prometheus::MetricFamily> process_families(const ProcessStats& s) {
         out.push_back(std::move(f));
     };
     counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", s.cpu_seconds);
-    gauge("process_resident_memory_bytes", "Resident memory size in bytes.", static_cast<double>(s.resident_memory_bytes));
+    gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
+          static_cast<double>(s.resident_memory_bytes));
     gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", static_cast<double>(s.virtual_memory_bytes));
     gauge("process_open_fds", "Number of open file descriptors.", static_cast<double>(s.open_fds));
     gauge("process_max_fds", "Maximum number of open file descriptors.", s.max_fds);

@@ -48,6 +48,7 @@ struct coiommu_eng_scan_stats {
 
 /* Value of eng_drops (per-CPU array, one entry). */
 struct coiommu_eng_drops {
-	__u64 bad_kind;  /* a probe or record carried a kind outside the known range */
-	__u64 bad_batch; /* records lost: a count above COIOMMU_ENG_BATCH_MAX, or unreadable memory */
+	__u64 bad_kind; /* a probe or record carried a kind outside the known range */
+	__u64
+	    bad_batch; /* records lost: a count above COIOMMU_ENG_BATCH_MAX, or unreadable memory */
 };

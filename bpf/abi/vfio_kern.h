@@ -9,7 +9,7 @@
 
 /* Key of vk_hist: which kernel function was timed. */
 enum coiommu_vk_fn {
-	COIOMMU_VK_DO_MAP = 0,   /* vfio_dma_do_map */
+	COIOMMU_VK_DO_MAP = 0,	 /* vfio_dma_do_map */
 	COIOMMU_VK_DO_UNMAP = 1, /* vfio_dma_do_unmap */
 	COIOMMU_VK_FN_COUNT = 2,
 };

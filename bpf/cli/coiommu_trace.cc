@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <exception>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -292,8 +293,7 @@ void print_hist(const Log2Hist& h, std::string_view label, const Unit& unit) {
     for (int k = lo; k <= hi; ++k) {
         const auto sk = static_cast<size_t>(k);
         Row r{format_bound(Log2Hist::lower_bound(sk), unit),
-              sk == kOverflowSlot ? std::string("inf") : format_bound(Log2Hist::upper_bound(sk), unit),
-              h.slots[sk]};
+              sk == kOverflowSlot ? std::string("inf") : format_bound(Log2Hist::upper_bound(sk), unit), h.slots[sk]};
         wl = std::max(wl, r.low.size());
         wh = std::max(wh, r.high.size());
         rows.push_back(std::move(r));
@@ -364,8 +364,10 @@ void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
         print_hist(e.scan_duration_ns[k], unit.name, unit);
     }
     if (e.bad_kind + e.bad_batch != 0) {
-        fmt::print("engine: dropped {} probes/records with an unknown kind, {} request records unreadable or over "
-                   "the batch limit\n", e.bad_kind, e.bad_batch);
+        fmt::print(
+            "engine: dropped {} probes/records with an unknown kind, {} request records unreadable or over "
+            "the batch limit\n",
+            e.bad_kind, e.bad_batch);
     }
 }
 
@@ -375,9 +377,7 @@ void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
 using Json = nlohmann::ordered_json;
 
 // One JSON line. A process name (comm) is arbitrary bytes: invalid UTF-8 is replaced, never thrown.
-void print_json_line(const Json& j) {
-    fmt::print("{}\n", j.dump(-1, ' ', false, Json::error_handler_t::replace));
-}
+void print_json_line(const Json& j) { fmt::print("{}\n", j.dump(-1, ' ', false, Json::error_handler_t::replace)); }
 
 Json json_hist(const Log2Hist& h, const Log2Hist& total) {
     Json buckets = Json::array();
@@ -465,8 +465,8 @@ Json json_programs(const std::vector<ProgramInfo>& programs) {
 }
 
 void print_programs_text(const std::vector<ProgramInfo>& programs) {
-    fmt::print("\n{:<16} {:<10} {:>6} {:<16} {:>8} {:>12} {:>14} {:>8}\n", "program", "attach", "id", "tag",
-               "attached", "runs", "run_time_ns", "avg_ns");
+    fmt::print("\n{:<16} {:<10} {:>6} {:<16} {:>8} {:>12} {:>14} {:>8}\n", "program", "attach", "id", "tag", "attached",
+               "runs", "run_time_ns", "avg_ns");
     for (const auto& p : programs) {
         fmt::print("{:<16} {:<10} {:>6} {:<16} {:>8} {:>12} {:>14} {:>8}\n", p.program, p.attach, p.id, p.tag,
                    p.attached ? "yes" : "no", p.run_cnt, p.run_time_ns, p.run_cnt ? p.run_time_ns / p.run_cnt : 0);
@@ -611,14 +611,13 @@ int run(const Args& args) {
     fmt::print(stderr, "Tracing VFIO DMA ioctls of {}... Hit Ctrl-C to end.\n",
                args.pid ? fmt::format("pid {}", args.pid) : std::string("all processes"));
 
-
     const auto on_event = [&args, &count_event](const SlowEvent& ev) {
         count_event(ev);
         print_slow(ev, args);
     };
-    const auto interval = args.interval_s
-                              ? std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*args.interval_s))
-                              : Clock::duration::max();
+    const auto interval =
+        args.interval_s ? std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*args.interval_s))
+                        : Clock::duration::max();
     auto next = args.interval_s ? Clock::now() + interval : Clock::time_point::max();
     uint64_t printed = 0;
     while (g_stop == 0) {
@@ -657,8 +656,13 @@ int run(const Args& args) {
 }  // namespace coiommu::bpf
 
 int main(int argc, char** argv) {
-    int exit_code = 0;
-    auto args = coiommu::bpf::parse_args(argc, argv, &exit_code);
-    if (!args) return exit_code;
-    return coiommu::bpf::run(*args);
+    try {
+        int exit_code = 0;
+        auto args = coiommu::bpf::parse_args(argc, argv, &exit_code);
+        if (!args) return exit_code;
+        return coiommu::bpf::run(*args);
+    } catch (const std::exception& e) {  // fmt's output errors, allocation failure
+        std::fprintf(stderr, "coiommu-trace: %s\n", e.what());
+        return 1;
+    }
 }

@@ -68,16 +68,16 @@ static __always_inline void coiommu_hist_add(struct coiommu_hist *h, __u64 v)
 #define COIOMMU_HIST_ADD(map, key, v)                                                              \
 	({                                                                                         \
 		__u32 __k = (key);                                                                 \
-		struct coiommu_hist *__h = bpf_map_lookup_elem(&(map), &__k);                       \
+		struct coiommu_hist *__h = bpf_map_lookup_elem(&(map), &__k);                      \
 		if (__h)                                                                           \
 			coiommu_hist_add(__h, (v));                                                \
 	})
 
 /* Per-CPU counter bump: `field` of entry `key` of a per-CPU array of structs. */
-#define COIOMMU_COUNT(map, key, type, field, n)                                                   \
+#define COIOMMU_COUNT(map, key, type, field, n)                                                    \
 	({                                                                                         \
 		__u32 __k = (key);                                                                 \
-		type *__c = bpf_map_lookup_elem(&(map), &__k);                                      \
+		type *__c = bpf_map_lookup_elem(&(map), &__k);                                     \
 		if (__c)                                                                           \
 			__sync_fetch_and_add(&__c->field, (n));                                    \
 	})

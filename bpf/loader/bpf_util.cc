@@ -20,7 +20,10 @@ namespace {
 std::mutex g_reason_mu;
 std::string g_reason;  // guarded by g_reason_mu
 
-int libbpf_print(enum libbpf_print_level level, const char* format, va_list args) {
+// libbpf's format strings, forwarded: the attribute tells both compilers the va_list is checked
+// at libbpf's call sites.
+__attribute__((format(printf, 2, 0))) int libbpf_print(enum libbpf_print_level level, const char* format,
+                                                       va_list args) {
     const bool debug = log::enabled(log::Level::Debug);
     if (!debug && level != LIBBPF_WARN) return 0;
     va_list copy;

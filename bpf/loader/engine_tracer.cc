@@ -59,8 +59,8 @@ struct EngineTracer::Impl {
 
     [[nodiscard]] detail::EngineMapFds fds() const {
         const auto& m = skel->maps;
-        return {bpf_map__fd(m.eng_req_hist), bpf_map__fd(m.eng_req_pages), bpf_map__fd(m.eng_req_calls),
-                bpf_map__fd(m.eng_dma_hist), bpf_map__fd(m.eng_dma_calls), bpf_map__fd(m.eng_scan_hist),
+        return {bpf_map__fd(m.eng_req_hist),   bpf_map__fd(m.eng_req_pages), bpf_map__fd(m.eng_req_calls),
+                bpf_map__fd(m.eng_dma_hist),   bpf_map__fd(m.eng_dma_calls), bpf_map__fd(m.eng_scan_hist),
                 bpf_map__fd(m.eng_scan_stats), bpf_map__fd(m.eng_drops)};
     }
 };
@@ -97,7 +97,8 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
     std::vector<Error> failures;
     for (const Probe& p : probes) {
         errno = 0;
-        bpf_link* link = bpf_program__attach_usdt(p.prog, target.pid, target.binary.c_str(), kProvider, p.name, nullptr);
+        bpf_link* link =
+            bpf_program__attach_usdt(p.prog, target.pid, target.binary.c_str(), kProvider, p.name, nullptr);
         const int err = errno;
         if (link == nullptr) {
             failures.push_back(bpf_error(err != 0 ? err : ENOENT, fmt::format("attach USDT {}:{}", kProvider, p.name)));
@@ -107,9 +108,10 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
         impl->probes.emplace_back(p.name);
     }
     if (impl->probes.empty()) {
-        return coiommu::unexpected(with_context(failures.front(), fmt::format("engine: no {} USDT probe could be attached in "
-                                                                         "{} (pid {}); is it the engine binary?",
-                                                                         kProvider, target.binary, target.pid)));
+        return coiommu::unexpected(
+            with_context(failures.front(), fmt::format("engine: no {} USDT probe could be attached in "
+                                                       "{} (pid {}); is it the engine binary?",
+                                                       kProvider, target.binary, target.pid)));
     }
     for (const Error& e : failures) CLOG_WARN("bpf", "engine: {} (probe left detached)", e.message());
     return EngineTracer(std::move(impl));

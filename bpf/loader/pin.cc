@@ -33,17 +33,15 @@ Status mkdir_one(const std::string& path) {
 
 }  // namespace
 
-std::string versioned_pin_dir(std::string_view root) {
-    return fmt::format("{}/v{}", root, COIOMMU_BPF_ABI_VERSION);
-}
+std::string versioned_pin_dir(std::string_view root) { return fmt::format("{}/v{}", root, COIOMMU_BPF_ABI_VERSION); }
 
 Status ensure_bpffs() {
     struct statfs st {};
     if (::statfs(kBpffs, &st) == 0 && st.f_type == kBpfFsMagic) return ok();
     if (::mount("bpf", kBpffs, "bpf", 0, "mode=0700") != 0) {
         const int err = errno;
-        return make_error(err, fmt::format("{} is not a bpffs and mounting one failed (run `mount -t bpf bpf {}`)",
-                                           kBpffs, kBpffs));
+        return make_error(
+            err, fmt::format("{} is not a bpffs and mounting one failed (run `mount -t bpf bpf {}`)", kBpffs, kBpffs));
     }
     CLOG_INFO("bpf", "mounted bpffs at {}", kBpffs);
     return ok();
@@ -121,7 +119,9 @@ Status remove_pins(std::string_view root) {
     while (const dirent* e = ::readdir(d)) {
         const std::string name = e->d_name;
         if (name == "." || name == "..") continue;
-        const std::string path = dir + "/" + name;
+        std::string path = dir;
+        path += '/';
+        path += name;
         if (::unlink(path.c_str()) != 0 && status) status = make_error(errno, "unlink " + path);
     }
     ::closedir(d);

@@ -33,12 +33,12 @@ Result<PinnedMaps> PinnedMaps::open(std::string_view root) {
         const char* name;
     };
     const Slot slots[] = {
-        {&p.vfio_dma_.hist, "vfio_dma_hist"},       {&p.vfio_dma_.calls, "vfio_dma_calls"},
-        {&p.vfio_dma_.drops, "vfio_dma_drops"},     {&p.vfio_dma_.flight, "vfio_dma_flight"},
-        {&p.engine_.req_hist, "eng_req_hist"},      {&p.engine_.req_pages, "eng_req_pages"},
-        {&p.engine_.req_calls, "eng_req_calls"},    {&p.engine_.dma_hist, "eng_dma_hist"},
-        {&p.engine_.dma_calls, "eng_dma_calls"},    {&p.engine_.scan_hist, "eng_scan_hist"},
-        {&p.engine_.scan_stats, "eng_scan_stats"},  {&p.engine_.drops, "eng_drops"},
+        {&p.vfio_dma_.hist, "vfio_dma_hist"},      {&p.vfio_dma_.calls, "vfio_dma_calls"},
+        {&p.vfio_dma_.drops, "vfio_dma_drops"},    {&p.vfio_dma_.flight, "vfio_dma_flight"},
+        {&p.engine_.req_hist, "eng_req_hist"},     {&p.engine_.req_pages, "eng_req_pages"},
+        {&p.engine_.req_calls, "eng_req_calls"},   {&p.engine_.dma_hist, "eng_dma_hist"},
+        {&p.engine_.dma_calls, "eng_dma_calls"},   {&p.engine_.scan_hist, "eng_scan_hist"},
+        {&p.engine_.scan_stats, "eng_scan_stats"}, {&p.engine_.drops, "eng_drops"},
     };
     for (const Slot& s : slots) {
         auto fd = open_pin(p.dir_, s.name);
@@ -57,8 +57,8 @@ Result<PinnedMaps> PinnedMaps::open(std::string_view root) {
 
 Result<VfioDmaSnapshot> PinnedMaps::vfio_dma() const {
     if (!has_vfio_dma()) return make_error(ENOENT, "vfio_dma maps not pinned in " + dir_);
-    return detail::read_vfio_dma({vfio_dma_.hist.get(), vfio_dma_.calls.get(), vfio_dma_.drops.get(),
-                                  vfio_dma_.flight.get()});
+    return detail::read_vfio_dma(
+        {vfio_dma_.hist.get(), vfio_dma_.calls.get(), vfio_dma_.drops.get(), vfio_dma_.flight.get()});
 }
 
 Result<EngineSnapshot> PinnedMaps::engine() const {

@@ -60,7 +60,7 @@ inline constexpr size_t kResultClassCount = 6;
 
 struct VfioCalls {
     std::array<uint64_t, kResultClassCount> by_result{};  // indexed by ResultClass
-    uint64_t bytes = 0;  // sum of the size/length field of the calls' structs
+    uint64_t bytes = 0;                                   // sum of the size/length field of the calls' structs
 
     [[nodiscard]] uint64_t total() const;
     [[nodiscard]] uint64_t of(ResultClass r) const { return by_result[static_cast<size_t>(r)]; }
@@ -100,9 +100,9 @@ struct SlowEvent {
 
 // ---- engine (USDT) ----
 
-inline constexpr size_t kEngineRequestKinds = 2;  // telemetry::RequestKind: single, batch
-inline constexpr size_t kEngineDmaOps = 2;        // map, unmap
-inline constexpr size_t kEngineScanKinds = 2;     // telemetry::ScanKind: lru, balloon
+inline constexpr size_t kEngineRequestKinds = 2;                // telemetry::RequestKind: single, batch
+inline constexpr size_t kEngineDmaOps = 2;                      // map, unmap
+inline constexpr size_t kEngineScanKinds = 2;                   // telemetry::ScanKind: lru, balloon
 [[nodiscard]] std::string_view request_kind_name(size_t kind);  // "single", "batch"
 [[nodiscard]] std::string_view engine_dma_op_name(size_t op);   // "map", "unmap"
 [[nodiscard]] std::string_view scan_kind_name(size_t kind);     // "lru", "balloon"

@@ -26,16 +26,16 @@ struct TracingOptions {
     VfioDmaOptions vfio_dma;
     std::optional<EngineTarget> engine;
     TryKernelHooks kernel_hooks = TryKernelHooks::No;
-    std::optional<PinOptions> pin;              // pin every map under <root>/v2/
+    std::optional<PinOptions> pin;                 // pin every map under <root>/v2/
     CollectRunTime run_time = CollectRunTime::No;  // hold a StatsGuard (run_time_ns/run_cnt)
 };
 
 // Everything at one instant. Counters are totals since load.
 struct TelemetrySnapshot {
     VfioDmaSnapshot vfio_dma;
-    std::optional<EngineSnapshot> engine;   // present when the engine tracer is attached
-    std::optional<VfioKernSnapshot> kern;   // present when the fentry hooks are attached
-    std::vector<ProgramInfo> programs;      // every loaded program
+    std::optional<EngineSnapshot> engine;  // present when the engine tracer is attached
+    std::optional<VfioKernSnapshot> kern;  // present when the fentry hooks are attached
+    std::vector<ProgramInfo> programs;     // every loaded program
 };
 
 class Tracing {

@@ -37,15 +37,16 @@ Result<VfioKernTracer> VfioKernTracer::start() {
 
     const int supported = libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_TRACING, nullptr);
     if (supported < 0) {
-        return not_available(-supported, "probing BPF_PROG_TYPE_TRACING failed: " + std::string(std::strerror(-supported)));
+        return not_available(-supported,
+                             "probing BPF_PROG_TYPE_TRACING failed: " + std::string(std::strerror(-supported)));
     }
     if (supported == 0) {
         return not_available(EOPNOTSUPP, "this kernel does not allow fentry/fexit (BPF_PROG_TYPE_TRACING) programs");
     }
     if (::access(kModuleBtf, F_OK) != 0) {
         const int err = errno;
-        return not_available(err, std::string("module vfio_iommu_type1 is not loaded or has no BTF (") + kModuleBtf +
-                                      " missing)");
+        return not_available(
+            err, std::string("module vfio_iommu_type1 is not loaded or has no BTF (") + kModuleBtf + " missing)");
     }
 
     auto impl = std::make_unique<Impl>();
@@ -53,8 +54,8 @@ Result<VfioKernTracer> VfioKernTracer::start() {
     if (!skel) return not_available(skel.error().code, skel.error().message());
     impl->skel = std::move(*skel);
     if (auto st = impl->skel.load(); !st) {
-        return not_available(st.error().code, "trial load failed (functions inlined or not traceable?): " +
-                                                  st.error().message());
+        return not_available(st.error().code,
+                             "trial load failed (functions inlined or not traceable?): " + st.error().message());
     }
     if (auto st = impl->skel.attach(); !st) return not_available(st.error().code, st.error().message());
     return VfioKernTracer(std::move(impl));

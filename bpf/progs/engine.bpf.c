@@ -75,7 +75,8 @@ int BPF_USDT(eng_requests, __u32 session, __u64 records, __u32 count)
 	if (!bc.batch)
 		return 0;
 	if (n > COIOMMU_ENG_BATCH_MAX) {
-		COIOMMU_COUNT(eng_drops, 0, struct coiommu_eng_drops, bad_batch, n - COIOMMU_ENG_BATCH_MAX);
+		COIOMMU_COUNT(eng_drops, 0, struct coiommu_eng_drops, bad_batch,
+			      n - COIOMMU_ENG_BATCH_MAX);
 		n = COIOMMU_ENG_BATCH_MAX;
 	}
 	size = (__u64)n * sizeof(bc.batch->records[0]);

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* VFIO DMA map/unmap latency from the ioctl syscall tracepoints.
  *
- * sys_enter_ioctl records (start time, op, iova, size) in the thread's slot for the four DMA commands
- * (VFIO type1 MAP/UNMAP, iommufd IOAS_MAP/UNMAP); sys_exit_ioctl turns it into a latency
+ * sys_enter_ioctl records (start time, op, iova, size) in the thread's slot for the four DMA
+ * commands (VFIO type1 MAP/UNMAP, iommufd IOAS_MAP/UNMAP); sys_exit_ioctl turns it into a latency
  * observation, a call count by result class and, above the slow threshold, a ring buffer event.
  * Works for any process (crosvm, QEMU, our engine) or one target tgid, and without any VFIO
  * device: the tracepoints fire even when the ioctl fails (ENOTTY on a non-VFIO fd).
@@ -15,8 +15,8 @@
 #include "hist.bpf.h"
 
 /* Load-time configuration (set between open and load). */
-const volatile __u32 targ_tgid = 0;         /* 0 = every process */
-const volatile __u32 slow_enabled = 0;      /* 1 = emit events for calls >= slow_threshold_ns */
+const volatile __u32 targ_tgid = 0;    /* 0 = every process */
+const volatile __u32 slow_enabled = 0; /* 1 = emit events for calls >= slow_threshold_ns */
 const volatile __u64 slow_threshold_ns = 0;
 
 COIOMMU_PERCPU_ARRAY(vfio_dma_hist, struct coiommu_hist, COIOMMU_OP_COUNT);
@@ -60,9 +60,12 @@ struct iova_size {
 	__u64 second;
 };
 _Static_assert(COIOMMU_VFIO_MAP_IOVA_OFF + 8 == COIOMMU_VFIO_MAP_SIZE_OFF, "vfio map: iova, size");
-_Static_assert(COIOMMU_VFIO_UNMAP_IOVA_OFF + 8 == COIOMMU_VFIO_UNMAP_SIZE_OFF, "vfio unmap: iova, size");
-_Static_assert(COIOMMU_IOAS_MAP_SIZE_OFF + 8 == COIOMMU_IOAS_MAP_IOVA_OFF, "ioas map: length, iova");
-_Static_assert(COIOMMU_IOAS_UNMAP_IOVA_OFF + 8 == COIOMMU_IOAS_UNMAP_SIZE_OFF, "ioas unmap: iova, length");
+_Static_assert(COIOMMU_VFIO_UNMAP_IOVA_OFF + 8 == COIOMMU_VFIO_UNMAP_SIZE_OFF,
+	       "vfio unmap: iova, size");
+_Static_assert(COIOMMU_IOAS_MAP_SIZE_OFF + 8 == COIOMMU_IOAS_MAP_IOVA_OFF,
+	       "ioas map: length, iova");
+_Static_assert(COIOMMU_IOAS_UNMAP_IOVA_OFF + 8 == COIOMMU_IOAS_UNMAP_SIZE_OFF,
+	       "ioas unmap: iova, length");
 
 SEC("tracepoint/syscalls/sys_enter_ioctl")
 int vfio_dma_enter(struct trace_event_raw_sys_enter *ctx)
@@ -88,7 +91,8 @@ int vfio_dma_enter(struct trace_event_raw_sys_enter *ctx)
 		rec.size = pair.second;
 		break;
 	case COIOMMU_OP_VFIO_UNMAP: /* iova, size */
-		fault = bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_VFIO_UNMAP_IOVA_OFF);
+		fault =
+		    bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_VFIO_UNMAP_IOVA_OFF);
 		rec.iova = pair.first;
 		rec.size = pair.second;
 		break;
@@ -98,7 +102,8 @@ int vfio_dma_enter(struct trace_event_raw_sys_enter *ctx)
 		rec.iova = pair.second;
 		break;
 	default: /* IOAS_UNMAP: iova, length */
-		fault = bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_IOAS_UNMAP_IOVA_OFF);
+		fault =
+		    bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_IOAS_UNMAP_IOVA_OFF);
 		rec.iova = pair.first;
 		rec.size = pair.second;
 		break;
@@ -176,7 +181,8 @@ int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
 	if (slow_enabled && latency >= slow_threshold_ns) {
 		ev = bpf_ringbuf_reserve(&vfio_dma_events, sizeof(*ev), 0);
 		if (!ev) {
-			COIOMMU_COUNT(vfio_dma_drops, 0, struct coiommu_vfio_drops, ringbuf_full, 1);
+			COIOMMU_COUNT(vfio_dma_drops, 0, struct coiommu_vfio_drops, ringbuf_full,
+				      1);
 			goto out;
 		}
 		ev->ts_ns = now;

@@ -27,8 +27,8 @@ inline constexpr uint64_t kPageMask = kPageSize - 1;
 inline constexpr uint64_t kMaxGfn = (~uint64_t{0}) >> kPageShift;
 
 template <class A>
-concept StrongAddr = std::is_same_v<A, Gfn> || std::is_same_v<A, Gpa> ||
-                     std::is_same_v<A, Iova> || std::is_same_v<A, Hva>;
+concept StrongAddr =
+    std::is_same_v<A, Gfn> || std::is_same_v<A, Gpa> || std::is_same_v<A, Iova> || std::is_same_v<A, Hva>;
 
 template <StrongAddr A>
 [[nodiscard]] constexpr uint64_t raw(A a) {

@@ -64,9 +64,9 @@ std::string_view level_name(Level level) {
 }
 
 bool parse_level(std::string_view text, Level* out) {
-    static constexpr std::pair<std::string_view, Level> kNames[] = {
-        {"debug", Level::Debug}, {"info", Level::Info}, {"warn", Level::Warn},
-        {"warning", Level::Warn}, {"error", Level::Error}, {"off", Level::Off}};
+    static constexpr std::pair<std::string_view, Level> kNames[] = {{"debug", Level::Debug}, {"info", Level::Info},
+                                                                    {"warn", Level::Warn},   {"warning", Level::Warn},
+                                                                    {"error", Level::Error}, {"off", Level::Off}};
     for (const auto& [name, l] : kNames) {
         if (text == name) {
             *out = l;
@@ -105,8 +105,7 @@ void write(Level l, std::string_view component, std::string_view message) {
 bool RateLimiter::allow(uint64_t* suppressed) {
     const uint64_t now = now_ns();
     uint64_t start = window_start_ns_.load(std::memory_order_relaxed);
-    if (now - start >= period_ns_ &&
-        window_start_ns_.compare_exchange_strong(start, now, std::memory_order_relaxed)) {
+    if (now - start >= period_ns_ && window_start_ns_.compare_exchange_strong(start, now, std::memory_order_relaxed)) {
         in_window_.store(0, std::memory_order_relaxed);
     }
     if (in_window_.fetch_add(1, std::memory_order_relaxed) < burst_) {

@@ -42,9 +42,7 @@ namespace detail {
 extern std::atomic<int> g_level;
 }  // namespace detail
 
-inline bool enabled(Level l) {
-    return static_cast<int>(l) >= detail::g_level.load(std::memory_order_relaxed);
-}
+inline bool enabled(Level l) { return static_cast<int>(l) >= detail::g_level.load(std::memory_order_relaxed); }
 
 template <class... Args>
 void logf(Level l, std::string_view component, fmt::format_string<Args...> f, Args&&... args) {
@@ -69,8 +67,7 @@ private:
 };
 
 template <class... Args>
-void logf_limited(RateLimiter& rl, Level l, std::string_view component,
-                  fmt::format_string<Args...> f, Args&&... args) {
+void logf_limited(RateLimiter& rl, Level l, std::string_view component, fmt::format_string<Args...> f, Args&&... args) {
     if (!enabled(l)) return;
     uint64_t suppressed = 0;
     if (!rl.allow(&suppressed)) return;
@@ -87,9 +84,9 @@ void logf_limited(RateLimiter& rl, Level l, std::string_view component,
 #define CLOG_ERROR(comp, ...) ::coiommu::log::logf(::coiommu::log::Level::Error, comp, __VA_ARGS__)
 
 // At most 10 lines per second per call site.
-#define CLOG_LIMITED_(lvl, comp, ...)                                                   \
-    do {                                                                                \
-        static ::coiommu::log::RateLimiter clog_rl_{10, 1000000000ull};                 \
+#define CLOG_LIMITED_(lvl, comp, ...)                                                          \
+    do {                                                                                       \
+        static ::coiommu::log::RateLimiter clog_rl_{10, 1000000000ull};                        \
         ::coiommu::log::logf_limited(clog_rl_, ::coiommu::log::Level::lvl, comp, __VA_ARGS__); \
     } while (0)
 #define CLOG_WARN_RL(comp, ...) CLOG_LIMITED_(Warn, comp, __VA_ARGS__)

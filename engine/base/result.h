@@ -44,8 +44,15 @@ using Result = tl::expected<T, Error>;
 using Status = Result<void>;
 
 // The failure half of a Result: `return coiommu::unexpected(with_context(st.error(), "..."));`.
+// A class, not an alias template: clang 14 (the fuzzers' compiler) has no CTAD for alias
+// templates. tl::expected accepts it as the tl::unexpected it derives from.
 template <class E>
-using unexpected = tl::unexpected<E>;
+class unexpected : public tl::unexpected<E> {
+public:
+    using tl::unexpected<E>::unexpected;
+};
+template <class E>
+unexpected(E) -> unexpected<E>;
 
 // Builds the unexpected value for a failure. `err` is an errno value captured by the caller.
 [[nodiscard]] inline unexpected<Error> make_error(int err, std::string context) {
@@ -64,8 +71,7 @@ namespace detail {
 inline Error add_context(Error e) { return e; }
 inline Error add_context(Error e, std::string_view outer) { return with_context(std::move(e), outer); }
 template <class... Args>
-    requires(sizeof...(Args) > 0)
-Error add_context(Error e, fmt::format_string<Args...> f, Args&&... args) {
+requires(sizeof...(Args) > 0) Error add_context(Error e, fmt::format_string<Args...> f, Args&&... args) {
     return with_context(std::move(e), fmt::format(f, std::forward<Args>(args)...));
 }
 
@@ -77,26 +83,25 @@ Error add_context(Error e, fmt::format_string<Args...> f, Args&&... args) {
 #define COIOMMU_CONCAT_(a, b) COIOMMU_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (a Result<T> or Status); on failure returns its Error, with context prefixed.
-#define COIOMMU_TRY(expr, ...)                                                                \
-    do {                                                                                      \
-        auto&& coiommu_try_result_ = (expr);                                                  \
-        if (!coiommu_try_result_) [[unlikely]]                                                \
-            return ::coiommu::unexpected<::coiommu::Error>(                                   \
+#define COIOMMU_TRY(expr, ...)                                                                                      \
+    do {                                                                                                            \
+        auto&& coiommu_try_result_ = (expr);                                                                        \
+        if (!coiommu_try_result_) [[unlikely]]                                                                      \
+            return ::coiommu::unexpected<::coiommu::Error>(                                                         \
                 ::coiommu::detail::add_context(std::move(coiommu_try_result_).error() __VA_OPT__(, ) __VA_ARGS__)); \
     } while (0)
 
-#define COIOMMU_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr, ...)                                  \
-    auto tmp = (expr);                                                                        \
-    if (!tmp) [[unlikely]]                                                                    \
-        return ::coiommu::unexpected<::coiommu::Error>(                                       \
+#define COIOMMU_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr, ...)                                     \
+    auto tmp = (expr);                                                                          \
+    if (!tmp) [[unlikely]]                                                                      \
+        return ::coiommu::unexpected<::coiommu::Error>(                                         \
             ::coiommu::detail::add_context(std::move(tmp).error() __VA_OPT__(, ) __VA_ARGS__)); \
     lhs = std::move(*tmp)
 
 // Evaluates `expr` (a Result<T>); on failure returns its Error with context prefixed, otherwise
 // moves the value into `lhs` (a declaration such as `auto fd` or an existing variable).
-#define COIOMMU_ASSIGN_OR_RETURN(lhs, expr, ...) \
-    COIOMMU_ASSIGN_OR_RETURN_IMPL_(COIOMMU_CONCAT_(coiommu_assign_result_, __LINE__), lhs, expr __VA_OPT__(, ) __VA_ARGS__)
+#define COIOMMU_ASSIGN_OR_RETURN(lhs, expr, ...)                                           \
+    COIOMMU_ASSIGN_OR_RETURN_IMPL_(COIOMMU_CONCAT_(coiommu_assign_result_, __LINE__), lhs, \
+                                   expr __VA_OPT__(, ) __VA_ARGS__)
 
-namespace coiommu {
-
-}  // namespace coiommu
+namespace coiommu {}  // namespace coiommu

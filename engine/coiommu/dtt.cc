@@ -59,15 +59,14 @@ LeafLookup DttWalker::find_slow(Gfn gfn) {
 Result<GuestAtomicU32> DttWalker::leaf_slow(Gfn gfn) {
     const LeafLookup r = find_slow(gfn);
     switch (r.status) {
-        case LeafStatus::Found:
-            return r.entry;
+        case LeafStatus::Found: return r.entry;
         case LeafStatus::OutOfReach:
             return make_error(ERANGE, fmt::format("gfn {:#x} beyond the reach of a {}-level DTT", raw(gfn), levels_));
         case LeafStatus::Absent:
             return make_error(ENOENT, fmt::format("DTT absent at level {} for gfn {:#x}", r.level, raw(gfn)));
         case LeafStatus::OutsideRam:
-            return make_error(EFAULT, fmt::format("DTT level {} table {:#x} for gfn {:#x} outside guest RAM",
-                                                  r.level, raw(r.table), raw(gfn)));
+            return make_error(EFAULT, fmt::format("DTT level {} table {:#x} for gfn {:#x} outside guest RAM", r.level,
+                                                  raw(r.table), raw(gfn)));
     }
     return make_error(EINVAL, "unknown DTT lookup status");  // unreachable
 }

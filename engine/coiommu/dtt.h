@@ -48,8 +48,7 @@ class DttWalker {
 public:
     // Errors: EINVAL when levels is 0 or above kMaxDttLevel, or root is not page aligned;
     // EFAULT when the root page is not wholly inside guest RAM.
-    [[nodiscard]] static Result<DttWalker> create(const GuestMemory& mem, Gpa root,
-                                                  uint64_t levels);
+    [[nodiscard]] static Result<DttWalker> create(const GuestMemory& mem, Gpa root, uint64_t levels);
 
     // The leaf entry of `gfn` as an atomic guest word.
     // Errors: ERANGE when gfn has bits above what `levels` levels index (crosvm silently

@@ -32,8 +32,7 @@ Result<PinTable> PinTable::create(uint64_t gfn_count) {
         return make_error(EOVERFLOW, fmt::format("pin table for {:#x} gfns", gfn_count));
     }
     bytes &= ~kPageMask;
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
         const int err = errno;
         return make_error(err, fmt::format("mmap pin table of {:#x} bytes", bytes));
@@ -71,9 +70,7 @@ bool PinTable::mapped(Gfn gfn) const {
     return (word_ref(words_ + raw(gfn)).load(std::memory_order_acquire) & kMapped) != 0;
 }
 
-uint64_t PinTable::mapped_pages() const {
-    return counters_ ? counters_->mapped.load(std::memory_order_relaxed) : 0;
-}
+uint64_t PinTable::mapped_pages() const { return counters_ ? counters_->mapped.load(std::memory_order_relaxed) : 0; }
 
 PinTable::PageLock PinTable::lock(Gfn gfn) {
     uint32_t* w = words_ + raw(gfn);
@@ -84,8 +81,7 @@ PinTable::PageLock PinTable::lock(Gfn gfn) {
         if ((cur & kLocked) == 0) {
             // Acquire pairs with the release in unlock(): the previous holder's DMA map/unmap and
             // record changes happen-before our critical section.
-            if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire,
-                                          std::memory_order_relaxed)) {
+            if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire, std::memory_order_relaxed)) {
                 return PageLock(this, w);
             }
             continue;  // cur was reloaded by the failed CAS
@@ -105,8 +101,7 @@ PinTable::PageLock PinTable::try_lock(Gfn gfn) {
     auto ref = word_ref(w);
     uint32_t cur = ref.load(std::memory_order_relaxed);
     while ((cur & kLocked) == 0) {
-        if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire,
-                                      std::memory_order_relaxed)) {
+        if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire, std::memory_order_relaxed)) {
             return PageLock(this, w);
         }
     }
@@ -122,9 +117,7 @@ PinTable::PageLock& PinTable::PageLock::operator=(PageLock&& other) noexcept {
     return *this;
 }
 
-bool PinTable::PageLock::mapped() const {
-    return (word_ref(word_).load(std::memory_order_relaxed) & kMapped) != 0;
-}
+bool PinTable::PageLock::mapped() const { return (word_ref(word_).load(std::memory_order_relaxed) & kMapped) != 0; }
 
 void PinTable::PageLock::set_mapped() {
     // Release: a lock-free reader that sees kMapped also sees the mapping's creation.

@@ -55,10 +55,7 @@ public:
     public:
         PageLock() = default;
         ~PageLock() { unlock(); }
-        PageLock(PageLock&& other) noexcept
-            : table_(other.table_), word_(other.word_) {
-            other.word_ = nullptr;
-        }
+        PageLock(PageLock&& other) noexcept : table_(other.table_), word_(other.word_) { other.word_ = nullptr; }
         PageLock& operator=(PageLock&& other) noexcept;
         PageLock(const PageLock&) = delete;
         PageLock& operator=(const PageLock&) = delete;

@@ -23,13 +23,12 @@ Result<DecodedRequest> decode_batch(Gpa header, const GuestMemory& mem, const En
     if (nr != 0) {
         uint64_t bytes = 0;
         if (__builtin_mul_overflow(nr, kPinPageGfnSize, &bytes) || !mem.contains(*list, bytes)) {
-            return make_error(EFAULT, fmt::format("batch at {:#x}: {} gfns do not fit in guest RAM",
-                                                  raw(header), nr));
+            return make_error(EFAULT, fmt::format("batch at {:#x}: {} gfns do not fit in guest RAM", raw(header), nr));
         }
     }
     if (nr > limits.max_batch_pages) {
-        return make_error(E2BIG, fmt::format("batch at {:#x}: {} gfns exceed the limit of {}",
-                                             raw(header), nr, limits.max_batch_pages));
+        return make_error(E2BIG, fmt::format("batch at {:#x}: {} gfns exceed the limit of {}", raw(header), nr,
+                                             limits.max_batch_pages));
     }
     DecodedRequest out;
     out.kind = DecodedRequest::Kind::Batch;
@@ -41,8 +40,8 @@ Result<DecodedRequest> decode_batch(Gpa header, const GuestMemory& mem, const En
 
 }  // namespace
 
-Result<DecodedRequest> decode_request(uint64_t slot_value, const GuestMemory& mem,
-                                      const EndpointSet& endpoints, const RequestLimits& limits) {
+Result<DecodedRequest> decode_request(uint64_t slot_value, const GuestMemory& mem, const EndpointSet& endpoints,
+                                      const RequestLimits& limits) {
     if (slot_value == 0) return make_error(EINVAL, "spurious trigger: notify slot is empty");
     if ((slot_value & kPinPagesInBatch) != 0) {
         return decode_batch(Gpa{slot_value & ~kPinPagesInBatch}, mem, endpoints, limits);
@@ -96,8 +95,8 @@ RequestReport process_request(const PinContext& ctx, const DttWalker& dtt, const
             break;
         }
         if (!pin_one(Gfn{*gfn})) {
-            report.first_error = with_context(std::move(*report.first_error),
-                                              fmt::format("batch gfn {} of {}", k, req.nr_pages));
+            report.first_error =
+                with_context(std::move(*report.first_error), fmt::format("batch gfn {} of {}", k, req.nr_pages));
             break;
         }
     }

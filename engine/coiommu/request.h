@@ -35,9 +35,7 @@ public:
         if (!contains(bdf)) ++count_;
         bits_[bdf >> 6] |= uint64_t{1} << (bdf & 63);
     }
-    [[nodiscard]] bool contains(uint16_t bdf) const {
-        return (bits_[bdf >> 6] >> (bdf & 63) & 1) != 0;
-    }
+    [[nodiscard]] bool contains(uint16_t bdf) const { return (bits_[bdf >> 6] >> (bdf & 63) & 1) != 0; }
     [[nodiscard]] uint64_t size() const { return count_; }
 
 private:
@@ -55,8 +53,8 @@ struct DecodedRequest {
     enum class Kind { Single, Batch };
     Kind kind = Kind::Single;
     uint16_t bdf = 0;
-    Gfn gfn{};          // Single: the page
-    Gpa list_gpa{};     // Batch: GPA of the first u64 gfn (header + 16)
+    Gfn gfn{};              // Single: the page
+    Gpa list_gpa{};         // Batch: GPA of the first u64 gfn (header + 16)
     uint64_t nr_pages = 0;  // Single: 1; Batch: the header's nr_pages (validated, may be 0)
 };
 
@@ -67,16 +65,15 @@ struct DecodedRequest {
 // `endpoints`; EFAULT when the batch header or the whole gfn list [list_gpa, list_gpa + 8*nr_pages)
 // is not inside one guest RAM region; E2BIG when nr_pages > limits.max_batch_pages.
 [[nodiscard]] Result<DecodedRequest> decode_request(uint64_t slot_value, const GuestMemory& mem,
-                                                    const EndpointSet& endpoints,
-                                                    const RequestLimits& limits);
+                                                    const EndpointSet& endpoints, const RequestLimits& limits);
 
 struct RequestReport {
-    uint64_t pages_done = 0;      // gfns whose pin_page returned (any outcome)
-    uint64_t pinned = 0;          // PinOutcome::Pinned
-    uint64_t already_pinned = 0;  // PinOutcome::AlreadyPinned
-    uint64_t repinned = 0;        // PinOutcome::Repinned
-    uint64_t map_failed = 0;      // PinOutcome::MapFailed
-    uint64_t no_space = 0;        // PinOutcome::NoSpace
+    uint64_t pages_done = 0;           // gfns whose pin_page returned (any outcome)
+    uint64_t pinned = 0;               // PinOutcome::Pinned
+    uint64_t already_pinned = 0;       // PinOutcome::AlreadyPinned
+    uint64_t repinned = 0;             // PinOutcome::Repinned
+    uint64_t map_failed = 0;           // PinOutcome::MapFailed
+    uint64_t no_space = 0;             // PinOutcome::NoSpace
     std::optional<Error> first_error;  // the error that stopped the request, if any
 
     // Every page of the request ended up PINNED (what the guest will check).
@@ -91,7 +88,6 @@ struct RequestReport {
 // returned in first_error. MapFailed / NoSpace are counted and do not stop it (as in crosvm).
 // Runs at most req.nr_pages iterations (bounded by decode_request).
 // Thread-safety: as pin_page; `dtt` is only copied.
-[[nodiscard]] RequestReport process_request(const PinContext& ctx, const DttWalker& dtt,
-                                            const DecodedRequest& req);
+[[nodiscard]] RequestReport process_request(const PinContext& ctx, const DttWalker& dtt, const DecodedRequest& req);
 
 }  // namespace coiommu::core

@@ -18,9 +18,9 @@ inline constexpr uint16_t kPciDeviceId = 0xabcd;
 inline constexpr uint16_t kPciSubsystemVendorId = 0x1234;
 inline constexpr uint16_t kPciSubsystemId = 0xabcd;
 inline constexpr uint8_t kPciRevisionId = 0x10;
-inline constexpr uint8_t kPciClassCode = 0xff;  // "other"
-inline constexpr uint8_t kPciSubclass = 0xff;   // "other"
-inline constexpr uint8_t kPciProgIf = 0x00;     // none
+inline constexpr uint8_t kPciClassCode = 0xff;   // "other"
+inline constexpr uint8_t kPciSubclass = 0xff;    // "other"
+inline constexpr uint8_t kPciProgIf = 0x00;      // none
 inline constexpr uint8_t kPciHeaderType = 0x00;  // type 0 (device)
 
 // ---- BARs (all 64-bit, prefetchable, aligned to their size) --------------------------------
@@ -102,8 +102,7 @@ inline constexpr uint64_t kMaxDttLevel = 7;
 static_assert(dtt_gfn_bits(1) == 10);
 static_assert(dtt_gfn_bits(4) == 37);
 static_assert(dtt_gfn_bits(kMaxDttLevel) == 64);
-static_assert(kDttLeafStride + kDttUpperStride * (kMaxDttLevel - 2) < 64,
-              "the top level's shift must stay below 64");
+static_assert(kDttLeafStride + kDttUpperStride * (kMaxDttLevel - 2) < 64, "the top level's shift must stay below 64");
 
 // The guest driver's choice of dtt_level for a physical address width (MAX_PHYSMEM_BITS):
 // pfn_width = bits - 12; 1 level if pfn_width <= 10, else ceil((pfn_width - 10) / 9) + 1.

@@ -17,8 +17,8 @@ Result<UniqueFd> connect_seqpacket(const std::string& path) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.size() >= sizeof addr.sun_path) {
-        return make_error(ENAMETOOLONG, fmt::format("socket path '{}' is longer than {} bytes", path,
-                                                    sizeof addr.sun_path - 1));
+        return make_error(ENAMETOOLONG,
+                          fmt::format("socket path '{}' is longer than {} bytes", path, sizeof addr.sun_path - 1));
     }
     std::memcpy(addr.sun_path, path.data(), path.size());
     UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
@@ -89,8 +89,8 @@ Result<Message> Client::call_locked(MsgType type, std::span<const std::byte> pay
         return make_error(e->code, fmt::format("{}: coiommud: {}", what, e->text));
     }
     if (m.header.type != proto::reply_type(type) || m.header.seq != seq) {
-        return make_error(EPROTO, fmt::format("{}: unexpected reply type {:#x} seq {}", what, m.header.type,
-                                              m.header.seq));
+        return make_error(EPROTO,
+                          fmt::format("{}: unexpected reply type {:#x} seq {}", what, m.header.type, m.header.seq));
     }
     return m;
 }
@@ -160,8 +160,8 @@ Result<DeviceMemfds> Client::set_topology(uint32_t vcpus, std::span<const uint16
     for (uint16_t bdf : endpoints) append_wire(payload, bdf);
     auto m = call(MsgType::SetTopology, payload);
     if (!m) return coiommu::unexpected(m.error());
-    if (m->fds.size() != 2) return make_error(EBADMSG, fmt::format("SetTopology: {} fds in the reply, 2 expected",
-                                                                   m->fds.size()));
+    if (m->fds.size() != 2)
+        return make_error(EBADMSG, fmt::format("SetTopology: {} fds in the reply, 2 expected", m->fds.size()));
     return DeviceMemfds{std::move(m->fds[0]), std::move(m->fds[1])};
 }
 
@@ -265,7 +265,8 @@ Result<RemoteStats> Client::stats() {
     RemoteStats s;
     s.head = *head;
     s.snapshot.totals = *read_wire<telemetry::ShardTotals>(m->payload, sizeof(proto::StatsRepHead));
-    s.snapshot.gauges = *read_wire<telemetry::GaugeValues>(m->payload, sizeof(proto::StatsRepHead) + head->totals_bytes);
+    s.snapshot.gauges =
+        *read_wire<telemetry::GaugeValues>(m->payload, sizeof(proto::StatsRepHead) + head->totals_bytes);
     s.snapshot.shards = head->shards;
     return s;
 }

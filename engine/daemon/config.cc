@@ -62,10 +62,14 @@ Result<uint64_t> parse_size(std::string_view key, std::string_view v) {
     std::string_view num = v;
     if (!v.empty()) {
         switch (v.back()) {
-            case 'K': case 'k': shift = 10; break;
-            case 'M': case 'm': shift = 20; break;
-            case 'G': case 'g': shift = 30; break;
-            case 'T': case 't': shift = 40; break;
+            case 'K':
+            case 'k': shift = 10; break;
+            case 'M':
+            case 'm': shift = 20; break;
+            case 'G':
+            case 'g': shift = 30; break;
+            case 'T':
+            case 't': shift = 40; break;
             default: break;
         }
         if (shift != 0) num = v.substr(0, v.size() - 1);

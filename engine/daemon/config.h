@@ -47,12 +47,12 @@ struct DaemonConfig {
     Mode mode = Mode::Service;
     std::string config_path;  // the file read, if any
     std::string socket_path{kDefaultSocket};
-    bool socket_activated = false;  // set by coiommud when systemd passed the listening socket
+    bool socket_activated = false;    // set by coiommud when systemd passed the listening socket
     std::vector<uid_t> allowed_uids;  // empty: this process's effective uid, and root
     uint32_t max_sessions = 64;
     std::chrono::milliseconds setup_timeout{10'000};
     std::chrono::milliseconds io_timeout{5'000};
-    std::string engine_opts;          // as given; parsed into `engine` by finalize()
+    std::string engine_opts;  // as given; parsed into `engine` by finalize()
     workers::EngineConfig engine;
     std::vector<std::string> backends{"vfio", "fake", "null"};
     uint64_t max_guest_memory = uint64_t{1} << 40;

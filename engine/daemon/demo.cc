@@ -58,10 +58,11 @@ std::string status_line(double t_s, double dt_s, const telemetry::StatsSnapshot&
     const uint64_t p99 = diff(request_latency(now), request_latency(prev)).percentile(0.99);
     const uint64_t failures =
         now.totals.requests_failed + now.totals.dma_call_failures[telemetry::DmaOp::Map] + guest_failures;
-    return fmt::format("[{:5.1f}s] pins/s {:>7}  unpins/s {:>7}  p99 {:>7}  pinned {:7.1f} MiB  DMA entries {}/{}  "
-                       "failures {}",
-                       t_s, rate(pins), rate(unpins), duration_ns(p99), mib(now.gauges.pinned_pages),
-                       now.gauges.dma_entries, now.gauges.dma_entry_limit, failures);
+    return fmt::format(
+        "[{:5.1f}s] pins/s {:>7}  unpins/s {:>7}  p99 {:>7}  pinned {:7.1f} MiB  DMA entries {}/{}  "
+        "failures {}",
+        t_s, rate(pins), rate(unpins), duration_ns(p99), mib(now.gauges.pinned_pages), now.gauges.dma_entries,
+        now.gauges.dma_entry_limit, failures);
 }
 
 int run_demo(const DemoContext& ctx) {
@@ -75,8 +76,9 @@ int run_demo(const DemoContext& ctx) {
     vo.backend = proto::BackendKind::Fake;
     vo.latency = proto::FakeLatency::Typical;
     vo.rate_per_vcpu = 25'000;  // a busy NIC/NVMe queue per vCPU, and CPU left for the engine
-    fmt::print(out, "coiommud demo: an emulated VM ({} vCPUs, {} MiB RAM, fake VFIO backend with the kernel-like "
-                    "latency model) over {}\n",
+    fmt::print(out,
+               "coiommud demo: an emulated VM ({} vCPUs, {} MiB RAM, fake VFIO backend with the kernel-like "
+               "latency model) over {}\n",
                vo.vcpus, vo.ram_bytes >> 20, vo.socket_path);
     fmt::print(out, "  engine:   {}\n", workers::to_string(cfg.engine));
     fmt::print(out, "  metrics:  {}\n", ctx.metrics_url.empty() ? std::string("off") : ctx.metrics_url);
@@ -155,8 +157,9 @@ int run_demo(const DemoContext& ctx) {
     }
     fmt::print(out, "\nwhere to look next\n");
     if (!ctx.metrics_url.empty()) {
-        fmt::print(out, "  metrics     curl -s {} | grep ^coiommu_   (Prometheus: scrape this address; "
-                        "while running with --duration 0)\n",
+        fmt::print(out,
+                   "  metrics     curl -s {} | grep ^coiommu_   (Prometheus: scrape this address; "
+                   "while running with --duration 0)\n",
                    ctx.metrics_url);
     }
     fmt::print(out, "  dashboards  {}/grafana/*.json, rules in {}/prometheus/\n", ctx.dashboards, ctx.dashboards);

@@ -16,13 +16,13 @@ namespace coiommu::daemon {
 struct DemoContext {
     Server* server = nullptr;
     const DaemonConfig* config = nullptr;
-    int signal_fd = -1;            // readable when SIGINT/SIGTERM arrived
-    std::string metrics_url;       // empty when the exporter is off
-    std::string tracing_status;    // "attached (...)" or "not available: <reason>"
-    std::string trace_tool;        // path of coiommu-trace next to this binary, if found
-    std::string load_tool;         // path of coiommu-load next to this binary, if found
-    std::string daemon_tool;       // path of this coiommud
-    std::string dashboards;        // directory holding grafana/ and prometheus/
+    int signal_fd = -1;          // readable when SIGINT/SIGTERM arrived
+    std::string metrics_url;     // empty when the exporter is off
+    std::string tracing_status;  // "attached (...)" or "not available: <reason>"
+    std::string trace_tool;      // path of coiommu-trace next to this binary, if found
+    std::string load_tool;       // path of coiommu-load next to this binary, if found
+    std::string daemon_tool;     // path of this coiommud
+    std::string dashboards;      // directory holding grafana/ and prometheus/
     std::FILE* out = stdout;
 };
 

@@ -57,8 +57,9 @@ EmulatedVm::~EmulatedVm() {
 }
 
 Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o) {
-    if (o.vcpus == 0 || o.vcpus > core::kMaxVcpus || o.ram_bytes < (uint64_t{64} << 20) || o.ram_bytes % kPageSize != 0 ||
-        o.max_buffer_pages == 0 || o.max_buffer_pages > kChunkPages || o.outstanding == 0 || o.endpoints.empty()) {
+    if (o.vcpus == 0 || o.vcpus > core::kMaxVcpus || o.ram_bytes < (uint64_t{64} << 20) ||
+        o.ram_bytes % kPageSize != 0 || o.max_buffer_pages == 0 || o.max_buffer_pages > kChunkPages ||
+        o.outstanding == 0 || o.endpoints.empty()) {
         return make_error(EINVAL, "emulated VM: bad options");
     }
     std::unique_ptr<EmulatedVm> vm(new EmulatedVm(o));
@@ -151,7 +152,8 @@ Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o
         vcpus.push_back(std::move(*v));
     }
     for (uint32_t i = 0; i < o.vcpus; ++i) {
-        vm->threads_.emplace_back([p = vm.get(), i, d = std::move(vcpus[i])]() mutable { p->vcpu_loop(i, std::move(d)); });
+        vm->threads_.emplace_back(
+            [p = vm.get(), i, d = std::move(vcpus[i])]() mutable { p->vcpu_loop(i, std::move(d)); });
     }
     if (o.balloon_interval.count() > 0) vm->threads_.emplace_back([p = vm.get()] { p->balloon_loop(); });
     CLOG_INFO(kLog, "'{}': {} vCPUs, {} MiB, session {} on {}", o.name, o.vcpus, o.ram_bytes >> 20,

@@ -49,7 +49,7 @@ struct EmulatedVmOptions {
     uint64_t entry_limit = 0;  // 0: the daemon's default
     uint32_t max_buffer_pages = 16;
     uint32_t outstanding = 16;
-    uint32_t rate_per_vcpu = 0;  // DMA maps per second per vCPU; 0 = as fast as possible
+    uint32_t rate_per_vcpu = 0;                       // DMA maps per second per vCPU; 0 = as fast as possible
     std::chrono::milliseconds balloon_interval{250};  // 0: no balloon thread
     CheckInvariant check_invariant = CheckInvariant::No;
     uint64_t seed = 1;

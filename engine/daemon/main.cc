@@ -122,8 +122,9 @@ void reload(const std::vector<std::string_view>& args, DaemonConfig& live) {
     log::set_level(next.log_level);
     if (next.priority_prefix != live.priority_prefix) {
         live.priority_prefix = next.priority_prefix;
-        log::set_priority_prefix(next.priority_prefix == PriorityPrefix::On ||
-                                 (next.priority_prefix == PriorityPrefix::Auto && ::getenv("JOURNAL_STREAM") != nullptr));
+        log::set_priority_prefix(
+            next.priority_prefix == PriorityPrefix::On ||
+            (next.priority_prefix == PriorityPrefix::Auto && ::getenv("JOURNAL_STREAM") != nullptr));
     }
     std::vector<std::string_view> restart;
     auto differs = [&](std::string_view key, bool changed) {
@@ -140,7 +141,8 @@ void reload(const std::vector<std::string_view>& args, DaemonConfig& live) {
     differs("metrics_address", next.metrics_address != live.metrics_address);
     differs("tracing", next.tracing != live.tracing);
     if (restart.empty()) {
-        CLOG_INFO(kLog, "SIGHUP: configuration reloaded (log_level {}); nothing else changed", log::level_name(live.log_level));
+        CLOG_INFO(kLog, "SIGHUP: configuration reloaded (log_level {}); nothing else changed",
+                  log::level_name(live.log_level));
     } else {
         CLOG_WARN(kLog, "SIGHUP: configuration reloaded; changed keys that take effect only after a restart: {}",
                   fmt::join(restart, ", "));
@@ -198,8 +200,9 @@ int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
         cfg.mode == Mode::Service && !cfg.socket_activated && !parent.empty()) {
         std::error_code ec;
         if (!std::filesystem::exists(parent, ec)) {
-            CLOG_ERROR(kLog, "socket directory {} does not exist (systemd: RuntimeDirectory=coiommu; by hand: "
-                             "mkdir -p {} or --socket PATH)",
+            CLOG_ERROR(kLog,
+                       "socket directory {} does not exist (systemd: RuntimeDirectory=coiommu; by hand: "
+                       "mkdir -p {} or --socket PATH)",
                        parent.string(), parent.string());
             return 1;
         }
@@ -239,8 +242,8 @@ int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
                 auto t2 = bpf::Tracing::start(topts);
                 if (t2) {
                     tracing.emplace(std::move(*t2));
-                    tracing_status = fmt::format("vfio_dma attached (engine USDT not available: {})",
-                                                 t.error().message());
+                    tracing_status =
+                        fmt::format("vfio_dma attached (engine USDT not available: {})", t.error().message());
                 } else {
                     tracing_status = fmt::format("not available: {}", t2.error().message());
                 }
@@ -362,15 +365,12 @@ int main(int argc, char** argv) {
         return 2;
     }
     switch (parsed->action) {
-        case coiommu::daemon::CliAction::Help:
-            std::fputs(coiommu::daemon::usage().c_str(), stdout);
-            return 0;
+        case coiommu::daemon::CliAction::Help: std::fputs(coiommu::daemon::usage().c_str(), stdout); return 0;
         case coiommu::daemon::CliAction::Version:
             std::printf("%s\nVMM protocol version %u\n", coiommu::version_line("coiommud").c_str(),
                         coiommu::daemon::proto::kVersion);
             return 0;
-        case coiommu::daemon::CliAction::Run:
-            break;
+        case coiommu::daemon::CliAction::Run: break;
     }
     return run(parsed->config, args);
 }

@@ -32,10 +32,10 @@ inline constexpr uint16_t kVersion = 1;
 inline constexpr std::size_t kMaxMessageSize = 64 * 1024;
 // Bound on the fds of one message (the kernel's SCM_MAX_FD is 253).
 inline constexpr std::size_t kMaxFdsPerMessage = 64;
-inline constexpr uint32_t kMaxRegions = kMaxFdsPerMessage;   // memory regions per SetMemory
-inline constexpr uint32_t kMaxBalloonRanges = 1024;          // ranges per BalloonUnpin
-inline constexpr uint32_t kMaxMmioLen = 8;                   // bytes per BAR0 access
-inline constexpr uint32_t kMaxErrorText = 1024;              // bytes of text in an Error
+inline constexpr uint32_t kMaxRegions = kMaxFdsPerMessage;  // memory regions per SetMemory
+inline constexpr uint32_t kMaxBalloonRanges = 1024;         // ranges per BalloonUnpin
+inline constexpr uint32_t kMaxMmioLen = 8;                  // bytes per BAR0 access
+inline constexpr uint32_t kMaxErrorText = 1024;             // bytes of text in an Error
 inline constexpr uint32_t kClientNameSize = 32;
 
 enum class MsgType : uint16_t {
@@ -54,7 +54,9 @@ enum class MsgType : uint16_t {
 };
 inline constexpr uint16_t kReplyBit = 0x8000;
 
-[[nodiscard]] constexpr uint16_t reply_type(MsgType t) { return static_cast<uint16_t>(static_cast<uint16_t>(t) | kReplyBit); }
+[[nodiscard]] constexpr uint16_t reply_type(MsgType t) {
+    return static_cast<uint16_t>(static_cast<uint16_t>(t) | kReplyBit);
+}
 // The request type for a raw header value, nullopt when unknown (replies and Error included).
 [[nodiscard]] std::optional<MsgType> request_type(uint16_t raw);
 [[nodiscard]] std::string_view to_string(MsgType t);
@@ -75,15 +77,15 @@ inline constexpr uint64_t kFeatureVfioBackend = 1u << 0;
 inline constexpr uint64_t kFeatureFakeBackend = 1u << 1;
 inline constexpr uint64_t kFeatureNullBackend = 1u << 2;
 inline constexpr uint64_t kFeatureQueryMapped = 1u << 3;  // QueryMapped (fake backend only)
-inline constexpr uint64_t kAllFeatures = kFeatureVfioBackend | kFeatureFakeBackend | kFeatureNullBackend |
-                                         kFeatureQueryMapped;
+inline constexpr uint64_t kAllFeatures =
+    kFeatureVfioBackend | kFeatureFakeBackend | kFeatureNullBackend | kFeatureQueryMapped;
 
 // --- Hello (0 fds) -------------------------------------------------------------------------------
 struct HelloReq {
     uint16_t min_version = kVersion;
     uint16_t max_version = kVersion;
     uint32_t pad = 0;
-    uint64_t features = 0;            // what the VMM would like to use
+    uint64_t features = 0;                // what the VMM would like to use
     char client_name[kClientNameSize]{};  // for logs, NUL-padded
 };
 static_assert(sizeof(HelloReq) == 48);
@@ -92,7 +94,7 @@ struct HelloRep {
     uint16_t version = kVersion;  // chosen
     uint16_t pad0 = 0;
     uint32_t max_message_size = kMaxMessageSize;
-    uint64_t features = 0;        // offered (requested & supported & allowed by configuration)
+    uint64_t features = 0;  // offered (requested & supported & allowed by configuration)
     uint32_t max_fds = kMaxFdsPerMessage;
     uint32_t session_id = 0;
 };
@@ -202,7 +204,7 @@ struct StatsRepHead {
     uint32_t totals_bytes = 0;
     uint32_t gauges_bytes = 0;
     uint64_t shards = 0;
-    uint32_t active = 0;      // the device accepted ACTIVATE
+    uint32_t active = 0;  // the device accepted ACTIVATE
     uint32_t park_count = 0;
     uint64_t backend_live_entries = 0;
     uint64_t backend_entry_limit = 0;
@@ -236,9 +238,9 @@ static_assert(sizeof(CloseRep) == 16);
 
 // --- Error (0 fds; daemon -> VMM) ----------------------------------------------------------------
 struct ErrorRep {
-    int32_t code = 0;          // errno value
+    int32_t code = 0;           // errno value
     uint16_t request_type = 0;  // the request's raw type (0 when it could not be read)
-    uint16_t text_len = 0;     // <= kMaxErrorText
+    uint16_t text_len = 0;      // <= kMaxErrorText
     // followed by text_len bytes of UTF-8 (no NUL)
 };
 static_assert(sizeof(ErrorRep) == 8);

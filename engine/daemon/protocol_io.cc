@@ -14,10 +14,18 @@ namespace proto {
 
 std::optional<MsgType> request_type(uint16_t raw) {
     switch (raw) {
-        case 1: case 2: case 3: case 4: case 5: case 6: case 7: case 8: case 9: case 10: case 11:
-            return static_cast<MsgType>(raw);
-        default:
-            return std::nullopt;
+        case 1:
+        case 2:
+        case 3:
+        case 4:
+        case 5:
+        case 6:
+        case 7:
+        case 8:
+        case 9:
+        case 10:
+        case 11: return static_cast<MsgType>(raw);
+        default: return std::nullopt;
     }
 }
 
@@ -82,20 +90,19 @@ Status attach_fds(msghdr& mh, std::span<unsigned char> control, std::span<const 
 Status check_header(const proto::Header& h, std::size_t payload_bytes) {
     if (h.magic != proto::kMagic) return make_error(EPROTO, fmt::format("bad magic {:#x}", h.magic));
     if (h.version != proto::kVersion) {
-        return make_error(EPROTONOSUPPORT,
-                          fmt::format("protocol version {} not supported (this daemon speaks {})", h.version,
-                                      proto::kVersion));
+        return make_error(EPROTONOSUPPORT, fmt::format("protocol version {} not supported (this daemon speaks {})",
+                                                       h.version, proto::kVersion));
     }
     if (h.flags != 0) return make_error(EPROTO, fmt::format("reserved flags {:#x} set", h.flags));
     if (h.length != payload_bytes) {
-        return make_error(EBADMSG, fmt::format("header says {} payload bytes, the datagram has {}", h.length,
-                                               payload_bytes));
+        return make_error(EBADMSG,
+                          fmt::format("header says {} payload bytes, the datagram has {}", h.length, payload_bytes));
     }
     return ok();
 }
 
-Status send_message(int sock, uint16_t type, uint64_t seq, std::span<const std::byte> payload,
-                    std::span<const int> fds, std::chrono::milliseconds timeout) {
+Status send_message(int sock, uint16_t type, uint64_t seq, std::span<const std::byte> payload, std::span<const int> fds,
+                    std::chrono::milliseconds timeout) {
     if (payload.size() > proto::kMaxPayload) {
         return make_error(EMSGSIZE, fmt::format("payload of {} bytes exceeds {}", payload.size(), proto::kMaxPayload));
     }

@@ -32,8 +32,8 @@ Result<UniqueFd> bind_listener(const std::string& path) {
     addr.sun_family = AF_UNIX;
     if (path.empty()) return make_error(EINVAL, "empty socket path");
     if (path.size() >= sizeof addr.sun_path) {
-        return make_error(ENAMETOOLONG, fmt::format("socket path '{}' is longer than {} bytes", path,
-                                                    sizeof addr.sun_path - 1));
+        return make_error(ENAMETOOLONG,
+                          fmt::format("socket path '{}' is longer than {} bytes", path, sizeof addr.sun_path - 1));
     }
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {
@@ -211,8 +211,7 @@ void Server::accept_one() {
         counters_.accepted.fetch_add(1, std::memory_order_relaxed);
         CLOG_INFO(kLog, "session {}: connected (pid {}, uid {})", id, cred.pid, cred.uid);
         entry->thread = std::thread([this, raw_entry] {
-            const SessionEnd end =
-                serve(*raw_entry->session, raw_entry->sock.get(), stop_ev_.fd(), opts_.limits);
+            const SessionEnd end = serve(*raw_entry->session, raw_entry->sock.get(), stop_ev_.fd(), opts_.limits);
             if (end != SessionEnd::Closed && end != SessionEnd::Stopped && end != SessionEnd::PeerGone) {
                 counters_.sessions_failed.fetch_add(1, std::memory_order_relaxed);
             }

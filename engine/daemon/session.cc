@@ -169,7 +169,8 @@ Reply Session::on_hello(const Message& m) {
     const std::size_t name_len = strnlen(req->client_name, sizeof req->client_name);
     client_name_.assign(req->client_name, name_len);
     // Keep the name printable for logs.
-    std::replace_if(client_name_.begin(), client_name_.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
+    std::replace_if(
+        client_name_.begin(), client_name_.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
     features_ = req->features & policy_.features;
     proto::HelloRep rep;
     rep.features = features_;
@@ -191,16 +192,15 @@ Reply Session::on_set_memory(Message& m) {
         return error_reply(kType, EBADMSG, "SetMemory: payload length does not match the region count", true);
     }
     if (m.fds.size() != req->count) {
-        return error_reply(kType, EBADMSG,
-                           fmt::format("SetMemory: {} regions need {} fds, got {}", req->count, req->count,
-                                       m.fds.size()),
-                           true);
+        return error_reply(
+            kType, EBADMSG,
+            fmt::format("SetMemory: {} regions need {} fds, got {}", req->count, req->count, m.fds.size()), true);
     }
     std::vector<AdoptedRegion> regions;
     regions.reserve(req->count);
     for (uint32_t i = 0; i < req->count; ++i) {
-        const auto r = *read_wire<proto::MemRegionWire>(m.payload, sizeof(proto::SetMemoryReq) +
-                                                                       i * sizeof(proto::MemRegionWire));
+        const auto r =
+            *read_wire<proto::MemRegionWire>(m.payload, sizeof(proto::SetMemoryReq) + i * sizeof(proto::MemRegionWire));
         uint64_t end = 0;
         if (__builtin_add_overflow(r.gpa, r.size, &end) || end > policy_.max_guest_end) {
             return error_reply(kType, EINVAL,
@@ -210,8 +210,7 @@ Reply Session::on_set_memory(Message& m) {
         }
         if (!sealed_against_shrink(m.fds[i].get())) {
             return error_reply(kType, EINVAL,
-                               fmt::format("SetMemory: region {}: the fd must be a memfd sealed with F_SEAL_SHRINK",
-                                           i),
+                               fmt::format("SetMemory: region {}: the fd must be a memfd sealed with F_SEAL_SHRINK", i),
                                true);
         }
         regions.push_back(AdoptedRegion{Gpa{r.gpa}, r.size, std::move(m.fds[i]), r.fd_offset});
@@ -300,8 +299,7 @@ Reply Session::on_set_backend(Message& m) {
             backend_ = std::make_unique<dma::NullBackend>(req->entry_limit != 0 ? req->entry_limit : 65535);
             break;
         }
-        default:
-            return error_reply(kType, EINVAL, fmt::format("SetBackend: unknown backend kind {}", req->kind), true);
+        default: return error_reply(kType, EINVAL, fmt::format("SetBackend: unknown backend kind {}", req->kind), true);
     }
     set_state(SessionState::AwaitTriggers);
     CLOG_INFO(kLog, "session {}: backend {} (entry limit {})", id_, backend_->name(), backend_->entry_limit());
@@ -326,10 +324,9 @@ Reply Session::on_set_triggers(Message& m) {
                            true);
     }
     if (m.fds.size() != req->count) {
-        return error_reply(kType, EBADMSG,
-                           fmt::format("SetTriggers: {} triggers need {} fds, got {}", req->count, req->count,
-                                       m.fds.size()),
-                           true);
+        return error_reply(
+            kType, EBADMSG,
+            fmt::format("SetTriggers: {} triggers need {} fds, got {}", req->count, req->count, m.fds.size()), true);
     }
     for (std::size_t i = 0; i < m.fds.size(); ++i) {
         if (!is_eventfd(m.fds[i].get())) {
@@ -407,7 +404,8 @@ Reply Session::on_mmio_write(const Message& m) {
         }
         return empty_reply(kType);
     }
-    device_->mmio_write(req->offset, std::span<const std::byte>(reinterpret_cast<const std::byte*>(req->data), req->len));
+    device_->mmio_write(req->offset,
+                        std::span<const std::byte>(reinterpret_cast<const std::byte*>(req->data), req->len));
     return empty_reply(kType);
 }
 
@@ -425,8 +423,8 @@ Reply Session::on_balloon(const Message& m) {
     }
     std::vector<workers::GfnRange> ranges(req->count);
     for (uint32_t i = 0; i < req->count; ++i) {
-        const auto r = *read_wire<proto::GfnRangeWire>(m.payload, sizeof(proto::BalloonReq) +
-                                                                      i * sizeof(proto::GfnRangeWire));
+        const auto r =
+            *read_wire<proto::GfnRangeWire>(m.payload, sizeof(proto::BalloonReq) + i * sizeof(proto::GfnRangeWire));
         ranges[i] = workers::GfnRange{Gfn{r.start_gfn}, r.count};
     }
     auto res = engine_->balloon_unpin(ranges);
@@ -574,7 +572,7 @@ SessionEnd serve(Session& session, int sock, int stop_fd, const SessionLimits& l
             (void)send_message(sock, static_cast<uint16_t>(proto::MsgType::Error), 0, payload, {}, limits.io_timeout);
             CLOG_WARN_RL(kLog, "session {}: {}", session.id(), in.error().message());
             end = code == EMSGSIZE || code == ETOOMANYREFS || code == EBADMSG ? SessionEnd::ProtocolError
-                                                                                : SessionEnd::IoError;
+                                                                              : SessionEnd::IoError;
             break;
         }
         if (!*in) {

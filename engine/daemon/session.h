@@ -45,9 +45,9 @@ namespace coiommu::daemon {
 
 // What the daemon's configuration allows a session.
 struct SessionPolicy {
-    workers::EngineConfig engine;                 // the engine every session runs (session id set per session)
-    uint64_t features = proto::kAllFeatures;      // offered in Hello (backends allowed, QueryMapped)
-    uint64_t max_guest_end = uint64_t{1} << 40;   // highest GPA + 1 a VM may register (per-gfn tables)
+    workers::EngineConfig engine;                // the engine every session runs (session id set per session)
+    uint64_t features = proto::kAllFeatures;     // offered in Hello (backends allowed, QueryMapped)
+    uint64_t max_guest_end = uint64_t{1} << 40;  // highest GPA + 1 a VM may register (per-gfn tables)
 };
 
 enum class SessionState : uint8_t {
@@ -63,10 +63,10 @@ enum class SessionState : uint8_t {
 
 // What handle() wants sent back.
 struct Reply {
-    uint16_t type = 0;                 // reply_type(request) or MsgType::Error
+    uint16_t type = 0;  // reply_type(request) or MsgType::Error
     std::vector<std::byte> payload;
-    std::vector<int> fds;              // borrowed from the session: valid until the next handle()/teardown()
-    bool close_after = false;          // close the session once the reply is sent
+    std::vector<int> fds;      // borrowed from the session: valid until the next handle()/teardown()
+    bool close_after = false;  // close the session once the reply is sent
 };
 
 // Statistics of one session (GetStats), also what the server aggregates.
@@ -130,7 +130,7 @@ private:
     dma::DmaBackend* fake_ = nullptr;  // backend_ when it can answer QueryMapped
     std::vector<EventFd> triggers_;    // the VMM's ioeventfds, one per vCPU
 
-    mutable std::mutex engine_mu_;     // guards engine_ against stats() from other threads
+    mutable std::mutex engine_mu_;  // guards engine_ against stats() from other threads
     std::unique_ptr<workers::Engine> engine_;
     telemetry::ShardTotals final_totals_{};  // guarded by engine_mu_
 };

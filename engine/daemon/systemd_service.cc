@@ -24,8 +24,9 @@ Result<ActivatedListener> take_activated_listener() {
     const int is_unix = sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, nullptr, 0);
     if (is_unix < 0) return make_error(-is_unix, "sd_is_socket_unix");
     if (is_unix == 0) {
-        return make_error(EINVAL, "the activated socket is not a listening AF_UNIX SOCK_SEQPACKET socket "
-                                  "(coiommud.socket needs ListenSequentialPacket=)");
+        return make_error(EINVAL,
+                          "the activated socket is not a listening AF_UNIX SOCK_SEQPACKET socket "
+                          "(coiommud.socket needs ListenSequentialPacket=)");
     }
     sockaddr_un addr{};
     socklen_t len = sizeof addr;

@@ -62,8 +62,8 @@ std::span<const BarSpec> CoiommuDevice::bars() { return kBars; }
 
 Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig& cfg) {
     if ((cfg.endpoints.size() + 1) * core::kTopologyEntrySize > core::kTopologymapSize) {
-        return make_error(EINVAL, fmt::format("too many endpoints: {} (at most {})", cfg.endpoints.size(),
-                                              core::kMaxEndpoints));
+        return make_error(
+            EINVAL, fmt::format("too many endpoints: {} (at most {})", cfg.endpoints.size(), core::kMaxEndpoints));
     }
     if (cfg.vcpus == 0 || cfg.vcpus > core::kMaxVcpus) {
         return make_error(EINVAL, fmt::format("vcpus {} outside 1..{}", cfg.vcpus, core::kMaxVcpus));
@@ -95,8 +95,8 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
     const auto bytes = static_cast<ssize_t>(words.size() * sizeof(uint16_t));
     const ssize_t n = ::pwrite(topo->get(), words.data(), static_cast<size_t>(bytes), 0);
     if (n != bytes) return make_error(n < 0 ? errno : EIO, "write topologymap");
-    if (auto st = add_seals(topo->get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL,
-                            "topologymap");
+    if (auto st =
+            add_seals(topo->get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL, "topologymap");
         !st) {
         return coiommu::unexpected(st.error());
     }
@@ -194,11 +194,8 @@ void CoiommuDevice::write_register(uint64_t index, uint64_t value) {
                 CLOG_WARN_RL(kLog, "dtt_level is write-once: ignoring {}", value);
             }
             return;
-        case core::kRegCmd:
-            write_command(value);
-            return;
-        default:
-            return;  // unreachable: index < kRegCount
+        case core::kRegCmd: write_command(value); return;
+        default: return;  // unreachable: index < kRegCount
     }
 }
 

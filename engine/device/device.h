@@ -97,9 +97,9 @@ public:
 
 // Counters of guest misbehaviour and fallbacks (relaxed; read at any time).
 struct DeviceCounters {
-    std::atomic<uint64_t> bad_mmio_accesses{0};     // wrong offset/size/alignment, reads or writes
-    std::atomic<uint64_t> ignored_commands{0};      // unknown cmd values
-    std::atomic<uint64_t> activate_refused{0};      // ACTIVATE without root/level, or engine error
+    std::atomic<uint64_t> bad_mmio_accesses{0};  // wrong offset/size/alignment, reads or writes
+    std::atomic<uint64_t> ignored_commands{0};   // unknown cmd values
+    std::atomic<uint64_t> activate_refused{0};   // ACTIVATE without root/level, or engine error
     std::atomic<uint64_t> deactivate_refused{0};
     std::atomic<uint64_t> park_overflows{0};        // PARK_UNPIN at kMaxParkDepth
     std::atomic<uint64_t> unpark_underflows{0};     // UNPARK_UNPIN at park count 0

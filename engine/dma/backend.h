@@ -57,7 +57,7 @@ struct IovaRange {
 
 // Capacity and geometry of the container.
 struct ContainerInfo {
-    uint64_t iova_pgsizes = 0;       // bitmap of supported IOMMU page sizes
+    uint64_t iova_pgsizes = 0;  // bitmap of supported IOMMU page sizes
     std::vector<IovaRange> iova_ranges;
     uint64_t entry_limit = 0;        // dma_entry_limit (total mappings the container allows)
     uint64_t entries_available = 0;  // DMA_AVAIL: how many more mappings fit right now

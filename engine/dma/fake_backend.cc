@@ -62,8 +62,7 @@ LatencyModel LatencyModel::typical() {
     return m;
 }
 
-FakeBackend::FakeBackend(FakeConfig cfg)
-    : cfg_(std::move(cfg)), align_mask_(min_page_size(cfg_.iova_pgsizes) - 1) {}
+FakeBackend::FakeBackend(FakeConfig cfg) : cfg_(std::move(cfg)), align_mask_(min_page_size(cfg_.iova_pgsizes) - 1) {}
 
 void FakeBackend::fail_nth(Op op, uint64_t n, int err) {
     if (n == 0 || err == 0) return;
@@ -192,8 +191,7 @@ FakeBackend::Verdict FakeBackend::do_unmap(Iova iova, uint64_t size) {
     const auto first_hit = containing_locked(raw(iova));
     const bool bisects_start = first_hit != maps_.end() && raw(first_hit->second.iova) != raw(iova);
     const auto last_hit = containing_locked(last);
-    const bool bisects_end =
-        last_hit != maps_.end() && raw(last_hit->second.iova) + last_hit->second.size - 1 != last;
+    const bool bisects_end = last_hit != maps_.end() && raw(last_hit->second.iova) + last_hit->second.size - 1 != last;
     if (bisects_start || bisects_end) {
         charge(per_call, {}, 0);
         return {EINVAL, "range bisects a mapping"};

@@ -52,9 +52,9 @@ enum class Op { Map, Unmap };
 
 struct FakeConfig {
     uint64_t entry_limit = 65535;
-    uint64_t iova_pgsizes = 0x40201000;  // 4K|2M|1G as VT-d reports
+    uint64_t iova_pgsizes = 0x40201000;                                // 4K|2M|1G as VT-d reports
     std::vector<IovaRange> iova_ranges{{0, (uint64_t{1} << 39) - 1}};  // empty: every iova valid
-    std::optional<LatencyModel> latency;  // nullopt: no latency, no container mutex cost
+    std::optional<LatencyModel> latency;                               // nullopt: no latency, no container mutex cost
 };
 
 struct FakeMapping {

@@ -10,8 +10,7 @@ Result<MapOutcome> NullBackend::map(Iova iova, Hva /*hva*/, uint64_t size, Prot 
 Result<uint64_t> NullBackend::unmap(Iova iova, uint64_t size) {
     // One entry per unmap call, saturating at zero (an unmap of nothing removes nothing).
     uint64_t live = live_.load(std::memory_order_relaxed);
-    while (live != 0 && !live_.compare_exchange_weak(live, live - 1, std::memory_order_relaxed)) {
-    }
+    while (live != 0 && !live_.compare_exchange_weak(live, live - 1, std::memory_order_relaxed)) {}
     return finish_unmap(0, iova, size, size);
 }
 

@@ -39,7 +39,7 @@ namespace {
 
 constexpr size_t kIovaRangeHeaderSize = 16;  // cap header + nr_iovas + reserved
 constexpr size_t kIovaRangeEntrySize = 16;
-constexpr size_t kDmaAvailSize = 12;         // cap header + avail
+constexpr size_t kDmaAvailSize = 12;  // cap header + avail
 // First GET_INFO buffer: the header plus room for a few ranges and DMA_AVAIL, so one ioctl
 // usually suffices. The retry takes the kernel's argsz, capped at kMaxInfoBytes.
 constexpr size_t kInitialInfoBytes = 512;
@@ -55,7 +55,9 @@ T load(std::span<const std::byte> buf, size_t off) {
     return v;
 }
 
-coiommu::unexpected<Error> malformed(std::string what) { return make_error(EPROTO, "vfio GET_INFO reply: " + what); }
+coiommu::unexpected<Error> malformed(std::string_view what) {
+    return make_error(EPROTO, fmt::format("vfio GET_INFO reply: {}", what));
+}
 
 }  // namespace
 
@@ -125,7 +127,7 @@ VfioBackend::VfioBackend(UniqueFd container, UniqueFd group)
 VfioBackend::~VfioBackend() = default;
 
 Result<std::unique_ptr<VfioBackend>> VfioBackend::open_group(const std::string& group_path,
-                                                              const std::string& container_path) {
+                                                             const std::string& container_path) {
     const std::string ctx = "vfio open_group " + group_path;
     UniqueFd container(::open(container_path.c_str(), O_RDWR | O_CLOEXEC));
     if (!container) return make_error(errno, fmt::format("{}: open {}", ctx, container_path));
@@ -133,7 +135,8 @@ Result<std::unique_ptr<VfioBackend>> VfioBackend::open_group(const std::string& 
     const int api = ::ioctl(container.get(), VFIO_GET_API_VERSION);
     if (api < 0) return make_error(errno, ctx + ": VFIO_GET_API_VERSION");
     if (api != VFIO_API_VERSION) {
-        return make_error(EPROTONOSUPPORT, fmt::format("{}: VFIO API version {}, expected {}", ctx, api, VFIO_API_VERSION));
+        return make_error(EPROTONOSUPPORT,
+                          fmt::format("{}: VFIO API version {}, expected {}", ctx, api, VFIO_API_VERSION));
     }
     const int ext = ::ioctl(container.get(), VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU);
     if (ext < 0) return make_error(errno, ctx + ": VFIO_CHECK_EXTENSION(TYPE1v2)");

@@ -74,8 +74,8 @@ Result<VcpuDriver> GuestDriver::vcpu(const VcpuConfig& cfg) {
     if (cfg.batch_capacity != 0) {
         const uint64_t bytes = sizeof(core::PinPageInfo) + cfg.batch_capacity * core::kPinPageGfnSize;
         if (!cfg_.mem->contains(cfg.batch_gpa, bytes)) {
-            return make_error(EFAULT, fmt::format("guest driver: batch buffer {:#x}+{:#x} outside RAM",
-                                                  raw(cfg.batch_gpa), bytes));
+            return make_error(
+                EFAULT, fmt::format("guest driver: batch buffer {:#x}+{:#x} outside RAM", raw(cfg.batch_gpa), bytes));
         }
     }
     VcpuDriver v(*this, cfg);
@@ -90,8 +90,7 @@ void GuestDriver::trigger(uint32_t vcpu) const {
     }
     // What KVM does when the guest writes its trigger byte: signal the ioeventfd.
     const uint64_t one = 1;
-    while (::write(cfg_.trigger_fds[vcpu], &one, sizeof one) < 0 && errno == EINTR) {
-    }
+    while (::write(cfg_.trigger_fds[vcpu], &one, sizeof one) < 0 && errno == EINTR) {}
 }
 
 Status VcpuDriver::notify(uint64_t value) {

@@ -74,15 +74,15 @@ struct GuestDriverConfig {
 
 struct VcpuConfig {
     uint32_t vcpu = 0;
-    uint16_t bdf = 0;           // the endpoint this vCPU's DMA maps are for
-    Gpa batch_gpa{};            // guest RAM for this vCPU's PinPageInfo (16 + 8 * capacity bytes)
+    uint16_t bdf = 0;  // the endpoint this vCPU's DMA maps are for
+    Gpa batch_gpa{};   // guest RAM for this vCPU's PinPageInfo (16 + 8 * capacity bytes)
     uint64_t batch_capacity = 0;
 };
 
 struct MapReport {
-    uint64_t pages = 0;        // pages mapped
-    uint64_t requested = 0;    // pages sent in the pin request (were not PINNED)
-    bool notified = false;     // a request was sent
+    uint64_t pages = 0;      // pages mapped
+    uint64_t requested = 0;  // pages sent in the pin request (were not PINNED)
+    bool notified = false;   // a request was sent
 };
 
 class VcpuDriver;

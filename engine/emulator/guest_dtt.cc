@@ -16,14 +16,14 @@
 namespace coiommu::emulator {
 namespace {
 
+using core::kDtteAccessed;
+using core::kDtteMapCountMask;
 using core::kDttEntryAddrMask;
 using core::kDttEntryPresent;
+using core::kDttePinned;
 using core::kDttLeafMask;
 using core::kDttLeafStride;
 using core::kDttPageSize;
-using core::kDtteAccessed;
-using core::kDtteMapCountMask;
-using core::kDttePinned;
 using core::kDttUpperMask;
 using core::kDttUpperStride;
 
@@ -45,16 +45,16 @@ Result<std::unique_ptr<GuestDtt>> GuestDtt::create(const GuestMemory& mem, const
         return make_error(EINVAL, fmt::format("guest DTT: invalid level {}", cfg.levels));
     }
     if (!page_aligned(cfg.pool_base) || cfg.pool_pages == 0) {
-        return make_error(EINVAL, fmt::format("guest DTT: bad pool {:#x} x {} pages", raw(cfg.pool_base),
-                                              cfg.pool_pages));
+        return make_error(EINVAL,
+                          fmt::format("guest DTT: bad pool {:#x} x {} pages", raw(cfg.pool_base), cfg.pool_pages));
     }
     if (cfg.ncpus == 0 || cfg.ncpus > core::kMaxVcpus) {
         return make_error(EINVAL, fmt::format("guest DTT: bad cpu count {}", cfg.ncpus));
     }
     uint64_t bytes = 0;
     if (__builtin_mul_overflow(cfg.pool_pages, kDttPageSize, &bytes) || !mem.contains(cfg.pool_base, bytes)) {
-        return make_error(EFAULT, fmt::format("guest DTT: pool {:#x} x {} pages outside guest RAM",
-                                              raw(cfg.pool_base), cfg.pool_pages));
+        return make_error(EFAULT, fmt::format("guest DTT: pool {:#x} x {} pages outside guest RAM", raw(cfg.pool_base),
+                                              cfg.pool_pages));
     }
     std::unique_ptr<GuestDtt> dtt(new GuestDtt(mem, cfg));
     auto root = dtt->alloc_page();
@@ -130,8 +130,8 @@ Result<std::byte*> GuestDtt::walk(Gfn gfn, uint64_t stop_level, Alloc alloc) con
                 entry = slot.load(std::memory_order_acquire);
                 if ((entry & kDttEntryPresent) == 0) {
                     // A concurrent drop_table (shrinker hook) cleared it again: give up.
-                    return make_error(EAGAIN, fmt::format("guest DTT level {} for gfn {:#x} raced a drop", level,
-                                                          raw(gfn)));
+                    return make_error(EAGAIN,
+                                      fmt::format("guest DTT level {} for gfn {:#x} raced a drop", level, raw(gfn)));
                 }
             }
         }
@@ -252,7 +252,8 @@ Status GuestDtt::set_upper_entry(Gfn gfn, uint64_t level, uint64_t raw_entry) {
 }
 
 Status GuestDtt::drop_table(Gfn gfn, uint64_t level) {
-    if (level == 0 || level >= levels_) return make_error(EINVAL, fmt::format("guest DTT: cannot drop level {}", level));
+    if (level == 0 || level >= levels_)
+        return make_error(EINVAL, fmt::format("guest DTT: cannot drop level {}", level));
     auto parent = walk(gfn, level + 1, Alloc::No);
     if (!parent) return coiommu::unexpected(parent.error());
     GuestAtomicU64 slot(reinterpret_cast<uint64_t*>(*parent) + upper_index(gfn, level + 1));
@@ -261,8 +262,8 @@ Status GuestDtt::drop_table(Gfn gfn, uint64_t level) {
     uint64_t cur = slot.load(std::memory_order_acquire);
     for (;;) {
         if ((cur & kDttEntryPresent) == 0) {
-            return make_error(ENOENT, fmt::format("guest DTT: level {} table for gfn {:#x} already absent", level,
-                                                  raw(gfn)));
+            return make_error(ENOENT,
+                              fmt::format("guest DTT: level {} table for gfn {:#x} already absent", level, raw(gfn)));
         }
         if (slot.compare_exchange(cur, 0, std::memory_order_acq_rel)) break;
     }

@@ -26,10 +26,10 @@
 namespace coiommu::emulator {
 
 struct GuestDttConfig {
-    uint64_t levels = 4;       // 1..core::kMaxDttLevel (x86-64 4-level paging uses 4)
-    Gpa pool_base{};           // first page of the reserved table-page range (page aligned)
-    uint64_t pool_pages = 0;   // pages in the range; the root takes one
-    uint32_t ncpus = 1;        // num_possible_cpus(): the map count caps at 0xFFFF - ncpus
+    uint64_t levels = 4;      // 1..core::kMaxDttLevel (x86-64 4-level paging uses 4)
+    Gpa pool_base{};          // first page of the reserved table-page range (page aligned)
+    uint64_t pool_pages = 0;  // pages in the range; the root takes one
+    uint32_t ncpus = 1;       // num_possible_cpus(): the map count caps at 0xFFFF - ncpus
 };
 
 class GuestDtt {
@@ -37,8 +37,7 @@ public:
     // Allocates the root page. Errors: EINVAL for levels outside 1..kMaxDttLevel, an unaligned
     // pool base, zero pool pages or ncpus outside 1..kMaxVcpus; EFAULT when the pool is not
     // inside one guest RAM region.
-    [[nodiscard]] static Result<std::unique_ptr<GuestDtt>> create(const GuestMemory& mem,
-                                                                  const GuestDttConfig& cfg);
+    [[nodiscard]] static Result<std::unique_ptr<GuestDtt>> create(const GuestMemory& mem, const GuestDttConfig& cfg);
 
     GuestDtt(const GuestDtt&) = delete;
     GuestDtt& operator=(const GuestDtt&) = delete;
@@ -116,8 +115,8 @@ private:
     Gpa root_{};
 
     mutable std::mutex pool_mu_;
-    mutable uint64_t next_unused_ = 0;            // bump index into the pool
-    mutable std::vector<uint64_t> free_list_;     // indices of freed pages
+    mutable uint64_t next_unused_ = 0;         // bump index into the pool
+    mutable std::vector<uint64_t> free_list_;  // indices of freed pages
 };
 
 }  // namespace coiommu::emulator

@@ -28,17 +28,16 @@ Status validate(std::vector<GuestMemory::Region>& regions) {
         // The last byte must be addressable: base + size may equal 2^64 only if we could
         // represent the end, which we cannot; refuse it like an overflow.
         if (!checked_add(r.base, r.size)) {
-            return make_error(EOVERFLOW, fmt::format("guest memory: region gpa {:#x} size {:#x} overflows",
-                                                     raw(r.base), r.size));
+            return make_error(EOVERFLOW,
+                              fmt::format("guest memory: region gpa {:#x} size {:#x} overflows", raw(r.base), r.size));
         }
     }
-    std::sort(regions.begin(), regions.end(),
-              [](const auto& a, const auto& b) { return raw(a.base) < raw(b.base); });
+    std::sort(regions.begin(), regions.end(), [](const auto& a, const auto& b) { return raw(a.base) < raw(b.base); });
     for (size_t i = 1; i < regions.size(); ++i) {
         const auto& prev = regions[i - 1];
         if (raw(prev.base) + prev.size > raw(regions[i].base)) {
-            return make_error(EINVAL, fmt::format("guest memory: regions at {:#x} and {:#x} overlap",
-                                                  raw(prev.base), raw(regions[i].base)));
+            return make_error(EINVAL, fmt::format("guest memory: regions at {:#x} and {:#x} overlap", raw(prev.base),
+                                                  raw(regions[i].base)));
         }
     }
     return ok();
@@ -79,8 +78,8 @@ Result<GuestMemory> GuestMemory::adopt(std::vector<AdoptedRegion> adopted) {
         if (::fstat(r.fd.get(), &sb) < 0) return make_error(errno, "fstat guest region fd");
         uint64_t need = 0;
         if (__builtin_add_overflow(r.fd_offset, r.size, &need) || static_cast<uint64_t>(sb.st_size) < need) {
-            return make_error(EINVAL, fmt::format("guest memory: fd of region {:#x} is {} bytes, need {}",
-                                                  raw(r.base), sb.st_size, need));
+            return make_error(EINVAL, fmt::format("guest memory: fd of region {:#x} is {} bytes, need {}", raw(r.base),
+                                                  sb.st_size, need));
         }
         // A peer that shrinks the file later would make our accesses fault with SIGBUS. Seal it
         // when the fd allows; otherwise say so (the daemon may refuse such regions).
@@ -88,8 +87,10 @@ Result<GuestMemory> GuestMemory::adopt(std::vector<AdoptedRegion> adopted) {
             const int err = errno;
             const int seals = ::fcntl(r.fd.get(), F_GET_SEALS);
             if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
-                CLOG_WARN("guest", "region {:#x}: cannot seal against shrinking ({}); a peer that shrinks it "
-                          "could crash this process", raw(r.base), err);
+                CLOG_WARN("guest",
+                          "region {:#x}: cannot seal against shrinking ({}); a peer that shrinks it "
+                          "could crash this process",
+                          raw(r.base), err);
             }
         }
     }
@@ -99,8 +100,8 @@ Result<GuestMemory> GuestMemory::adopt(std::vector<AdoptedRegion> adopted) {
 Result<GuestMemory> GuestMemory::map_all(std::vector<Region> regions) {
     GuestMemory mem;
     for (auto& r : regions) {
-        void* p = ::mmap(nullptr, r.size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd.get(),
-                         static_cast<off_t>(r.fd_offset));
+        void* p =
+            ::mmap(nullptr, r.size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd.get(), static_cast<off_t>(r.fd_offset));
         if (p == MAP_FAILED) return make_error(errno, fmt::format("mmap guest region {:#x}", raw(r.base)));
         r.host = static_cast<std::byte*>(p);
         mem.total_bytes_ += r.size;

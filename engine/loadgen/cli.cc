@@ -25,7 +25,7 @@ extern "C" void on_sigint(int /*sig*/) { g_interrupted.store(true, std::memory_o
 class SigintScope {
 public:
     SigintScope() {
-        struct sigaction sa{};
+        struct sigaction sa {};
         sa.sa_handler = on_sigint;
         sigemptyset(&sa.sa_mask);
         installed_ = ::sigaction(SIGINT, &sa, &old_) == 0;
@@ -37,7 +37,7 @@ public:
     SigintScope& operator=(const SigintScope&) = delete;
 
 private:
-    struct sigaction old_{};
+    struct sigaction old_ {};
     bool installed_ = false;
 };
 
@@ -111,8 +111,10 @@ int run_cli(const std::vector<std::string_view>& args, std::FILE* out, std::FILE
     if (!o.plot_path.empty() && !runs.empty()) {
         if (auto st = write_plot(o.plot_path, runs); !st) {
             if (st.error().code == ENOENT) {
-                std::fprintf(err, "coiommu-load: --plot skipped: gnuplot is not installed (apt-get install gnuplot-nox); "
-                                  "the script is %s.gp\n", o.plot_path.c_str());
+                std::fprintf(err,
+                             "coiommu-load: --plot skipped: gnuplot is not installed (apt-get install gnuplot-nox); "
+                             "the script is %s.gp\n",
+                             o.plot_path.c_str());
             } else {
                 std::fprintf(err, "coiommu-load: --plot: %s\n", st.error().message().c_str());
                 rc = 1;

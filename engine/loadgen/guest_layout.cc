@@ -18,7 +18,8 @@ Result<GuestLayout> GuestLayout::compute(uint64_t ram_bytes, uint32_t vcpus, uin
         return make_error(EINVAL, fmt::format("guest RAM of {} bytes: must be a page multiple in [{} MiB, {} GiB]",
                                               ram_bytes, kMinRamBytes >> 20, kMaxRamBytes >> 30));
     }
-    if (vcpus == 0 || vcpus > core::kMaxVcpus) return make_error(EINVAL, fmt::format("vcpus {}: must be 1..1024", vcpus));
+    if (vcpus == 0 || vcpus > core::kMaxVcpus)
+        return make_error(EINVAL, fmt::format("vcpus {}: must be 1..1024", vcpus));
     if (batch_capacity == 0) return make_error(EINVAL, "batch capacity must be at least 1");
     const uint64_t ram_pages = ram_bytes >> kPageShift;
     GuestLayout l;

@@ -3,8 +3,8 @@
 namespace coiommu::loadgen {
 
 Result<std::unique_ptr<InProcessLink>> InProcessLink::create(const GuestMemory& mem, dma::DmaBackend& backend,
-                                                            const workers::EngineConfig& cfg,
-                                                            const device::DeviceConfig& dev_cfg) {
+                                                             const workers::EngineConfig& cfg,
+                                                             const device::DeviceConfig& dev_cfg) {
     auto dev = device::CoiommuDevice::create(dev_cfg);
     if (!dev) return coiommu::unexpected(with_context(dev.error(), "coiommu device"));
     auto engine = workers::Engine::create(cfg, workers::device_deps(**dev, mem, backend));

@@ -21,8 +21,8 @@ class InProcessLink final : public VmLink {
 public:
     // Errors: CoiommuDevice::create's and Engine::create's.
     [[nodiscard]] static Result<std::unique_ptr<InProcessLink>> create(const GuestMemory& mem, dma::DmaBackend& backend,
-                                                                      const workers::EngineConfig& cfg,
-                                                                      const device::DeviceConfig& dev_cfg);
+                                                                       const workers::EngineConfig& cfg,
+                                                                       const device::DeviceConfig& dev_cfg);
     ~InProcessLink() override;
     InProcessLink(const InProcessLink&) = delete;
     InProcessLink& operator=(const InProcessLink&) = delete;

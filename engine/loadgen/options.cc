@@ -127,10 +127,14 @@ std::optional<uint64_t> parse_size(std::string_view text) {
     if (text.empty()) return std::nullopt;
     uint64_t mult = 1;
     switch (text.back()) {
-        case 'K': case 'k': mult = uint64_t{1} << 10; break;
-        case 'M': case 'm': mult = uint64_t{1} << 20; break;
-        case 'G': case 'g': mult = uint64_t{1} << 30; break;
-        case 'T': case 't': mult = uint64_t{1} << 40; break;
+        case 'K':
+        case 'k': mult = uint64_t{1} << 10; break;
+        case 'M':
+        case 'm': mult = uint64_t{1} << 20; break;
+        case 'G':
+        case 'g': mult = uint64_t{1} << 30; break;
+        case 'T':
+        case 't': mult = uint64_t{1} << 40; break;
         default: break;
     }
     if (mult != 1) text.remove_suffix(1);
@@ -353,10 +357,14 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
             compare = true;
         } else if (flag == "--backend") {
             st = take([&](std::string_view v) -> Status {
-                if (v == "fake") o.backend = BackendKind::Fake;
-                else if (v == "null") o.backend = BackendKind::Null;
-                else if (v == "vfio") o.backend = BackendKind::Vfio;
-                else return bad("--backend: '{}' is not one of fake|null|vfio", v);
+                if (v == "fake")
+                    o.backend = BackendKind::Fake;
+                else if (v == "null")
+                    o.backend = BackendKind::Null;
+                else if (v == "vfio")
+                    o.backend = BackendKind::Vfio;
+                else
+                    return bad("--backend: '{}' is not one of fake|null|vfio", v);
                 return ok();
             });
         } else if (flag == "--vfio-group") {
@@ -384,9 +392,12 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
             });
         } else if (flag == "--latency") {
             st = take([&](std::string_view v) -> Status {
-                if (v == "typical") o.latency = FakeLatency::Typical;
-                else if (v == "none") o.latency = FakeLatency::None;
-                else return bad("--latency: '{}' is not one of typical|none", v);
+                if (v == "typical")
+                    o.latency = FakeLatency::Typical;
+                else if (v == "none")
+                    o.latency = FakeLatency::None;
+                else
+                    return bad("--latency: '{}' is not one of typical|none", v);
                 latency_set = true;
                 return ok();
             });
@@ -421,7 +432,8 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
         } else if (flag == "--balloon-interval") {
             st = take([&](std::string_view v) -> Status {
                 auto t = parse_seconds(v);
-                if (!t || t->count() < 1'000'000) return bad("--balloon-interval: '{}' must be a time of 1ms or more", v);
+                if (!t || t->count() < 1'000'000)
+                    return bad("--balloon-interval: '{}' must be a time of 1ms or more", v);
                 o.balloon_interval = *t;
                 return ok();
             });
@@ -471,7 +483,8 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
     if (o.backend != BackendKind::Fake && latency_set) return bad("--latency is only for --backend fake");
     if (!o.connect_path.empty()) {
         if (o.backend == BackendKind::Vfio) return bad("--connect and --backend vfio exclude each other");
-        if (compare || engines_set) return bad("--connect: the daemon's engine serves; --engine and --compare do not apply");
+        if (compare || engines_set)
+            return bad("--connect: the daemon's engine serves; --engine and --compare do not apply");
         if (!o.engine_opts.empty()) return bad("--connect: the daemon's engine serves; --engine-opts does not apply");
         for (StrategyKind s : o.strategies) {
             if (s != StrategyKind::Coiommu) return bad("--connect runs the coiommu strategy only");

@@ -29,7 +29,7 @@ enum class FakeLatency : uint8_t { Typical, None };
 
 // How long a vCPU holds a buffer mapped: a number of its own later operations, or a time.
 struct Lifetime {
-    uint64_t ops = 4;                       // used when time == 0
+    uint64_t ops = 4;  // used when time == 0
     std::chrono::nanoseconds time{0};
 
     [[nodiscard]] bool timed() const { return time.count() != 0; }
@@ -52,23 +52,23 @@ struct LoadOptions {
     std::vector<workers::Variant> engines{workers::Variant::Fast};
     std::vector<StrategyKind> strategies{StrategyKind::Coiommu};
     BackendKind backend = BackendKind::Fake;
-    std::string vfio_group;         // --backend vfio: /dev/vfio/N
+    std::string vfio_group;  // --backend vfio: /dev/vfio/N
     // --connect: a running coiommud serves the coiommu strategy (its engine, its fake or null
     // backend); empty: the engine runs in this process.
     std::string connect_path;
-    std::string engine_opts;        // as given (for the report)
+    std::string engine_opts;                                 // as given (for the report)
     workers::EngineConfig engine = default_engine_config();  // parsed --engine-opts
     FakeLatency latency = FakeLatency::Typical;
-    uint64_t entry_limit = 65535;   // fake and null backends (dma_entry_limit)
+    uint64_t entry_limit = 65535;  // fake and null backends (dma_entry_limit)
     double zipf_s = 1.1;
     uint32_t ring_buffers = 64;
     uint32_t balloon_pages = 1024;  // 4 MiB per balloon inflation
     std::chrono::nanoseconds balloon_interval = std::chrono::milliseconds(100);
     std::string json_path;
     std::string plot_path;
-    bool progress = false;  // force the progress line even when stdout is not a TTY
-    bool quiet = false;     // no progress line, no summary (errors and the JSON/plot still)
-    bool table_only = false;  // no per-run summaries: the comparison table alone
+    bool progress = false;                    // force the progress line even when stdout is not a TTY
+    bool quiet = false;                       // no progress line, no summary (errors and the JSON/plot still)
+    bool table_only = false;                  // no per-run summaries: the comparison table alone
     log::Level log_level = log::Level::Warn;  // the engine's and ours
 
     // The buffers one vCPU may hold mapped at once (a timed lifetime is capped at 4096).

@@ -384,7 +384,8 @@ std::vector<ComparisonRow> compare(const std::vector<RunResult>& runs) {
             }
             if (s.pages_per_s > 0) row.pages_per_s_vs_seed = r.pages_per_s / s.pages_per_s;
             if (s.pinned_peak_pages > 0) {
-                row.pinned_peak_vs_seed = static_cast<double>(r.pinned_peak_pages) / static_cast<double>(s.pinned_peak_pages);
+                row.pinned_peak_vs_seed =
+                    static_cast<double>(r.pinned_peak_pages) / static_cast<double>(s.pinned_peak_pages);
             }
         }
         rows.push_back(std::move(row));
@@ -439,20 +440,24 @@ void print_summary(std::FILE* out, const RunResult& r) {
                      r.notifications, r.pages_requested, human_ns(r.request_latency.p50).c_str(),
                      human_ns(r.request_latency.p99).c_str(), human_ns(r.request_latency.p999).c_str());
     }
-    std::fprintf(out, "  pinned       peak %.1f MiB  mean %.1f MiB  end %.1f MiB  (%s pins/s; guest touched %.1f MiB)\n",
+    std::fprintf(out,
+                 "  pinned       peak %.1f MiB  mean %.1f MiB  end %.1f MiB  (%s pins/s; guest touched %.1f MiB)\n",
                  pages_to_mib(static_cast<double>(r.pinned_peak_pages)), pages_to_mib(r.pinned_mean_pages),
                  pages_to_mib(static_cast<double>(r.pinned_end_pages)), human_count(r.pins_per_s).c_str(),
                  pages_to_mib(static_cast<double>(r.guest_touched_pages)));
-    std::fprintf(out, "  DMA backend  %" PRIu64 " map / %" PRIu64 " unmap calls, entries peak %" PRIu64 " of %" PRIu64 "\n",
+    std::fprintf(out,
+                 "  DMA backend  %" PRIu64 " map / %" PRIu64 " unmap calls, entries peak %" PRIu64 " of %" PRIu64 "\n",
                  r.dma_map_calls, r.dma_unmap_calls, r.dma_entries_peak, r.dma_entry_limit);
     std::string failures;
     for (std::size_t i = 0; i < kMapFailures; ++i) {
-        if (r.failures_by_reason[i] != 0) failures += fmt::format(" {} {}", kMapFailureLabels[i], r.failures_by_reason[i]);
+        if (r.failures_by_reason[i] != 0)
+            failures += fmt::format(" {} {}", kMapFailureLabels[i], r.failures_by_reason[i]);
     }
     if (!failures.empty()) std::fprintf(out, "  failures    %s\n", failures.c_str());
     if (r.balloon_requests != 0 || r.balloon_aborted != 0) {
-        std::fprintf(out, "  balloon      %" PRIu64 " requests: %" PRIu64 " success, %" PRIu64 " failed, %" PRIu64
-                          " aborted; p99 %s\n",
+        std::fprintf(out,
+                     "  balloon      %" PRIu64 " requests: %" PRIu64 " success, %" PRIu64 " failed, %" PRIu64
+                     " aborted; p99 %s\n",
                      r.balloon_requests, r.balloon_success, r.balloon_failed, r.balloon_aborted,
                      human_ns(r.balloon_latency.p99).c_str());
     }
@@ -475,11 +480,11 @@ void print_table(std::FILE* out, const std::vector<RunResult>& runs) {
     for (std::size_t i = 0; i < runs.size(); ++i) {
         const RunResult& r = runs[i];
         const ComparisonRow& c = rows[i];
-        std::fprintf(out, "%-*s %10s %10s %9s %9s %9.1fM %9.1fM %9s %9s %7" PRIu64 " %8s %8s%s\n",
-                     static_cast<int>(w), r.label.c_str(), human_count(r.maps_per_s).c_str(),
-                     human_count(r.pages_per_s).c_str(), human_ns(r.map_latency.p50).c_str(),
-                     human_ns(r.map_latency.p99).c_str(), pages_to_mib(static_cast<double>(r.pinned_peak_pages)),
-                     pages_to_mib(r.pinned_mean_pages), human_count(static_cast<double>(r.dma_map_calls)).c_str(),
+        std::fprintf(out, "%-*s %10s %10s %9s %9s %9.1fM %9.1fM %9s %9s %7" PRIu64 " %8s %8s%s\n", static_cast<int>(w),
+                     r.label.c_str(), human_count(r.maps_per_s).c_str(), human_count(r.pages_per_s).c_str(),
+                     human_ns(r.map_latency.p50).c_str(), human_ns(r.map_latency.p99).c_str(),
+                     pages_to_mib(static_cast<double>(r.pinned_peak_pages)), pages_to_mib(r.pinned_mean_pages),
+                     human_count(static_cast<double>(r.dma_map_calls)).c_str(),
                      human_count(static_cast<double>(r.dma_unmap_calls)).c_str(), r.map_failures,
                      ratio_text(c.pages_per_s_vs_seed).c_str(), ratio_text(c.pinned_peak_vs_seed).c_str(),
                      r.passed() ? "" : "  FAILED");
@@ -526,13 +531,15 @@ Status write_plot(const std::string& png_path, const std::vector<RunResult>& run
     gp += plots + "\n";
     gp += "unset logscale y\nunset xlabel\nset style fill solid 0.7\nset boxwidth 0.7\nset xtics rotate by -30\n";
     gp += "unset key\nset bmargin 7\nset rmargin 6\n";
-    gp += fmt::format("set title 'throughput (guest pages DMA-mapped per second, log scale)'\nset ylabel 'pages/s'\n"
-                      "set logscale y\nset yrange [1:*]\nplot {} using 1:3:xtic(2) with boxes\nunset logscale y\n",
-                      gp_quote(bars_dat));
+    gp += fmt::format(
+        "set title 'throughput (guest pages DMA-mapped per second, log scale)'\nset ylabel 'pages/s'\n"
+        "set logscale y\nset yrange [1:*]\nplot {} using 1:3:xtic(2) with boxes\nunset logscale y\n",
+        gp_quote(bars_dat));
     gp += "set yrange [0:*]\n";
-    gp += fmt::format("set title 'pinned memory: peak (bars) and mean (points)'\nset ylabel 'MiB'\n"
-                      "plot {0} using 1:4:xtic(2) with boxes, {0} using 1:5 with points pt 7 ps 1.5\n",
-                      gp_quote(bars_dat));
+    gp += fmt::format(
+        "set title 'pinned memory: peak (bars) and mean (points)'\nset ylabel 'MiB'\n"
+        "plot {0} using 1:4:xtic(2) with boxes, {0} using 1:5 with points pt 7 ps 1.5\n",
+        gp_quote(bars_dat));
     gp += "unset multiplot\n";
     if (auto st = write_file(dat, data); !st) return st;
     if (auto st = write_file(bars_dat, bars); !st) return st;

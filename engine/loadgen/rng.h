@@ -52,9 +52,7 @@ public:
     }
 
     // Uniform in [0, 1) with 53 random bits.
-    [[nodiscard]] constexpr double unit() noexcept {
-        return static_cast<double>(next() >> 11) * 0x1.0p-53;
-    }
+    [[nodiscard]] constexpr double unit() noexcept { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
 
 private:
     [[nodiscard]] static constexpr uint64_t rotl(uint64_t x, int k) noexcept { return (x << k) | (x >> (64 - k)); }

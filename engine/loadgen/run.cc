@@ -71,8 +71,7 @@ inline void cpu_relax() {
 
 void sleep_ns(uint64_t ns) {
     timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
-    while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 // Waits until monotonic_ns() >= deadline: sleeps while far, spins (yielding) when close.
@@ -290,8 +289,7 @@ public:
         const bool timed = ctx_.o.lifetime.timed();
         const uint64_t lifetime_ns = static_cast<uint64_t>(ctx_.o.lifetime.time.count());
         const uint64_t think_ns = static_cast<uint64_t>(ctx_.o.think.count());
-        const uint64_t interval_ns =
-            ctx_.o.rate > 0 ? static_cast<uint64_t>(1e9 * ctx_.o.vcpus / ctx_.o.rate) : 0;
+        const uint64_t interval_ns = ctx_.o.rate > 0 ? static_cast<uint64_t>(1e9 * ctx_.o.vcpus / ctx_.o.rate) : 0;
         uint64_t next_at = monotonic_ns();
         while (!ctx_.stop.load(std::memory_order_relaxed)) {
             if (interval_ns != 0) {
@@ -477,8 +475,9 @@ void balloon_loop(RunCtx& ctx, BalloonStats& out) {
             }
         } else {
             ++out.failed;
-            if (!r) CLOG_WARN_RL(kLog, "balloon unpin of gfns {:#x}+{}: {}", raw(range.start), range.count,
-                                 r.error().message());
+            if (!r)
+                CLOG_WARN_RL(kLog, "balloon unpin of gfns {:#x}+{}: {}", raw(range.start), range.count,
+                             r.error().message());
         }
         inflated.push_back(c);
     }
@@ -515,7 +514,8 @@ Result<Backend> make_backend(const LoadOptions& o) {
             rlimit lim{};
             if (::getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
                 const rlimit want{RLIM_INFINITY, RLIM_INFINITY};
-                const rlimit enough{lim.rlim_cur + o.ram_bytes, std::max<rlim_t>(lim.rlim_max, lim.rlim_cur + o.ram_bytes)};
+                const rlimit enough{lim.rlim_cur + o.ram_bytes,
+                                    std::max<rlim_t>(lim.rlim_max, lim.rlim_cur + o.ram_bytes)};
                 if (::setrlimit(RLIMIT_MEMLOCK, &want) != 0 && ::setrlimit(RLIMIT_MEMLOCK, &enough) != 0) {
                     CLOG_WARN(kLog, "cannot raise RLIMIT_MEMLOCK by the guest RAM size: {}", std::strerror(errno));
                 }
@@ -541,7 +541,7 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
                 sc.endpoints = {kEndpointBdf};
                 sc.backend = o.backend == BackendKind::Null ? RemoteBackend::Null : RemoteBackend::Fake;
                 sc.latency = o.latency == FakeLatency::Typical ? daemon::proto::FakeLatency::Typical
-                                                                : daemon::proto::FakeLatency::None;
+                                                               : daemon::proto::FakeLatency::None;
                 sc.entry_limit = o.entry_limit;
                 auto link = SocketLink::create(*env.mem, sc);
                 if (!link) return coiommu::unexpected(link.error());
@@ -657,10 +657,10 @@ private:
 
 void print_progress(const RunControl& p, const std::string& label, const Sample& s, uint64_t failures) {
     if (p.progress == nullptr) return;
-    const std::string line = fmt::format(
-        "[{:5.1f}s] {}  maps/s {}  pins/s {}  p99 {}  pinned {:.1f} MiB  failures {}", s.t_s, label,
-        human_count(s.maps_per_s), human_count(s.pins_per_s), human_ns(s.map_p99_ns),
-        static_cast<double>(s.pinned_pages * kPageSize) / (1 << 20), failures);
+    const std::string line =
+        fmt::format("[{:5.1f}s] {}  maps/s {}  pins/s {}  p99 {}  pinned {:.1f} MiB  failures {}", s.t_s, label,
+                    human_count(s.maps_per_s), human_count(s.pins_per_s), human_ns(s.map_p99_ns),
+                    static_cast<double>(s.pinned_pages * kPageSize) / (1 << 20), failures);
     if (p.tty) {
         std::fprintf(p.progress, "\r%s\x1b[K", line.c_str());
     } else {
@@ -694,8 +694,8 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     RunResult r;
     r.spec = spec;
     r.label = spec.label();
-    r.backend = o.connect_path.empty() ? std::string(to_string(o.backend))
-                                       : fmt::format("coiommud:{}", to_string(o.backend));
+    r.backend =
+        o.connect_path.empty() ? std::string(to_string(o.backend)) : fmt::format("coiommud:{}", to_string(o.backend));
     const double cpu_at_start = process_cpu_s();
     const double main_cpu_at_start = thread_cpu_s();
     const uint64_t setup_t0 = monotonic_ns();
@@ -745,7 +745,8 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     if (backend->fake != nullptr) {
         r.invariant_note = "checked with FakeBackend::is_mapped after every map and before every unmap";
     } else if (r.invariant_checked) {
-        r.invariant_note = "checked with the daemon's QueryMapped (its fake backend) after every map and before every unmap";
+        r.invariant_note =
+            "checked with the daemon's QueryMapped (its fake backend) after every map and before every unmap";
     } else {
         r.invariant_note = fmt::format("skipped: the {} backend keeps no mapping state to check against", r.backend);
     }
@@ -880,8 +881,8 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     }
     r.pinned_peak_pages = std::max(r.pinned_peak_pages, last.pinned_pages);
     r.dma_entries_peak = std::max(r.dma_entries_peak, last.dma_entries);
-    r.pinned_mean_pages = r.timeline.empty() ? static_cast<double>(last.pinned_pages)
-                                             : sum / static_cast<double>(r.timeline.size());
+    r.pinned_mean_pages =
+        r.timeline.empty() ? static_cast<double>(last.pinned_pages) : sum / static_cast<double>(r.timeline.size());
     const uint64_t setup_pinned = spec.strategy == StrategyKind::Static ? o.ram_bytes >> kPageShift : 0;
     const uint64_t run_pins = r.pages_pinned_total >= setup_pinned ? r.pages_pinned_total - setup_pinned : 0;
     r.pins_per_s = r.duration_s > 0 ? static_cast<double>(run_pins) / r.duration_s : 0;

@@ -44,15 +44,15 @@ struct LatencySummary {
 
 // One sample of the timeline (every 100 ms).
 struct Sample {
-    double t_s = 0;                  // since the vCPUs started
-    uint64_t pinned_pages = 0;       // pages mapped in the DMA backend now (bytes mapped - unmapped)
-    uint64_t dma_entries = 0;        // live backend entries
-    uint64_t maps = 0;               // guest DMA maps so far
-    uint64_t pages_mapped = 0;       // guest pages DMA-mapped so far
-    uint64_t failures = 0;           // failed maps so far
-    double maps_per_s = 0;           // over the last interval
-    double pins_per_s = 0;           // pages newly mapped in the backend per second, last interval
-    uint64_t map_p99_ns = 0;         // p99 map latency over the last interval
+    double t_s = 0;                    // since the vCPUs started
+    uint64_t pinned_pages = 0;         // pages mapped in the DMA backend now (bytes mapped - unmapped)
+    uint64_t dma_entries = 0;          // live backend entries
+    uint64_t maps = 0;                 // guest DMA maps so far
+    uint64_t pages_mapped = 0;         // guest pages DMA-mapped so far
+    uint64_t failures = 0;             // failed maps so far
+    double maps_per_s = 0;             // over the last interval
+    double pins_per_s = 0;             // pages newly mapped in the backend per second, last interval
+    uint64_t map_p99_ns = 0;           // p99 map latency over the last interval
     uint64_t engine_pinned_pages = 0;  // the engine's gauge (coiommu), else 0
 };
 
@@ -76,7 +76,7 @@ struct EngineFigures {
     std::array<uint64_t, telemetry::kPinFailureReasons> pin_failures{};
     std::array<uint64_t, telemetry::kUnpinResults> unpin_attempts{};
     uint64_t dma_map_calls = 0, dma_unmap_calls = 0;
-    uint64_t pinned_pages = 0;  // gauge at the end (before teardown)
+    uint64_t pinned_pages = 0;                        // gauge at the end (before teardown)
     uint64_t request_p50_ns = 0, request_p99_ns = 0;  // the engine's log2 histogram (upper bounds)
     uint64_t balloon_success = 0, balloon_failed = 0;
     uint64_t lru_scans = 0;
@@ -95,11 +95,11 @@ struct RunResult {
     uint64_t pages_mapped = 0, pages_unmapped = 0;
     uint64_t skipped_ops = 0;  // picks that hit a ballooned chunk and were dropped
     std::array<uint64_t, kMapFailures> failures_by_reason{};
-    uint64_t notifications = 0;         // requests the guest sent the host
-    uint64_t requests_completed = 0;    // of those, answered in time
-    uint64_t pages_requested = 0;       // pages named by the requests of successful maps
-    LatencySummary map_latency;         // every successful map, as the guest sees it
-    LatencySummary request_latency;     // maps that sent a request (CoIOMMU pin / virtio-iommu MAP)
+    uint64_t notifications = 0;       // requests the guest sent the host
+    uint64_t requests_completed = 0;  // of those, answered in time
+    uint64_t pages_requested = 0;     // pages named by the requests of successful maps
+    LatencySummary map_latency;       // every successful map, as the guest sees it
+    LatencySummary request_latency;   // maps that sent a request (CoIOMMU pin / virtio-iommu MAP)
     LatencySummary unmap_latency;
     double maps_per_s = 0, pages_per_s = 0;
 
@@ -130,8 +130,8 @@ struct RunResult {
     std::optional<EngineFigures> engine;
     std::vector<Check> checks;
     std::vector<Sample> timeline;  // every 100 ms while the vCPUs ran
-    std::vector<ThreadCpu> cpu;  // per thread: vCPUs, engine threads, others
-    double process_cpu_s = 0;    // the whole process, from setup to teardown
+    std::vector<ThreadCpu> cpu;    // per thread: vCPUs, engine threads, others
+    double process_cpu_s = 0;      // the whole process, from setup to teardown
 
     // Invariant held, no balloon violation, every check passed.
     [[nodiscard]] bool passed() const;
@@ -139,8 +139,8 @@ struct RunResult {
 
 // How the caller watches and steers a run.
 struct RunControl {
-    std::FILE* progress = nullptr;  // where the once-a-second progress line goes (nullptr: none)
-    bool tty = false;               // the line rewrites itself (\r) instead of scrolling
+    std::FILE* progress = nullptr;              // where the once-a-second progress line goes (nullptr: none)
+    bool tty = false;                           // the line rewrites itself (\r) instead of scrolling
     const std::atomic<bool>* cancel = nullptr;  // when it becomes true the run ends early (Ctrl-C)
 };
 

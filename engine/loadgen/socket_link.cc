@@ -26,8 +26,8 @@ Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, c
                        : c.set_backend_fake(daemon::FakeBackendSpec{cfg.latency, cfg.entry_limit});
     if (!backend) return coiommu::unexpected(with_context(backend.error(), where));
     link->backend_ = *backend;
-    link->can_query_ = cfg.backend == RemoteBackend::Fake &&
-                       (c.hello_info().features & daemon::proto::kFeatureQueryMapped) != 0;
+    link->can_query_ =
+        cfg.backend == RemoteBackend::Fake && (c.hello_info().features & daemon::proto::kFeatureQueryMapped) != 0;
     // The VMM owns the trigger eventfds (KVM ioeventfds on BAR0 in a real VMM) and lends them.
     std::vector<int> fds;
     for (uint32_t i = 0; i < cfg.vcpus; ++i) {

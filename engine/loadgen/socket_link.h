@@ -40,7 +40,8 @@ public:
     // Connects, sends the guest memory, the topology, the backend choice and the triggers.
     // Errors: Client's (connect errno, the daemon's Error replies); EPROTO when the daemon does not
     // run the engine after every trigger was handed over.
-    [[nodiscard]] static Result<std::unique_ptr<SocketLink>> create(const GuestMemory& mem, const SocketLinkConfig& cfg);
+    [[nodiscard]] static Result<std::unique_ptr<SocketLink>> create(const GuestMemory& mem,
+                                                                    const SocketLinkConfig& cfg);
     ~SocketLink() override;
     SocketLink(const SocketLink&) = delete;
     SocketLink& operator=(const SocketLink&) = delete;

@@ -86,8 +86,8 @@ public:
         COIOMMU_TRY(check_env(env));
         if (!link) return make_error(EINVAL, "coiommu strategy: no link");
         if (link->vcpus() < env.vcpus) {
-            return make_error(EINVAL, fmt::format("coiommu strategy: the device has {} vCPUs, {} wanted", link->vcpus(),
-                                                  env.vcpus));
+            return make_error(
+                EINVAL, fmt::format("coiommu strategy: the device has {} vCPUs, {} wanted", link->vcpus(), env.vcpus));
         }
         std::unique_ptr<CoiommuStrategy> s(new CoiommuStrategy(env, std::move(link)));
         // The guest's PCI fixup: which endpoints get the CoIOMMU DMA ops.
@@ -183,7 +183,7 @@ private:
 
 constexpr uint32_t kEndpointId = 0x0018;  // the passthrough device's virtio-iommu endpoint id
 constexpr uint32_t kDomainId = 1;
-constexpr uint32_t kMapperId = 1;         // crosvm: the VFIO group id
+constexpr uint32_t kMapperId = 1;  // crosvm: the VFIO group id
 
 template <class Body>
 std::array<std::byte, sizeof(viommu::wire::ReqHead) + sizeof(Body)> encode(uint8_t type, const Body& body) {
@@ -258,10 +258,10 @@ public:
         bool fits = info->iova_ranges.empty();
         for (const dma::IovaRange& r : info->iova_ranges) fits = fits || (r.start <= kStrictIovaBase && last <= r.end);
         if (!fits) {
-            return make_error(EINVAL, fmt::format("strict: {} vCPUs x {} outstanding buffers of {} pages need IOVAs "
-                                                  "{:#x}..{:#x}, outside the container's IOVA ranges",
-                                                  env.vcpus, env.max_outstanding, env.max_buffer_pages,
-                                                  kStrictIovaBase, last));
+            return make_error(EINVAL,
+                              fmt::format("strict: {} vCPUs x {} outstanding buffers of {} pages need IOVAs "
+                                          "{:#x}..{:#x}, outside the container's IOVA ranges",
+                                          env.vcpus, env.max_outstanding, env.max_buffer_pages, kStrictIovaBase, last));
         }
         viommu::ViommuDevice::Options o;
         o.max_iova = last;

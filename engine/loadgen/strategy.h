@@ -55,8 +55,8 @@ enum class MapFailure : uint8_t {
 };
 inline constexpr std::size_t kMapFailures = 9;
 inline constexpr std::array<std::string_view, kMapFailures> kMapFailureLabels{
-    "not_pinned", "timeout", "slot_busy", "dtt_no_memory", "map_count_cap", "out_of_range",
-    "iommu_status", "iommu_error", "other"};
+    "not_pinned",   "timeout",      "slot_busy",   "dtt_no_memory", "map_count_cap",
+    "out_of_range", "iommu_status", "iommu_error", "other"};
 
 struct MapStatus {
     bool ok = true;
@@ -84,8 +84,8 @@ struct StrategyEnv {
     const GuestLayout* layout = nullptr;
     dma::DmaBackend* backend = nullptr;
     uint32_t vcpus = 1;
-    uint32_t max_outstanding = 1;   // buffers one vCPU holds mapped at most
-    uint32_t max_buffer_pages = 1;  // B
+    uint32_t max_outstanding = 1;                                // buffers one vCPU holds mapped at most
+    uint32_t max_buffer_pages = 1;                               // B
     std::chrono::nanoseconds timeout = std::chrono::seconds(5);  // the guest driver's spin timeout
 };
 

@@ -36,7 +36,7 @@ public:
     // Starts the device thread. `dev` is borrowed and must outlive the queue.
     // Errors: EINVAL for 0 vcpus; eventfd/thread creation errors.
     [[nodiscard]] static Result<std::unique_ptr<ViommuQueue>> start(viommu::ViommuDevice& dev, uint32_t vcpus,
-                                                                   std::chrono::nanoseconds timeout);
+                                                                    std::chrono::nanoseconds timeout);
     ~ViommuQueue();
     ViommuQueue(const ViommuQueue&) = delete;
     ViommuQueue& operator=(const ViommuQueue&) = delete;
@@ -61,8 +61,8 @@ private:
         uint32_t request_len = 0;
         std::array<std::byte, kMaxRequestBytes> request{};
         std::array<std::byte, 8> writable{};
-        int error = 0;        // handle()'s errno (0: replied)
-        uint8_t status = 0;   // the tail's status when error == 0
+        int error = 0;       // handle()'s errno (0: replied)
+        uint8_t status = 0;  // the tail's status when error == 0
     };
 
     ViommuQueue(viommu::ViommuDevice& dev, uint32_t vcpus, std::chrono::nanoseconds timeout, EventFd kick);

@@ -13,7 +13,9 @@ namespace {
 __extension__ using U128 = unsigned __int128;
 
 // Reduces a raw 64-bit random value into [0, n) (multiply-shift).
-[[nodiscard]] uint64_t reduce(uint64_t r, uint64_t n) { return static_cast<uint64_t>((static_cast<U128>(r) * n) >> 64); }
+[[nodiscard]] uint64_t reduce(uint64_t r, uint64_t n) {
+    return static_cast<uint64_t>((static_cast<U128>(r) * n) >> 64);
+}
 
 [[nodiscard]] uint64_t mulmod(uint64_t a, uint64_t b, uint64_t m) {
     return static_cast<uint64_t>((static_cast<U128>(a) * b) % m);
@@ -100,8 +102,7 @@ Buffer zipf_buffer(uint64_t slots, uint32_t buffer_pages, uint64_t rank, uint64_
     return Buffer{Gfn{slot * buffer_pages}, buffer_pages};
 }
 
-std::vector<Buffer> ring_buffers(const Stripe& s, uint32_t buffer_pages, uint32_t count, uint64_t seed,
-                                 uint32_t vcpu) {
+std::vector<Buffer> ring_buffers(const Stripe& s, uint32_t buffer_pages, uint32_t count, uint64_t seed, uint32_t vcpu) {
     const uint64_t slots = s.pages / buffer_pages;
     const uint64_t n = std::min<uint64_t>(count, slots);
     Rng rng(seed, kRingStream + vcpu);

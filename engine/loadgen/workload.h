@@ -50,7 +50,7 @@ struct Buffer {
 
 struct WorkloadParams {
     WorkloadKind kind = WorkloadKind::Mix;
-    uint64_t data_pages = 0;    // buffers lie in gfns [0, data_pages)
+    uint64_t data_pages = 0;     // buffers lie in gfns [0, data_pages)
     uint32_t buffer_pages = 16;  // B
     uint32_t vcpus = 1;          // stream/ring stripe the data pages per vCPU
     double zipf_s = 1.1;         // Zipf exponent (> 0)
@@ -80,8 +80,8 @@ struct Stripe {
 [[nodiscard]] Buffer zipf_buffer(uint64_t slots, uint32_t buffer_pages, uint64_t rank, uint64_t seed);
 // The ring of one vCPU: `count` distinct buffer slots of its stripe (fewer when the stripe is
 // smaller), placed by its own seed.
-[[nodiscard]] std::vector<Buffer> ring_buffers(const Stripe& s, uint32_t buffer_pages, uint32_t count,
-                                               uint64_t seed, uint32_t vcpu);
+[[nodiscard]] std::vector<Buffer> ring_buffers(const Stripe& s, uint32_t buffer_pages, uint32_t count, uint64_t seed,
+                                               uint32_t vcpu);
 
 // A Zipf(s) sampler over {1..n}: P(k) proportional to k^-s, O(1) per sample without tables
 // (rejection-inversion, W. Hörmann and G. Derflinger, "Rejection-inversion to generate variates

@@ -41,9 +41,7 @@ private:
 class SingleWriterCounter {
 public:
     // Precondition: no other thread calls add() on this cell concurrently.
-    void add(uint64_t n = 1) noexcept {
-        v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-    }
+    void add(uint64_t n = 1) noexcept { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
     [[nodiscard]] uint64_t load() const noexcept { return v_.load(std::memory_order_relaxed); }
 
 private:

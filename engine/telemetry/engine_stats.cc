@@ -37,9 +37,8 @@ StatsSnapshot StatsRegistry::snapshot() const {
         accumulate(s.totals, shard);
         ++s.shards;
     });
-    GaugeFields<uint64_t>::for_each_field(s.gauges, gauges_, [](uint64_t& dst, const PaddedGauge& src) {
-        dst = src.load();
-    });
+    GaugeFields<uint64_t>::for_each_field(s.gauges, gauges_,
+                                          [](uint64_t& dst, const PaddedGauge& src) { dst = src.load(); });
     return s;
 }
 

@@ -63,10 +63,10 @@ inline constexpr std::size_t kDmaOps = 2;
 // Label values (snake_case, stable: dashboards and alerts match on them), indexed by enumerator.
 inline constexpr std::array<std::string_view, kRequestKinds> kRequestKindLabels{"single", "batch"};
 inline constexpr std::array<std::string_view, kScanKinds> kScanKindLabels{"lru", "balloon"};
-inline constexpr std::array<std::string_view, kPinFailureReasons> kPinFailureReasonLabels{
-    "vfio_map", "no_space", "invalid_request", "other"};
-inline constexpr std::array<std::string_view, kUnpinResults> kUnpinResultLabels{
-    "unpinned", "not_pinned", "not_unpinned", "failed", "parked"};
+inline constexpr std::array<std::string_view, kPinFailureReasons> kPinFailureReasonLabels{"vfio_map", "no_space",
+                                                                                          "invalid_request", "other"};
+inline constexpr std::array<std::string_view, kUnpinResults> kUnpinResultLabels{"unpinned", "not_pinned",
+                                                                                "not_unpinned", "failed", "parked"};
 inline constexpr std::array<std::string_view, kBalloonResults> kBalloonResultLabels{"success", "failed"};
 inline constexpr std::array<std::string_view, kDmaOps> kDmaOpLabels{"map", "unmap"};
 

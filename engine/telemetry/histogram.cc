@@ -98,11 +98,9 @@ void LogLinearHistogram::observe(uint64_t v) noexcept {
 
 void LogLinearHistogram::update_extremes(uint64_t lo, uint64_t hi) noexcept {
     uint64_t cur_min = min_.load(std::memory_order_relaxed);
-    while (lo < cur_min && !min_.compare_exchange_weak(cur_min, lo, std::memory_order_relaxed)) {
-    }
+    while (lo < cur_min && !min_.compare_exchange_weak(cur_min, lo, std::memory_order_relaxed)) {}
     uint64_t cur_max = max_.load(std::memory_order_relaxed);
-    while (hi > cur_max && !max_.compare_exchange_weak(cur_max, hi, std::memory_order_relaxed)) {
-    }
+    while (hi > cur_max && !max_.compare_exchange_weak(cur_max, hi, std::memory_order_relaxed)) {}
 }
 
 LogLinearSnapshot LogLinearHistogram::snapshot() const {
@@ -148,7 +146,8 @@ void LogLinearHistogram::merge(const LogLinearHistogram& other) noexcept {
         added += b;
     }
     sum_.fetch_add(other.sum_.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    if (added != 0) update_extremes(other.min_.load(std::memory_order_relaxed), other.max_.load(std::memory_order_relaxed));
+    if (added != 0)
+        update_extremes(other.min_.load(std::memory_order_relaxed), other.max_.load(std::memory_order_relaxed));
 }
 
 }  // namespace coiommu::telemetry

@@ -50,18 +50,23 @@ inline constexpr uint32_t kMaxRequestRecords = 64;
 
 }  // namespace coiommu::telemetry
 
-#define COIOMMU_PROBE_REQUESTS(session, records, count)                                                 \
+#define COIOMMU_PROBE_REQUESTS(session, records, count)                                                   \
     DTRACE_PROBE3(coiommu, requests, static_cast<uint32_t>(session), reinterpret_cast<uint64_t>(records), \
                   static_cast<uint32_t>(count))
-#define COIOMMU_PROBE_REQUEST_START(session, vcpu, kind) \
-    DTRACE_PROBE3(coiommu, request_start, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu), static_cast<uint32_t>(kind))
-#define COIOMMU_PROBE_REQUEST_DONE(session, vcpu, kind, pages, result, latency_ns)                                  \
-    DTRACE_PROBE6(coiommu, request_done, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu), static_cast<uint32_t>(kind), \
-                  static_cast<uint64_t>(pages), static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
-#define COIOMMU_PROBE_DMA_MAP(iova, size, result, latency_ns) \
-    DTRACE_PROBE4(coiommu, dma_map, static_cast<uint64_t>(iova), static_cast<uint64_t>(size), static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
-#define COIOMMU_PROBE_DMA_UNMAP(iova, size, result, latency_ns) \
-    DTRACE_PROBE4(coiommu, dma_unmap, static_cast<uint64_t>(iova), static_cast<uint64_t>(size), static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
+#define COIOMMU_PROBE_REQUEST_START(session, vcpu, kind)                                               \
+    DTRACE_PROBE3(coiommu, request_start, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu), \
+                  static_cast<uint32_t>(kind))
+#define COIOMMU_PROBE_REQUEST_DONE(session, vcpu, kind, pages, result, latency_ns)                         \
+    DTRACE_PROBE6(coiommu, request_done, static_cast<uint32_t>(session), static_cast<uint32_t>(vcpu),      \
+                  static_cast<uint32_t>(kind), static_cast<uint64_t>(pages), static_cast<int32_t>(result), \
+                  static_cast<uint64_t>(latency_ns))
+#define COIOMMU_PROBE_DMA_MAP(iova, size, result, latency_ns)                                 \
+    DTRACE_PROBE4(coiommu, dma_map, static_cast<uint64_t>(iova), static_cast<uint64_t>(size), \
+                  static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
+#define COIOMMU_PROBE_DMA_UNMAP(iova, size, result, latency_ns)                                 \
+    DTRACE_PROBE4(coiommu, dma_unmap, static_cast<uint64_t>(iova), static_cast<uint64_t>(size), \
+                  static_cast<int32_t>(result), static_cast<uint64_t>(latency_ns))
 #define COIOMMU_PROBE_UNPIN_SCAN(session, kind, examined, unpinned, duration_ns)                    \
-    DTRACE_PROBE5(coiommu, unpin_scan, static_cast<uint32_t>(session), static_cast<uint32_t>(kind), static_cast<uint64_t>(examined), \
-                  static_cast<uint64_t>(unpinned), static_cast<uint64_t>(duration_ns))
+    DTRACE_PROBE5(coiommu, unpin_scan, static_cast<uint32_t>(session), static_cast<uint32_t>(kind), \
+                  static_cast<uint64_t>(examined), static_cast<uint64_t>(unpinned),                 \
+                  static_cast<uint64_t>(duration_ns))

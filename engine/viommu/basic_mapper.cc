@@ -155,8 +155,7 @@ Result<std::vector<MemRegion>> BasicMemoryMapper::export_impl(Iova iova, uint64_
         if (covered_from > m_start + m.size) break;  // a hole below covered_from
         const uint64_t len = covered_from - std::max(m_start, start);
         // m.gpa + m.size cannot overflow: add_map checked it.
-        if (!regions.empty() && raw(m.gpa) + m.size == raw(regions.back().gpa) &&
-            m.prot == regions.back().prot) {
+        if (!regions.empty() && raw(m.gpa) + m.size == raw(regions.back().gpa) && m.prot == regions.back().prot) {
             regions.back().gpa = m.gpa;
             regions.back().len += len;
         } else {

@@ -81,7 +81,7 @@ private:
         std::vector<ExportedRange> exported;  // may overlap; order not kept
         EventFd fault_event;                  // signaled on a fault; the client holds a dup
         EventFd resolved_internal;            // signaled when the last export is released
-        EventFd resolved_external;  // dup of the above, handed out (moved out) on the first fault
+        EventFd resolved_external;            // dup of the above, handed out (moved out) on the first fault
     };
 
     [[nodiscard]] Result<std::vector<MemRegion>> export_impl(Iova iova, uint64_t size);

@@ -53,9 +53,7 @@ bool all_zero(const std::array<uint8_t, N>& bytes) {
 }
 
 // crosvm compares (type, id): two mappers are "the same" when both match.
-bool same_mapper(const MemoryMapper& a, const MemoryMapper& b) {
-    return typeid(a) == typeid(b) && a.id() == b.id();
-}
+bool same_mapper(const MemoryMapper& a, const MemoryMapper& b) { return typeid(a) == typeid(b) && a.id() == b.id(); }
 
 }  // namespace
 
@@ -86,8 +84,8 @@ Status ViommuDevice::add_endpoint_unguarded(uint32_t endpoint, std::shared_ptr<M
     std::lock_guard topo(topology_mu_);
     const uint64_t narrowed = page_size_mask_.load(std::memory_order_relaxed) & *mask;
     if (narrowed == 0) {
-        return make_error(EINVAL, fmt::format("endpoint {}: mapper mask {:#x} leaves no common page size",
-                                              endpoint, *mask));
+        return make_error(EINVAL,
+                          fmt::format("endpoint {}: mapper mask {:#x} leaves no common page size", endpoint, *mask));
     }
     EndpointTable::accessor ep;
     if (!endpoints_.insert(ep, endpoint)) {
@@ -269,8 +267,8 @@ void ViommuDevice::wait_for_fault_resolution(Reply& reply) {
     CLOG_DEBUG(kLog, "{}: waiting for iommu fault resolution", reply.what);
     auto resolved = reply.fault_resolved.wait_for(options_.fault_wait_timeout);
     if (!resolved) {
-        CLOG_ERROR(kLog, "{}: waiting for the IOMMU fault to resolve failed: {}; completing with DEVERR",
-                   reply.what, resolved.error().message());
+        CLOG_ERROR(kLog, "{}: waiting for the IOMMU fault to resolve failed: {}; completing with DEVERR", reply.what,
+                   resolved.error().message());
         reply.status = wire::kStatusDevErr;
     } else if (!*resolved) {
         counters_.fault_wait_timeouts.fetch_add(1, std::memory_order_relaxed);
@@ -446,8 +444,8 @@ Result<ViommuDevice::Reply> ViommuDevice::map(const wire::ReqMap& req) {
     }();
     if (!result) {
         return coiommu::unexpected(with_context(
-            result.error(), fmt::format("MAP domain {} iova {:#x}..={:#x} gpa {:#x}", domain, virt_start,
-                                        virt_end, phys_start)));
+            result.error(),
+            fmt::format("MAP domain {} iova {:#x}..={:#x} gpa {:#x}", domain, virt_start, virt_end, phys_start)));
     }
     if (*result == AddMapResult::OverlapFailure) r.status = wire::kStatusInval;
     return r;

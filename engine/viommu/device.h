@@ -58,9 +58,9 @@ namespace coiommu::viommu {
 // Per-device counters (relaxed atomics; read at any time).
 struct DeviceCounters {
     std::atomic<uint64_t> requests{0};
-    std::atomic<uint64_t> failed{0};             // completed with used length 0 (handle() error)
-    std::atomic<uint64_t> status[9]{};           // replies by status code (wire::kStatus*)
-    std::atomic<uint64_t> fault_waits{0};        // requests that waited for a fault to resolve
+    std::atomic<uint64_t> failed{0};       // completed with used length 0 (handle() error)
+    std::atomic<uint64_t> status[9]{};     // replies by status code (wire::kStatus*)
+    std::atomic<uint64_t> fault_waits{0};  // requests that waited for a fault to resolve
     std::atomic<uint64_t> fault_wait_timeouts{0};
 };
 
@@ -134,9 +134,9 @@ private:
     // What a request handler decided, before the tail is written.
     struct Reply {
         uint8_t status = wire::kStatusOk;
-        size_t properties_len = 0;  // bytes written before the tail (PROBE)
-        EventFd fault_resolved;  // valid() when the request faulted exported memory
-        std::string what;  // set with fault_resolved: names the request in logs
+        size_t properties_len = 0;             // bytes written before the tail (PROBE)
+        EventFd fault_resolved;                // valid() when the request faulted exported memory
+        std::string what;                      // set with fault_resolved: names the request in logs
         std::optional<uint32_t> unmap_domain;  // UNMAP: its endpoints are named on a timeout
     };
     using EndpointTable = tbb::concurrent_hash_map<uint32_t, Endpoint>;
@@ -171,7 +171,7 @@ private:
     std::vector<uint32_t> endpoint_ids_;
 
     mutable std::shared_mutex dmabuf_mu_;
-    std::map<uint64_t, Dmabuf> dmabufs_;  // key = gpa
+    std::map<uint64_t, Dmabuf> dmabufs_;   // key = gpa
     std::atomic<size_t> dmabuf_count_{0};  // lets MAP skip dmabuf_mu_ when there are none
 
     DeviceCounters counters_;

@@ -161,9 +161,9 @@ struct ProbeResvMem {
 // The properties area PROBE needs: exactly one RESV_MEM property.
 inline constexpr uint32_t kProbeSize = 24;
 
-#define COIOMMU_WIRE_LAYOUT_(T, size)                                        \
-    static_assert(sizeof(T) == (size), #T " size");                         \
-    static_assert(alignof(T) == 1, #T " must be byte-aligned");             \
+#define COIOMMU_WIRE_LAYOUT_(T, size)                                          \
+    static_assert(sizeof(T) == (size), #T " size");                            \
+    static_assert(alignof(T) == 1, #T " must be byte-aligned");                \
     static_assert(std::is_trivially_copyable_v<T>, #T " must be memcpy-able"); \
     static_assert(std::is_standard_layout_v<T>, #T " must be standard layout")
 

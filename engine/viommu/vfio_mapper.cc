@@ -22,8 +22,7 @@ Result<AddMapResult> VfioMapper::do_map(Iova iova, Hva hva, uint64_t size, Prot 
     auto outcome = backend_.map(iova, hva, size, effective);
     if (!outcome) return coiommu::unexpected(with_context(outcome.error(), "vfio mapping error"));
     switch (*outcome) {
-        case dma::MapOutcome::Mapped:
-            return AddMapResult::Ok;
+        case dma::MapOutcome::Mapped: return AddMapResult::Ok;
         case dma::MapOutcome::AlreadyMapped:
             // EEXIST: a mapping already exists in the requested range.
             return AddMapResult::OverlapFailure;

@@ -56,8 +56,8 @@ struct PinEnv {
 // One page of a request that needs work under its page lock.
 struct WorkPage {
     uint64_t gfn = 0;
-    uint32_t* leaf = nullptr;    // the DTT leaf word (inside guest RAM)
-    std::byte* host = nullptr;   // this process's address of the page
+    uint32_t* leaf = nullptr;   // the DTT leaf word (inside guest RAM)
+    std::byte* host = nullptr;  // this process's address of the page
 };
 
 // Intake <-> worker hand-off state of a vCPU (see intake.h for the protocol).
@@ -69,16 +69,16 @@ enum class SlotState : uint32_t {
 
 struct alignas(64) VcpuArena {
     // Errors: those of FlatArray::create for the buffers.
-    [[nodiscard]] static Result<std::unique_ptr<VcpuArena>> create(uint32_t vcpu, GuestAtomicU64 slot,
-                                                                  int trigger_fd, uint64_t max_batch_pages,
-                                                                  telemetry::StatsShard& stats);
+    [[nodiscard]] static Result<std::unique_ptr<VcpuArena>> create(uint32_t vcpu, GuestAtomicU64 slot, int trigger_fd,
+                                                                   uint64_t max_batch_pages,
+                                                                   telemetry::StatsShard& stats);
 
     uint32_t vcpu = 0;
-    GuestAtomicU64 slot;     // the vCPU's notify slot (shared with the guest)
-    int trigger_fd = -1;     // borrowed from the device
-    std::optional<core::DttWalker> walker;  // set at activation; nullopt when the DTT is invalid
-    FlatArray<uint64_t> gfns;               // a batch's gfn list, copied once from the guest
-    FlatArray<WorkPage> work;               // pages that need a map (or a re-set PINNED)
+    GuestAtomicU64 slot;                                          // the vCPU's notify slot (shared with the guest)
+    int trigger_fd = -1;                                          // borrowed from the device
+    std::optional<core::DttWalker> walker;                        // set at activation; nullopt when the DTT is invalid
+    FlatArray<uint64_t> gfns;                                     // a batch's gfn list, copied once from the guest
+    FlatArray<WorkPage> work;                                     // pages that need a map (or a re-set PINNED)
     std::array<core::PinTable::PageLock, kMaxExtentPages> locks;  // one run's page locks
     telemetry::StatsShard* stats = nullptr;
 

@@ -65,9 +65,12 @@ Status apply(EngineConfig& cfg, std::string_view key, std::string_view v) {
         return make_error(EINVAL, fmt::format("{}: '{}' is not one of {}", key, v, allowed));
     };
     if (key == "variant") {
-        if (v == "fast") cfg.variant = Variant::Fast;
-        else if (v == "seed") cfg.variant = Variant::Seed;
-        else return bad("fast|seed");
+        if (v == "fast")
+            cfg.variant = Variant::Fast;
+        else if (v == "seed")
+            cfg.variant = Variant::Seed;
+        else
+            return bad("fast|seed");
     } else if (key == "workers") {
         if (v == "auto") {
             cfg.workers = kWorkersAuto;
@@ -78,9 +81,12 @@ Status apply(EngineConfig& cfg, std::string_view key, std::string_view v) {
         if (*n > kMaxWorkers) return make_error(EINVAL, fmt::format("workers: {} exceeds {}", *n, kMaxWorkers));
         cfg.workers = static_cast<uint32_t>(*n);
     } else if (key == "coalesce") {
-        if (v == "on") cfg.coalesce = Coalesce::On;
-        else if (v == "off") cfg.coalesce = Coalesce::Off;
-        else return bad("on|off");
+        if (v == "on")
+            cfg.coalesce = Coalesce::On;
+        else if (v == "off")
+            cfg.coalesce = Coalesce::Off;
+        else
+            return bad("on|off");
     } else if (key == "spin_budget") {
         if (v == "auto") {
             cfg.spin_budget = kSpinBudgetAuto;
@@ -94,13 +100,19 @@ Status apply(EngineConfig& cfg, std::string_view key, std::string_view v) {
         if (!n) return coiommu::unexpected(n.error());
         cfg.max_batch_pages = *n;
     } else if (key == "extent_store") {
-        if (v == "flat") cfg.extent_store = ExtentStoreKind::Flat;
-        else if (v == "tbb") cfg.extent_store = ExtentStoreKind::Tbb;
-        else return bad("flat|tbb");
+        if (v == "flat")
+            cfg.extent_store = ExtentStoreKind::Flat;
+        else if (v == "tbb")
+            cfg.extent_store = ExtentStoreKind::Tbb;
+        else
+            return bad("flat|tbb");
     } else if (key == "unpin_policy") {
-        if (v == "off") cfg.unpin_policy = UnpinPolicy::Off;
-        else if (v == "lru") cfg.unpin_policy = UnpinPolicy::Lru;
-        else return bad("off|lru");
+        if (v == "off")
+            cfg.unpin_policy = UnpinPolicy::Off;
+        else if (v == "lru")
+            cfg.unpin_policy = UnpinPolicy::Lru;
+        else
+            return bad("off|lru");
     } else if (key == "unpin_interval") {
         auto d = parse_duration(key, v, std::chrono::seconds(1));
         if (!d) return coiommu::unexpected(d.error());
@@ -184,8 +196,9 @@ std::string to_string(const EngineConfig& cfg) {
         "unpin_interval={},unpin_gen_threshold={},session={}",
         to_string(cfg.variant), cfg.workers == kWorkersAuto ? std::string("auto") : std::to_string(cfg.workers),
         cfg.coalesce == Coalesce::On ? "on" : "off",
-        cfg.spin_budget == kSpinBudgetAuto ? std::string("auto") : duration_text(cfg.spin_budget), cfg.max_batch_pages, to_string(cfg.extent_store),
-        to_string(cfg.unpin_policy), duration_text(cfg.unpin_interval), cfg.unpin_gen_threshold, cfg.session);
+        cfg.spin_budget == kSpinBudgetAuto ? std::string("auto") : duration_text(cfg.spin_budget), cfg.max_batch_pages,
+        to_string(cfg.extent_store), to_string(cfg.unpin_policy), duration_text(cfg.unpin_interval),
+        cfg.unpin_gen_threshold, cfg.session);
     if (cfg.unpin_limit) out += fmt::format(",unpin_limit={}", *cfg.unpin_limit);
     return out;
 }

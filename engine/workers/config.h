@@ -63,9 +63,9 @@ struct EngineConfig {
     uint32_t session = 0;
 
     // Errors (EINVAL, with the offending key in the message): unpin_limit == 0 ("Please use a
-    // non-zero unpin_limit value", crosvm's wording); workers > kMaxWorkers (other than kWorkersAuto); max_batch_pages 0 or
-    // above kMaxBatchPages; a negative spin budget (other than kSpinBudgetAuto) or interval;
-    // spin_budget above 1 s.
+    // non-zero unpin_limit value", crosvm's wording); workers > kMaxWorkers (other than kWorkersAuto); max_batch_pages
+    // 0 or above kMaxBatchPages; a negative spin budget (other than kSpinBudgetAuto) or interval; spin_budget above 1
+    // s.
     [[nodiscard]] Status validate() const;
 };
 

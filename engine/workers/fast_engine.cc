@@ -58,20 +58,30 @@ FastEngine::FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetr
       extents_(std::move(extents)),
       handoff_(std::move(handoff)),
       endpoints_(deps.endpoints),
-      env_{mem_, backend_, table_, extents_, handoff_, endpoints_, stats.gauges(),
-           core::RequestLimits{cfg.max_batch_pages}, cfg.coalesce, cfg.session,
-           cfg.unpin_policy == UnpinPolicy::Lru, {}},
+      env_{mem_,
+           backend_,
+           table_,
+           extents_,
+           handoff_,
+           endpoints_,
+           stats.gauges(),
+           core::RequestLimits{cfg.max_batch_pages},
+           cfg.coalesce,
+           cfg.session,
+           cfg.unpin_policy == UnpinPolicy::Lru,
+           {}},
       queue_(deps.trigger_fds.size()),
       spin_budget_(effective_spin_budget(cfg)),
       workers_count_(effective_workers(cfg)),
       intake_trace_(cfg.session) {}
 
 Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                      telemetry::StatsRegistry& stats) {
+                                                       telemetry::StatsRegistry& stats) {
     if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "engine: no guest memory or backend");
     const std::size_t vcpus = deps.trigger_fds.size();
     if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
-        return make_error(EINVAL, fmt::format("engine: {} triggers for {} notify slots", vcpus, deps.notify_slots.size()));
+        return make_error(EINVAL,
+                          fmt::format("engine: {} triggers for {} notify slots", vcpus, deps.notify_slots.size()));
     }
     if (stats.shard_count() < vcpus) return make_error(EINVAL, "engine: fewer stats shards than vCPUs");
     const uint64_t gfns = deps.mem->gfn_span();
@@ -90,8 +100,8 @@ Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, 
     e->arenas_.reserve(vcpus);
     for (std::size_t i = 0; i < vcpus; ++i) {
         // Safety: slot i of the notifymap mapping (8-byte aligned, inside notify_slots).
-        auto a = VcpuArena::create(static_cast<uint32_t>(i), GuestAtomicU64(&deps.notify_slots[i]),
-                                   deps.trigger_fds[i], cfg.max_batch_pages, stats.shard(i));
+        auto a = VcpuArena::create(static_cast<uint32_t>(i), GuestAtomicU64(&deps.notify_slots[i]), deps.trigger_fds[i],
+                                   cfg.max_batch_pages, stats.shard(i));
         if (!a) return coiommu::unexpected(with_context(a.error(), fmt::format("engine vcpu {}", i)));
         e->arenas_.push_back(std::move(*a));
     }
@@ -117,9 +127,9 @@ Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
     }
 
     UnpinEnv uenv{mem_, backend_, table_, extents_, handoff_, stats_.gauges(), stats_.add_shard(), cfg_.session};
-    auto unpinner = ExtentUnpinner::create(uenv, walker ? std::optional(*walker) : std::nullopt,
-                                           LruParams{cfg_.unpin_policy, cfg_.unpin_limit, cfg_.unpin_gen_threshold},
-                                           gate_);
+    auto unpinner =
+        ExtentUnpinner::create(uenv, walker ? std::optional(*walker) : std::nullopt,
+                               LruParams{cfg_.unpin_policy, cfg_.unpin_limit, cfg_.unpin_gen_threshold}, gate_);
     if (!unpinner) return coiommu::unexpected(unpinner.error());
     unpinner_ = std::move(*unpinner);
     auto service = UnpinService::start(*unpinner_, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu-unpin"});
@@ -182,7 +192,8 @@ void FastEngine::stop() {
     stopped_ = true;
     stopping_.store(true, std::memory_order_release);
     if (intake_.joinable()) {
-        if (auto st = stop_ev_.signal(); !st) CLOG_ERROR(kLog, "cannot signal the intake to stop: {}", st.error().message());
+        if (auto st = stop_ev_.signal(); !st)
+            CLOG_ERROR(kLog, "cannot signal the intake to stop: {}", st.error().message());
         intake_.join();
     }
     // The intake queues nothing more; the workers drain what is queued (every slot completes) and
@@ -331,8 +342,8 @@ void FastEngine::spin_pass() {
         for (auto& ap : arenas_) {
             VcpuArena& a = *ap;
             // Safety: relaxed peek at the slot; try_serve re-reads it with acquire.
-            if (a.state.load(std::memory_order_relaxed) == SlotState::Idle && a.slot.load(std::memory_order_relaxed) != 0 &&
-                try_serve(a) == Attempt::Served) {
+            if (a.state.load(std::memory_order_relaxed) == SlotState::Idle &&
+                a.slot.load(std::memory_order_relaxed) != 0 && try_serve(a) == Attempt::Served) {
                 ++a.pending_echo;  // its trigger is still in the eventfd
                 served = true;
             }

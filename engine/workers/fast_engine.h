@@ -55,7 +55,7 @@ public:
     // Errors: EINVAL for inconsistent deps (no slots/triggers, more triggers than slots, more than
     // 1024 vCPUs); allocation errors of the tables and arenas.
     [[nodiscard]] static Result<std::unique_ptr<FastEngine>> create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                                   telemetry::StatsRegistry& stats);
+                                                                    telemetry::StatsRegistry& stats);
     ~FastEngine() override;
 
     [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;

@@ -150,7 +150,8 @@ private:
         if (!ascending) {
             WorkPage* first = a_.work.data();
             std::sort(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn < y.gfn; });
-            WorkPage* last = std::unique(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn == y.gfn; });
+            WorkPage* last =
+                std::unique(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn == y.gfn; });
             const auto kept = static_cast<uint64_t>(last - first);
             t.already += w - kept;  // a repeated gfn is pinned by its first occurrence
             w = kept;
@@ -246,8 +247,10 @@ private:
                 for (uint32_t p = k; p < e; ++p) clear_pinned(run[p]);
                 t.no_space += len;
                 t.fail(ENOSPC);
-                CLOG_ERROR_RL(kLog, "vcpu {}: DMA entry limit reached ({} of {} entries): no more maps for this "
-                              "request", a_.vcpu, env_.backend.live_entries(), env_.backend.entry_limit());
+                CLOG_ERROR_RL(kLog,
+                              "vcpu {}: DMA entry limit reached ({} of {} entries): no more maps for this "
+                              "request",
+                              a_.vcpu, env_.backend.live_entries(), env_.backend.entry_limit());
                 return;
         }
     }

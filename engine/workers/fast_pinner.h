@@ -31,8 +31,8 @@
 namespace coiommu::workers {
 
 struct ServeReport {
-    int result = 0;            // 0: every requested page is PINNED; else -errno of the first failure
-    uint64_t pages = 0;        // pages named by the request (0 when it could not be decoded)
+    int result = 0;      // 0: every requested page is PINNED; else -errno of the first failure
+    uint64_t pages = 0;  // pages named by the request (0 when it could not be decoded)
     uint64_t newly_pinned = 0;
     uint64_t dma_calls = 0;
 };

@@ -39,7 +39,9 @@ public:
     FlatArray() = default;
     ~FlatArray() { reset(); }
     FlatArray(FlatArray&& o) noexcept
-        : data_(std::exchange(o.data_, nullptr)), count_(std::exchange(o.count_, 0)), bytes_(std::exchange(o.bytes_, 0)) {}
+        : data_(std::exchange(o.data_, nullptr)),
+          count_(std::exchange(o.count_, 0)),
+          bytes_(std::exchange(o.bytes_, 0)) {}
     FlatArray& operator=(FlatArray&& o) noexcept {
         if (this != &o) {
             reset();

@@ -24,9 +24,9 @@ struct GfnRange {
 struct EngineDeps {
     const GuestMemory* mem = nullptr;
     dma::DmaBackend* backend = nullptr;
-    std::vector<uint16_t> endpoints;      // BDFs allowed to request pins
-    std::span<uint64_t> notify_slots;     // this process's mapping of the notifymap (>= vcpus slots)
-    std::vector<int> trigger_fds;         // one per vCPU (borrowed; the VMM's ioeventfds)
+    std::vector<uint16_t> endpoints;   // BDFs allowed to request pins
+    std::span<uint64_t> notify_slots;  // this process's mapping of the notifymap (>= vcpus slots)
+    std::vector<int> trigger_fds;      // one per vCPU (borrowed; the VMM's ioeventfds)
 };
 
 class PinEngine {

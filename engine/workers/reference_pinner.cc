@@ -49,11 +49,12 @@ ReferencePinner::ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps
       ctx_{mem_, backend_, table_} {}
 
 Result<std::unique_ptr<ReferencePinner>> ReferencePinner::create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                                telemetry::StatsRegistry& stats) {
+                                                                 telemetry::StatsRegistry& stats) {
     if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "seed: no guest memory or backend");
     const std::size_t vcpus = deps.trigger_fds.size();
     if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
-        return make_error(EINVAL, fmt::format("seed: {} triggers for {} notify slots", vcpus, deps.notify_slots.size()));
+        return make_error(EINVAL,
+                          fmt::format("seed: {} triggers for {} notify slots", vcpus, deps.notify_slots.size()));
     }
     if (stats.shard_count() < vcpus) return make_error(EINVAL, "seed: fewer stats shards than vCPUs");
     auto table = core::PinTable::create(deps.mem->gfn_span());
@@ -141,7 +142,8 @@ void ReferencePinner::stop() {
     if (stopped_) return;
     stopped_ = true;
     if (pin_thread_.joinable()) {
-        if (auto st = stop_ev_.signal(); !st) CLOG_ERROR(kLog, "cannot signal the pin thread: {}", st.error().message());
+        if (auto st = stop_ev_.signal(); !st)
+            CLOG_ERROR(kLog, "cannot signal the pin thread: {}", st.error().message());
         pin_thread_.join();
     }
     if (unpin_service_) unpin_service_->stop();

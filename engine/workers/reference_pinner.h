@@ -41,8 +41,8 @@ class ReferencePinner final : public PinEngine, private UnpinStrategy {
 public:
     // Errors: as FastEngine::create.
     [[nodiscard]] static Result<std::unique_ptr<ReferencePinner>> create(const EngineConfig& cfg,
-                                                                        const EngineDeps& deps,
-                                                                        telemetry::StatsRegistry& stats);
+                                                                         const EngineDeps& deps,
+                                                                         telemetry::StatsRegistry& stats);
     ~ReferencePinner() override;
 
     [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;

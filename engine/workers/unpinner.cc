@@ -49,8 +49,8 @@ ExtentUnpinner::ExtentUnpinner(const UnpinEnv& env, std::optional<core::DttWalke
     : env_(env), walker_(std::move(walker)), params_(params), gate_(gate) {}
 
 Result<std::unique_ptr<ExtentUnpinner>> ExtentUnpinner::create(const UnpinEnv& env,
-                                                              std::optional<core::DttWalker> walker,
-                                                              const LruParams& params, ParkGate& gate) {
+                                                               std::optional<core::DttWalker> walker,
+                                                               const LruParams& params, ParkGate& gate) {
     std::unique_ptr<ExtentUnpinner> u(new ExtentUnpinner(env, std::move(walker), params, gate));
     u->tracked_.assign((env.table.size() + 63) / 64, 0);
     return u;
@@ -145,7 +145,8 @@ ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Fo
         // The mapping may still be live: keep the records and tell the guest again.
         for (uint32_t i = 0; i < len; ++i) {
             // Safety: leaf words from DttWalker::leaf; seq_cst.
-            if (leaves_[i] != nullptr) GuestAtomicU32(leaves_[i]).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
+            if (leaves_[i] != nullptr)
+                GuestAtomicU32(leaves_[i]).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
         }
         return ExtentUnpin::FailedUnpin;
     }
@@ -179,9 +180,7 @@ uint64_t ExtentUnpinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* 
                 unpinned += pages;
                 untrack(e.head);
                 break;
-            case ExtentUnpin::NotPinned:
-                untrack(e.head);
-                break;
+            case ExtentUnpin::NotPinned: untrack(e.head); break;
             case ExtentUnpin::NotUnpinned:
                 if (params_.gen_threshold == 0) {
                     requeue_new_.push_back(Entry{e.head, 0});  // crosvm drops it here; see unpinner.h
@@ -265,8 +264,8 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
         // Gfns at or beyond the end of guest RAM are never mapped: clamp instead of looping over a
         // guest- or VMM-supplied count of up to 2^64.
         const uint64_t start = raw(range.start);
-        const uint64_t end = start >= env_.table.size() ? start
-                                                         : start + std::min(range.count, env_.table.size() - start);
+        const uint64_t end =
+            start >= env_.table.size() ? start : start + std::min(range.count, env_.table.size() - start);
         for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
             std::optional<ExtentUnpin> r;
             for (;;) {
@@ -384,7 +383,7 @@ uint64_t ExtentUnpinner::teardown() {
 // ---- UnpinService -----------------------------------------------------------------------------
 
 Result<std::unique_ptr<UnpinService>> UnpinService::start(UnpinStrategy& strategy, ParkGate& gate,
-                                                         const Options& opts) {
+                                                          const Options& opts) {
     std::unique_ptr<UnpinService> s(new UnpinService(strategy, gate));
     auto stop_ev = EventFd::create(Blocking::No);
     if (!stop_ev) return coiommu::unexpected(stop_ev.error());
@@ -411,7 +410,8 @@ Result<std::unique_ptr<UnpinService>> UnpinService::start(UnpinStrategy& strateg
         its.it_interval.tv_sec = ns / 1'000'000'000;
         its.it_interval.tv_nsec = ns % 1'000'000'000;
         its.it_value = its.it_interval;
-        if (::timerfd_settime(s->timer_.get(), 0, &its, nullptr) != 0) return make_error(errno, "unpinner timerfd_settime");
+        if (::timerfd_settime(s->timer_.get(), 0, &its, nullptr) != 0)
+            return make_error(errno, "unpinner timerfd_settime");
         COIOMMU_TRY(add(s->timer_.get(), kTimerToken));
     }
     try {

@@ -133,8 +133,7 @@ public:
 private:
     enum class Gen : uint8_t { New, Old };
 
-    ExtentUnpinner(const UnpinEnv& env, std::optional<core::DttWalker> walker, const LruParams& params,
-                   ParkGate& gate);
+    ExtentUnpinner(const UnpinEnv& env, std::optional<core::DttWalker> walker, const LruParams& params, ParkGate& gate);
 
     // Returns pages unpinned; adds to *examined.
     uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);
@@ -177,7 +176,7 @@ public:
     // Starts the thread. `strategy` and `gate` must outlive the service.
     // Errors: errno of eventfd/timerfd/epoll; EAGAIN when the thread cannot start.
     [[nodiscard]] static Result<std::unique_ptr<UnpinService>> start(UnpinStrategy& strategy, ParkGate& gate,
-                                                                    const Options& opts);
+                                                                     const Options& opts);
     ~UnpinService();
     UnpinService(const UnpinService&) = delete;
     UnpinService& operator=(const UnpinService&) = delete;

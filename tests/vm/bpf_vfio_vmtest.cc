@@ -78,8 +78,9 @@ std::string describe(const Log2Hist& h) {
     std::snprintf(head, sizeof(head), "count=%llu mean_ns=%.0f median_slot=%d(<=%lluns)",
                   static_cast<unsigned long long>(h.count),
                   h.count == 0 ? 0.0 : static_cast<double>(h.sum) / static_cast<double>(h.count), median_slot,
-                  median_slot < 0 ? 0ull
-                                  : static_cast<unsigned long long>(Log2Hist::upper_bound(static_cast<size_t>(median_slot))));
+                  median_slot < 0
+                      ? 0ull
+                      : static_cast<unsigned long long>(Log2Hist::upper_bound(static_cast<size_t>(median_slot))));
     return head + out;
 }
 
@@ -192,7 +193,8 @@ TEST_F(BpfVfioVm, RealMapsAndUnmapsAreCountedWithTheirBytesAndLatency) {
     // Plausible: microseconds per call, and the in-kernel time fits inside the wall time of the
     // loops that issued the calls.
     const auto map_wall = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
-    const auto unmap_wall = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t2 - t1).count());
+    const auto unmap_wall =
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t2 - t1).count());
     ASSERT_GT(map_lat.count, 0u);
     ASSERT_GT(unmap_lat.count, 0u);
     EXPECT_GE(map_lat.sum / map_lat.count, kMinPlausibleNs);

@@ -145,8 +145,7 @@ TEST_F(VfioBackendVm, ManySmallMapsAndUnmapsAllSucceed) {
     char line[160];
     std::snprintf(line, sizeof(line), "vfio_map4k_ns=%.0f vfio_unmap4k_ns=%.0f n=%llu",
                   std::chrono::duration<double, std::nano>(t1 - t0).count() / kN,
-                  std::chrono::duration<double, std::nano>(t2 - t1).count() / kN,
-                  static_cast<unsigned long long>(kN));
+                  std::chrono::duration<double, std::nano>(t2 - t1).count() / kN, static_cast<unsigned long long>(kN));
     report(line);
 }
 
@@ -232,8 +231,8 @@ TEST_F(VfioBackendVm, MapPastALoweredEntryLimitReturnsNoSpace) {
         mapped += (r && *r == MapOutcome::Mapped) ? 1 : 0;
     }
     EXPECT_EQ(mapped, kSmallLimit);
-    ASSERT_OK_AND_ASSIGN(auto outcome, small->map(iova_at(kSmallLimit * kPage), hva(kSmallLimit * kPage), kPage,
-                                                  Prot::ReadWrite));
+    ASSERT_OK_AND_ASSIGN(auto outcome,
+                         small->map(iova_at(kSmallLimit * kPage), hva(kSmallLimit * kPage), kPage, Prot::ReadWrite));
     EXPECT_EQ(outcome, MapOutcome::NoSpace);
     EXPECT_EQ(small->counters().map_enospc.load(), 1u);
     ASSERT_OK_AND_ASSIGN(auto info, small->info());
@@ -391,7 +390,7 @@ TEST_F(VfioBackendVm, EduDmaToAnUnmappedIovaIsBlocked) {
     ASSERT_TRUE(edu.ram_to_device(kEduSrc));
     ASSERT_OK(backend_->unmap_exact(kEduDst, kPage));
 
-    ASSERT_TRUE(edu.device_to_ram(kEduDst));  // the engine completes; the IOMMU drops the write
+    ASSERT_TRUE(edu.device_to_ram(kEduDst));    // the engine completes; the IOMMU drops the write
     ASSERT_TRUE(edu.device_to_ram(kEduCheck));  // control: the device did hold the pattern
 
     EXPECT_EQ(check[0], std::byte{0x5a});

@@ -50,7 +50,8 @@ protected:
 };
 
 TEST_F(VfioMapperVm, AddMapOfGuestRamIsMapped) {
-    ASSERT_OK_AND_ASSIGN(auto r, mapper_->add_map(MappingInfo{Iova{kIovaBase}, Gpa{0x10000}, 4 * kPage, Prot::ReadWrite}));
+    ASSERT_OK_AND_ASSIGN(auto r,
+                         mapper_->add_map(MappingInfo{Iova{kIovaBase}, Gpa{0x10000}, 4 * kPage, Prot::ReadWrite}));
     EXPECT_EQ(r, AddMapResult::Ok);
     EXPECT_EQ(backend_->live_entries(), 1u);
     // Mapping the same IOVA again is refused by the kernel with EEXIST, so it is mapped.
@@ -60,7 +61,8 @@ TEST_F(VfioMapperVm, AddMapOfGuestRamIsMapped) {
 
 TEST_F(VfioMapperVm, OverlappingAddMapIsOverlapFailure) {
     ASSERT_OK(mapper_->add_map(MappingInfo{Iova{kIovaBase}, Gpa{0}, 2 * kPage, Prot::ReadWrite}));
-    ASSERT_OK_AND_ASSIGN(auto r, mapper_->add_map(MappingInfo{Iova{kIovaBase + kPage}, Gpa{0x20000}, 2 * kPage, Prot::Read}));
+    ASSERT_OK_AND_ASSIGN(auto r,
+                         mapper_->add_map(MappingInfo{Iova{kIovaBase + kPage}, Gpa{0x20000}, 2 * kPage, Prot::Read}));
     EXPECT_EQ(r, AddMapResult::OverlapFailure);  // a real EEXIST from VFIO_IOMMU_MAP_DMA
     EXPECT_EQ(backend_->live_entries(), 1u);
 }

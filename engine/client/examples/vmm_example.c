@@ -50,40 +50,40 @@
 #define SINGLE_GFN_SHIFT 16
 
 struct vmm {
-    struct coiommu_client *client;
+    struct coiommu_client* client;
     int ram_fd;
-    unsigned char *ram;
+    unsigned char* ram;
     int notifymap_fd;
     int topologymap_fd;
-    _Atomic uint64_t *notify_slots; /* BAR2 as the guest maps it */
-    const uint16_t *topology;       /* BAR4: u16 count, then the BDFs */
+    _Atomic uint64_t* notify_slots; /* BAR2 as the guest maps it */
+    const uint16_t* topology;       /* BAR4: u16 count, then the BDFs */
     int triggers[MAX_VCPUS];
     uint32_t vcpus;
 };
 
-static int fail(const struct vmm *v, const char *what, int rc) {
+static int fail(const struct vmm* v, const char* what, int rc) {
     fprintf(stderr, PROG ": %s: %s (%s)\n", what, strerror(-rc),
             v->client != NULL ? coiommu_client_last_error(v->client) : "");
     return 1;
 }
 
-static int fail_errno(const char *what) {
+static int fail_errno(const char* what) {
     fprintf(stderr, PROG ": %s: %s\n", what, strerror(errno));
     return 1;
 }
 
 /* The guest's view of its RAM (identity: the VMM maps all of it). */
-static void *gpa_ptr(const struct vmm *v, uint64_t gpa) { return v->ram + gpa; }
+static void* gpa_ptr(const struct vmm* v, uint64_t gpa) { return v->ram + gpa; }
 
-static _Atomic uint32_t *dtt_leaf_entry(const struct vmm *v, uint64_t gfn) {
-    return (_Atomic uint32_t *)gpa_ptr(v, DTT_LEAF_GPA) + (gfn & 0x3ff);
+static _Atomic uint32_t* dtt_leaf_entry(const struct vmm* v, uint64_t gfn) {
+    return (_Atomic uint32_t*)gpa_ptr(v, DTT_LEAF_GPA) + (gfn & 0x3ff);
 }
 
-static int mmio_write_u64(struct vmm *v, uint64_t offset, uint64_t value) {
+static int mmio_write_u64(struct vmm* v, uint64_t offset, uint64_t value) {
     return coiommu_client_mmio_write(v->client, offset, &value, sizeof value);
 }
 
-static int mmio_read_u64(struct vmm *v, uint64_t offset, uint64_t *value) {
+static int mmio_read_u64(struct vmm* v, uint64_t offset, uint64_t* value) {
     return coiommu_client_mmio_read(v->client, offset, value, sizeof *value);
 }
 
@@ -93,30 +93,30 @@ static void sleep_us(long us) {
 }
 
 /* Guest RAM: a memfd the daemon maps too, sealed so that nobody can shrink it under a mapping. */
-static int create_ram(struct vmm *v) {
+static int create_ram(struct vmm* v) {
     v->ram_fd = memfd_create("coiommu-vmm-example-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (v->ram_fd < 0) return fail_errno("memfd_create");
     if (ftruncate(v->ram_fd, (off_t)RAM_BYTES) != 0) return fail_errno("ftruncate guest RAM");
     if (fcntl(v->ram_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) return fail_errno("seal guest RAM");
-    void *p = mmap(NULL, RAM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, v->ram_fd, 0);
+    void* p = mmap(NULL, RAM_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, v->ram_fd, 0);
     if (p == MAP_FAILED) return fail_errno("mmap guest RAM");
     v->ram = p;
     return 0;
 }
 
-static int map_device(struct vmm *v) {
-    void *n = mmap(NULL, COIOMMU_CLIENT_BAR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, v->notifymap_fd, 0);
+static int map_device(struct vmm* v) {
+    void* n = mmap(NULL, COIOMMU_CLIENT_BAR_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, v->notifymap_fd, 0);
     if (n == MAP_FAILED) return fail_errno("mmap notifymap");
     v->notify_slots = n;
-    void *t = mmap(NULL, COIOMMU_CLIENT_BAR_SIZE, PROT_READ, MAP_SHARED, v->topologymap_fd, 0);
+    void* t = mmap(NULL, COIOMMU_CLIENT_BAR_SIZE, PROT_READ, MAP_SHARED, v->topologymap_fd, 0);
     if (t == MAP_FAILED) return fail_errno("mmap topologymap");
     v->topology = t;
     return 0;
 }
 
 /* The guest driver's probe: build the (empty) table, program BAR0, read it back, ACTIVATE. */
-static int activate(struct vmm *v) {
-    uint64_t *root = gpa_ptr(v, DTT_ROOT_GPA);
+static int activate(struct vmm* v) {
+    uint64_t* root = gpa_ptr(v, DTT_ROOT_GPA);
     memset(root, 0, PAGE_SIZE);
     memset(gpa_ptr(v, DTT_LEAF_GPA), 0, PAGE_SIZE);
     /* Level 2 indexes gfn bits 10..18: every data page here is below gfn 0x400 * 512. */
@@ -133,8 +133,7 @@ static int activate(struct vmm *v) {
     rc = mmio_read_u64(v, COIOMMU_CLIENT_REG_DTT_LEVEL, &level_back);
     if (rc < 0) return fail(v, "BAR0 read dtt_level", rc);
     if (root_back != DTT_ROOT_GPA || level_back != DTT_LEVELS) {
-        fprintf(stderr, PROG ": BAR0 reads back dtt_root %#" PRIx64 " dtt_level %" PRIu64 "\n", root_back,
-                level_back);
+        fprintf(stderr, PROG ": BAR0 reads back dtt_root %#" PRIx64 " dtt_level %" PRIu64 "\n", root_back, level_back);
         return 1;
     }
     rc = mmio_write_u64(v, COIOMMU_CLIENT_REG_CMD, COIOMMU_CLIENT_CMD_ACTIVATE);
@@ -147,12 +146,11 @@ static int activate(struct vmm *v) {
  * ACCESSED), and when it is not PINNED, ask through the vCPU's notify slot and trigger, then wait
  * for the slot to read 0. vCPU 0 rings its trigger as KVM would (the ioeventfd); the others as a
  * trapped BAR0 byte the VMM forwards. */
-static int guest_map_page(struct vmm *v, uint32_t vcpu, uint64_t gfn) {
-    _Atomic uint32_t *e = dtt_leaf_entry(v, gfn);
+static int guest_map_page(struct vmm* v, uint32_t vcpu, uint64_t gfn) {
+    _Atomic uint32_t* e = dtt_leaf_entry(v, gfn);
     uint32_t old = atomic_load_explicit(e, memory_order_relaxed);
     while (!atomic_compare_exchange_weak_explicit(e, &old, (old + 1) | DTTE_ACCESSED, memory_order_acq_rel,
-                                                  memory_order_relaxed)) {
-    }
+                                                  memory_order_relaxed)) {}
     if ((old & DTTE_PINNED) != 0) return 0;
     atomic_store_explicit(&v->notify_slots[vcpu], (gfn << SINGLE_GFN_SHIFT) | ENDPOINT_BDF, memory_order_release);
     if (vcpu == 0) {
@@ -178,11 +176,11 @@ static int guest_map_page(struct vmm *v, uint32_t vcpu, uint64_t gfn) {
 }
 
 /* The guest's DMA unmap: map count - 1, nothing sent (lazy unpinning). */
-static void guest_unmap_page(struct vmm *v, uint64_t gfn) {
+static void guest_unmap_page(struct vmm* v, uint64_t gfn) {
     atomic_fetch_sub_explicit(dtt_leaf_entry(v, gfn), 1, memory_order_release);
 }
 
-static int print_stats(struct vmm *v, const char *when, struct coiommu_client_stats *s) {
+static int print_stats(struct vmm* v, const char* when, struct coiommu_client_stats* s) {
     const int rc = coiommu_client_get_stats(v->client, s, sizeof *s);
     if (rc < 0) return fail(v, "get_stats", rc);
     printf(PROG ": stats (%s): active=%u requests=%" PRIu64 " pages_pinned=%" PRIu64 " pinned_pages=%" PRIu64
@@ -193,7 +191,7 @@ static int print_stats(struct vmm *v, const char *when, struct coiommu_client_st
     return 0;
 }
 
-static int run(struct vmm *v, const char *socket_path) {
+static int run(struct vmm* v, const char* socket_path) {
     int rc = coiommu_client_new(&v->client);
     if (rc < 0) return fail(v, "coiommu_client_new", rc);
 
@@ -292,25 +290,25 @@ static int run(struct vmm *v, const char *socket_path) {
     struct coiommu_client_close_info closed;
     rc = coiommu_client_close(v->client, &closed);
     if (rc < 0) return fail(v, "close", rc);
-    printf(PROG ": OK: session %u closed, dma_entries_after=%" PRIu64 " pages_unpinned=%" PRIu64 "\n",
-           hello.session_id, closed.dma_entries_after, closed.pages_unpinned);
+    printf(PROG ": OK: session %u closed, dma_entries_after=%" PRIu64 " pages_unpinned=%" PRIu64 "\n", hello.session_id,
+           closed.dma_entries_after, closed.pages_unpinned);
     return closed.dma_entries_after == 0 ? 0 : 1;
 }
 
-static void teardown(struct vmm *v) {
+static void teardown(struct vmm* v) {
     coiommu_client_free(v->client); /* no-op after close; without one the daemon tears the session down */
     for (uint32_t i = 0; i < v->vcpus; ++i) {
         if (v->triggers[i] >= 0) close(v->triggers[i]);
     }
-    if (v->notify_slots != NULL) munmap((void *)v->notify_slots, COIOMMU_CLIENT_BAR_SIZE);
-    if (v->topology != NULL) munmap((void *)v->topology, COIOMMU_CLIENT_BAR_SIZE);
+    if (v->notify_slots != NULL) munmap((void*)v->notify_slots, COIOMMU_CLIENT_BAR_SIZE);
+    if (v->topology != NULL) munmap((void*)v->topology, COIOMMU_CLIENT_BAR_SIZE);
     if (v->notifymap_fd >= 0) close(v->notifymap_fd);
     if (v->topologymap_fd >= 0) close(v->topologymap_fd);
     if (v->ram != NULL) munmap(v->ram, RAM_BYTES);
     if (v->ram_fd >= 0) close(v->ram_fd);
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
     if (argc < 2 || argc > 3) {
         fprintf(stderr, "usage: " PROG " SOCKET [VCPUS]   (VCPUS 1..%u, default 2)\n", MAX_VCPUS);
         return 2;
@@ -318,7 +316,7 @@ int main(int argc, char **argv) {
     struct vmm v = {.ram_fd = -1, .notifymap_fd = -1, .topologymap_fd = -1, .vcpus = 2};
     for (uint32_t i = 0; i < MAX_VCPUS; ++i) v.triggers[i] = -1;
     if (argc == 3) {
-        char *end = NULL;
+        char* end = NULL;
         const unsigned long n = strtoul(argv[2], &end, 10);
         if (*end != '\0' || n == 0 || n > MAX_VCPUS) {
             fprintf(stderr, PROG ": VCPUS must be 1..%u\n", MAX_VCPUS);

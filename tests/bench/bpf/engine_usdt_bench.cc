@@ -123,10 +123,11 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "engine vm: %s\n", vm.error().message().c_str());
         return 1;
     }
-    std::printf("engine_usdt_bench: %u vCPUs, %lu pages per request (Fresh), %u workers (0: inline), spin %ld us, "
-                "fake backend (typical latency), probes attached in B: %s\n",
-                args.vcpus, static_cast<unsigned long>(args.pages), args.workers, args.spin_us,
-                args.dma ? "requests (batched), unpin_scan, dma_map, dma_unmap" : "requests (batched), unpin_scan");
+    std::printf(
+        "engine_usdt_bench: %u vCPUs, %lu pages per request (Fresh), %u workers (0: inline), spin %ld us, "
+        "fake backend (typical latency), probes attached in B: %s\n",
+        args.vcpus, static_cast<unsigned long>(args.pages), args.workers, args.spin_us,
+        args.dma ? "requests (batched), unpin_scan, dma_map, dma_unmap" : "requests (batched), unpin_scan");
     std::printf("%d rounds of A (detached) and B (attached), %.1f s per phase\n\n", args.rounds, args.phase_s);
     std::printf("%-6s %-6s %14s %14s %16s %12s %12s\n", "round", "phase", "pages/s", "requests/s", "pages/CPU-s",
                 "requests", "traced");

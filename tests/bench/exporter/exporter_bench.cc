@@ -47,7 +47,8 @@ void populate(StatsRegistry& stats) {
             }
         });
     }
-    GaugeFields<PaddedGauge>::for_each_field(stats.gauges(), stats.gauges(), [](PaddedGauge& g, PaddedGauge&) { g.set(4242); });
+    GaugeFields<PaddedGauge>::for_each_field(stats.gauges(), stats.gauges(),
+                                             [](PaddedGauge& g, PaddedGauge&) { g.set(4242); });
 }
 
 std::shared_ptr<CollectorSet> make_set(StatsRegistry& stats) {

@@ -56,10 +56,11 @@ inline void report_paired(const char* what, const char* a_name, const char* b_na
     for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) paired.push_back(100 * (b[i] - a[i]) / a[i]);
     std::printf("\n%s: %s (A) mean %.0f (sd %.1f%%), %s (B) mean %.0f (sd %.1f%%)\n", what, a_name, ma,
                 100 * stddev(a) / ma, b_name, mb, 100 * stddev(b) / mb);
-    std::printf("  B vs A: means %+.2f%%; paired by round: mean %+.2f%%, median %+.2f%%, standard error %.2f%% (%zu "
-                "rounds)\n",
-                100 * (mb - ma) / ma, mean(paired), percentile(paired, 0.5),
-                stddev(paired) / std::sqrt(static_cast<double>(paired.size())), paired.size());
+    std::printf(
+        "  B vs A: means %+.2f%%; paired by round: mean %+.2f%%, median %+.2f%%, standard error %.2f%% (%zu "
+        "rounds)\n",
+        100 * (mb - ma) / ma, mean(paired), percentile(paired, 0.5),
+        stddev(paired) / std::sqrt(static_cast<double>(paired.size())), paired.size());
 }
 
 }  // namespace coiommu::bench

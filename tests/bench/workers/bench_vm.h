@@ -96,7 +96,8 @@ inline std::unique_ptr<dma::DmaBackend> make_backend(BackendKind k) {
 // The pin path alone, on the calling thread.
 class PinDirect {
 public:
-    explicit PinDirect(BackendKind backend = BackendKind::Null, workers::ExtentStoreKind store = workers::ExtentStoreKind::Flat,
+    explicit PinDirect(BackendKind backend = BackendKind::Null,
+                       workers::ExtentStoreKind store = workers::ExtentStoreKind::Flat,
                        workers::Coalesce coalesce = workers::Coalesce::On)
         : guest_(make_guest()),
           backend_(make_backend(backend)),
@@ -105,11 +106,22 @@ public:
           handoff_(workers::ExtentHandoff::create(guest_.mem().gfn_span()).value()),
           endpoints_(std::vector<uint16_t>{kBdf}),
           stats_(1),
-          env_{guest_.mem(), *backend_, table_, extents_, handoff_, endpoints_, stats_.gauges(),
-               core::RequestLimits{kMaxBatch}, coalesce, 0, /*track_extents=*/false, {}} {
+          env_{guest_.mem(),
+               *backend_,
+               table_,
+               extents_,
+               handoff_,
+               endpoints_,
+               stats_.gauges(),
+               core::RequestLimits{kMaxBatch},
+               coalesce,
+               0,
+               /*track_extents=*/false,
+               {}} {
         arena_ = workers::VcpuArena::create(0, GuestAtomicU64(&slot_), -1, kMaxBatch, stats_.shard(0)).value();
         arena_->walker = guest_.walker().value();
-        workers::UnpinEnv uenv{guest_.mem(), *backend_, table_, extents_, handoff_, stats_.gauges(), stats_.add_shard(), 0};
+        workers::UnpinEnv uenv{guest_.mem(),    *backend_,          table_, extents_, handoff_,
+                               stats_.gauges(), stats_.add_shard(), 0};
         unpinner_ = workers::ExtentUnpinner::create(uenv, arena_->walker, {}, gate_).value();
     }
 

@@ -53,8 +53,8 @@ std::vector<uint64_t> shuffled_data_gfns(uint32_t seed = 42) {
 
 void report_pages(benchmark::State& state, uint64_t pages_per_iteration) {
     state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * pages_per_iteration));
-    state.counters["pages"] = benchmark::Counter(static_cast<double>(state.iterations() * pages_per_iteration),
-                                                 benchmark::Counter::kIsRate);
+    state.counters["pages"] =
+        benchmark::Counter(static_cast<double>(state.iterations() * pages_per_iteration), benchmark::Counter::kIsRate);
 }
 
 // ---- the engine alone (null backend) ------------------------------------------------------------
@@ -159,8 +159,12 @@ EngineConfig config_from(const benchmark::State& s) {
     return config(s.range(1) == 0 ? Variant::Fast : Variant::Seed, static_cast<uint32_t>(s.range(2)),
                   std::chrono::microseconds(s.range(3)));
 }
-void BM_FakeTypical(benchmark::State& s) { contiguous_batches(s, config_from(s), BackendKind::FakeLatency, s.range(0)); }
-void BM_FakeBatchedPin(benchmark::State& s) { contiguous_batches(s, config_from(s), BackendKind::FakeBatchedPin, s.range(0)); }
+void BM_FakeTypical(benchmark::State& s) {
+    contiguous_batches(s, config_from(s), BackendKind::FakeLatency, s.range(0));
+}
+void BM_FakeBatchedPin(benchmark::State& s) {
+    contiguous_batches(s, config_from(s), BackendKind::FakeBatchedPin, s.range(0));
+}
 void fake_matrix(benchmark::internal::Benchmark* b) {
     for (int64_t pages : {64, 1}) {
         b->Args({pages, 1, 1, 0});   // seed (its workers/spin are ignored)
@@ -234,7 +238,9 @@ void round_trip(benchmark::State& state, EngineConfig cfg) {
     report_latency(state, h);
 }
 void BM_RoundTrip_FastSpin(benchmark::State& s) { round_trip(s, config(Variant::Fast)); }
-void BM_RoundTrip_FastNoSpin(benchmark::State& s) { round_trip(s, config(Variant::Fast, 1, std::chrono::nanoseconds(0))); }
+void BM_RoundTrip_FastNoSpin(benchmark::State& s) {
+    round_trip(s, config(Variant::Fast, 1, std::chrono::nanoseconds(0)));
+}
 void BM_RoundTrip_FastInline(benchmark::State& s) { round_trip(s, config(Variant::Fast, 0)); }
 void BM_RoundTrip_FastDefaultAuto(benchmark::State& s) {
     round_trip(s, EngineConfig{});  // workers=auto, spin_budget=auto: inline without spin on < 4 CPUs

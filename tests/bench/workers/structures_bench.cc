@@ -36,7 +36,7 @@ void spin_until(Pred&& pred) {
         workers::cpu_relax();
     }
 }
-constexpr uint32_t kExtentLen = 1;             // one-page extents: the worst case for a hash map
+constexpr uint32_t kExtentLen = 1;  // one-page extents: the worst case for a hash map
 
 std::vector<uint64_t> heads(bool random) {
     std::vector<uint64_t> h(1u << 16);  // 65536 live extents: the default dma_entry_limit

@@ -22,10 +22,10 @@
 #include "engine/base/unique_fd.h"
 
 // Skips, printing why, when this process may not load BPF (not root, no CAP_BPF+CAP_PERFMON).
-#define COIOMMU_REQUIRE_BPF()                                                        \
-    do {                                                                             \
-        auto require_bpf_st_ = ::coiommu::bpf::check_bpf_privileges();               \
-        if (!require_bpf_st_) GTEST_SKIP() << require_bpf_st_.error().message();     \
+#define COIOMMU_REQUIRE_BPF()                                                    \
+    do {                                                                         \
+        auto require_bpf_st_ = ::coiommu::bpf::check_bpf_privileges();           \
+        if (!require_bpf_st_) GTEST_SKIP() << require_bpf_st_.error().message(); \
     } while (0)
 
 namespace coiommu::bpf::testing {
@@ -127,7 +127,8 @@ public:
 
     // Sends one command and waits for "ok".
     [[nodiscard]] Status command(const std::string& cmd) {
-        if (std::fprintf(in_, "%s\n", cmd.c_str()) < 0 || std::fflush(in_) != 0) return make_error(errno, "write " + cmd);
+        if (std::fprintf(in_, "%s\n", cmd.c_str()) < 0 || std::fflush(in_) != 0)
+            return make_error(errno, "write " + cmd);
         auto line = read_line();
         if (!line) return coiommu::unexpected(line.error());
         if (*line != "ok") return make_error(EPROTO, cmd + ": " + *line);

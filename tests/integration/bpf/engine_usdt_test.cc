@@ -52,8 +52,7 @@ TEST(EngineTracer, AttachesThePerDmaCallProbesWhenAsked) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
 
-    EXPECT_EQ(a.tracer.attached_probes(),
-              (std::vector<std::string>{"requests", "unpin_scan", "dma_map", "dma_unmap"}));
+    EXPECT_EQ(a.tracer.attached_probes(), (std::vector<std::string>{"requests", "unpin_scan", "dma_map", "dma_unmap"}));
     ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
     for (const auto& p : programs) EXPECT_TRUE(p.attached) << p.program;
 }
@@ -74,7 +73,7 @@ TEST(EngineTracer, RequestCountsEqualTheProbesFired) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    ASSERT_OK(a.fixture.command("requests 10 0 1 0 3000"));    // 10 single requests, 1 page, ok
+    ASSERT_OK(a.fixture.command("requests 10 0 1 0 3000"));     // 10 single requests, 1 page, ok
     ASSERT_OK(a.fixture.command("requests 4 1 64 -12 20000"));  // 4 batches of 64 pages, -ENOMEM
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
@@ -139,9 +138,9 @@ TEST(EngineTracer, PagesPerRequestLandInCeilLog2Slots) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture());
 
-    ASSERT_OK(a.fixture.command("requests 3 1 64 0 1"));   // 64 pages -> slot 6
-    ASSERT_OK(a.fixture.command("requests 2 1 65 0 1"));   // 65 pages -> slot 7
-    ASSERT_OK(a.fixture.command("requests 1 1 1 0 1"));    // 1 page   -> slot 0
+    ASSERT_OK(a.fixture.command("requests 3 1 64 0 1"));  // 64 pages -> slot 6
+    ASSERT_OK(a.fixture.command("requests 2 1 65 0 1"));  // 65 pages -> slot 7
+    ASSERT_OK(a.fixture.command("requests 1 1 1 0 1"));   // 1 page   -> slot 0
 
     ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
     const Log2Hist& pages = snap.request_pages[kBatch];
@@ -257,9 +256,7 @@ TEST(EngineTarget, PathArgumentMeansEveryProcess) {
     EXPECT_EQ(target.binary, kFixture);
 }
 
-TEST(EngineTarget, MissingBinaryIsEnoent) {
-    EXPECT_ERR(EngineTarget::parse("/nonexistent/coiommu-engined"), ENOENT);
-}
+TEST(EngineTarget, MissingBinaryIsEnoent) { EXPECT_ERR(EngineTarget::parse("/nonexistent/coiommu-engined"), ENOENT); }
 
 TEST(EngineTracer, BinaryWithoutProbesIsEnoent) {
     COIOMMU_REQUIRE_BPF();

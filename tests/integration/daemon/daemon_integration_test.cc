@@ -35,8 +35,9 @@ public:
         EXPECT_NE(::mkdtemp(tmpl), nullptr);
         dir_ = tmpl;
         socket_ = dir_ + "/coiommud.sock";
-        std::vector<std::string> args{COIOMMUD_PATH, "--socket", socket_, "--tracing", "off", "--log-level", "warn",
-                                      "--engine", "unpin_policy=lru,unpin_interval=200ms"};
+        std::vector<std::string> args{COIOMMUD_PATH, "--socket", socket_,
+                                      "--tracing",   "off",      "--log-level",
+                                      "warn",        "--engine", "unpin_policy=lru,unpin_interval=200ms"};
         bool metrics = false;
         for (const auto& e : extra) metrics = metrics || e.starts_with("--metrics-address");
         if (!metrics) {

@@ -82,8 +82,9 @@ public:
             }
             if (!notify_path.empty()) ::setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
             std::string cfg = config_path();
-            std::vector<std::string> args{COIOMMUD_PATH, "--config", cfg, "--socket", own_socket, "--tracing", "off",
-                                          "--metrics-address", "none"};
+            std::vector<std::string> args{COIOMMUD_PATH, "--config",          cfg,
+                                          "--socket",    own_socket,          "--tracing",
+                                          "off",         "--metrics-address", "none"};
             std::vector<char*> argv;
             for (auto& a : args) argv.push_back(a.data());
             argv.push_back(nullptr);

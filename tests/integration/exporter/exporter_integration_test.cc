@@ -74,12 +74,12 @@ TEST_F(LiveExporter, ScrapeParsesWithConsistentHistograms) {
 
 TEST_F(LiveExporter, ScrapeHasEngineProcessSelfAndExposerMetrics) {
     ASSERT_OK_AND_ASSIGN(const auto e, testing::parse_exposition(scrape()));
-    for (const char* family : {"coiommu_pin_requests_total", "coiommu_pin_request_duration_seconds",
-                               "coiommu_dma_call_duration_seconds", "coiommu_unpin_scan_duration_seconds",
-                               "coiommu_build_info", "process_cpu_seconds_total", "process_resident_memory_bytes",
-                               "process_open_fds", "process_start_time_seconds",
-                               "coiommu_exporter_collect_duration_seconds", "coiommu_exporter_collect_errors_total",
-                               "exposer_scrapes_total"}) {
+    for (const char* family :
+         {"coiommu_pin_requests_total", "coiommu_pin_request_duration_seconds", "coiommu_dma_call_duration_seconds",
+          "coiommu_unpin_scan_duration_seconds", "coiommu_build_info", "process_cpu_seconds_total",
+          "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds",
+          "coiommu_exporter_collect_duration_seconds", "coiommu_exporter_collect_errors_total",
+          "exposer_scrapes_total"}) {
         EXPECT_EQ(e.types.count(family), 1u) << family;
     }
     EXPECT_EQ(e.value("coiommu_exporter_collector_success", {{"collector", "engine"}}), 1.0);

@@ -29,7 +29,8 @@ volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
 
 int usage() {
-    std::fprintf(stderr, "usage: coiommu-synthetic-exporter [--address HOST:PORT] [--duration SECONDS] [--pace-us N]\n");
+    std::fprintf(stderr,
+                 "usage: coiommu-synthetic-exporter [--address HOST:PORT] [--duration SECONDS] [--pace-us N]\n");
     return 2;
 }
 
@@ -60,8 +61,9 @@ int main(int argc, char** argv) {
     exporter::ConfigInfo config;
     config.backend = "fake";
     auto set = std::make_shared<exporter::CollectorSet>();
-    auto added = set->add("engine", std::make_shared<exporter::EngineCollector>([&] { return stats.snapshot(); },
-                                                                                  exporter::EngineInfo{exporter::this_build(), config}));
+    auto added =
+        set->add("engine", std::make_shared<exporter::EngineCollector>(
+                               [&] { return stats.snapshot(); }, exporter::EngineInfo{exporter::this_build(), config}));
     if (added) added = set->add("process", std::make_shared<exporter::ProcessCollector>());
     if (!added) {
         std::fprintf(stderr, "%s\n", added.error().message().c_str());
@@ -80,7 +82,8 @@ int main(int argc, char** argv) {
     std::printf("listening %s\n", exposer->address().c_str());
     std::fflush(stdout);
 
-    const uint64_t deadline = duration_s > 0 ? telemetry::monotonic_ns() + static_cast<uint64_t>(duration_s) * 1'000'000'000u : 0;
+    const uint64_t deadline =
+        duration_s > 0 ? telemetry::monotonic_ns() + static_cast<uint64_t>(duration_s) * 1'000'000'000u : 0;
     while (g_stop == 0 && (deadline == 0 || telemetry::monotonic_ns() < deadline)) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

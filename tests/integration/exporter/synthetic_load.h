@@ -15,7 +15,8 @@ namespace coiommu::exporter::testing {
 class SyntheticLoad {
 public:
     // `pace`: pause between synthetic requests (0 = flat out).
-    explicit SyntheticLoad(telemetry::StatsRegistry& stats, std::chrono::microseconds pace = std::chrono::microseconds(50));
+    explicit SyntheticLoad(telemetry::StatsRegistry& stats,
+                           std::chrono::microseconds pace = std::chrono::microseconds(50));
     ~SyntheticLoad();  // stops and joins
     SyntheticLoad(const SyntheticLoad&) = delete;
     SyntheticLoad& operator=(const SyntheticLoad&) = delete;

@@ -43,9 +43,19 @@ public:
         EXPECT_NE(::mkdtemp(tmpl), nullptr);
         dir_ = tmpl;
         socket_ = dir_ + "/coiommud.sock";
-        std::vector<std::string> args{COIOMMUD_PATH,   "--socket", socket_,  "--metrics-address", "none",
-                                      "--backends",    "fake,null", "--tracing", "off",           "--log-level",
-                                      "warn",          "--engine", "unpin_policy=lru,unpin_interval=200ms"};
+        std::vector<std::string> args{COIOMMUD_PATH,
+                                      "--socket",
+                                      socket_,
+                                      "--metrics-address",
+                                      "none",
+                                      "--backends",
+                                      "fake,null",
+                                      "--tracing",
+                                      "off",
+                                      "--log-level",
+                                      "warn",
+                                      "--engine",
+                                      "unpin_policy=lru,unpin_interval=200ms"};
         std::vector<char*> argv;
         for (auto& a : args) argv.push_back(a.data());
         argv.push_back(nullptr);
@@ -110,8 +120,10 @@ const JsonValue* find_check(const JsonValue& run, std::string_view name) {
 TEST(LoadConnect, MixRunThroughDaemonPinsKeepsInvariantAndLeavesNothingMapped) {
     Daemon d;
     const std::string json = d.file("out.json");
-    const Exit e = run_load(d, "--connect " + d.socket() + " --duration 1.5 --vcpus 2 --ram 256M --workload mix "
-                                   "--latency none --quiet --json " + json);
+    const Exit e = run_load(d, "--connect " + d.socket() +
+                                   " --duration 1.5 --vcpus 2 --ram 256M --workload mix "
+                                   "--latency none --quiet --json " +
+                                   json);
     ASSERT_EQ(e.code, 0) << "stdout:\n" << e.out << "\nstderr:\n" << e.err;
     auto doc = test::JsonParser::parse(slurp(json));
     ASSERT_TRUE(doc.has_value()) << "the JSON report does not parse";
@@ -157,8 +169,10 @@ TEST(LoadConnect, MixRunThroughDaemonPinsKeepsInvariantAndLeavesNothingMapped) {
 TEST(LoadConnect, NullBackendRunSaysTheInvariantIsSkipped) {
     Daemon d;
     const std::string json = d.file("out.json");
-    const Exit e = run_load(d, "--connect " + d.socket() + " --backend null --duration 0.5 --ram 128M "
-                                   "--workload ring --quiet --json " + json);
+    const Exit e = run_load(d, "--connect " + d.socket() +
+                                   " --backend null --duration 0.5 --ram 128M "
+                                   "--workload ring --quiet --json " +
+                                   json);
     ASSERT_EQ(e.code, 0) << e.err;
     auto doc = test::JsonParser::parse(slurp(json));
     ASSERT_TRUE(doc.has_value());

@@ -23,9 +23,7 @@ using testing::DttBuilderOptions;
 // 0x1AB is a 9-bit pattern with both end bits set, so an off-by-one shift changes the result.
 constexpr uint64_t kPattern = 0x1AB;
 
-TEST(LevelToOffset, LeafUsesLowTenBits) {
-    EXPECT_EQ(level_to_offset(Gfn{0xFFFF'F7FFull}, 1).value(), 0x3FFu);
-}
+TEST(LevelToOffset, LeafUsesLowTenBits) { EXPECT_EQ(level_to_offset(Gfn{0xFFFF'F7FFull}, 1).value(), 0x3FFu); }
 
 TEST(LevelToOffset, LevelTwoUsesBitsTenToEighteen) {
     EXPECT_EQ(level_to_offset(Gfn{(kPattern << 10) | 0x3FF}, 2).value(), kPattern);
@@ -43,15 +41,11 @@ TEST(LevelToOffset, LevelFiveUsesBitsThirtySevenToFortyFive) {
     EXPECT_EQ(level_to_offset(Gfn{kPattern << 37}, 5).value(), kPattern);
 }
 
-TEST(LevelToOffset, LevelSevenUsesTheTopBits) {
-    EXPECT_EQ(level_to_offset(Gfn{~uint64_t{0}}, 7).value(), 0x1FFu);
-}
+TEST(LevelToOffset, LevelSevenUsesTheTopBits) { EXPECT_EQ(level_to_offset(Gfn{~uint64_t{0}}, 7).value(), 0x1FFu); }
 
 TEST(LevelToOffset, LevelZeroIsInvalid) { EXPECT_ERR(level_to_offset(Gfn{1}, 0), EINVAL); }
 
-TEST(LevelToOffset, LevelEightIsInvalidRatherThanAShiftBy64) {
-    EXPECT_ERR(level_to_offset(Gfn{1}, 8), EINVAL);
-}
+TEST(LevelToOffset, LevelEightIsInvalidRatherThanAShiftBy64) { EXPECT_ERR(level_to_offset(Gfn{1}, 8), EINVAL); }
 
 TEST(LevelToOffset, HugeLevelIsInvalid) { EXPECT_ERR(level_to_offset(Gfn{1}, ~uint64_t{0}), EINVAL); }
 
@@ -361,9 +355,9 @@ struct TwoRegionGuest {
 TwoRegionGuest make_two_region_guest() {
     const std::array<RegionSpec, 2> regions{{{Gpa{0}, 2 * kMiB}, {Gpa{4 * kMiB}, 2 * kMiB}}};
     TwoRegionGuest g{std::move(GuestMemory::create(regions).value()), nullptr};
-    g.dtt = std::move(emulator::GuestDtt::create(
-                          g.mem, {.levels = 4, .pool_base = Gpa{4 * kMiB}, .pool_pages = 64, .ncpus = 1})
-                          .value());
+    g.dtt = std::move(
+        emulator::GuestDtt::create(g.mem, {.levels = 4, .pool_base = Gpa{4 * kMiB}, .pool_pages = 64, .ncpus = 1})
+            .value());
     return g;
 }
 

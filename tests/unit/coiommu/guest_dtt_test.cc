@@ -39,14 +39,12 @@ TEST(GuestDtt, LevelEightIsRejected) {
 
 TEST(GuestDtt, UnalignedPoolIsRejected) {
     auto mem = make_memory();
-    EXPECT_ERR(GuestDtt::create(mem, {.levels = 4, .pool_base = Gpa{0x10}, .pool_pages = 8, .ncpus = 1}),
-               EINVAL);
+    EXPECT_ERR(GuestDtt::create(mem, {.levels = 4, .pool_base = Gpa{0x10}, .pool_pages = 8, .ncpus = 1}), EINVAL);
 }
 
 TEST(GuestDtt, PoolCrossingTheEndOfRamIsRejected) {
     auto mem = make_memory();
-    EXPECT_ERR(GuestDtt::create(mem, {.levels = 4, .pool_base = Gpa{4 * kMiB - 0x1000}, .pool_pages = 2,
-                                      .ncpus = 1}),
+    EXPECT_ERR(GuestDtt::create(mem, {.levels = 4, .pool_base = Gpa{4 * kMiB - 0x1000}, .pool_pages = 2, .ncpus = 1}),
                EFAULT);
 }
 

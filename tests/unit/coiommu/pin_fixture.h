@@ -19,7 +19,7 @@ namespace coiommu::core::test {
 
 // Gfns in the data area (below the DTT pool), on distinct leaf pages unless said otherwise.
 inline constexpr Gfn kGfnA{0x10};
-inline constexpr Gfn kGfnB{0x11};  // same leaf page as kGfnA
+inline constexpr Gfn kGfnB{0x11};   // same leaf page as kGfnA
 inline constexpr Gfn kGfnC{0x412};  // the next leaf page
 // Beyond the 16 MiB of RAM but inside a 4-level DTT's reach: the DTT can describe it, the host
 // must never map it.
@@ -55,9 +55,7 @@ public:
     [[nodiscard]] const PinContext& ctx() const { return ctx_; }
 
     [[nodiscard]] Result<PinReport> pin(Gfn gfn) { return pin_page(ctx_, walker_, gfn); }
-    [[nodiscard]] UnpinResult unpin(Gfn gfn, Force force = Force::No) {
-        return unpin_page(ctx_, walker_, gfn, force);
-    }
+    [[nodiscard]] UnpinResult unpin(Gfn gfn, Force force = Force::No) { return unpin_page(ctx_, walker_, gfn, force); }
     // The leaf entry as the guest sees it (0xdeadbeef when absent, so a comparison fails loudly).
     [[nodiscard]] uint32_t entry(Gfn gfn) const { return builder_.entry(gfn).value_or(0xdeadbeefu); }
     [[nodiscard]] uint64_t map_calls() const { return backend_.counters().map_calls.load(); }

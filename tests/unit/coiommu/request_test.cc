@@ -299,7 +299,7 @@ TEST(ProcessRequest, EachRequestStartsWithAFreshCursor) {
     PinFixture f;
     ASSERT_OK(f.guest().mark(kGfnA));
     ASSERT_OK(f.guest().mark(kGfnB));
-    ASSERT_OK(f.walker().leaf(kGfnA));  // the caller's walker caches kGfnA's leaf page
+    ASSERT_OK(f.walker().leaf(kGfnA));        // the caller's walker caches kGfnA's leaf page
     ASSERT_OK(f.dtt().drop_table(kGfnB, 1));  // the guest's shrinker frees that page
     ASSERT_OK_AND_ASSIGN(auto req, decode_request(single(kGfnB, kBdf), f.mem(), endpoints(), {}));
 

@@ -174,7 +174,7 @@ TEST_F(ServerTest, GarbageFromOneVmDoesNotDisturbAnother) {
     ASSERT_OK_AND_ASSIGN(auto reply, bad->receive());
     ASSERT_TRUE(reply);  // the Error
     ASSERT_OK_AND_ASSIGN(auto end, bad->receive());
-    EXPECT_FALSE(end);   // then closed
+    EXPECT_FALSE(end);  // then closed
     const uint64_t maps = good->counters().maps;
     ASSERT_TRUE(eventually([&] { return good->counters().maps > maps + 100; }));
     ASSERT_OK_AND_ASSIGN(auto c, good->close());

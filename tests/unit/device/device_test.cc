@@ -412,7 +412,7 @@ TEST(CoiommuDevice, TriggerBeyondTheNotifymapIsIgnoredWithoutTouchingMemory) {
     // Every slot holds a marker; an out-of-bounds write (crosvm's panic) would change none of them
     // but also must not crash.
     for (uint32_t i = 0; i < core::kMaxVcpus; ++i) dev->slot(i).store(i + 1, std::memory_order_relaxed);
-    trigger_byte(*dev, core::kMaxVcpus);           // 0x18 + 1024
+    trigger_byte(*dev, core::kMaxVcpus);            // 0x18 + 1024
     trigger_byte(*dev, core::kMmioBarSize - 0x19);  // the last byte of BAR0
     for (uint32_t i = 0; i < core::kMaxVcpus; ++i) EXPECT_EQ(dev->slot(i).load(std::memory_order_relaxed), i + 1);
     EXPECT_EQ(dev->counters().trigger_out_of_range.load(), 2u);

@@ -334,9 +334,9 @@ TEST(FakeBackend, MappingsAreSortedByIova) {
 
 TEST(FakeBackend, CountersSeparateOutcomesFromFailures) {
     FakeBackend fake(with_limit(1));
-    ASSERT_OK(fake.map(kIova, kHva, 2 * kPage, Prot::ReadWrite));             // mapped
-    ASSERT_OK(fake.map(kIova, kHva, kPage, Prot::ReadWrite));                 // EEXIST
-    ASSERT_OK(fake.map(iova_at(kMiB), kHva, kPage, Prot::ReadWrite));         // ENOSPC
+    ASSERT_OK(fake.map(kIova, kHva, 2 * kPage, Prot::ReadWrite));                  // mapped
+    ASSERT_OK(fake.map(kIova, kHva, kPage, Prot::ReadWrite));                      // EEXIST
+    ASSERT_OK(fake.map(iova_at(kMiB), kHva, kPage, Prot::ReadWrite));              // ENOSPC
     ASSERT_FALSE(fake.map(iova_at(1), kHva, kPage, Prot::ReadWrite).has_value());  // EINVAL
     const auto& c = fake.counters();
     EXPECT_EQ(c.map_calls.load(), 4u);

@@ -213,9 +213,7 @@ TEST(VfioInfoParse, ChainIsBoundedByArgszNotTheBuffer) {
 // ---- errno -> outcome -------------------------------------------------------------------------
 
 TEST(VfioErrnoOutcome, SuccessIsMapped) { EXPECT_EQ(map_outcome_for_errno(0), MapOutcome::Mapped); }
-TEST(VfioErrnoOutcome, EexistIsAlreadyMapped) {
-    EXPECT_EQ(map_outcome_for_errno(EEXIST), MapOutcome::AlreadyMapped);
-}
+TEST(VfioErrnoOutcome, EexistIsAlreadyMapped) { EXPECT_EQ(map_outcome_for_errno(EEXIST), MapOutcome::AlreadyMapped); }
 TEST(VfioErrnoOutcome, EnospcIsNoSpace) { EXPECT_EQ(map_outcome_for_errno(ENOSPC), MapOutcome::NoSpace); }
 TEST(VfioErrnoOutcome, OtherErrnosAreFailures) {
     EXPECT_FALSE(map_outcome_for_errno(EFAULT).has_value());

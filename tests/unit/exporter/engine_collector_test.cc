@@ -42,18 +42,40 @@ testing::Exposition scrape_text(const StatsSnapshot& s) {
 TEST(EngineCollector, EmitsTheCatalogue) {
     const StatsRegistry stats(1);
     const auto fs = engine_families(stats.snapshot(), test_info());
-    for (const char* name :
-         {"coiommu_build_info", "coiommu_config_info", "coiommu_unpin_interval_seconds", "coiommu_unpin_gen_threshold",
-          "coiommu_pin_requests_total", "coiommu_pin_attempts_total", "coiommu_pages_pinned_total",
-          "coiommu_pages_already_pinned_total", "coiommu_pin_failures_total", "coiommu_guest_dma_map_failures_total",
-          "coiommu_pin_request_duration_seconds", "coiommu_pages_per_request", "coiommu_dma_calls_total",
-          "coiommu_dma_call_failures_total", "coiommu_dma_bytes_total", "coiommu_dma_call_duration_seconds",
-          "coiommu_dma_mappings", "coiommu_dma_entry_limit", "coiommu_pinned_pages", "coiommu_pinned_bytes",
-          "coiommu_pin_queue_depth", "coiommu_pages_unpinned_total", "coiommu_unpin_attempts_total",
-          "coiommu_unpin_scans_total", "coiommu_unpin_scan_duration_seconds", "coiommu_unpin_last_run_timestamp_seconds",
-          "coiommu_unpin_worker_parked", "coiommu_balloon_requests_total", "coiommu_viommu_requests_total",
-          "coiommu_viommu_request_failures_total", "coiommu_viommu_fault_events_total", "coiommu_guest_ram_bytes",
-          "coiommu_vcpus", "coiommu_active_sessions"}) {
+    for (const char* name : {"coiommu_build_info",
+                             "coiommu_config_info",
+                             "coiommu_unpin_interval_seconds",
+                             "coiommu_unpin_gen_threshold",
+                             "coiommu_pin_requests_total",
+                             "coiommu_pin_attempts_total",
+                             "coiommu_pages_pinned_total",
+                             "coiommu_pages_already_pinned_total",
+                             "coiommu_pin_failures_total",
+                             "coiommu_guest_dma_map_failures_total",
+                             "coiommu_pin_request_duration_seconds",
+                             "coiommu_pages_per_request",
+                             "coiommu_dma_calls_total",
+                             "coiommu_dma_call_failures_total",
+                             "coiommu_dma_bytes_total",
+                             "coiommu_dma_call_duration_seconds",
+                             "coiommu_dma_mappings",
+                             "coiommu_dma_entry_limit",
+                             "coiommu_pinned_pages",
+                             "coiommu_pinned_bytes",
+                             "coiommu_pin_queue_depth",
+                             "coiommu_pages_unpinned_total",
+                             "coiommu_unpin_attempts_total",
+                             "coiommu_unpin_scans_total",
+                             "coiommu_unpin_scan_duration_seconds",
+                             "coiommu_unpin_last_run_timestamp_seconds",
+                             "coiommu_unpin_worker_parked",
+                             "coiommu_balloon_requests_total",
+                             "coiommu_viommu_requests_total",
+                             "coiommu_viommu_request_failures_total",
+                             "coiommu_viommu_fault_events_total",
+                             "coiommu_guest_ram_bytes",
+                             "coiommu_vcpus",
+                             "coiommu_active_sessions"}) {
         EXPECT_NE(find_family(fs, name), nullptr) << name;
     }
     EXPECT_EQ(fs.size(), 34u);

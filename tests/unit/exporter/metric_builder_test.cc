@@ -54,8 +54,8 @@ TEST(MetricBuilder, HistogramEmitsTheFixedContiguousRangeEvenWhenEmpty) {
 
 TEST(MetricBuilder, HistogramBucketsAreCumulative) {
     Log2Histogram src;
-    src.observe(1000);     // bucket 10 (le 1.024 µs)
-    src.observe(1500);     // bucket 11
+    src.observe(1000);       // bucket 10 (le 1.024 µs)
+    src.observe(1500);       // bucket 11
     src.observe(1'000'000);  // bucket 20
     const auto h = to_client_histogram(src.snapshot(), kNanosecondsToSeconds);
     EXPECT_EQ(h.bucket[0].cumulative_count, 1u);   // le 2^10 ns

@@ -39,12 +39,12 @@ std::set<std::string> emitted_names() {
     // Every BPF tracer attached (vfio_dma, engine USDT, fentry hooks) and slow events on: the
     // conditional families are emitted too.
     EXPECT_OK(set->add("bpf", std::make_shared<BpfCollector>([]() -> Result<BpfScrape> {
-        BpfScrape s;
-        s.telemetry.engine = bpf::EngineSnapshot{};
-        s.telemetry.kern = bpf::VfioKernSnapshot{};
-        s.slow_threshold = std::chrono::milliseconds(1);
-        return s;
-    })));
+                           BpfScrape s;
+                           s.telemetry.engine = bpf::EngineSnapshot{};
+                           s.telemetry.kern = bpf::VfioKernSnapshot{};
+                           s.slow_threshold = std::chrono::milliseconds(1);
+                           return s;
+                       })));
     std::set<std::string> names;
     for (const auto& f : set->Collect()) names.insert(f.name);
     return names;

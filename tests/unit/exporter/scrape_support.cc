@@ -57,7 +57,8 @@ Result<HttpResponse> http_get(const std::string& host, uint16_t port, const std:
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
         return make_error(errno, fmt::format("http_get: connect {}:{}", host, port));
     }
-    const std::string req = fmt::format("GET {} HTTP/1.0\r\nHost: {}:{}\r\nConnection: close\r\n\r\n", path, host, port);
+    const std::string req =
+        fmt::format("GET {} HTTP/1.0\r\nHost: {}:{}\r\nConnection: close\r\n\r\n", path, host, port);
     std::size_t sent = 0;
     while (sent < req.size()) {
         const ssize_t n = ::send(fd.get(), req.data() + sent, req.size() - sent, MSG_NOSIGNAL);
@@ -86,7 +87,8 @@ Result<HttpResponse> http_get(const std::string& host, uint16_t port, const std:
         raw.append(buf, static_cast<std::size_t>(n));
     }
     const auto header_end = raw.find("\r\n\r\n");
-    if (header_end == std::string::npos || !raw.starts_with("HTTP/1.")) return make_error(EPROTO, "http_get: no HTTP header");
+    if (header_end == std::string::npos || !raw.starts_with("HTTP/1."))
+        return make_error(EPROTO, "http_get: no HTTP header");
     HttpResponse resp;
     const auto sp = raw.find(' ');
     if (sp == std::string::npos || sp + 4 > raw.size()) return make_error(EPROTO, "http_get: no status");
@@ -165,7 +167,8 @@ Result<Exposition> parse_exposition(std::string_view text) {
             ++i;
             while (i < line.size() && line[i] != '}') {
                 const auto eq = line.find('=', i);
-                if (eq == std::string_view::npos || eq + 1 >= line.size() || line[eq + 1] != '"') return bad("bad label");
+                if (eq == std::string_view::npos || eq + 1 >= line.size() || line[eq + 1] != '"')
+                    return bad("bad label");
                 std::string key(line.substr(i, eq - i));
                 std::string value;
                 std::size_t j = eq + 2;
@@ -230,7 +233,8 @@ std::vector<std::string> check_histograms(const Exposition& e) {
             if (count.size() != 1) problems.push_back(id + ": no _count");
             if (sum.size() != 1) problems.push_back(id + ": no _sum");
             if (count.size() == 1 && count.front().value != series.back().second) {
-                problems.push_back(fmt::format("{}: +Inf bucket {} != _count {}", id, series.back().second, count.front().value));
+                problems.push_back(
+                    fmt::format("{}: +Inf bucket {} != _count {}", id, series.back().second, count.front().value));
             }
         }
     }

@@ -98,9 +98,7 @@ TEST(GuestMemory, UnalignedRegionIsRejected) {
     EXPECT_ERR(GuestMemory::create(unaligned), EINVAL);
 }
 
-TEST(GuestMemory, EmptyRegionListIsRejected) {
-    EXPECT_ERR(GuestMemory::create({}), EINVAL);
-}
+TEST(GuestMemory, EmptyRegionListIsRejected) { EXPECT_ERR(GuestMemory::create({}), EINVAL); }
 
 TEST(GuestMemory, ExportedFdMapsTheSamePages) {
     auto mem = make_two_regions();

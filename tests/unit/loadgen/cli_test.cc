@@ -49,7 +49,8 @@ struct Exit {
 // Runs the coiommu-load binary with `args` (shell words).
 Exit run_binary(const std::string& args) {
     TempDir dir;
-    const std::string cmd = std::string(COIOMMU_LOAD_BIN) + " " + args + " >" + dir.file("out") + " 2>" + dir.file("err");
+    const std::string cmd =
+        std::string(COIOMMU_LOAD_BIN) + " " + args + " >" + dir.file("out") + " 2>" + dir.file("err");
     const int status = std::system(cmd.c_str());
     Exit e;
     e.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -111,10 +112,10 @@ TEST(RunCli, ComparisonRunWritesJsonAndATableWithRatios) {
     const std::string json = dir.file("cmp.json");
     std::FILE* out = std::tmpfile();
     std::FILE* err = std::tmpfile();
-    const int rc = run_cli({"--duration", "0.3", "--ram", "64M", "--workload", "random", "--engine", "fast,seed",
-                            "--strategy", "coiommu,static", "--buffer-pages", "4", "--log-level", "error", "--json",
-                            json},
-                           out, err);
+    const int rc =
+        run_cli({"--duration", "0.3", "--ram", "64M", "--workload", "random", "--engine", "fast,seed", "--strategy",
+                 "coiommu,static", "--buffer-pages", "4", "--log-level", "error", "--json", json},
+                out, err);
     std::rewind(out);
     std::string text;
     char buf[4096];

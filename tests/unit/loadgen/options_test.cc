@@ -15,16 +15,16 @@ using std::chrono::milliseconds;
 using std::chrono::nanoseconds;
 using std::chrono::seconds;
 
-Result<ParsedCli> parse(std::vector<std::string_view> args) { return parse_cli(args); }
+Result<ParsedCli> parse(const std::vector<std::string_view>& args) { return parse_cli(args); }
 
-LoadOptions options(std::vector<std::string_view> args) {
+LoadOptions options(const std::vector<std::string_view>& args) {
     auto p = parse_cli(args);
     EXPECT_TRUE(p.has_value()) << (p ? "" : p.error().context);
     return p ? p->options : LoadOptions{};
 }
 
 // The message of a rejected command line ("" when it was accepted).
-std::string message(std::vector<std::string_view> args) {
+std::string message(const std::vector<std::string_view>& args) {
     auto p = parse_cli(args);
     if (p) return "";
     EXPECT_EQ(p.error().code, EINVAL);
@@ -137,9 +137,13 @@ TEST(CliErrors, DuplicateListItem) { EXPECT_NE(message({"--engine", "fast,fast"}
 
 TEST(CliErrors, UnknownEngine) { EXPECT_NE(message({"--engine", "turbo"}).find("fast|seed"), std::string::npos); }
 
-TEST(CliErrors, UnknownStrategy) { EXPECT_NE(message({"--strategy", "lazy"}).find("coiommu|strict|static"), std::string::npos); }
+TEST(CliErrors, UnknownStrategy) {
+    EXPECT_NE(message({"--strategy", "lazy"}).find("coiommu|strict|static"), std::string::npos);
+}
 
-TEST(CliErrors, UnknownBackend) { EXPECT_NE(message({"--backend", "iommufd"}).find("fake|null|vfio"), std::string::npos); }
+TEST(CliErrors, UnknownBackend) {
+    EXPECT_NE(message({"--backend", "iommufd"}).find("fake|null|vfio"), std::string::npos);
+}
 
 TEST(CliErrors, ThinkAndRateExcludeEachOther) {
     EXPECT_NE(message({"--think-us", "5", "--rate", "1000"}).find("exclude"), std::string::npos);
@@ -155,7 +159,9 @@ TEST(CliErrors, BadEngineOptsCarryTheEnginesMessage) {
 
 TEST(CliErrors, VfioWithoutGroup) { EXPECT_NE(message({"--backend", "vfio"}).find("--vfio-group"), std::string::npos); }
 
-TEST(CliErrors, GroupWithoutVfio) { EXPECT_NE(message({"--vfio-group", "/dev/vfio/1"}).find("only for"), std::string::npos); }
+TEST(CliErrors, GroupWithoutVfio) {
+    EXPECT_NE(message({"--vfio-group", "/dev/vfio/1"}).find("only for"), std::string::npos);
+}
 
 TEST(CliErrors, LatencyOnlyForTheFakeBackend) {
     EXPECT_NE(message({"--backend", "null", "--latency", "none"}).find("only for"), std::string::npos);
@@ -178,7 +184,9 @@ TEST(CliErrors, BufferPagesOutOfRange) {
     EXPECT_NE(message({"--buffer-pages", "5000"}).find("outside"), std::string::npos);
 }
 
-TEST(CliErrors, ZipfExponentMustBePositive) { EXPECT_NE(message({"--zipf-s", "0"}).find("(0, 100]"), std::string::npos); }
+TEST(CliErrors, ZipfExponentMustBePositive) {
+    EXPECT_NE(message({"--zipf-s", "0"}).find("(0, 100]"), std::string::npos);
+}
 
 TEST(CliErrors, CompareConflictsWithExplicitLists) {
     EXPECT_NE(message({"--compare", "--engine", "fast"}).find("--compare"), std::string::npos);

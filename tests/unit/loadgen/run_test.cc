@@ -198,8 +198,8 @@ TEST(Run, NullBackendSkipsTheInvariantAndSaysSo) {
     LoadOptions o = quick_options();
     o.backend = BackendKind::Null;
     o.duration = std::chrono::milliseconds(200);
-    ASSERT_OK_AND_ASSIGN(RunResult r, run_once(o, RunSpec{WorkloadKind::Ring, StrategyKind::Coiommu, Variant::Fast},
-                                               RunControl{}));
+    ASSERT_OK_AND_ASSIGN(RunResult r,
+                         run_once(o, RunSpec{WorkloadKind::Ring, StrategyKind::Coiommu, Variant::Fast}, RunControl{}));
     EXPECT_FALSE(r.invariant_checked);
     EXPECT_NE(r.invariant_note.find("skipped"), std::string::npos);
     EXPECT_TRUE(r.passed()) << failed_checks(r);
@@ -209,8 +209,8 @@ TEST(Run, TimedLifetimeRuns) {
     LoadOptions o = quick_options();
     o.lifetime = Lifetime{0, std::chrono::microseconds(200)};
     o.duration = std::chrono::milliseconds(200);
-    ASSERT_OK_AND_ASSIGN(RunResult r, run_once(o, RunSpec{WorkloadKind::Random, StrategyKind::Strict, Variant::Fast},
-                                               RunControl{}));
+    ASSERT_OK_AND_ASSIGN(RunResult r,
+                         run_once(o, RunSpec{WorkloadKind::Random, StrategyKind::Strict, Variant::Fast}, RunControl{}));
     EXPECT_TRUE(r.passed()) << failed_checks(r);
     EXPECT_GT(r.maps, 0u);
 }
@@ -219,8 +219,8 @@ TEST(Run, RateLimitsTheOperations) {
     LoadOptions o = quick_options();
     o.rate = 1000;  // 1000 maps/s over both vCPUs
     o.duration = std::chrono::milliseconds(500);
-    ASSERT_OK_AND_ASSIGN(RunResult r, run_once(o, RunSpec{WorkloadKind::Ring, StrategyKind::Static, Variant::Fast},
-                                               RunControl{}));
+    ASSERT_OK_AND_ASSIGN(RunResult r,
+                         run_once(o, RunSpec{WorkloadKind::Ring, StrategyKind::Static, Variant::Fast}, RunControl{}));
     // Never faster than the rate; slower only when the machine cannot keep up (a loaded CI box
     // under a sanitizer), hence the generous lower bound.
     EXPECT_LE(r.maps_per_s, 1100);
@@ -247,33 +247,105 @@ TEST(Run, ATooSmallGuestIsASetupError) {
 
 // ---- the JSON report of real runs --------------------------------------------------------------------------
 
-const char* const kRunFields[] = {
-    "label", "workload", "strategy", "engine", "backend", "served_by", "passed", "setup_s", "duration_s",
-    "operations.maps", "operations.map_failures", "operations.unmaps", "operations.unmap_failures",
-    "operations.pages_mapped", "operations.pages_unmapped", "operations.skipped", "operations.maps_per_s",
-    "operations.pages_per_s", "requests.sent", "requests.completed", "requests.pages_requested",
-    "latency_ns.map.p50", "latency_ns.map.p90", "latency_ns.map.p99", "latency_ns.map.p999", "latency_ns.map.max",
-    "latency_ns.map.min", "latency_ns.map.mean", "latency_ns.map.count", "latency_ns.request.p99",
-    "latency_ns.unmap.p99", "latency_ns.balloon.p99", "memory.pinned_peak_pages", "memory.pinned_mean_pages",
-    "memory.pinned_end_pages", "memory.pinned_peak_mib", "memory.pinned_mean_mib", "memory.pages_pinned",
-    "memory.pages_unpinned", "memory.pins_per_s", "memory.guest_touched_pages", "dma.map_calls", "dma.unmap_calls",
-    "dma.map_failures", "dma.unmap_failures", "dma.entries_peak", "dma.entry_limit", "failures.not_pinned",
-    "failures.timeout", "failures.slot_busy", "failures.dtt_no_memory", "failures.map_count_cap",
-    "failures.out_of_range", "failures.iommu_status", "failures.iommu_error", "failures.other",
-    "invariant.checked", "invariant.note", "invariant.checks", "invariant.violations", "balloon.requests",
-    "balloon.success", "balloon.failed", "balloon.aborted", "balloon.violations", "balloon.pages", "checks",
-    "cpu.process_s", "cpu.threads", "timeline"};
+const char* const kRunFields[] = {"label",
+                                  "workload",
+                                  "strategy",
+                                  "engine",
+                                  "backend",
+                                  "served_by",
+                                  "passed",
+                                  "setup_s",
+                                  "duration_s",
+                                  "operations.maps",
+                                  "operations.map_failures",
+                                  "operations.unmaps",
+                                  "operations.unmap_failures",
+                                  "operations.pages_mapped",
+                                  "operations.pages_unmapped",
+                                  "operations.skipped",
+                                  "operations.maps_per_s",
+                                  "operations.pages_per_s",
+                                  "requests.sent",
+                                  "requests.completed",
+                                  "requests.pages_requested",
+                                  "latency_ns.map.p50",
+                                  "latency_ns.map.p90",
+                                  "latency_ns.map.p99",
+                                  "latency_ns.map.p999",
+                                  "latency_ns.map.max",
+                                  "latency_ns.map.min",
+                                  "latency_ns.map.mean",
+                                  "latency_ns.map.count",
+                                  "latency_ns.request.p99",
+                                  "latency_ns.unmap.p99",
+                                  "latency_ns.balloon.p99",
+                                  "memory.pinned_peak_pages",
+                                  "memory.pinned_mean_pages",
+                                  "memory.pinned_end_pages",
+                                  "memory.pinned_peak_mib",
+                                  "memory.pinned_mean_mib",
+                                  "memory.pages_pinned",
+                                  "memory.pages_unpinned",
+                                  "memory.pins_per_s",
+                                  "memory.guest_touched_pages",
+                                  "dma.map_calls",
+                                  "dma.unmap_calls",
+                                  "dma.map_failures",
+                                  "dma.unmap_failures",
+                                  "dma.entries_peak",
+                                  "dma.entry_limit",
+                                  "failures.not_pinned",
+                                  "failures.timeout",
+                                  "failures.slot_busy",
+                                  "failures.dtt_no_memory",
+                                  "failures.map_count_cap",
+                                  "failures.out_of_range",
+                                  "failures.iommu_status",
+                                  "failures.iommu_error",
+                                  "failures.other",
+                                  "invariant.checked",
+                                  "invariant.note",
+                                  "invariant.checks",
+                                  "invariant.violations",
+                                  "balloon.requests",
+                                  "balloon.success",
+                                  "balloon.failed",
+                                  "balloon.aborted",
+                                  "balloon.violations",
+                                  "balloon.pages",
+                                  "checks",
+                                  "cpu.process_s",
+                                  "cpu.threads",
+                                  "timeline"};
 
-const char* const kEngineFields[] = {
-    "config", "requests_single", "requests_batch", "requests_failed", "pages_requested", "pages_pinned",
-    "pages_already_pinned", "pages_unpinned", "pinned_pages", "dma_map_calls", "dma_unmap_calls", "request_p50_ns",
-    "request_p99_ns", "balloon_success", "balloon_failed", "lru_scans", "pin_failures.vfio_map",
-    "pin_failures.no_space", "pin_failures.invalid_request", "pin_failures.other", "unpin_attempts.unpinned",
-    "unpin_attempts.not_pinned", "unpin_attempts.not_unpinned", "unpin_attempts.failed", "unpin_attempts.parked"};
+const char* const kEngineFields[] = {"config",
+                                     "requests_single",
+                                     "requests_batch",
+                                     "requests_failed",
+                                     "pages_requested",
+                                     "pages_pinned",
+                                     "pages_already_pinned",
+                                     "pages_unpinned",
+                                     "pinned_pages",
+                                     "dma_map_calls",
+                                     "dma_unmap_calls",
+                                     "request_p50_ns",
+                                     "request_p99_ns",
+                                     "balloon_success",
+                                     "balloon_failed",
+                                     "lru_scans",
+                                     "pin_failures.vfio_map",
+                                     "pin_failures.no_space",
+                                     "pin_failures.invalid_request",
+                                     "pin_failures.other",
+                                     "unpin_attempts.unpinned",
+                                     "unpin_attempts.not_pinned",
+                                     "unpin_attempts.not_unpinned",
+                                     "unpin_attempts.failed",
+                                     "unpin_attempts.parked"};
 
-const char* const kTimelineFields[] = {"t_s",        "pinned_pages", "dma_entries", "maps",
-                                       "pages_mapped", "failures",   "maps_per_s",  "pins_per_s",
-                                       "map_p99_ns", "engine_pinned_pages"};
+const char* const kTimelineFields[] = {"t_s",      "pinned_pages", "dma_entries", "maps",       "pages_mapped",
+                                       "failures", "maps_per_s",   "pins_per_s",  "map_p99_ns", "engine_pinned_pages"};
 
 TEST(JsonReport, ParsesAndCarriesEveryField) {
     const RunResult& coiommu_run = result_of({WorkloadKind::Mix, StrategyKind::Coiommu, Variant::Fast});

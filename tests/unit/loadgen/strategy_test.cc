@@ -32,9 +32,7 @@ constexpr uint64_t kPage = kPageSize;
 class Guest {
 public:
     Guest()
-        : layout_(GuestLayout::compute(kRam, kVcpus, kPages).value()),
-          mem_(make_mem()),
-          backend_(dma::FakeConfig{}) {
+        : layout_(GuestLayout::compute(kRam, kVcpus, kPages).value()), mem_(make_mem()), backend_(dma::FakeConfig{}) {
         env_.mem = &mem_;
         env_.layout = &layout_;
         env_.backend = &backend_;
@@ -96,7 +94,9 @@ TEST(GuestLayout, RejectsRamOutsideTheLimits) {
     EXPECT_ERR(GuestLayout::compute(kRam + 1, 1, 16), EINVAL);
 }
 
-TEST(GuestLayout, RejectsBatchBuffersThatEatAllRam) { EXPECT_ERR(GuestLayout::compute(kMinRamBytes, 1024, 4096), EINVAL); }
+TEST(GuestLayout, RejectsBatchBuffersThatEatAllRam) {
+    EXPECT_ERR(GuestLayout::compute(kMinRamBytes, 1024, 4096), EINVAL);
+}
 
 // ---- static ------------------------------------------------------------------------------------------
 

@@ -200,7 +200,9 @@ TEST(WorkloadGen, RandomCoversTheDataPagesUniformly) {
     constexpr int kDraws = 40000;
     std::vector<int> bands(8, 0);
     for (const Buffer& b : draw(params(WorkloadKind::Random), 0, kDraws)) ++bands[raw(b.first) * 8 / kDataPages];
-    for (int n : bands) EXPECT_NEAR(n, kDraws / 8, kDraws / 8 / 10);
+    constexpr int kPerBand = kDraws / 8;
+    constexpr int kTolerance = kPerBand / 10;
+    for (int n : bands) EXPECT_NEAR(n, kPerBand, kTolerance);
 }
 
 TEST(WorkloadGen, ZipfHasAHotSet) {
@@ -257,7 +259,9 @@ TEST(WorkloadGen, RejectsANonPositiveZipfExponent) {
     EXPECT_ERR(WorkloadGen::create(p, 0), EINVAL);
 }
 
-TEST(WorkloadGen, RejectsAVcpuBeyondTheCount) { EXPECT_ERR(WorkloadGen::create(params(WorkloadKind::Ring, 2), 2), EINVAL); }
+TEST(WorkloadGen, RejectsAVcpuBeyondTheCount) {
+    EXPECT_ERR(WorkloadGen::create(params(WorkloadKind::Ring, 2), 2), EINVAL);
+}
 
 TEST(Workload, NamesRoundTrip) {
     for (WorkloadKind k : kAllWorkloads) EXPECT_EQ(parse_workload(to_string(k)), k);

@@ -45,8 +45,23 @@ TEST(Log2Bucket, UpperBoundIsPowerOfTwoExceptTheLastBucket) {
 }
 
 TEST(Log2Bucket, EveryValueIsAtMostItsBucketBoundAndAboveThePrevious) {
-    const uint64_t values[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 1000, 1023, 1024, 1025, uint64_t{1} << 40,
-                               (uint64_t{1} << 40) + 1, UINT64_MAX - 1, UINT64_MAX};
+    const uint64_t values[] = {0,
+                               1,
+                               2,
+                               3,
+                               4,
+                               5,
+                               7,
+                               8,
+                               9,
+                               1000,
+                               1023,
+                               1024,
+                               1025,
+                               uint64_t{1} << 40,
+                               (uint64_t{1} << 40) + 1,
+                               UINT64_MAX - 1,
+                               UINT64_MAX};
     for (uint64_t v : values) {
         const std::size_t k = log2_bucket(v);
         EXPECT_LE(v, log2_bucket_upper_bound(k)) << v;

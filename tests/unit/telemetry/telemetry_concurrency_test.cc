@@ -27,9 +27,9 @@ TEST(Log2HistogramConcurrency, SnapshotCountIsMonotonicAndEqualsBucketSumWhileTw
     std::vector<std::thread> writers;
     for (int w = 0; w < kWriters; ++w) {
         writers.emplace_back([&, w] {
-            while (!go.load(std::memory_order_acquire)) {
-            }
-            for (uint64_t i = 0; i < kObservationsPerWriter; ++i) h.observe((i * 7919 + static_cast<uint64_t>(w)) % 100'000);
+            while (!go.load(std::memory_order_acquire)) {}
+            for (uint64_t i = 0; i < kObservationsPerWriter; ++i)
+                h.observe((i * 7919 + static_cast<uint64_t>(w)) % 100'000);
         });
     }
     go.store(true, std::memory_order_release);
@@ -61,8 +61,7 @@ TEST(StatsRegistryConcurrency, SnapshotsWhileShardWritersRunAreMonotonicAndEndEx
     for (int w = 0; w < kWriters; ++w) {
         StatsShard& shard = stats.shard(static_cast<std::size_t>(w));
         writers.emplace_back([&, w, shard_ptr = &shard] {
-            while (!go.load(std::memory_order_acquire)) {
-            }
+            while (!go.load(std::memory_order_acquire)) {}
             for (uint64_t i = 0; i < kObservationsPerWriter / 4; ++i) {
                 shard_ptr->requests[RequestKind::Batch].add();
                 shard_ptr->pages_pinned.add(4);
@@ -101,8 +100,7 @@ TEST(LogLinearHistogramConcurrency, SnapshotStaysSelfConsistentWhileTwoWritersRu
     std::vector<std::thread> writers;
     for (int w = 0; w < kWriters; ++w) {
         writers.emplace_back([&, w] {
-            while (!go.load(std::memory_order_acquire)) {
-            }
+            while (!go.load(std::memory_order_acquire)) {}
             for (uint64_t i = 1; i <= kObservationsPerWriter / 4; ++i) h.observe(i * static_cast<uint64_t>(w + 1));
         });
     }

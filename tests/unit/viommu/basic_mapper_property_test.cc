@@ -18,9 +18,9 @@
 namespace coiommu::viommu {
 namespace {
 
-constexpr uint64_t kUnits = 96;       // model address space: [0, 96)
-constexpr uint64_t kMaxStart = 80;    // ops start below this...
-constexpr uint64_t kMaxSize = 16;     // ...and span at most this, so they stay inside
+constexpr uint64_t kUnits = 96;     // model address space: [0, 96)
+constexpr uint64_t kMaxStart = 80;  // ops start below this...
+constexpr uint64_t kMaxSize = 16;   // ...and span at most this, so they stay inside
 constexpr int kSteps = 6000;
 
 // The reference model: who owns each IOVA unit, plus the export session.
@@ -38,7 +38,8 @@ struct Model {
     std::vector<std::pair<uint64_t, uint64_t>> exported;  // inclusive
 
     size_t live() const {
-        return static_cast<size_t>(std::count_if(maps.begin(), maps.end(), [](const auto& m) { return m.has_value(); }));
+        return static_cast<size_t>(
+            std::count_if(maps.begin(), maps.end(), [](const auto& m) { return m.has_value(); }));
     }
 
     // add_map: Ok / OverlapFailure.
@@ -53,9 +54,8 @@ struct Model {
     }
 
     bool overlaps_export(uint64_t first, uint64_t last) const {
-        return std::any_of(exported.begin(), exported.end(), [&](const auto& r) {
-            return std::max(r.first, first) <= std::min(r.second, last);
-        });
+        return std::any_of(exported.begin(), exported.end(),
+                           [&](const auto& r) { return std::max(r.first, first) <= std::min(r.second, last); });
     }
 
     // Returns whether a fault event is handed out.
@@ -149,8 +149,8 @@ void run(uint64_t seed) {
 
     BasicMemoryMapper mapper(~uint64_t{0});
     Model model;
-    EventFd fault_event;  // the current session's client event (invalid before one)
-    EventFd resolved_event;  // from the session's first fault (invalid before one)
+    EventFd fault_event;                                // the current session's client event (invalid before one)
+    EventFd resolved_event;                             // from the session's first fault (invalid before one)
     std::vector<std::pair<uint64_t, uint64_t>> recent;  // (iova, size) of recent exports, to release
     // Coverage of the interesting paths, so the run cannot pass vacuously.
     int adds_ok = 0, overlaps = 0, exports_ok = 0, merged_exports = 0, faults = 0, resolutions = 0;
@@ -277,7 +277,8 @@ void run(uint64_t seed) {
     EXPECT_GT(faults, 10);
     EXPECT_GT(resolutions, 5);
     std::printf("seed %llu: %d adds, %d overlaps, %d exports (%d merged across mappings), %d faults, %d resolved\n",
-                static_cast<unsigned long long>(seed), adds_ok, overlaps, exports_ok, merged_exports, faults, resolutions);
+                static_cast<unsigned long long>(seed), adds_ok, overlaps, exports_ok, merged_exports, faults,
+                resolutions);
 }
 
 TEST(BasicMemoryMapperProperty, AgreesWithReferenceModelSeed1) { run(1); }

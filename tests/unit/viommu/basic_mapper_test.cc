@@ -95,10 +95,10 @@ TEST(MappingInfo, ZeroSizeIsRejected) { EXPECT_ERR(MappingInfo::create(Iova{1}, 
 TEST(BasicMemoryMapper, MapOverlap) {
     BasicMemoryMapper m(kMax);
     add(m, 10, 1000, 10, kRW);
-    EXPECT_EQ(add_result(m, 14, 1000, 1, kRW), AddMapResult::OverlapFailure);   // inside
-    EXPECT_EQ(add_result(m, 0, 1000, 12, kRW), AddMapResult::OverlapFailure);   // tail overlap
-    EXPECT_EQ(add_result(m, 16, 1000, 6, kRW), AddMapResult::OverlapFailure);   // head overlap
-    EXPECT_EQ(add_result(m, 5, 1000, 20, kRW), AddMapResult::OverlapFailure);   // covers it
+    EXPECT_EQ(add_result(m, 14, 1000, 1, kRW), AddMapResult::OverlapFailure);  // inside
+    EXPECT_EQ(add_result(m, 0, 1000, 12, kRW), AddMapResult::OverlapFailure);  // tail overlap
+    EXPECT_EQ(add_result(m, 16, 1000, 6, kRW), AddMapResult::OverlapFailure);  // head overlap
+    EXPECT_EQ(add_result(m, 5, 1000, 20, kRW), AddMapResult::OverlapFailure);  // covers it
     EXPECT_EQ(m.size(), 1u);
 }
 
@@ -221,9 +221,9 @@ TEST(BasicMemoryMapper, MapUnmapSpecExample7) {
 
 TEST(BasicMemoryMapper, RemoveMap) {
     BasicMemoryMapper m(kMax);
-    add(m, 1, 1000, 4, kR);   // [1,5)
-    add(m, 5, 50, 4, kRW);    // [5,9)
-    add(m, 9, 50, 4, kRW);    // [9,13)
+    add(m, 1, 1000, 4, kR);  // [1,5)
+    add(m, 5, 50, 4, kRW);   // [5,9)
+    add(m, 9, 50, 4, kRW);   // [9,13)
     ASSERT_EQ(m.size(), 3u);
     EXPECT_TRUE(remove_overlaps(m, 0, 6));
     EXPECT_EQ(m.size(), 3u);
@@ -549,11 +549,10 @@ TEST(BasicMemoryMapperExport, ExportMergesOnlyContiguousGpaWithEqualProt) {
     BasicMemoryMapper m(kMax);
     ASSERT_OK(m.start_export_session());
     add(m, 0, 100, 4, kRW);
-    add(m, 4, 104, 4, kRW);   // contiguous: merged
-    add(m, 8, 200, 4, kRW);   // gpa jump: new region
-    add(m, 12, 204, 4, kR);   // prot change: new region
-    EXPECT_EQ(export_all(m, 1, 14),
-              (std::vector{region(101, 7, kRW), region(200, 4, kRW), region(204, 3, kR)}));
+    add(m, 4, 104, 4, kRW);  // contiguous: merged
+    add(m, 8, 200, 4, kRW);  // gpa jump: new region
+    add(m, 12, 204, 4, kR);  // prot change: new region
+    EXPECT_EQ(export_all(m, 1, 14), (std::vector{region(101, 7, kRW), region(200, 4, kRW), region(204, 3, kR)}));
 }
 
 }  // namespace

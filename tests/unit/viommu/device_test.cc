@@ -171,8 +171,8 @@ TEST_F(ViommuDeviceTest, MapWithStartNotBelowEndIsInval) {
 TEST_F(ViommuDeviceTest, MapUnalignedIsRange) {
     ASSERT_EQ(attach(dev_, 10, 1), wire::kStatusOk);
     EXPECT_EQ(map(dev_, 10, 0x1000, 0x1fff, 0x800), wire::kStatusRange);  // phys_start
-    EXPECT_EQ(map(dev_, 10, 0x1800, 0x2fff, 0), wire::kStatusRange);     // virt_start
-    EXPECT_EQ(map(dev_, 10, 0x1000, 0x2000, 0), wire::kStatusRange);     // virt_end + 1
+    EXPECT_EQ(map(dev_, 10, 0x1800, 0x2fff, 0), wire::kStatusRange);      // virt_start
+    EXPECT_EQ(map(dev_, 10, 0x1000, 0x2000, 0), wire::kStatusRange);      // virt_end + 1
     EXPECT_TRUE(mapper_a_->empty());
 }
 
@@ -360,7 +360,7 @@ TEST_F(ViommuFaultTest, SecondFaultDoesNotWait) {
     ASSERT_OK(mapper_a_->export_range(Iova{0x10000}, 0x1000));
     EXPECT_EQ(unmap(dev, 20, 0x1000, 0x2fff), wire::kStatusDevErr);  // first fault: times out
     const auto start = std::chrono::steady_clock::now();
-    EXPECT_EQ(unmap(dev, 20, 0x10000, 0x10fff), wire::kStatusOk);     // second: no event
+    EXPECT_EQ(unmap(dev, 20, 0x10000, 0x10fff), wire::kStatusOk);  // second: no event
     EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(100));
     EXPECT_EQ(dev.counters().fault_waits.load(), 1u);
 }
@@ -499,8 +499,8 @@ TEST(ViommuDeviceConfig, MapGranuleFollowsTheSmallestCommonPageSize) {
     ViommuDevice dev;
     ASSERT_OK(dev.add_endpoint(1, std::make_shared<TestMapper>(TestMapper::Options{.id = 1, .mask = 0x200000})));
     ASSERT_EQ(attach(dev, 10, 1), wire::kStatusOk);
-    EXPECT_EQ(map(dev, 10, 0x1000, 0x1fff, 0), wire::kStatusRange);      // 4 KiB is too small
-    EXPECT_EQ(map(dev, 10, 0x200000, 0x3fffff, 0), wire::kStatusOk);    // 2 MiB is fine
+    EXPECT_EQ(map(dev, 10, 0x1000, 0x1fff, 0), wire::kStatusRange);   // 4 KiB is too small
+    EXPECT_EQ(map(dev, 10, 0x200000, 0x3fffff, 0), wire::kStatusOk);  // 2 MiB is fine
 }
 
 TEST(ViommuDeviceConfig, ConfigSpace) {

@@ -106,9 +106,7 @@ TEST(ParseEngineOptions, UnknownKeyIsRejected) { EXPECT_ERR(parse_engine_options
 
 TEST(ParseEngineOptions, UnknownPolicyIsRejected) { EXPECT_ERR(parse_engine_options("unpin_policy=mru"), EINVAL); }
 
-TEST(ParseEngineOptions, DuplicateKeyIsRejected) {
-    EXPECT_ERR(parse_engine_options("workers=1,workers=2"), EINVAL);
-}
+TEST(ParseEngineOptions, DuplicateKeyIsRejected) { EXPECT_ERR(parse_engine_options("workers=1,workers=2"), EINVAL); }
 
 TEST(ParseEngineOptions, MalformedNumberIsRejected) { EXPECT_ERR(parse_engine_options("workers=2x"), EINVAL); }
 

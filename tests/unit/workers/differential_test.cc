@@ -17,15 +17,16 @@
 namespace coiommu::workers::test {
 namespace {
 
-constexpr uint64_t kSpan = 600;              // gfns the stream plays in (from kVmData)
-constexpr Gfn kNoTable{0x1800};              // its leaf table is never created
-constexpr uint64_t kForeignPage = 77;        // mapped by "someone else" in both containers
+constexpr uint64_t kSpan = 600;        // gfns the stream plays in (from kVmData)
+constexpr Gfn kNoTable{0x1800};        // its leaf table is never created
+constexpr uint64_t kForeignPage = 77;  // mapped by "someone else" in both containers
 
 struct Pair {
-    explicit Pair(uint64_t entry_limit) : fast(options(Variant::Fast, entry_limit)), seed(options(Variant::Seed, entry_limit)) {
+    explicit Pair(uint64_t entry_limit)
+        : fast(options(Variant::Fast, entry_limit)), seed(options(Variant::Seed, entry_limit)) {
         for (EmulatedVm* vm : {&fast, &seed}) {
-            EXPECT_OK(vm->backend().map(Iova{raw(vm_gfn(kForeignPage)) << kPageShift}, Hva{0x7000'0000},
-                                        kPageSize, dma::Prot::ReadWrite));
+            EXPECT_OK(vm->backend().map(Iova{raw(vm_gfn(kForeignPage)) << kPageShift}, Hva{0x7000'0000}, kPageSize,
+                                        dma::Prot::ReadWrite));
         }
     }
     static VmOptions options(Variant v, uint64_t entry_limit) {

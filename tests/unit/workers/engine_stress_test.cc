@@ -17,11 +17,11 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr uint32_t kVcpus = 4;
-constexpr uint64_t kShared = 256;      // gfns [0, 256): every vCPU maps here (contention)
-constexpr uint64_t kPrivate = 512;     // then 512 private gfns per vCPU
+constexpr uint64_t kShared = 256;                                // gfns [0, 256): every vCPU maps here (contention)
+constexpr uint64_t kPrivate = 512;                               // then 512 private gfns per vCPU
 constexpr uint64_t kBalloonFirst = kShared + kVcpus * kPrivate;  // the balloon's own range
 constexpr uint64_t kBalloonPages = 64;
-constexpr int kIterations = 300;       // per vCPU
+constexpr int kIterations = 300;  // per vCPU
 
 struct Violation {
     std::atomic<uint64_t> count{0};

@@ -25,10 +25,10 @@
 
 namespace coiommu::workers::test {
 
-inline constexpr uint16_t kBdf = 0x0018;       // the passthrough device (00:03.0)
-inline constexpr uint16_t kOtherBdf = 0x0020;  // not an endpoint
-inline constexpr uint64_t kRamBytes = uint64_t{32} << 20;  // 8192 gfns
-inline constexpr uint64_t kPoolPages = 256;                // DTT pages at the top of RAM
+inline constexpr uint16_t kBdf = 0x0018;                         // the passthrough device (00:03.0)
+inline constexpr uint16_t kOtherBdf = 0x0020;                    // not an endpoint
+inline constexpr uint64_t kRamBytes = uint64_t{32} << 20;        // 8192 gfns
+inline constexpr uint64_t kPoolPages = 256;                      // DTT pages at the top of RAM
 inline constexpr Gpa kBatchGpa{uint64_t{0x1E00} << kPageShift};  // below the pool (gfn 0x1E00)
 inline constexpr uint64_t kMaxBatch = 1024;
 inline constexpr Gfn kData{0x100};  // first data gfn used by tests
@@ -73,7 +73,7 @@ struct PinPathOptions {
 
 class PinPath {
 public:
-    explicit PinPath(PinPathOptions o = {})
+    explicit PinPath(const PinPathOptions& o = {})
         : builder_(testing::DttBuilder::create({4, kRamBytes, kPoolPages, 4}).value()),
           backend_(o.fake),
           table_(core::PinTable::create(builder_.mem().gfn_span()).value()),
@@ -81,8 +81,18 @@ public:
           handoff_(ExtentHandoff::create(builder_.mem().gfn_span()).value()),
           endpoints_(std::vector<uint16_t>{kBdf}),
           stats_(1),
-          env_{builder_.mem(), backend_, table_, extents_, handoff_, endpoints_, stats_.gauges(),
-               core::RequestLimits{kMaxBatch}, o.coalesce, 0, o.lru.policy == UnpinPolicy::Lru, {}} {
+          env_{builder_.mem(),
+               backend_,
+               table_,
+               extents_,
+               handoff_,
+               endpoints_,
+               stats_.gauges(),
+               core::RequestLimits{kMaxBatch},
+               o.coalesce,
+               0,
+               o.lru.policy == UnpinPolicy::Lru,
+               {}} {
         arena_ = VcpuArena::create(0, GuestAtomicU64(&slot_), -1, kMaxBatch, stats_.shard(0)).value();
         if (o.valid_dtt) {
             arena_->walker = builder_.walker().value();

@@ -129,7 +129,7 @@ TEST(Lru, PageAccessedAgainBetweenScansSurvives) {
     PinPath p;
     (void)p.map_range(0, 1);
     p.unmark_range(0, 1);
-    p.unpinner().tick();  // clears ACCESSED
+    p.unpinner().tick();      // clears ACCESSED
     (void)p.map_range(0, 1);  // used again (no request: already pinned)
     p.unmark_range(0, 1);
     p.unpinner().tick();  // ACCESSED again: second chance
@@ -335,7 +335,7 @@ TEST(Balloon, CountsTheRequestResult) {
 
 TEST(Teardown, UnmapsEveryExtentEvenBusyOnesAndClearsPinned) {
     PinPath p;
-    (void)p.map_range(0, 8);   // busy (the guest still maps it)
+    (void)p.map_range(0, 8);  // busy (the guest still maps it)
     pin_idle_extent(p, 20, 4);
     (void)p.map_range(40, 1);
     EXPECT_EQ(p.unpinner().teardown(), 13u);

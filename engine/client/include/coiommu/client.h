@@ -57,7 +57,7 @@ extern "C" {
 #define COIOMMU_CLIENT_VERSION_MAJOR 0
 #define COIOMMU_CLIENT_VERSION_MINOR 1
 #define COIOMMU_CLIENT_VERSION_PATCH 0
-#define COIOMMU_CLIENT_VERSION                                                                    \
+#define COIOMMU_CLIENT_VERSION \
     ((COIOMMU_CLIENT_VERSION_MAJOR << 16) | (COIOMMU_CLIENT_VERSION_MINOR << 8) | COIOMMU_CLIENT_VERSION_PATCH)
 #define COIOMMU_CLIENT_VERSION_STRING "0.1.0"
 
@@ -118,7 +118,7 @@ COIOMMU_CLIENT_API uint32_t coiommu_client_version(void);
 struct coiommu_client;
 
 struct coiommu_client_hello {
-    uint16_t version;          /* protocol version the daemon chose */
+    uint16_t version; /* protocol version the daemon chose */
     uint16_t reserved0;
     uint32_t session_id;       /* the daemon's id of this session (in its logs and metrics) */
     uint64_t features;         /* COIOMMU_CLIENT_FEATURE_* bits offered */
@@ -166,14 +166,14 @@ struct coiommu_client_stats {
     uint64_t activate_refused;
     uint64_t trigger_signalled; /* trigger bytes forwarded as MMIO writes */
     /* pin requests (one per guest notification) */
-    uint64_t requests;        /* requests_single + requests_batch */
+    uint64_t requests; /* requests_single + requests_batch */
     uint64_t requests_single;
     uint64_t requests_batch;
     uint64_t requests_failed; /* completed with at least one page left unpinned */
     uint64_t pages_requested;
-    uint64_t pages_pinned;         /* newly pinned (mapped) */
+    uint64_t pages_pinned; /* newly pinned (mapped) */
     uint64_t pages_already_pinned;
-    uint64_t pin_failures;         /* pages that could not be pinned, every reason */
+    uint64_t pin_failures; /* pages that could not be pinned, every reason */
     /* unpinning (LRU and balloon) */
     uint64_t pages_unpinned;
     uint64_t balloon_success;
@@ -185,10 +185,10 @@ struct coiommu_client_stats {
     uint64_t dma_bytes_mapped;
     uint64_t dma_bytes_unmapped;
     /* gauges */
-    uint64_t pinned_pages;    /* pages pinned now */
-    uint64_t dma_entries;     /* live mappings in the backend */
+    uint64_t pinned_pages; /* pages pinned now */
+    uint64_t dma_entries;  /* live mappings in the backend */
     uint64_t dma_entry_limit;
-    uint64_t queue_depth;     /* pin requests waiting for a worker */
+    uint64_t queue_depth; /* pin requests waiting for a worker */
     uint64_t guest_ram_bytes;
     uint64_t vcpus;
 };
@@ -201,19 +201,19 @@ struct coiommu_client_close_info {
 /* ---- Handles ------------------------------------------------------------------------------------ */
 
 /* A new, unconnected handle in *out. Errors: -EINVAL (out NULL), -ENOMEM. */
-COIOMMU_CLIENT_API int coiommu_client_new(struct coiommu_client **out);
+COIOMMU_CLIENT_API int coiommu_client_new(struct coiommu_client** out);
 
 /* Releases the handle (NULL: nothing). A session not closed with coiommu_client_close ends as if
  * the VMM had died: the daemon tears it down and unmaps everything, without a reply. */
-COIOMMU_CLIENT_API void coiommu_client_free(struct coiommu_client *c);
+COIOMMU_CLIENT_API void coiommu_client_free(struct coiommu_client* c);
 
 /* The text of the handle's most recent call: "" after a success, never NULL. Valid until the next
  * call on the handle. A NULL handle gets a static text. */
-COIOMMU_CLIENT_API const char *coiommu_client_last_error(const struct coiommu_client *c);
+COIOMMU_CLIENT_API const char* coiommu_client_last_error(const struct coiommu_client* c);
 
 /* How long one request may wait for the daemon (default 30000 ms; applies to later calls, also
  * across connect). Errors: -EINVAL for 0. */
-COIOMMU_CLIENT_API int coiommu_client_set_timeout(struct coiommu_client *c, uint32_t timeout_ms);
+COIOMMU_CLIENT_API int coiommu_client_set_timeout(struct coiommu_client* c, uint32_t timeout_ms);
 
 /* ---- The session, in protocol order ---------------------------------------------------------------- */
 
@@ -222,77 +222,76 @@ COIOMMU_CLIENT_API int coiommu_client_set_timeout(struct coiommu_client *c, uint
  * version and session. Errors: connect's errno (-ENOENT, -ECONNREFUSED, -ENAMETOOLONG, ...); the
  * daemon's (-EACCES: this uid is not allowed, -EBUSY: too many sessions, -EPROTONOSUPPORT);
  * -EISCONN when the handle is connected. */
-COIOMMU_CLIENT_API int coiommu_client_connect(struct coiommu_client *c, const char *socket_path, const char *vmm_name,
-                                              uint64_t features, struct coiommu_client_hello *hello);
+COIOMMU_CLIENT_API int coiommu_client_connect(struct coiommu_client* c, const char* socket_path, const char* vmm_name,
+                                              uint64_t features, struct coiommu_client_hello* hello);
 
 /* The same over an already connected socket (e.g. one a sandbox handed over); sock_fd is
  * borrowed (the handle keeps a duplicate). */
-COIOMMU_CLIENT_API int coiommu_client_connect_fd(struct coiommu_client *c, int sock_fd, const char *vmm_name,
-                                                 uint64_t features, struct coiommu_client_hello *hello);
+COIOMMU_CLIENT_API int coiommu_client_connect_fd(struct coiommu_client* c, int sock_fd, const char* vmm_name,
+                                                 uint64_t features, struct coiommu_client_hello* hello);
 
 /* Guest RAM: 1..COIOMMU_CLIENT_MAX_REGIONS regions. The daemon maps each memfd itself; VFIO maps
  * use IOVA = GPA. Errors: -EINVAL (count, flags, or the daemon's: an unsealed memfd, overlap,
  * misalignment, memory beyond its limit). */
-COIOMMU_CLIENT_API int coiommu_client_set_memory(struct coiommu_client *c, const struct coiommu_client_region *regions,
+COIOMMU_CLIENT_API int coiommu_client_set_memory(struct coiommu_client* c, const struct coiommu_client_region* regions,
                                                  size_t count);
 
 /* The device: vcpus (1..1024) notify slots and the endpoints' BDFs (bus << 8 | devfn) allowed to
  * request pins. *notifymap_fd (map RW at BAR2) and *topologymap_fd (map RO at BAR4) are the
  * caller's to close; both are -1 on failure. */
-COIOMMU_CLIENT_API int coiommu_client_set_topology(struct coiommu_client *c, uint32_t vcpus, const uint16_t *bdfs,
-                                                   size_t count, int *notifymap_fd, int *topologymap_fd);
+COIOMMU_CLIENT_API int coiommu_client_set_topology(struct coiommu_client* c, uint32_t vcpus, const uint16_t* bdfs,
+                                                   size_t count, int* notifymap_fd, int* topologymap_fd);
 
 /* The DMA backend; info may be NULL. entry_limit 0 is the default (VFIO: the kernel's).
  * vfio: container_fd (borrowed) has its groups attached and its IOMMU type set (type1v2).
  * fake, null: for tests and benchmarks (no device). Errors: -EPERM when the daemon does not allow
  * that backend; the kernel's errno of the daemon's VFIO_IOMMU_GET_INFO. */
-COIOMMU_CLIENT_API int coiommu_client_set_backend_vfio(struct coiommu_client *c, int container_fd,
-                                                       uint64_t entry_limit,
-                                                       struct coiommu_client_backend_info *info);
-COIOMMU_CLIENT_API int coiommu_client_set_backend_fake(struct coiommu_client *c,
+COIOMMU_CLIENT_API int coiommu_client_set_backend_vfio(struct coiommu_client* c, int container_fd, uint64_t entry_limit,
+                                                       struct coiommu_client_backend_info* info);
+COIOMMU_CLIENT_API int coiommu_client_set_backend_fake(struct coiommu_client* c,
                                                        enum coiommu_client_fake_latency latency, uint64_t entry_limit,
-                                                       struct coiommu_client_backend_info *info);
-COIOMMU_CLIENT_API int coiommu_client_set_backend_null(struct coiommu_client *c, uint64_t entry_limit,
-                                                       struct coiommu_client_backend_info *info);
+                                                       struct coiommu_client_backend_info* info);
+COIOMMU_CLIENT_API int coiommu_client_set_backend_null(struct coiommu_client* c, uint64_t entry_limit,
+                                                       struct coiommu_client_backend_info* info);
 
 /* Trigger eventfds (borrowed) for vCPUs 0..count-1, the same the VMM registers as ioeventfds at
  * BAR0 + 0x18 + vcpu. *running (may be NULL) is true once every vCPU has one: the engine exists and
  * BAR0 is served. Sent in order in as many messages as needed. */
-COIOMMU_CLIENT_API int coiommu_client_set_triggers(struct coiommu_client *c, const int *eventfds, size_t count,
-                                                   bool *running);
+COIOMMU_CLIENT_API int coiommu_client_set_triggers(struct coiommu_client* c, const int* eventfds, size_t count,
+                                                   bool* running);
 
 /* ---- Running ------------------------------------------------------------------------------------- */
 
 /* A trapped BAR0 access of 1..8 bytes at offset (< 0x2000). A write returns once the device (and
  * the engine, for ACTIVATE and PARK/UNPARK) has acted. A read fills data with the device's answer.
  * Errors: -EINVAL (length, or an offset outside BAR0: the session goes on). */
-COIOMMU_CLIENT_API int coiommu_client_mmio_write(struct coiommu_client *c, uint64_t offset, const void *data,
+COIOMMU_CLIENT_API int coiommu_client_mmio_write(struct coiommu_client* c, uint64_t offset, const void* data,
                                                  size_t len);
-COIOMMU_CLIENT_API int coiommu_client_mmio_read(struct coiommu_client *c, uint64_t offset, void *data, size_t len);
+COIOMMU_CLIENT_API int coiommu_client_mmio_read(struct coiommu_client* c, uint64_t offset, void* data, size_t len);
 
 /* Balloon inflation: unpins every page of the ranges (0..COIOMMU_CLIENT_MAX_BALLOON_RANGES; ranges
  * may be NULL when count is 0). *result says whether the balloon may release them. Errors (the
  * session goes on): -EAGAIN before ACTIVATE, -ECANCELED while the engine stops. */
-COIOMMU_CLIENT_API int coiommu_client_balloon_unpin(struct coiommu_client *c,
-                                                    const struct coiommu_client_gfn_range *ranges, size_t count,
-                                                    enum coiommu_client_balloon_result *result);
+COIOMMU_CLIENT_API int coiommu_client_balloon_unpin(struct coiommu_client* c,
+                                                    const struct coiommu_client_gfn_range* ranges, size_t count,
+                                                    enum coiommu_client_balloon_result* result);
 
 /* The session's statistics into *stats. size is sizeof(*stats) as the caller was built: the
  * library writes min(size, its own size) bytes and zeroes the rest. Errors: -EINVAL for a size
  * smaller than this header's first version; -EPROTO when the daemon is from another revision
  * whose statistics layout differs. */
-COIOMMU_CLIENT_API int coiommu_client_get_stats(struct coiommu_client *c, struct coiommu_client_stats *stats,
+COIOMMU_CLIENT_API int coiommu_client_get_stats(struct coiommu_client* c, struct coiommu_client_stats* stats,
                                                 size_t size);
 
 /* Whether every byte of [iova, iova + size) is mapped in the session's backend (tests; the fake
  * backend and COIOMMU_CLIENT_FEATURE_QUERY_MAPPED only). Errors: -ENOTSUP, -EPERM. */
-COIOMMU_CLIENT_API int coiommu_client_query_mapped(struct coiommu_client *c, uint64_t iova, uint64_t size,
-                                                   bool *mapped);
+COIOMMU_CLIENT_API int coiommu_client_query_mapped(struct coiommu_client* c, uint64_t iova, uint64_t size,
+                                                   bool* mapped);
 
 /* Orderly end: the daemon stops the engine (which unmaps everything), answers, and closes. info may
  * be NULL. Accepted during setup too. The handle is then unconnected: later calls are -ENOTCONN
  * until the next connect. */
-COIOMMU_CLIENT_API int coiommu_client_close(struct coiommu_client *c, struct coiommu_client_close_info *info);
+COIOMMU_CLIENT_API int coiommu_client_close(struct coiommu_client* c, struct coiommu_client_close_info* info);
 
 #ifdef __cplusplus
 }
