@@ -12,6 +12,8 @@ PACKAGES=(
   libexpected-dev libtbb-dev libfmt-dev linux-libc-dev systemtap-sdt-dev nlohmann-json3-dev libsystemd-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3
+  # scripts/lint.sh
+  clang-format clang-tidy
   # BPF: clang compiles *.bpf.c, bpftool makes skeletons and is the investigation tool
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   # exporter and its live tests (prometheus ships promtool)

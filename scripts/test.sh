@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, then proves the user's path before the test suites:
 # the release build of every program and the README's run command (no warning allowed), the
-# Debian packages built, installed, verified and removed; then the whole ctest suite, and the unit
-# tests again under ASan+UBSan and the concurrency tests under TSan.
+# Debian packages built, installed, verified and removed; then the whole ctest suite, the format
+# and lint check, and the unit tests again under ASan+UBSan and the concurrency tests under TSan.
 #
 # usage: ./scripts/test.sh [--quick]   (--quick: release path + dev preset only, no sanitizer passes)
 # env:   JOBS (parallel build/test jobs, default: number of cores)
@@ -40,6 +40,8 @@ run_preset() {
 # The dev pass runs every test: unit, concurrency, integration (root: BPF, Prometheus) and the
 # real-VFIO tests inside a QEMU guest (label vm).
 run_preset dev
+step "lint: clang-format and clang-tidy (scripts/lint.sh)"
+LINT_BUILD=build/dev ./scripts/lint.sh
 if [ "$QUICK" = 0 ]; then
   run_preset asan
   run_preset tsan
