@@ -35,7 +35,6 @@
 #include "engine/daemon/protocol.h"
 #include "engine/guest/guest_memory.h"
 #include "engine/telemetry/engine_stats.h"
-#include "engine/workers/pin_engine.h"
 
 // The header restates the protocol's and the device's constants so that C needs neither; they
 // must agree.
@@ -389,7 +388,7 @@ COIOMMU_CLIENT_API int coiommu_client_balloon_unpin(coiommu_client* c, const coi
         if (count > COIOMMU_CLIENT_MAX_BALLOON_RANGES) {
             return make_error(EINVAL, fmt::format("{} ranges (0..{})", count, COIOMMU_CLIENT_MAX_BALLOON_RANGES));
         }
-        std::vector<coiommu::workers::GfnRange> rs;
+        std::vector<coiommu::GfnRange> rs;
         rs.reserve(count);
         for (size_t i = 0; i < count; ++i) rs.push_back({coiommu::Gfn{ranges[i].start_gfn}, ranges[i].count});
         COIOMMU_ASSIGN_OR_RETURN(const auto r, client->balloon_unpin(rs));

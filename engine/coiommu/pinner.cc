@@ -136,7 +136,7 @@ UnpinResult unpin_page(const PinContext& ctx, DttWalker& walker, Gfn gfn, Force 
         // The mapping (or part of it) may still be live: keep the record and tell the guest.
         // Safety: leaf word from DttWalker::leaf; seq_cst flag RMW.
         entry->fetch_or(kDttePinned, std::memory_order_seq_cst);
-        return UnpinResult::FailedUnpin;
+        return UnpinResult::Failed;
     }
     lock.clear_mapped();
     return UnpinResult::Unpinned;
@@ -158,7 +158,8 @@ const char* to_string(UnpinResult r) {
         case UnpinResult::Unpinned: return "unpinned";
         case UnpinResult::NotPinned: return "not_pinned";
         case UnpinResult::NotUnpinned: return "not_unpinned";
-        case UnpinResult::FailedUnpin: return "failed_unpin";
+        case UnpinResult::Failed: return "failed_unpin";
+        case UnpinResult::Parked: return "parked";
     }
     return "unknown";
 }

@@ -12,6 +12,7 @@
 #include "engine/base/addr.h"
 #include "engine/base/result.h"
 #include "engine/coiommu/dtt.h"
+#include "engine/base/domain.h"
 #include "engine/coiommu/pin_table.h"
 #include "engine/dma/backend.h"
 #include "engine/guest/guest_memory.h"
@@ -20,12 +21,9 @@ namespace coiommu::core {
 
 enum class Force : bool { No = false, Yes = true };
 
-enum class UnpinResult {
-    Unpinned,     // PINNED cleared and our 4 KiB mapping removed
-    NotPinned,    // nothing to do: no DTT entry, entry 0, or a PINNED we do not back with a mapping
-    NotUnpinned,  // busy: map count > 0 and/or ACCESSED set (non-force cleared ACCESSED)
-    FailedUnpin,  // the unmap failed or was short; PINNED restored, still recorded as mapped
-};
+// unpin_page answers Unpinned, NotPinned, NotUnpinned (busy: map count > 0 and/or ACCESSED set;
+// non-force cleared ACCESSED) or Failed; never Parked, which only the unpinners' scans report.
+using coiommu::UnpinResult;
 
 enum class PinOutcome {
     Pinned,         // mapped now, recorded, PINNED set
@@ -63,7 +61,7 @@ struct PinContext {
 // and unmap our 4 KiB mapping. Force::Yes (balloon) clears ACCESSED first; a busy page is then an
 // error log. Force::No (aging) clears ACCESSED on a busy page (second chance).
 // A page the host record does not show as ours is never unmapped (NotPinned after clearing the
-// PINNED bit). A failed or short unmap restores PINNED and keeps the record (FailedUnpin).
+// PINNED bit). A failed or short unmap restores PINNED and keeps the record (Failed).
 [[nodiscard]] UnpinResult unpin_page(const PinContext& ctx, DttWalker& walker, Gfn gfn, Force force);
 
 [[nodiscard]] const char* to_string(PinOutcome o);

@@ -239,7 +239,7 @@ Status Client::mmio_read(uint64_t offset, std::span<std::byte> data) {
     return ok();
 }
 
-Result<telemetry::BalloonResult> Client::balloon_unpin(std::span<const workers::GfnRange> ranges) {
+Result<telemetry::BalloonResult> Client::balloon_unpin(std::span<const GfnRange> ranges) {
     if (ranges.size() > proto::kMaxBalloonRanges) return make_error(EINVAL, "BalloonUnpin: too many ranges");
     std::vector<std::byte> payload;
     proto::BalloonReq req;

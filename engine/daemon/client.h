@@ -30,13 +30,13 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/base/domain.h"
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
 #include "engine/daemon/protocol.h"
 #include "engine/daemon/protocol_io.h"
 #include "engine/guest/guest_memory.h"
 #include "engine/telemetry/engine_stats.h"
-#include "engine/workers/pin_engine.h"
 
 namespace coiommu::daemon {
 
@@ -104,7 +104,7 @@ public:
 
     [[nodiscard]] Status mmio_write(uint64_t offset, std::span<const std::byte> data);
     [[nodiscard]] Status mmio_read(uint64_t offset, std::span<std::byte> data);
-    [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const workers::GfnRange> ranges);
+    [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges);
     // Errors: EPROTO when the daemon's statistics layout differs from this build's.
     [[nodiscard]] Result<RemoteStats> stats();
     // Whether [iova, iova+size) is mapped in the session's backend (fake only).

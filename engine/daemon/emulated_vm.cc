@@ -248,8 +248,8 @@ void EmulatedVm::balloon_loop() {
         const uint64_t chunk = rng() % data_chunks_;
         int32_t expected = 0;
         if (!sh.claims[chunk].compare_exchange_strong(expected, -1, std::memory_order_acquire)) continue;
-        const workers::GfnRange range{Gfn{chunk * kChunkPages}, kChunkPages};
-        auto r = client_->balloon_unpin(std::span<const workers::GfnRange>(&range, 1));
+        const GfnRange range{Gfn{chunk * kChunkPages}, kChunkPages};
+        auto r = client_->balloon_unpin(std::span<const GfnRange>(&range, 1));
         if (!r) {
             sh.balloon_errors.fetch_add(1, std::memory_order_relaxed);
             CLOG_WARN_RL(kLog, "balloon: {}", r.error().message());

@@ -421,11 +421,11 @@ Reply Session::on_balloon(const Message& m) {
     if (m.payload.size() != sizeof(proto::BalloonReq) + req->count * sizeof(proto::GfnRangeWire)) {
         return error_reply(kType, EBADMSG, "BalloonUnpin: payload length does not match the range count", true);
     }
-    std::vector<workers::GfnRange> ranges(req->count);
+    std::vector<GfnRange> ranges(req->count);
     for (uint32_t i = 0; i < req->count; ++i) {
         const auto r =
             *read_wire<proto::GfnRangeWire>(m.payload, sizeof(proto::BalloonReq) + i * sizeof(proto::GfnRangeWire));
-        ranges[i] = workers::GfnRange{Gfn{r.start_gfn}, r.count};
+        ranges[i] = GfnRange{Gfn{r.start_gfn}, r.count};
     }
     auto res = engine_->balloon_unpin(ranges);
     // EAGAIN (not active yet) and ECANCELED (stopping) are answers for this request only.

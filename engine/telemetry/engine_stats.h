@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "engine/base/domain.h"
 #include "engine/telemetry/counters.h"
 #include "engine/telemetry/histogram.h"
 #include "engine/telemetry/probes.h"
@@ -43,19 +44,11 @@ enum class PinFailureReason : uint8_t {
 };
 inline constexpr std::size_t kPinFailureReasons = 4;
 
-// The outcome of trying to unpin one page (crosvm's UnpinResult, without UnpinlistEmpty, which is
-// a scan outcome rather than a page outcome).
-enum class UnpinResult : uint8_t {
-    Unpinned = 0,     // unmapped and PINNED cleared
-    NotPinned = 1,    // was not pinned (nothing to do)
-    NotUnpinned = 2,  // still in use (DMA map count or ACCESSED set): kept
-    Failed = 3,       // the unmap failed
-    Parked = 4,       // skipped because the unpinner is parked
-};
-inline constexpr std::size_t kUnpinResults = 5;
-
-enum class BalloonResult : uint8_t { Success = 0, Failed = 1 };
-inline constexpr std::size_t kBalloonResults = 2;
+// Counters are indexed by the domain's outcomes (engine/base/domain.h).
+using coiommu::BalloonResult;
+using coiommu::kBalloonResults;
+using coiommu::kUnpinResults;
+using coiommu::UnpinResult;
 
 enum class DmaOp : uint8_t { Map = 0, Unmap = 1 };
 inline constexpr std::size_t kDmaOps = 2;

@@ -33,9 +33,11 @@
 
 #include <sys/sdt.h>
 
+#include "engine/base/domain.h"
+
 namespace coiommu::telemetry {
 
-enum class RequestKind : uint32_t { Single = 0, Batch = 1 };
+using coiommu::RequestKind;  // engine/base/domain.h; the probes' `kind` argument is its value
 enum class ScanKind : uint32_t { Lru = 0, Balloon = 1 };
 
 // One served request in a `requests` batch: the fields of request_done.

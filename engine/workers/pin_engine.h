@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/base/addr.h"
+#include "engine/base/domain.h"
 #include "engine/base/result.h"
 #include "engine/dma/backend.h"
 #include "engine/guest/guest_memory.h"
@@ -14,11 +15,7 @@
 
 namespace coiommu::workers {
 
-// A balloon range: `count` gfns from `start` (crosvm's UnpinRequest (gfn, count)).
-struct GfnRange {
-    Gfn start{};
-    uint64_t count = 0;
-};
+using coiommu::GfnRange;  // engine/base/domain.h
 
 // What the engine works on. Everything referenced must outlive the engine.
 struct EngineDeps {

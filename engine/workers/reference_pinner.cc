@@ -24,16 +24,6 @@ using telemetry::PinFailureReason;
 using telemetry::RequestKind;
 using telemetry::ScanKind;
 
-telemetry::UnpinResult stats_result(core::UnpinResult r) {
-    switch (r) {
-        case core::UnpinResult::Unpinned: return telemetry::UnpinResult::Unpinned;
-        case core::UnpinResult::NotPinned: return telemetry::UnpinResult::NotPinned;
-        case core::UnpinResult::NotUnpinned: return telemetry::UnpinResult::NotUnpinned;
-        case core::UnpinResult::FailedUnpin: return telemetry::UnpinResult::Failed;
-    }
-    return telemetry::UnpinResult::Failed;
-}
-
 }  // namespace
 
 ReferencePinner::ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
@@ -301,7 +291,7 @@ uint64_t ReferencePinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t*
     }
     core::DttWalker walker = *walker_;
     for (; todo > 0 && (!limit || unpinned < *limit); --todo) {
-        const auto r = gate_.run_unit([&]() -> std::optional<std::pair<Entry, core::UnpinResult>> {
+        const auto r = gate_.run_unit([&]() -> std::optional<std::pair<Entry, UnpinResult>> {
             std::lock_guard g(mu_);
             auto& q = gen == Gen::New ? new_gen_ : old_gen_;
             if (q.empty()) return std::nullopt;
@@ -316,16 +306,16 @@ uint64_t ReferencePinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t*
         if (!*r) break;
         const auto [e, res] = **r;
         ++*examined;
-        unpin_stats_->unpin_attempts[stats_result(res)].add();
+        unpin_stats_->unpin_attempts[res].add();
         switch (res) {
-            case core::UnpinResult::Unpinned:
+            case UnpinResult::Unpinned:
                 ++unpinned;
                 unpin_stats_->pages_unpinned.add();
                 unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
                 stats_.gauges().pinned_pages.sub();
                 break;
-            case core::UnpinResult::NotPinned: break;
-            case core::UnpinResult::NotUnpinned:
+            case UnpinResult::NotPinned: break;
+            case UnpinResult::NotUnpinned:
                 if (cfg_.unpin_gen_threshold == 0) break;  // crosvm's quirk: dropped from tracking
                 if (gen == Gen::Old || e.busy + 1 >= cfg_.unpin_gen_threshold) {
                     requeue_old.push_back(Entry{e.gfn, 0});
@@ -333,11 +323,12 @@ uint64_t ReferencePinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t*
                     requeue_new.push_back(Entry{e.gfn, e.busy + 1});
                 }
                 break;
-            case core::UnpinResult::FailedUnpin:
+            case UnpinResult::Failed:
                 unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
                 unpin_stats_->dma_call_failures[telemetry::DmaOp::Unmap].add();
                 (gen == Gen::New ? requeue_new : requeue_old).push_back(gen == Gen::New ? e : Entry{e.gfn, 0});
                 break;
+            case UnpinResult::Parked: break;  // unpin_page never answers it: scans count parking above
         }
     }
     std::lock_guard g(mu_);
@@ -374,12 +365,11 @@ telemetry::BalloonResult ReferencePinner::balloon(std::span<const GfnRange> rang
         const uint64_t start = raw(range.start);
         const uint64_t end = start >= table_.size() ? start : start + std::min(range.count, table_.size() - start);
         for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
-            std::optional<core::UnpinResult> r;
+            std::optional<UnpinResult> r;
             for (;;) {
                 r = gate_.run_unit([&] {
                     std::lock_guard lock(mu_);
-                    return walker ? core::unpin_page(ctx_, *walker, Gfn{g}, core::Force::Yes)
-                                  : core::UnpinResult::NotPinned;
+                    return walker ? core::unpin_page(ctx_, *walker, Gfn{g}, core::Force::Yes) : UnpinResult::NotPinned;
                 });
                 if (r) break;
                 unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
@@ -390,13 +380,13 @@ telemetry::BalloonResult ReferencePinner::balloon(std::span<const GfnRange> rang
                 result = telemetry::BalloonResult::Failed;
                 break;
             }
-            unpin_stats_->unpin_attempts[stats_result(*r)].add();
-            if (*r == core::UnpinResult::Unpinned) {
+            unpin_stats_->unpin_attempts[*r].add();
+            if (*r == UnpinResult::Unpinned) {
                 ++unpinned;
                 unpin_stats_->pages_unpinned.add();
                 unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
                 stats_.gauges().pinned_pages.sub();
-            } else if (*r != core::UnpinResult::NotPinned) {
+            } else if (*r != UnpinResult::NotPinned) {
                 CLOG_ERROR(kLog, "force unpin failed by {} at gfn {:#x}", core::to_string(*r), g);
                 result = telemetry::BalloonResult::Failed;
             }

@@ -29,17 +29,6 @@ constexpr uint64_t kWakeToken = 3;
 using telemetry::DmaOp;
 using telemetry::ScanKind;
 
-telemetry::UnpinResult stats_result(ExtentUnpin r) {
-    switch (r) {
-        case ExtentUnpin::Unpinned: return telemetry::UnpinResult::Unpinned;
-        case ExtentUnpin::NotPinned: return telemetry::UnpinResult::NotPinned;
-        case ExtentUnpin::NotUnpinned: return telemetry::UnpinResult::NotUnpinned;
-        case ExtentUnpin::FailedUnpin: return telemetry::UnpinResult::Failed;
-        case ExtentUnpin::Parked: return telemetry::UnpinResult::Parked;
-    }
-    return telemetry::UnpinResult::Failed;
-}
-
 }  // namespace
 
 // ---- ExtentUnpinner ---------------------------------------------------------------------------
@@ -73,13 +62,13 @@ void ExtentUnpinner::drain() {
     });
 }
 
-void ExtentUnpinner::count_attempt(ExtentUnpin r, uint64_t pages) {
-    env_.stats.unpin_attempts[stats_result(r)].add(pages == 0 ? 1 : pages);
+void ExtentUnpinner::count_attempt(UnpinResult r, uint64_t pages) {
+    env_.stats.unpin_attempts[r].add(pages == 0 ? 1 : pages);
 }
 
-ExtentUnpin ExtentUnpinner::unpin_extent(Gfn head, core::Force force, uint32_t* pages) {
+UnpinResult ExtentUnpinner::unpin_extent(Gfn head, core::Force force, uint32_t* pages) {
     if (pages != nullptr) *pages = 0;
-    if (!env_.table.in_range(head)) return ExtentUnpin::NotPinned;
+    if (!env_.table.in_range(head)) return UnpinResult::NotPinned;
     // The guest may have freed and reused the cached leaf page since the last unit: walk afresh.
     if (walker_) walker_->reset_cursor();
     locks_[0] = env_.table.lock(head);
@@ -89,16 +78,16 @@ ExtentUnpin ExtentUnpinner::unpin_extent(Gfn head, core::Force force, uint32_t* 
     const uint32_t len = locks_[0].mapped() ? env_.extents.length(head) : 0;
     if (len == 0 || raw(head) + len > env_.table.size()) {
         locks_[0].unlock();
-        return ExtentUnpin::NotPinned;
+        return UnpinResult::NotPinned;
     }
     if (pages != nullptr) *pages = len;
     for (uint32_t i = 1; i < len; ++i) locks_[i] = env_.table.lock(Gfn{raw(head) + i});
-    const ExtentUnpin r = unpin_locked_extent(head, len, force);
+    const UnpinResult r = unpin_locked_extent(head, len, force);
     for (uint32_t i = 0; i < len; ++i) locks_[i].unlock();
     return r;
 }
 
-ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Force force) {
+UnpinResult ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Force force) {
     // Examine and clear, member by member.
     uint32_t busy_at = len;
     for (uint32_t i = 0; i < len; ++i) {
@@ -137,7 +126,7 @@ ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Fo
             CLOG_ERROR_RL(kLog, "force case cannot unpin gfn {:#x} (extent {:#x}+{}): the guest still maps it",
                           raw(head) + busy_at, raw(head), len);
         }
-        return ExtentUnpin::NotUnpinned;
+        return UnpinResult::NotUnpinned;
     }
 
     if (auto st = unmap_extent(head, len); !st) {
@@ -148,14 +137,14 @@ ExtentUnpin ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Fo
             if (leaves_[i] != nullptr)
                 GuestAtomicU32(leaves_[i]).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
         }
-        return ExtentUnpin::FailedUnpin;
+        return UnpinResult::Failed;
     }
     for (uint32_t i = 0; i < len; ++i) locks_[i].clear_mapped();
     env_.extents.erase(head, len);
     env_.stats.pages_unpinned.add(len);
     env_.gauges.pinned_pages.sub(len);
     env_.gauges.dma_entries.set(env_.backend.live_entries());
-    return ExtentUnpin::Unpinned;
+    return UnpinResult::Unpinned;
 }
 
 uint64_t ExtentUnpinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined) {
@@ -170,18 +159,18 @@ uint64_t ExtentUnpinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* 
         const auto r = gate_.run_unit([&] { return unpin_extent(Gfn{e.head}, core::Force::No, &pages); });
         if (!r) {
             q.push_front(e);  // parked: untouched, still first in line
-            count_attempt(ExtentUnpin::Parked, 0);
+            count_attempt(UnpinResult::Parked, 0);
             break;
         }
         *examined += pages;
         count_attempt(*r, pages);
         switch (*r) {
-            case ExtentUnpin::Unpinned:
+            case UnpinResult::Unpinned:
                 unpinned += pages;
                 untrack(e.head);
                 break;
-            case ExtentUnpin::NotPinned: untrack(e.head); break;
-            case ExtentUnpin::NotUnpinned:
+            case UnpinResult::NotPinned: untrack(e.head); break;
+            case UnpinResult::NotUnpinned:
                 if (params_.gen_threshold == 0) {
                     requeue_new_.push_back(Entry{e.head, 0});  // crosvm drops it here; see unpinner.h
                 } else {
@@ -193,8 +182,8 @@ uint64_t ExtentUnpinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* 
                     }
                 }
                 break;
-            case ExtentUnpin::FailedUnpin:
-            case ExtentUnpin::Parked:
+            case UnpinResult::Failed:
+            case UnpinResult::Parked:
                 (gen == Gen::New ? requeue_new_ : requeue_old_).push_back(gen == Gen::New ? e : Entry{e.head, 0});
                 break;
         }
@@ -225,12 +214,12 @@ void ExtentUnpinner::tick() {
     COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Lru, examined, n_old + n_new, dur);
 }
 
-ExtentUnpin ExtentUnpinner::balloon_page(Gfn gfn) {
+UnpinResult ExtentUnpinner::balloon_page(Gfn gfn) {
     if (auto head = env_.extents.head_of(gfn); head && env_.table.mapped(gfn)) {
-        const ExtentUnpin r = unpin_extent(*head, core::Force::Yes);
+        const UnpinResult r = unpin_extent(*head, core::Force::Yes);
         // A head that changed between the snapshot and the lock (raced an unpin/repin): decide on the
         // page again below.
-        if (r != ExtentUnpin::NotPinned || !env_.table.mapped(gfn)) return r;
+        if (r != UnpinResult::NotPinned || !env_.table.mapped(gfn)) return r;
     }
     // Not ours: as crosvm does on the DTT (ACCESSED cleared, a mapped page refuses the balloon),
     // under the page lock so that no pin of the page interleaves.
@@ -238,20 +227,20 @@ ExtentUnpin ExtentUnpinner::balloon_page(Gfn gfn) {
     if (lock.mapped()) {
         lock.unlock();
         auto head = env_.extents.head_of(gfn);
-        return head ? unpin_extent(*head, core::Force::Yes) : ExtentUnpin::FailedUnpin;
+        return head ? unpin_extent(*head, core::Force::Yes) : UnpinResult::Failed;
     }
-    if (!walker_) return ExtentUnpin::NotPinned;
+    if (!walker_) return UnpinResult::NotPinned;
     walker_->reset_cursor();
     auto leaf = walker_->leaf(gfn);
-    if (!leaf) return ExtentUnpin::NotPinned;
+    if (!leaf) return UnpinResult::NotPinned;
     // Safety: leaf word from DttWalker::leaf; seq_cst RMW and CAS.
     leaf->fetch_and(~core::kDtteAccessed, std::memory_order_seq_cst);
     uint32_t expected = core::kDttePinned;
     if (leaf->compare_exchange(expected, 0, std::memory_order_seq_cst) || expected == 0) {
-        return ExtentUnpin::NotPinned;  // PINNED without a mapping of ours (forged / EEXIST): cleared
+        return UnpinResult::NotPinned;  // PINNED without a mapping of ours (forged / EEXIST): cleared
     }
     CLOG_ERROR_RL(kLog, "force case cannot unpin gfn {:#x} entry {:#x}", raw(gfn), expected);
-    return ExtentUnpin::NotUnpinned;
+    return UnpinResult::NotUnpinned;
 }
 
 telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> ranges) {
@@ -267,11 +256,11 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
         const uint64_t end =
             start >= env_.table.size() ? start : start + std::min(range.count, env_.table.size() - start);
         for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
-            std::optional<ExtentUnpin> r;
+            std::optional<UnpinResult> r;
             for (;;) {
                 r = gate_.run_unit([&] { return balloon_page(Gfn{g}); });
                 if (r) break;
-                count_attempt(ExtentUnpin::Parked, 1);
+                count_attempt(UnpinResult::Parked, 1);
                 if (!gate_.wait_unparked()) break;  // stopping
             }
             ++examined;
@@ -280,9 +269,9 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
                 break;
             }
             count_attempt(*r, 1);
-            if (*r == ExtentUnpin::Unpinned) {
+            if (*r == UnpinResult::Unpinned) {
                 ++unpinned;
-            } else if (*r != ExtentUnpin::NotPinned) {
+            } else if (*r != UnpinResult::NotPinned) {
                 CLOG_ERROR(kLog, "balloon: force unpin of gfn {:#x} failed", g);
                 result = telemetry::BalloonResult::Failed;
             }

@@ -17,7 +17,7 @@
 //      NotUnpinned (busy: a member has a map count or ACCESSED; ACCESSED is cleared on the busy
 //                  members: the second chance) -> busy_count += 1; requeued to old_gen when it came
 //                  from old_gen or busy_count >= threshold, else to new_gen with its count
-//      FailedUnpin -> requeued to its generation (old_gen entries carry no count)
+//      Failed -> requeued to its generation (old_gen entries carry no count)
 //      Parked      -> put back at the front untouched; the scan ends
 //    requeued entries go to the back after the scan, so each is examined at most once per tick;
 //  - unpin_limit counts pages; an extent is unpinned whole, so a tick may exceed the limit by at
@@ -30,7 +30,7 @@
 // each member CAS its leaf entry from exactly PINNED to 0 (an entry that is already 0 is idle too;
 // a member whose DTT table is gone cannot be mapped by the guest and counts as idle); if a member is
 // busy, restore PINNED on the members already cleared and abort (NotUnpinned); otherwise one
-// unmap_exact() over the extent: failure restores PINNED on every member (FailedUnpin), success
+// unmap_exact() over the extent: failure restores PINNED on every member (Failed), success
 // clears the records (Unpinned).
 //
 // Balloon (force): for each gfn of each range (clamped to guest RAM: no unbounded loop on a huge
@@ -77,8 +77,6 @@ struct LruParams {
     std::optional<uint64_t> limit;  // pages per tick
     uint64_t gen_threshold = 10;
 };
-
-enum class ExtentUnpin { Unpinned, NotPinned, NotUnpinned, FailedUnpin, Parked };
 
 // What a policy does on the service thread.
 class UnpinStrategy {
@@ -128,7 +126,7 @@ public:
 
     // Unpins the extent whose head is `head` as a unit (see the file comment). Same thread only.
     // `pages` receives the extent's length (0 when there is none).
-    ExtentUnpin unpin_extent(Gfn head, core::Force force, uint32_t* pages = nullptr);
+    UnpinResult unpin_extent(Gfn head, core::Force force, uint32_t* pages = nullptr);
 
 private:
     enum class Gen : uint8_t { New, Old };
@@ -137,8 +135,8 @@ private:
 
     // Returns pages unpinned; adds to *examined.
     uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);
-    ExtentUnpin unpin_locked_extent(Gfn head, uint32_t len, core::Force force);
-    ExtentUnpin balloon_page(Gfn gfn);
+    UnpinResult unpin_locked_extent(Gfn head, uint32_t len, core::Force force);
+    UnpinResult balloon_page(Gfn gfn);
     uint64_t force_unmap(Gfn head);
     // One DMA unmap of the extent [head, head + len): timed, probed (dma_unmap) and counted
     // (calls, latency, bytes or failures). Precondition: the extent's page locks are held.
@@ -146,7 +144,7 @@ private:
     void track(uint64_t head);
     void untrack(uint64_t head);
     [[nodiscard]] bool tracked(uint64_t head) const;
-    void count_attempt(ExtentUnpin r, uint64_t pages);
+    void count_attempt(UnpinResult r, uint64_t pages);
 
     UnpinEnv env_;
     std::optional<core::DttWalker> walker_;

@@ -201,7 +201,7 @@ public:
     }
     // Unpins every data page (balloon, force): not timed by callers.
     void reset() {
-        const workers::GfnRange r{Gfn{kDataFirst}, kDataPages};
+        const GfnRange r{Gfn{kDataFirst}, kDataPages};
         (void)engine_->balloon_unpin({&r, 1});
     }
     [[nodiscard]] workers::Engine& engine() { return *engine_; }

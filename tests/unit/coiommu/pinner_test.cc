@@ -340,7 +340,7 @@ TEST(UnpinPage, FailedUnmapRestoresPinned) {
     f.backend().fail_nth(dma::Op::Unmap, 1, EIO);
     testing::LogCapture logs;
 
-    EXPECT_EQ(f.unpin(kGfnA), UnpinResult::FailedUnpin);
+    EXPECT_EQ(f.unpin(kGfnA), UnpinResult::Failed);
 
     EXPECT_EQ(f.entry(kGfnA), kDttePinned);
     EXPECT_TRUE(f.table().mapped(kGfnA));
@@ -352,7 +352,7 @@ TEST(UnpinPage, FailedUnpinCanBeRetried) {
     pin_idle(f, kGfnA);
     f.backend().fail_nth(dma::Op::Unmap, 1, EIO);
     testing::LogCapture logs;
-    ASSERT_EQ(f.unpin(kGfnA), UnpinResult::FailedUnpin);
+    ASSERT_EQ(f.unpin(kGfnA), UnpinResult::Failed);
 
     EXPECT_EQ(f.unpin(kGfnA), UnpinResult::Unpinned);
     EXPECT_EQ(f.backend().live_entries(), 0u);
@@ -382,7 +382,7 @@ TEST(UnpinPage, ShortUnmapRestoresPinned) {
     const PinContext ctx{f.mem(), shorty, f.table()};
     testing::LogCapture logs;
 
-    EXPECT_EQ(unpin_page(ctx, f.walker(), kGfnA, Force::No), UnpinResult::FailedUnpin);
+    EXPECT_EQ(unpin_page(ctx, f.walker(), kGfnA, Force::No), UnpinResult::Failed);
 
     EXPECT_EQ(f.entry(kGfnA), kDttePinned);
     EXPECT_TRUE(f.table().mapped(kGfnA));

@@ -196,8 +196,8 @@ TEST_F(SessionTest, MmioOutsideBar0IsAnErrorButTheSessionGoesOn) {
 TEST_F(SessionTest, BalloonBeforeActivateIsRefusedForThatRequestOnly) {
     start();
     setup_running();
-    const workers::GfnRange r{Gfn{0}, 16};
-    EXPECT_ERR(client_->balloon_unpin(std::span<const workers::GfnRange>(&r, 1)), EAGAIN);
+    const GfnRange r{Gfn{0}, 16};
+    EXPECT_ERR(client_->balloon_unpin(std::span<const GfnRange>(&r, 1)), EAGAIN);
     EXPECT_OK(client_->stats());
 }
 

@@ -159,7 +159,7 @@ void EngineVm::load_loop(uint32_t vcpu) {
         if (opts_.pattern == LoadPattern::Fresh) {
             if (cursor + n > kRangePages) {
                 // Every page of the range is unmapped (map count 0), so the balloon unpins them all.
-                const workers::GfnRange r{Gfn{base}, kRangePages};
+                const GfnRange r{Gfn{base}, kRangePages};
                 (void)engine_->balloon_unpin({&r, 1});
                 cursor = 0;
             }
@@ -200,7 +200,7 @@ void EngineVm::balloon_loop(uint32_t vcpu) {
             const std::span<const Gfn> part(gfns.data() + i, 64);
             if (drv.map(part)) (void)drv.unmap(part);
         }
-        const workers::GfnRange r{Gfn{kBalloonFirst}, kBalloonPages};
+        const GfnRange r{Gfn{kBalloonFirst}, kBalloonPages};
         (void)engine_->balloon_unpin({&r, 1});
         const auto deadline = std::chrono::steady_clock::now() + opts_.balloon_every;
         while (!stop_.load(std::memory_order_relaxed) && std::chrono::steady_clock::now() < deadline) {

@@ -129,7 +129,7 @@ TEST(StaticStrategy, ShutdownUnmapsGuestRam) {
 TEST(StaticStrategy, BalloonCannotTakePagesBack) {
     Guest g;
     ASSERT_OK_AND_ASSIGN(auto s, make_static_strategy(g.env()));
-    const workers::GfnRange r{Gfn{0}, 16};
+    const GfnRange r{Gfn{0}, 16};
     ASSERT_OK_AND_ASSIGN(auto out, s->balloon(std::span(&r, 1)));
     EXPECT_EQ(out, telemetry::BalloonResult::Failed);
 }
@@ -246,7 +246,7 @@ TEST(CoiommuStrategy, BalloonUnpinsIdlePages) {
     Iova iova{};
     ASSERT_TRUE(v->map(kBuf, 0, &iova).ok);
     ASSERT_EQ(v->unmap(kBuf, iova), std::nullopt);
-    const workers::GfnRange r{kBuf.first, kPages};
+    const GfnRange r{kBuf.first, kPages};
     ASSERT_OK_AND_ASSIGN(auto out, s->balloon(std::span(&r, 1)));
     EXPECT_EQ(out, telemetry::BalloonResult::Success);
     EXPECT_FALSE(g.backend().is_mapped(kBufIova, kPage));

@@ -35,7 +35,7 @@ uint32_t count_of(PinPath& p, Gfn g) { return p.entry(g) & core::kDtteMapCountMa
 TEST(ExtentUnpin, IdleExtentIsUnmappedWithOneCall) {
     PinPath p;
     pin_idle_extent(p, 0, 16);
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), ExtentUnpin::Unpinned);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), UnpinResult::Unpinned);
     EXPECT_EQ(p.unmap_calls(), 1u);
     EXPECT_TRUE(p.backend().mappings().empty());
     EXPECT_EQ(p.table().mapped_pages(), 0u);
@@ -47,7 +47,7 @@ TEST(ExtentUnpin, OneBusyPageAbortsAndRestoresPinnedOnAll) {
     PinPath p;
     pin_idle_extent(p, 0, 16);
     ASSERT_OK(p.guest().mark(gfn_at(7)));  // the guest maps one page again
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), ExtentUnpin::NotUnpinned);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), UnpinResult::NotUnpinned);
     EXPECT_EQ(p.unmap_calls(), 0u);
     for (Gfn g : range(0, 16)) EXPECT_TRUE(p.pinned(g)) << raw(g);
     EXPECT_TRUE(p.backend().is_mapped(iova_of(gfn_at(0)), 16 * kPageSize));
@@ -66,7 +66,7 @@ TEST(ExtentUnpin, GuestClearedPinnedOnAnIdlePageDoesNotBlockTheUnpin) {
     PinPath p;
     pin_idle_extent(p, 0, 4);
     ASSERT_OK(p.guest().dtt().clear_pinned(gfn_at(1)));
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), ExtentUnpin::Unpinned);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), UnpinResult::Unpinned);
     EXPECT_TRUE(p.backend().mappings().empty());
 }
 
@@ -74,7 +74,7 @@ TEST(ExtentUnpin, MissingDttTableCountsAsIdle) {
     PinPath p;
     pin_idle_extent(p, 0, 4);
     ASSERT_OK(p.guest().dtt().drop_table(gfn_at(0), 1));  // the shrinker (or a hostile guest)
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), ExtentUnpin::Unpinned);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), UnpinResult::Unpinned);
     EXPECT_EQ(p.table().mapped_pages(), 0u);
 }
 
@@ -82,7 +82,7 @@ TEST(ExtentUnpin, FailedUnmapRestoresPinnedAndKeepsTheRecord) {
     PinPath p;
     pin_idle_extent(p, 0, 4);
     p.backend().fail_nth(dma::Op::Unmap, 1, EIO);
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), ExtentUnpin::FailedUnpin);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::No), UnpinResult::Failed);
     for (Gfn g : range(0, 4)) EXPECT_TRUE(p.pinned(g));
     EXPECT_EQ(p.table().mapped_pages(), 4u);
     EXPECT_EQ(p.extents().length(gfn_at(0)), 4u);
@@ -91,7 +91,7 @@ TEST(ExtentUnpin, FailedUnmapRestoresPinnedAndKeepsTheRecord) {
 TEST(ExtentUnpin, AMemberIsNotAHead) {
     PinPath p;
     pin_idle_extent(p, 0, 4);
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(2), core::Force::No), ExtentUnpin::NotPinned);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(2), core::Force::No), UnpinResult::NotPinned);
     EXPECT_EQ(p.unmap_calls(), 0u);
 }
 
@@ -99,7 +99,7 @@ TEST(ExtentUnpin, ForceClearsAccessedFirst) {
     PinPath p;
     (void)p.map_range(0, 4);
     p.unmark_range(0, 4);  // count 0, ACCESSED still set
-    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::Yes), ExtentUnpin::Unpinned);
+    EXPECT_EQ(p.unpinner().unpin_extent(gfn_at(0), core::Force::Yes), UnpinResult::Unpinned);
 }
 
 // ---- LRU generations --------------------------------------------------------------------------
