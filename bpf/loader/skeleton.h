@@ -42,14 +42,14 @@ public:
     }
 
     // Opens the embedded object (no kernel calls besides BTF probing). `name` labels errors.
-    [[nodiscard]] static Result<Skeleton> open(std::string name, const bpf_object_open_opts* opts = nullptr) {
+    [[nodiscard]] static Result<Skeleton> open(const std::string& name, const bpf_object_open_opts* opts = nullptr) {
         errno = 0;
         T* raw = T::open(opts);
         const int err = errno;
         if (raw == nullptr) return coiommu::unexpected(bpf_error(err != 0 ? err : EINVAL, "open BPF skeleton " + name));
         Skeleton s;
         s.skel_ = raw;
-        s.name_ = std::move(name);
+        s.name_ = name;
         return s;
     }
 

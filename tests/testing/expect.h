@@ -37,8 +37,8 @@ std::string describe(const R& r) {
     } while (0)
 
 #define ASSERT_OK_AND_ASSIGN(lhs, expr) ASSERT_OK_AND_ASSIGN_IMPL_(COIOMMU_CONCAT_(result_, __LINE__), lhs, expr)
-// `lhs` is a declaration ("auto v"), which parentheses would break. NOLINTBEGIN/END would not
-// reach the expansion sites, so the check is silenced on each line.
+// `lhs` is a declaration ("auto v"), which parentheses would break: the check is silenced on each
+// line of the definition, where clang-tidy reports it.
 #define ASSERT_OK_AND_ASSIGN_IMPL_(tmp, lhs, expr)                                                              \
     auto tmp = (expr);                                                 /* NOLINT(bugprone-macro-parentheses) */ \
     ASSERT_TRUE(tmp.has_value()) << ::coiommu::testing::describe(tmp); /* NOLINT(bugprone-macro-parentheses) */ \

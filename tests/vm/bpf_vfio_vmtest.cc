@@ -134,7 +134,8 @@ protected:
     // The loader passes libbpf's output through CLOG_DEBUG only, cut to 1 KiB a message, and the
     // verifier's reason is at the END of a long log: retry once per process with libbpf's
     // warnings (which carry the whole verifier log) going straight to stderr.
-    static int print_libbpf_warnings(enum libbpf_print_level level, const char* format, va_list args) {
+    __attribute__((format(printf, 2, 0))) static int print_libbpf_warnings(enum libbpf_print_level level,
+                                                                           const char* format, va_list args) {
         if (level != LIBBPF_WARN) return 0;
         return std::vfprintf(stderr, format, args);
     }

@@ -44,7 +44,7 @@ inline double stddev(const std::vector<double>& v) {
 inline double percentile(std::vector<double> v, double q) {
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
-    return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size() - 1) + 0.5))];
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(std::llround(q * static_cast<double>(v.size() - 1))))];
 }
 
 // Prints both phases' means and spreads, then B against A: the difference of the means and the
