@@ -1,7 +1,7 @@
 // EngineConfig: every knob of the pin engine, with crosvm's CoIommuParameters among them
 // (engine/README.md, "Engine parameters") and the throughput engine's own.
 //
-//   variant=fast|seed            fast: the throughput engine; seed: the reference pinner (crosvm's
+//   variant=fast|seed            fast: the throughput engine; seed: the seed pinner (crosvm's
 //                                serial algorithm: one thread, blocking wait, 4 KiB maps, one lock)
 //   workers=auto|N               pin worker threads (fast; 0 = the intake thread pins inline).
 //                                auto (default): 1 on hosts with >= kAutoSpinMinCpus CPUs, else 0 -

@@ -3,7 +3,7 @@
 #include <cerrno>
 
 #include "engine/workers/fast_engine.h"
-#include "engine/workers/reference_pinner.h"
+#include "engine/workers/seed_pinner.h"
 
 namespace coiommu::workers {
 
@@ -17,7 +17,7 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineConfig& cfg, const En
         if (!v) return coiommu::unexpected(v.error());
         e->variant_ = std::move(*v);
     } else {
-        auto v = ReferencePinner::create(cfg, deps, *e->stats_);
+        auto v = SeedPinner::create(cfg, deps, *e->stats_);
         if (!v) return coiommu::unexpected(v.error());
         e->variant_ = std::move(*v);
     }

@@ -1,6 +1,6 @@
 // Engine: the facade a VMM-facing daemon (or a test, or the load generator) holds. It owns the
 // stats registry and one pin engine variant (variant=fast: FastEngine; variant=seed:
-// ReferencePinner), and implements device::EngineControl so that a CoiommuDevice forwards
+// SeedPinner), and implements device::EngineControl so that a CoiommuDevice forwards
 // ACTIVATE / PARK_UNPIN / UNPARK_UNPIN to it synchronously.
 //
 //   auto dev = device::CoiommuDevice::create({endpoints, vcpus}).value();

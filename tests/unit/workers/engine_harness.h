@@ -20,7 +20,7 @@
 #include "engine/emulator/guest_driver.h"
 #include "engine/workers/engine.h"
 #include "engine/workers/fast_engine.h"
-#include "engine/workers/reference_pinner.h"
+#include "engine/workers/seed_pinner.h"
 #include "tests/testing/dtt_builder.h"
 #include "tests/testing/expect.h"
 
@@ -157,7 +157,7 @@ public:
     [[nodiscard]] Engine& engine() { return *engine_; }
     [[nodiscard]] emulator::VcpuDriver& vcpu(uint32_t i) { return vcpus_[i]; }
     [[nodiscard]] FastEngine* fast() { return dynamic_cast<FastEngine*>(&engine_->variant()); }
-    [[nodiscard]] ReferencePinner* seed() { return dynamic_cast<ReferencePinner*>(&engine_->variant()); }
+    [[nodiscard]] SeedPinner* seed() { return dynamic_cast<SeedPinner*>(&engine_->variant()); }
 
 private:
     VmOptions opts_;

@@ -120,7 +120,7 @@ TEST(EngineStress, FastEngineTbbStore) {
     stress(cfg);
 }
 
-TEST(EngineStress, SeedReferencePinner) { stress(test_config(Variant::Seed)); }
+TEST(EngineStress, SeedSeedPinner) { stress(test_config(Variant::Seed)); }
 
 }  // namespace
 }  // namespace coiommu::workers::test

@@ -1,4 +1,4 @@
-// ReferencePinner: crosvm's CoIOMMU algorithm (the 2022 backend plus upstream's LRU;
+// SeedPinner: crosvm's CoIOMMU algorithm (the 2022 backend plus upstream's LRU;
 // engine/README.md, "Pin path" to "LRU and balloon unpinning"), small and serial, as the baseline
 // of every benchmark and the oracle of the differential test.
 //
@@ -37,13 +37,12 @@
 
 namespace coiommu::workers {
 
-class ReferencePinner final : public PinEngine, private UnpinStrategy {
+class SeedPinner final : public PinEngine, private UnpinStrategy {
 public:
     // Errors: as FastEngine::create.
-    [[nodiscard]] static Result<std::unique_ptr<ReferencePinner>> create(const EngineConfig& cfg,
-                                                                         const EngineDeps& deps,
-                                                                         telemetry::StatsRegistry& stats);
-    ~ReferencePinner() override;
+    [[nodiscard]] static Result<std::unique_ptr<SeedPinner>> create(const EngineConfig& cfg, const EngineDeps& deps,
+                                                                    telemetry::StatsRegistry& stats);
+    ~SeedPinner() override;
 
     [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;
     void park_unpin() override;
@@ -64,8 +63,7 @@ private:
     };
     enum class Gen : uint8_t { New, Old };
 
-    ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
-                    core::PinTable table);
+    SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, core::PinTable table);
 
     void run_pin();
     void pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0);

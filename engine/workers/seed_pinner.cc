@@ -1,4 +1,4 @@
-#include "engine/workers/reference_pinner.h"
+#include "engine/workers/seed_pinner.h"
 
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -26,8 +26,8 @@ using telemetry::ScanKind;
 
 }  // namespace
 
-ReferencePinner::ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
-                                 core::PinTable table)
+SeedPinner::SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
+                       core::PinTable table)
     : cfg_(cfg),
       mem_(*deps.mem),
       backend_(*deps.backend),
@@ -38,8 +38,8 @@ ReferencePinner::ReferencePinner(const EngineConfig& cfg, const EngineDeps& deps
       endpoints_(deps.endpoints),
       ctx_{mem_, backend_, table_} {}
 
-Result<std::unique_ptr<ReferencePinner>> ReferencePinner::create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                                 telemetry::StatsRegistry& stats) {
+Result<std::unique_ptr<SeedPinner>> SeedPinner::create(const EngineConfig& cfg, const EngineDeps& deps,
+                                                       telemetry::StatsRegistry& stats) {
     if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "seed: no guest memory or backend");
     const std::size_t vcpus = deps.trigger_fds.size();
     if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
@@ -51,15 +51,15 @@ Result<std::unique_ptr<ReferencePinner>> ReferencePinner::create(const EngineCon
     if (!table) return coiommu::unexpected(with_context(table.error(), "seed"));
     auto stop_ev = EventFd::create(Blocking::No);
     if (!stop_ev) return coiommu::unexpected(stop_ev.error());
-    std::unique_ptr<ReferencePinner> p(new ReferencePinner(cfg, deps, stats, std::move(*table)));
+    std::unique_ptr<SeedPinner> p(new SeedPinner(cfg, deps, stats, std::move(*table)));
     p->stop_ev_ = std::move(*stop_ev);
     for (std::size_t i = 0; i < vcpus; ++i) p->shards_.push_back(&stats.shard(i));
     return p;
 }
 
-ReferencePinner::~ReferencePinner() { stop(); }
+SeedPinner::~SeedPinner() { stop(); }
 
-Status ReferencePinner::activate(Gpa dtt_root, uint64_t dtt_level) {
+Status SeedPinner::activate(Gpa dtt_root, uint64_t dtt_level) {
     std::lock_guard lock(lifecycle_mu_);
     if (stopped_) return make_error(ECANCELED, "seed: stopped");
     if (active_) return make_error(EALREADY, "seed: already active");
@@ -87,17 +87,17 @@ Status ReferencePinner::activate(Gpa dtt_root, uint64_t dtt_level) {
     return ok();
 }
 
-void ReferencePinner::park_unpin() {
+void SeedPinner::park_unpin() {
     gate_.park();
     stats_.gauges().unpin_worker_parked.set(1);
 }
 
-void ReferencePinner::unpark_unpin() {
+void SeedPinner::unpark_unpin() {
     gate_.unpark();
     stats_.gauges().unpin_worker_parked.set(0);
 }
 
-Result<telemetry::BalloonResult> ReferencePinner::balloon_unpin(std::span<const GfnRange> ranges) {
+Result<telemetry::BalloonResult> SeedPinner::balloon_unpin(std::span<const GfnRange> ranges) {
     UnpinService* svc = nullptr;
     {
         std::lock_guard lock(lifecycle_mu_);
@@ -107,7 +107,7 @@ Result<telemetry::BalloonResult> ReferencePinner::balloon_unpin(std::span<const 
     return svc->balloon(ranges);
 }
 
-Status ReferencePinner::run_unpin_tick() {
+Status SeedPinner::run_unpin_tick() {
     UnpinService* svc = nullptr;
     {
         std::lock_guard lock(lifecycle_mu_);
@@ -117,17 +117,17 @@ Status ReferencePinner::run_unpin_tick() {
     return svc->tick_now();
 }
 
-std::size_t ReferencePinner::new_gen_size() {
+std::size_t SeedPinner::new_gen_size() {
     std::lock_guard g(mu_);
     return new_gen_.size();
 }
 
-std::size_t ReferencePinner::old_gen_size() {
+std::size_t SeedPinner::old_gen_size() {
     std::lock_guard g(mu_);
     return old_gen_.size();
 }
 
-void ReferencePinner::stop() {
+void SeedPinner::stop() {
     std::lock_guard lock(lifecycle_mu_);
     if (stopped_) return;
     stopped_ = true;
@@ -146,7 +146,7 @@ void ReferencePinner::stop() {
 
 // ---- pinning ----------------------------------------------------------------------------------
 
-void ReferencePinner::run_pin() {
+void SeedPinner::run_pin() {
     UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
     if (!ep) {
         CLOG_ERROR(kLog, "epoll_create1: errno {}", errno);
@@ -196,7 +196,7 @@ void ReferencePinner::run_pin() {
 }
 
 // Precondition: mu_ held.
-void ReferencePinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
+void SeedPinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
     const RequestKind kind = (value & core::kPinPagesInBatch) != 0 ? RequestKind::Batch : RequestKind::Single;
     COIOMMU_PROBE_REQUEST_START(cfg_.session, vcpu, kind);
     telemetry::StatsShard& s = *shards_[vcpu];
@@ -281,7 +281,7 @@ void ReferencePinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
 
 // ---- unpinning --------------------------------------------------------------------------------
 
-uint64_t ReferencePinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined) {
+uint64_t SeedPinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined) {
     std::vector<Entry> requeue_new, requeue_old;
     uint64_t unpinned = 0;
     std::size_t todo = 0;
@@ -337,7 +337,7 @@ uint64_t ReferencePinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t*
     return unpinned;
 }
 
-void ReferencePinner::tick() {
+void SeedPinner::tick() {
     if (cfg_.unpin_policy != UnpinPolicy::Lru || !walker_ || gate_.parked()) return;
     const uint64_t t0 = telemetry::monotonic_ns();
     uint64_t examined = 0, n_old = 0, n_new = 0;
@@ -356,7 +356,7 @@ void ReferencePinner::tick() {
     COIOMMU_PROBE_UNPIN_SCAN(cfg_.session, ScanKind::Lru, examined, n_old + n_new, dur);
 }
 
-telemetry::BalloonResult ReferencePinner::balloon(std::span<const GfnRange> ranges) {
+telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges) {
     const uint64_t t0 = telemetry::monotonic_ns();
     uint64_t examined = 0, unpinned = 0;
     auto result = telemetry::BalloonResult::Success;
@@ -401,7 +401,7 @@ telemetry::BalloonResult ReferencePinner::balloon(std::span<const GfnRange> rang
     return result;
 }
 
-uint64_t ReferencePinner::teardown() {
+uint64_t SeedPinner::teardown() {
     uint64_t pages = 0;
     std::optional<core::DttWalker> walker = walker_;
     for (uint64_t g = 0; g < table_.size() && table_.mapped_pages() != 0; ++g) {
