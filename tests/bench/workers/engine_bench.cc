@@ -140,7 +140,7 @@ void BM_EngineRandomSingle(benchmark::State& state) {
 }
 BENCHMARK(BM_EngineRandomSingle)->UseRealTime();
 
-// ---- fast vs the seed seed pinner with the fake's latency model -----------------------------
+// ---- fast vs the seed pinner with the fake's latency model -----------------------------
 
 void contiguous_batches(benchmark::State& state, const EngineConfig& cfg, BackendKind backend, uint64_t pages) {
     BenchVm vm(cfg, backend);

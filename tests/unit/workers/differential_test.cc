@@ -1,5 +1,5 @@
 // Differential test: the same single-threaded guest stream against the fast engine (coalesce=off)
-// and the seed seed pinner must leave the same PINNED bits and the same DMA mapping set.
+// and the seed pinner must leave the same PINNED bits and the same DMA mapping set.
 //
 // The stream mixes what a guest does and what a hostile guest does: DMA maps of contiguous and
 // scattered buffers (sorted, with repeats), unmaps, batches that name a gfn whose DTT table does not
