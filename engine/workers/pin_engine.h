@@ -1,4 +1,4 @@
-// The interface both pin engines implement (the fast engine and the seed seed pinner), and
+// The interface both pin engines implement (the fast engine and the seed pinner), and
 // what an engine is given to work on.
 #pragma once
 
