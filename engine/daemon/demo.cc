@@ -65,9 +65,10 @@ std::string status_line(double t_s, double dt_s, const telemetry::StatsSnapshot&
         now.gauges.dma_entry_limit, failures);
 }
 
-int run_demo(const DemoContext& ctx) {
+namespace {
+
+EmulatedVmOptions demo_vm_options(const DemoContext& ctx) {
     const DaemonConfig& cfg = *ctx.config;
-    std::FILE* out = ctx.out;
     EmulatedVmOptions vo;
     vo.socket_path = ctx.server->socket_path();
     vo.name = "demo-vm";
@@ -76,6 +77,12 @@ int run_demo(const DemoContext& ctx) {
     vo.backend = proto::BackendKind::Fake;
     vo.latency = proto::FakeLatency::Typical;
     vo.rate_per_vcpu = 25'000;  // a busy NIC/NVMe queue per vCPU, and CPU left for the engine
+    return vo;
+}
+
+void print_header(const DemoContext& ctx, const EmulatedVmOptions& vo) {
+    const DaemonConfig& cfg = *ctx.config;
+    std::FILE* out = ctx.out;
     fmt::print(out,
                "coiommud demo: an emulated VM ({} vCPUs, {} MiB RAM, fake VFIO backend with the kernel-like "
                "latency model) over {}\n",
@@ -90,48 +97,50 @@ int run_demo(const DemoContext& ctx) {
                    static_cast<double>(cfg.duration.count()) / 1000.0);
     }
     std::fflush(out);
+}
 
-    auto vm = EmulatedVm::start(vo);
-    if (!vm) {
-        CLOG_ERROR(kLog, "the emulated VM did not start: {}", vm.error().message());
-        return 1;
-    }
-    using Clock = std::chrono::steady_clock;
-    const auto t0 = Clock::now();
+using Clock = std::chrono::steady_clock;
+
+struct Watched {
+    bool interrupted = false;
+    uint64_t peak_pinned = 0;
+};
+
+// One status line a second until the duration ends or SIGINT/SIGTERM arrives (SIGHUP, the
+// service's reload signal, is ignored here).
+Watched watch(const DemoContext& ctx, EmulatedVm& vm, Clock::time_point t0) {
+    Watched w;
     auto last_t = t0;
     telemetry::StatsSnapshot prev = ctx.server->aggregate();
-    uint64_t peak_pinned = 0;
-    bool interrupted = false;
     for (;;) {
         pollfd p{ctx.signal_fd, POLLIN, 0};
-        const int r = ::poll(&p, ctx.signal_fd >= 0 ? 1 : 0, 1000);
-        if (r > 0) {
+        if (::poll(&p, ctx.signal_fd >= 0 ? 1 : 0, 1000) > 0) {
             signalfd_siginfo si{};
             const bool got = ::read(ctx.signal_fd, &si, sizeof si) == static_cast<ssize_t>(sizeof si);
-            if (got && si.ssi_signo == SIGHUP) continue;  // reload is a service-mode signal
-            interrupted = true;
-            break;
+            if (got && si.ssi_signo == SIGHUP) continue;
+            w.interrupted = true;
+            return w;
         }
         const auto now_t = Clock::now();
         const telemetry::StatsSnapshot now = ctx.server->aggregate();
-        const auto vc = (*vm)->counters();
-        peak_pinned = std::max(peak_pinned, now.gauges.pinned_pages);
+        const auto vc = vm.counters();
+        w.peak_pinned = std::max(w.peak_pinned, now.gauges.pinned_pages);
         const double t = std::chrono::duration<double>(now_t - t0).count();
         const double dt = std::chrono::duration<double>(now_t - last_t).count();
-        fmt::print(out, "{}\n", status_line(t, dt, prev, now, vc.map_failures + vc.balloon_errors));
-        std::fflush(out);
+        fmt::print(ctx.out, "{}\n", status_line(t, dt, prev, now, vc.map_failures + vc.balloon_errors));
+        std::fflush(ctx.out);
         prev = now;
         last_t = now_t;
-        if (cfg.duration.count() != 0 && now_t - t0 >= cfg.duration) break;
+        if (ctx.config->duration.count() != 0 && now_t - t0 >= ctx.config->duration) return w;
     }
-    (*vm)->stop();
-    const telemetry::StatsSnapshot end = ctx.server->aggregate();
-    const auto vc = (*vm)->counters();
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    auto closed = (*vm)->close();
-    const auto lat = request_latency(end);
+}
 
-    fmt::print(out, "\n{}summary after {:.1f} s\n", interrupted ? "interrupted: " : "", secs);
+// The summary; true when the teardown left no DMA mapping.
+bool print_summary(const DemoContext& ctx, const EmulatedVmOptions& vo, const Watched& w, const VmCounters& vc,
+                   const telemetry::StatsSnapshot& end, const Result<CloseInfo>& closed, double secs) {
+    std::FILE* out = ctx.out;
+    const auto lat = request_latency(end);
+    fmt::print(out, "\n{}summary after {:.1f} s\n", w.interrupted ? "interrupted: " : "", secs);
     fmt::print(out, "  guest DMA maps      {} ({}/s), {} pages, {} failed; unmaps {}\n", vc.maps,
                rate(static_cast<double>(vc.maps) / secs), vc.pages_mapped, vc.map_failures, vc.unmaps);
     fmt::print(out, "  guest map latency   p50 {}  p99 {}  (includes the pin round trip when a page was not pinned)\n",
@@ -143,18 +152,21 @@ int run_demo(const DemoContext& ctx) {
                end.totals.pages_pinned, end.totals.pages_already_pinned, end.totals.pages_unpinned);
     fmt::print(out, "  DMA calls           {} maps, {} unmaps (coalesced extents), peak pinned {:.1f} MiB of {} MiB\n",
                end.totals.dma_calls[telemetry::DmaOp::Map], end.totals.dma_calls[telemetry::DmaOp::Unmap],
-               mib(peak_pinned), vo.ram_bytes >> 20);
+               mib(w.peak_pinned), vo.ram_bytes >> 20);
     fmt::print(out, "  balloon             {} success, {} failed, {} errors\n", vc.balloon_success, vc.balloon_failed,
                vc.balloon_errors);
-    bool clean = true;
-    if (closed) {
-        fmt::print(out, "  teardown            {} pinned pages unmapped, {} DMA mappings left\n",
-                   closed->pages_unpinned, closed->dma_entries_after);
-        clean = closed->dma_entries_after == 0;
-    } else {
+    if (!closed) {
         fmt::print(out, "  teardown            close failed: {}\n", closed.error().message());
-        clean = false;
+        return false;
     }
+    fmt::print(out, "  teardown            {} pinned pages unmapped, {} DMA mappings left\n", closed->pages_unpinned,
+               closed->dma_entries_after);
+    return closed->dma_entries_after == 0;
+}
+
+// Where to look next, as commands a reader can paste (the full paths of the programs built).
+void print_next_steps(const DemoContext& ctx) {
+    std::FILE* out = ctx.out;
     fmt::print(out, "\nwhere to look next\n");
     if (!ctx.metrics_url.empty()) {
         fmt::print(out,
@@ -173,6 +185,27 @@ int run_demo(const DemoContext& ctx) {
     fmt::print(out, "  service     {} --help   (serves VMMs over a Unix socket; protocol: engine/daemon/PROTOCOL.md)\n",
                ctx.daemon_tool.empty() ? std::string("coiommud") : ctx.daemon_tool);
     std::fflush(out);
+}
+
+}  // namespace
+
+int run_demo(const DemoContext& ctx) {
+    const EmulatedVmOptions vo = demo_vm_options(ctx);
+    print_header(ctx, vo);
+    auto vm = EmulatedVm::start(vo);
+    if (!vm) {
+        CLOG_ERROR(kLog, "the emulated VM did not start: {}", vm.error().message());
+        return 1;
+    }
+    const auto t0 = Clock::now();
+    const Watched w = watch(ctx, **vm, t0);
+    (*vm)->stop();
+    const telemetry::StatsSnapshot end = ctx.server->aggregate();
+    const VmCounters vc = (*vm)->counters();
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const auto closed = (*vm)->close();
+    const bool clean = print_summary(ctx, vo, w, vc, end, closed, secs);
+    print_next_steps(ctx);
     return clean && vc.maps > 0 ? 0 : 1;
 }
 
