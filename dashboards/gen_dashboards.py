@@ -328,7 +328,9 @@ def variables(job_metric):
             "label": name,
             "type": "query",
             "datasource": DS,
-            "definition": query,
+            # No "definition" (the display copy of the query that Grafana's editor writes): it is
+            # not in Grafana's dashboard schema (@grafana/schema VariableModel, checked by
+            # tests/unit/dashboards/schema), and the query itself is query.query.
             "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
             "refresh": 2,
             "multi": True,
@@ -347,7 +349,8 @@ def variables(job_metric):
             "label": "datasource",
             "type": "datasource",
             "query": "prometheus",
-            "current": {},
+            # No "current": Grafana then selects the default Prometheus data source. The schema's
+            # VariableOption needs text and value, so the former empty {} did not conform.
             "options": [],
             "refresh": 1,
             "regex": "",
