@@ -56,101 +56,104 @@ EmulatedVm::~EmulatedVm() {
     if (!closed_ && client_) (void)client_->close();
 }
 
-Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o) {
+Result<EmulatedVm::Layout> EmulatedVm::plan_layout(const EmulatedVmOptions& o) {
     if (o.vcpus == 0 || o.vcpus > core::kMaxVcpus || o.ram_bytes < (uint64_t{64} << 20) ||
         o.ram_bytes % kPageSize != 0 || o.max_buffer_pages == 0 || o.max_buffer_pages > kChunkPages ||
         o.outstanding == 0 || o.endpoints.empty()) {
         return make_error(EINVAL, "emulated VM: bad options");
     }
-    std::unique_ptr<EmulatedVm> vm(new EmulatedVm(o));
-    // Layout: [data chunks][one PinPageInfo page per vCPU][DTT page pool].
+    // [data chunks][one PinPageInfo page per vCPU][DTT page pool].
+    Layout l;
     const uint64_t ram_pages = o.ram_bytes >> kPageShift;
     const uint64_t batch_bytes = 16 + 8 * uint64_t{o.max_buffer_pages};
-    const uint64_t batch_stride = (batch_bytes + kPageSize - 1) & ~(kPageSize - 1);
-    const uint64_t pool_pages = ram_pages / 1024 + 64;
-    const uint64_t reserved = pool_pages + o.vcpus * (batch_stride >> kPageShift);
-    vm->data_chunks_ = (ram_pages - reserved) / kChunkPages;
-    if (vm->data_chunks_ < 2) return make_error(EINVAL, "emulated VM: RAM too small");
-    const Gpa batch_base{vm->data_chunks_ * kChunkPages * kPageSize};
-    const Gpa pool_base = offset(batch_base, o.vcpus * batch_stride);
+    l.batch_stride = (batch_bytes + kPageSize - 1) & ~(kPageSize - 1);
+    l.pool_pages = ram_pages / 1024 + 64;
+    const uint64_t reserved = l.pool_pages + o.vcpus * (l.batch_stride >> kPageShift);
+    l.data_chunks = (ram_pages - reserved) / kChunkPages;
+    if (l.data_chunks < 2) return make_error(EINVAL, "emulated VM: RAM too small");
+    l.batch_base = Gpa{l.data_chunks * kChunkPages * kPageSize};
+    l.pool_base = offset(l.batch_base, o.vcpus * l.batch_stride);
+    return l;
+}
 
-    const RegionSpec region{Gpa{0}, o.ram_bytes};
-    auto mem = GuestMemory::create(std::span<const RegionSpec>(&region, 1));
-    if (!mem) return coiommu::unexpected(with_context(mem.error(), "guest RAM"));
-    vm->mem_ = std::move(*mem);
-    vm->shared_ = std::make_unique<Shared>(vm->data_chunks_);
-
-    // The VMM's part.
-    auto client = Client::connect(o.socket_path, o.name);
-    if (!client) return coiommu::unexpected(client.error());
-    vm->client_ = std::move(*client);
-    Client& c = *vm->client_;
-    COIOMMU_TRY(c.set_memory(vm->mem_));
-    auto dev = c.set_topology(o.vcpus, o.endpoints);
-    if (!dev) return coiommu::unexpected(dev.error());
-    vm->dev_ = std::move(*dev);
-    Result<BackendInfo> backend = o.backend == proto::BackendKind::Null
-                                      ? c.set_backend_null(o.entry_limit)
-                                      : c.set_backend_fake(FakeBackendSpec{o.latency, o.entry_limit});
-    if (!backend) return coiommu::unexpected(backend.error());
-    vm->backend_ = *backend;
-    std::vector<int> trigger_fds;
+// The VMM's part: memory, topology, backend, triggers, as a VMM hands them to the daemon.
+Status EmulatedVm::connect_vmm() {
+    const EmulatedVmOptions& o = opts_;
+    COIOMMU_ASSIGN_OR_RETURN(client_, Client::connect(o.socket_path, o.name));
+    Client& c = *client_;
+    COIOMMU_TRY(c.set_memory(mem_));
+    COIOMMU_ASSIGN_OR_RETURN(dev_, c.set_topology(o.vcpus, o.endpoints));
+    COIOMMU_ASSIGN_OR_RETURN(backend_, o.backend == proto::BackendKind::Null
+                                           ? c.set_backend_null(o.entry_limit)
+                                           : c.set_backend_fake(FakeBackendSpec{o.latency, o.entry_limit}));
     for (uint32_t i = 0; i < o.vcpus; ++i) {
-        auto ev = EventFd::create(Blocking::No);
-        if (!ev) return coiommu::unexpected(with_context(ev.error(), "trigger eventfd"));
-        trigger_fds.push_back(ev->fd());
-        vm->triggers_.push_back(std::move(*ev));
+        COIOMMU_ASSIGN_OR_RETURN(auto ev, EventFd::create(Blocking::No), "trigger eventfd");
+        trigger_fds_.push_back(ev.fd());
+        triggers_.push_back(std::move(ev));
     }
-    auto running = c.set_triggers(trigger_fds);
-    if (!running) return coiommu::unexpected(running.error());
-    if (!*running) return make_error(EPROTO, "SetTriggers: the daemon is not running the engine");
+    COIOMMU_ASSIGN_OR_RETURN(const bool running, c.set_triggers(trigger_fds_));
+    if (!running) return make_error(EPROTO, "SetTriggers: the daemon is not running the engine");
+    return ok();
+}
 
-    // The guest's part: the PCI fixup reads the topology BAR, the probe builds the DTT and
-    // programs BAR0.
-    auto endpoints = device::read_topology(vm->dev_.topologymap.get());
-    if (!endpoints) return coiommu::unexpected(with_context(endpoints.error(), "guest: topology BAR"));
-    if (endpoints->empty()) return make_error(ENODEV, "guest: the topology BAR lists no endpoint");
+// The guest's part: the PCI fixup reads the topology BAR, the probe builds the DTT and programs
+// BAR0, then each vCPU gets its driver context.
+Result<std::vector<emulator::VcpuDriver>> EmulatedVm::probe_guest(const Layout& l) {
+    const EmulatedVmOptions& o = opts_;
+    COIOMMU_ASSIGN_OR_RETURN(const auto endpoints, device::read_topology(dev_.topologymap.get()),
+                             "guest: topology BAR");
+    if (endpoints.empty()) return make_error(ENODEV, "guest: the topology BAR lists no endpoint");
     emulator::GuestDttConfig dcfg;
     dcfg.levels = kDttLevels;
-    dcfg.pool_base = pool_base;
-    dcfg.pool_pages = pool_pages;
+    dcfg.pool_base = l.pool_base;
+    dcfg.pool_pages = l.pool_pages;
     dcfg.ncpus = o.vcpus;
-    auto dtt = emulator::GuestDtt::create(vm->mem_, dcfg);
-    if (!dtt) return coiommu::unexpected(with_context(dtt.error(), "guest: DTT"));
-    vm->dtt_ = std::move(*dtt);
+    COIOMMU_ASSIGN_OR_RETURN(dtt_, emulator::GuestDtt::create(mem_, dcfg), "guest: DTT");
     emulator::GuestDriverConfig gcfg;
-    gcfg.mem = &vm->mem_;
-    gcfg.dtt = vm->dtt_.get();
-    gcfg.notifymap_fd = vm->dev_.notifymap.get();
-    gcfg.trigger_fds = trigger_fds;
-    auto drv = emulator::GuestDriver::create(std::move(gcfg));
-    if (!drv) return coiommu::unexpected(with_context(drv.error(), "guest: driver"));
-    vm->driver_ = std::move(*drv);
+    gcfg.mem = &mem_;
+    gcfg.dtt = dtt_.get();
+    gcfg.notifymap_fd = dev_.notifymap.get();
+    gcfg.trigger_fds = trigger_fds_;
+    COIOMMU_ASSIGN_OR_RETURN(driver_, emulator::GuestDriver::create(std::move(gcfg)), "guest: driver");
+    COIOMMU_TRY(activate_device());
+    std::vector<emulator::VcpuDriver> vcpus;
+    for (uint32_t i = 0; i < o.vcpus; ++i) {
+        emulator::VcpuConfig vc;
+        vc.vcpu = i;
+        vc.bdf = endpoints[i % endpoints.size()];
+        vc.batch_gpa = offset(l.batch_base, i * l.batch_stride);
+        vc.batch_capacity = o.max_buffer_pages;
+        COIOMMU_ASSIGN_OR_RETURN(auto v, driver_->vcpu(vc), "guest: vCPU {}", i);
+        vcpus.push_back(std::move(v));
+    }
+    return vcpus;
+}
+
+// BAR0: DTT root, level, ACTIVATE; the daemon's statistics say whether the device took it.
+Status EmulatedVm::activate_device() {
+    Client& c = *client_;
     auto write_reg = [&c](uint64_t off, uint64_t value) {
         std::byte bytes[sizeof value];
         std::memcpy(bytes, &value, sizeof value);
         return c.mmio_write(off, bytes);
     };
-    COIOMMU_TRY(write_reg(core::kRegDttRoot, raw(vm->dtt_->dtt_root())));
-    COIOMMU_TRY(write_reg(core::kRegDttLevel, vm->dtt_->levels()));
-    if (auto st = write_reg(core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)); !st) {
-        return coiommu::unexpected(st.error());
-    }
-    auto stats = c.stats();
-    if (!stats) return coiommu::unexpected(stats.error());
-    if (stats->head.active == 0) return make_error(EIO, "guest: the device refused ACTIVATE (see the daemon's log)");
+    COIOMMU_TRY(write_reg(core::kRegDttRoot, raw(dtt_->dtt_root())));
+    COIOMMU_TRY(write_reg(core::kRegDttLevel, dtt_->levels()));
+    COIOMMU_TRY(write_reg(core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)));
+    COIOMMU_ASSIGN_OR_RETURN(const auto stats, c.stats());
+    if (stats.head.active == 0) return make_error(EIO, "guest: the device refused ACTIVATE (see the daemon's log)");
+    return ok();
+}
 
-    std::vector<emulator::VcpuDriver> vcpus;
-    for (uint32_t i = 0; i < o.vcpus; ++i) {
-        emulator::VcpuConfig vc;
-        vc.vcpu = i;
-        vc.bdf = (*endpoints)[i % endpoints->size()];
-        vc.batch_gpa = offset(batch_base, i * batch_stride);
-        vc.batch_capacity = o.max_buffer_pages;
-        auto v = vm->driver_->vcpu(vc);
-        if (!v) return coiommu::unexpected(with_context(v.error(), fmt::format("guest: vCPU {}", i)));
-        vcpus.push_back(std::move(*v));
-    }
+Result<std::unique_ptr<EmulatedVm>> EmulatedVm::start(const EmulatedVmOptions& o) {
+    COIOMMU_ASSIGN_OR_RETURN(const Layout layout, plan_layout(o));
+    std::unique_ptr<EmulatedVm> vm(new EmulatedVm(o));
+    vm->data_chunks_ = layout.data_chunks;
+    const RegionSpec region{Gpa{0}, o.ram_bytes};
+    COIOMMU_ASSIGN_OR_RETURN(vm->mem_, GuestMemory::create(std::span<const RegionSpec>(&region, 1)), "guest RAM");
+    vm->shared_ = std::make_unique<Shared>(vm->data_chunks_);
+    COIOMMU_TRY(vm->connect_vmm());
+    COIOMMU_ASSIGN_OR_RETURN(auto vcpus, vm->probe_guest(layout));
     for (uint32_t i = 0; i < o.vcpus; ++i) {
         vm->threads_.emplace_back(
             [p = vm.get(), i, d = std::move(vcpus[i])]() mutable { p->vcpu_loop(i, std::move(d)); });

@@ -84,8 +84,19 @@ public:
     [[nodiscard]] const BackendInfo& backend() const { return backend_; }
 
 private:
-    struct Shared;  // counters and chunk claims, shared with the threads
+    struct Shared;   // counters and chunk claims, shared with the threads
+    struct Layout {  // where start() puts the data chunks, batch pages and the DTT pool
+        uint64_t data_chunks = 0;
+        uint64_t batch_stride = 0;
+        uint64_t pool_pages = 0;
+        Gpa batch_base{};
+        Gpa pool_base{};
+    };
     explicit EmulatedVm(const EmulatedVmOptions& o);
+    [[nodiscard]] static Result<Layout> plan_layout(const EmulatedVmOptions& o);
+    [[nodiscard]] Status connect_vmm();
+    [[nodiscard]] Result<std::vector<emulator::VcpuDriver>> probe_guest(const Layout& l);
+    [[nodiscard]] Status activate_device();
     void vcpu_loop(uint32_t index, emulator::VcpuDriver drv);
     void balloon_loop();
 
@@ -95,6 +106,7 @@ private:
     DeviceMemfds dev_;
     BackendInfo backend_;
     std::vector<EventFd> triggers_;
+    std::vector<int> trigger_fds_;  // triggers_' fds, as the VMM and the guest driver borrow them
     std::unique_ptr<emulator::GuestDtt> dtt_;
     std::unique_ptr<emulator::GuestDriver> driver_;
     std::unique_ptr<Shared> shared_;
