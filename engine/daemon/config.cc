@@ -129,100 +129,193 @@ ServerOptions DaemonConfig::server_options() const {
     return o;
 }
 
-Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    value = trim(value);
-    if (key == "socket") {
-        if (value.empty()) return make_error(EINVAL, "socket: empty path");
-        if (value.size() >= sizeof(sockaddr_un{}.sun_path)) {
-            return make_error(EINVAL, fmt::format("socket: '{}' is longer than {} bytes (sun_path)", value,
-                                                  sizeof(sockaddr_un{}.sun_path) - 1));
+namespace {
+
+Status set_socket(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    if (value.empty()) return make_error(EINVAL, "socket: empty path");
+    if (value.size() >= sizeof(sockaddr_un{}.sun_path)) {
+        return make_error(EINVAL, fmt::format("socket: '{}' is longer than {} bytes (sun_path)", value,
+                                              sizeof(sockaddr_un{}.sun_path) - 1));
+    }
+    cfg.socket_path = std::string(value);
+    return ok();
+}
+
+Status set_allowed_uids(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    cfg.allowed_uids.clear();
+    for (auto item : split_list(value)) {
+        auto uid = item == "root" ? Result<uint64_t>(0) : parse_u64(key, item);
+        if (!uid || *uid > UINT32_MAX - 1)
+            return make_error(EINVAL, fmt::format("allowed_uids: '{}' is not a uid", item));
+        cfg.allowed_uids.push_back(static_cast<uid_t>(*uid));
+    }
+    if (cfg.allowed_uids.empty()) return make_error(EINVAL, "allowed_uids: empty list");
+    return ok();
+}
+
+Status set_max_sessions(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64(key, value));
+    if (n == 0 || n > kMaxSessionsLimit) {
+        return make_error(EINVAL, fmt::format("max_sessions: {} is outside 1..{}", n, kMaxSessionsLimit));
+    }
+    cfg.max_sessions = static_cast<uint32_t>(n);
+    return ok();
+}
+
+Status set_timeout(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const auto d, parse_duration(key, value));
+    if (d.count() == 0) return make_error(EINVAL, fmt::format("{}: must be above 0", key));
+    (key == "setup_timeout" ? cfg.setup_timeout : cfg.io_timeout) = d;
+    return ok();
+}
+
+Status set_engine(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    cfg.engine_opts = std::string(value);
+    return ok();
+}
+
+Status set_backends(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    cfg.backends.clear();
+    for (auto item : split_list(value)) {
+        if (item != "vfio" && item != "fake" && item != "null") {
+            return make_error(EINVAL, fmt::format("backends: unknown backend '{}' (vfio, fake, null)", item));
         }
-        cfg.socket_path = std::string(value);
-    } else if (key == "allowed_uids") {
-        cfg.allowed_uids.clear();
-        for (auto item : split_list(value)) {
-            auto uid = item == "root" ? Result<uint64_t>(0) : parse_u64(key, item);
-            if (!uid || *uid > UINT32_MAX - 1) {
-                return make_error(EINVAL, fmt::format("allowed_uids: '{}' is not a uid", item));
-            }
-            cfg.allowed_uids.push_back(static_cast<uid_t>(*uid));
-        }
-        if (cfg.allowed_uids.empty()) return make_error(EINVAL, "allowed_uids: empty list");
-    } else if (key == "max_sessions") {
-        auto n = parse_u64(key, value);
-        if (!n) return coiommu::unexpected(n.error());
-        if (*n == 0 || *n > kMaxSessionsLimit) {
-            return make_error(EINVAL, fmt::format("max_sessions: {} is outside 1..{}", *n, kMaxSessionsLimit));
-        }
-        cfg.max_sessions = static_cast<uint32_t>(*n);
-    } else if (key == "setup_timeout" || key == "io_timeout") {
-        auto d = parse_duration(key, value);
-        if (!d) return coiommu::unexpected(d.error());
-        if (d->count() == 0) return make_error(EINVAL, fmt::format("{}: must be above 0", key));
-        (key == "setup_timeout" ? cfg.setup_timeout : cfg.io_timeout) = *d;
-    } else if (key == "engine") {
-        cfg.engine_opts = std::string(value);
-    } else if (key == "backends") {
-        cfg.backends.clear();
-        for (auto item : split_list(value)) {
-            if (item != "vfio" && item != "fake" && item != "null") {
-                return make_error(EINVAL, fmt::format("backends: unknown backend '{}' (vfio, fake, null)", item));
-            }
-            cfg.backends.emplace_back(item);
-        }
-        if (cfg.backends.empty()) return make_error(EINVAL, "backends: empty list");
-    } else if (key == "max_guest_memory") {
-        auto n = parse_size(key, value);
-        if (!n) return coiommu::unexpected(n.error());
-        if (*n < (uint64_t{1} << 20) || *n > (uint64_t{1} << 48)) {
-            return make_error(EINVAL, fmt::format("max_guest_memory: {} is outside 1M..256T", value));
-        }
-        cfg.max_guest_memory = *n;
-    } else if (key == "metrics_address") {
-        if (value.empty()) return make_error(EINVAL, "metrics_address: empty (use 'none' to disable)");
-        cfg.metrics_address = std::string(value);
-    } else if (key == "tracing") {
-        if (value == "auto") {
-            cfg.tracing = TracingMode::Auto;
-        } else if (value == "off") {
-            cfg.tracing = TracingMode::Off;
-        } else {
-            return make_error(EINVAL, fmt::format("tracing: '{}' is not auto or off", value));
-        }
-    } else if (key == "log_level") {
-        if (!log::parse_level(value, &cfg.log_level)) {
-            return make_error(EINVAL, fmt::format("log_level: '{}' is not debug, info, warn or error", value));
-        }
-    } else if (key == "log_priority_prefix") {
-        if (value == "auto") {
-            cfg.priority_prefix = PriorityPrefix::Auto;
-        } else if (value == "on") {
-            cfg.priority_prefix = PriorityPrefix::On;
-        } else if (value == "off") {
-            cfg.priority_prefix = PriorityPrefix::Off;
-        } else {
-            return make_error(EINVAL, fmt::format("log_priority_prefix: '{}' is not auto, on or off", value));
-        }
-    } else if (key == "duration") {
-        auto d = parse_duration(key, value);
-        if (!d) return coiommu::unexpected(d.error());
-        cfg.duration = *d;
-    } else if (key == "demo_vcpus") {
-        auto n = parse_u64(key, value);
-        if (!n) return coiommu::unexpected(n.error());
-        if (*n == 0 || *n > 64) return make_error(EINVAL, fmt::format("demo_vcpus: {} is outside 1..64", *n));
-        cfg.demo_vcpus = static_cast<uint32_t>(*n);
-    } else if (key == "demo_ram") {
-        auto n = parse_size(key, value);
-        if (!n) return coiommu::unexpected(n.error());
-        if (*n < (uint64_t{64} << 20) || *n > (uint64_t{64} << 30) || *n % 4096 != 0) {
-            return make_error(EINVAL, fmt::format("demo_ram: {} is outside 64M..64G or not page aligned", value));
-        }
-        cfg.demo_ram = *n;
+        cfg.backends.emplace_back(item);
+    }
+    if (cfg.backends.empty()) return make_error(EINVAL, "backends: empty list");
+    return ok();
+}
+
+Status set_max_guest_memory(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_size(key, value));
+    if (n < (uint64_t{1} << 20) || n > (uint64_t{1} << 48)) {
+        return make_error(EINVAL, fmt::format("max_guest_memory: {} is outside 1M..256T", value));
+    }
+    cfg.max_guest_memory = n;
+    return ok();
+}
+
+Status set_metrics_address(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    if (value.empty()) return make_error(EINVAL, "metrics_address: empty (use 'none' to disable)");
+    cfg.metrics_address = std::string(value);
+    return ok();
+}
+
+Status set_tracing(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    if (value == "auto") {
+        cfg.tracing = TracingMode::Auto;
+    } else if (value == "off") {
+        cfg.tracing = TracingMode::Off;
     } else {
-        return make_error(EINVAL, fmt::format("unknown key '{}'", key));
+        return make_error(EINVAL, fmt::format("tracing: '{}' is not auto or off", value));
     }
     return ok();
+}
+
+Status set_log_level(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    if (!log::parse_level(value, &cfg.log_level)) {
+        return make_error(EINVAL, fmt::format("log_level: '{}' is not debug, info, warn or error", value));
+    }
+    return ok();
+}
+
+Status set_log_priority_prefix(DaemonConfig& cfg, std::string_view, std::string_view value) {
+    if (value == "auto") {
+        cfg.priority_prefix = PriorityPrefix::Auto;
+    } else if (value == "on") {
+        cfg.priority_prefix = PriorityPrefix::On;
+    } else if (value == "off") {
+        cfg.priority_prefix = PriorityPrefix::Off;
+    } else {
+        return make_error(EINVAL, fmt::format("log_priority_prefix: '{}' is not auto, on or off", value));
+    }
+    return ok();
+}
+
+Status set_duration(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(cfg.duration, parse_duration(key, value));
+    return ok();
+}
+
+Status set_demo_vcpus(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64(key, value));
+    if (n == 0 || n > 64) return make_error(EINVAL, fmt::format("demo_vcpus: {} is outside 1..64", n));
+    cfg.demo_vcpus = static_cast<uint32_t>(n);
+    return ok();
+}
+
+Status set_demo_ram(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_size(key, value));
+    if (n < (uint64_t{64} << 20) || n > (uint64_t{64} << 30) || n % 4096 != 0) {
+        return make_error(EINVAL, fmt::format("demo_ram: {} is outside 64M..64G or not page aligned", value));
+    }
+    cfg.demo_ram = n;
+    return ok();
+}
+
+using Setter = Status (*)(DaemonConfig&, std::string_view key, std::string_view value);
+struct Key {
+    std::string_view name;
+    Setter set;
+};
+// Every key of the file and (as --key) of the command line.
+constexpr Key kKeys[] = {
+    {"socket", set_socket},
+    {"allowed_uids", set_allowed_uids},
+    {"max_sessions", set_max_sessions},
+    {"setup_timeout", set_timeout},
+    {"io_timeout", set_timeout},
+    {"engine", set_engine},
+    {"backends", set_backends},
+    {"max_guest_memory", set_max_guest_memory},
+    {"metrics_address", set_metrics_address},
+    {"tracing", set_tracing},
+    {"log_level", set_log_level},
+    {"log_priority_prefix", set_log_priority_prefix},
+    {"duration", set_duration},
+    {"demo_vcpus", set_demo_vcpus},
+    {"demo_ram", set_demo_ram},
+};
+
+// Levenshtein distance, for "did you mean" (keys are short: a small table is enough).
+size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j) {
+            const size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+}  // namespace
+
+std::string_view closest_key(std::string_view key) {
+    std::string_view best;
+    size_t best_d = 3;  // more than two edits away is not a typo
+    for (const Key& k : kKeys) {
+        if (const size_t d = edit_distance(key, k.name); d < best_d) {
+            best = k.name;
+            best_d = d;
+        }
+    }
+    return best;
+}
+
+Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view value) {
+    value = trim(value);
+    for (const Key& k : kKeys) {
+        if (k.name == key) return k.set(cfg, key, value);
+    }
+    if (const auto near = closest_key(key); !near.empty()) {
+        return make_error(EINVAL, fmt::format("unknown key '{}' (did you mean '{}'?)", key, near));
+    }
+    return make_error(EINVAL, fmt::format("unknown key '{}'", key));
 }
 
 Status apply_config_text(DaemonConfig& cfg, std::string_view text, std::string_view origin) {
@@ -317,6 +410,11 @@ Result<ParsedArgs> parse_args(const std::vector<std::string_view>& args) {
         if (key == "ram") key = "demo_ram";
         if (auto st = apply_option(out.config, key, value); !st) {
             if (st.error().context.starts_with("unknown key")) {
+                std::string near(closest_key(key));
+                std::replace(near.begin(), near.end(), '_', '-');
+                if (!near.empty()) {
+                    return make_error(EINVAL, fmt::format("unknown flag '--{}' (did you mean '--{}'?)", name, near));
+                }
                 return make_error(EINVAL, fmt::format("unknown flag '--{}' (see --help)", name));
             }
             return coiommu::unexpected(with_context(st.error(), fmt::format("--{}", name)));

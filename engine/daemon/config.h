@@ -71,7 +71,10 @@ struct DaemonConfig {
 // The engine defaults of --demo: LRU unpinning every second so that a short run shows unpinning.
 [[nodiscard]] workers::EngineConfig demo_engine_defaults();
 
-// Sets one key. Errors: EINVAL "unknown key 'x'" or "<key>: <what is wrong>".
+// The known key at most two edits from `key` ("" when none): the "did you mean" of a typo.
+[[nodiscard]] std::string_view closest_key(std::string_view key);
+// Sets one key. Errors: EINVAL "unknown key 'x'" (naming the closest key when there is one) or
+// "<key>: <what is wrong>".
 [[nodiscard]] Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view value);
 // Applies `key = value` lines ('#' starts a comment, blank lines ignored). Errors: EINVAL naming
 // `origin:line` and the problem.

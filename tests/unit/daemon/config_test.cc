@@ -63,6 +63,22 @@ TEST(DaemonConfig, UnknownFlagIsRejectedByName) {
     EXPECT_NE(r.error().context.find("--no-such-flag"), std::string::npos);
 }
 
+TEST(DaemonConfig, MistypedFlagGetsASuggestion) {
+    auto r = parse_args({"--max-sesions", "3"});
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().context.find("did you mean '--max-sessions'?"), std::string::npos) << r.error().context;
+}
+
+TEST(DaemonConfig, MistypedConfigKeyGetsASuggestion) {
+    const auto path = write_temp("log_levle = warn\n");
+    auto r = parse_args({"--config", path});
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().context.find("did you mean 'log_level'?"), std::string::npos) << r.error().context;
+    ::unlink(path.c_str());
+}
+
+TEST(DaemonConfig, FarFromEveryKeyGetsNoSuggestion) { EXPECT_EQ(closest_key("completely_unrelated"), ""); }
+
 TEST(DaemonConfig, ConfigFileErrorNamesFileAndLine) {
     const auto path = write_temp("socket = /tmp/x.sock\nbogus = 1\n");
     auto r = parse_args({"--config", path});
