@@ -9,7 +9,8 @@
 //
 // With --exporter ADDR (when built with the exporter: COIOMMU_TRACE_EXPORTER) it also serves the
 // BPF and process metrics at http://ADDR/metrics while tracing, for hosts whose VMM (crosvm,
-// QEMU) runs without the coiommu engine.
+// QEMU) runs without the coiommu engine. This is the composition root of that exporter: the
+// BPF collector (bpf/metrics) and the generic exporter (exporter/) are wired here.
 #include <getopt.h>
 #include <poll.h>
 #include <signal.h>
@@ -32,12 +33,13 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bpf/cli/unit_hist.h"
 #include "bpf/loader/tracing.h"
 #include "engine/base/log.h"
 #include "engine/base/version.h"
 #ifdef COIOMMU_TRACE_EXPORTER
-#include "exporter/bpf_collector.h"
-#include "exporter/bpf_tracing_source.h"
+#include "bpf/metrics/bpf_collector.h"
+#include "bpf/metrics/bpf_tracing_source.h"
 #include "exporter/collector_set.h"
 #include "exporter/exposer.h"
 #include "exporter/process_collector.h"
@@ -60,8 +62,9 @@ coiommu engine). Without an interval, prints once on Ctrl-C.
 
 options:
   -p, --pid PID          trace only this process
-  -u, --microseconds     print histogram bounds in microseconds (default: nanoseconds)
-  -m, --milliseconds     print histogram bounds in milliseconds
+  -u, --microseconds     histograms in microseconds, biolatency's integer rows (default:
+                         nanoseconds); a ns slot straddling a row goes to its upper bound's row
+  -m, --milliseconds     histograms in milliseconds, likewise
       --slow-us N        also stream every call that took >= N microseconds
   -j, --json             one JSON object per interval (and per slow event) on stdout
       --engine BIN|PID   also attach to the engine's USDT probes (binary path, or pid):
@@ -74,7 +77,7 @@ options:
       --pin-root DIR     pin root (default /sys/fs/bpf/coiommu)
       --stats            enable BPF run time accounting and print per-program cost
       --exporter ADDR    also serve Prometheus metrics at http://ADDR/metrics (e.g.
-                         127.0.0.1:9464; port 0 picks a free port, printed on stderr)
+                         127.0.0.1:9465; port 0 picks a free port, printed on stderr)
   -T, --timestamp        print a timestamp with each interval
   -v, --verbose          debug logging (libbpf and verifier messages)
   -h, --help             this text
@@ -85,13 +88,13 @@ examples:
   coiommu-trace 1 10              10 one-second histograms of every process's DMA ioctls
   coiommu-trace -p $(pidof crosvm) -u --slow-us 500
   coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v2/
-  coiommu-trace --exporter 127.0.0.1:9464 --stats --slow-us 1000
+  coiommu-trace --exporter 127.0.0.1:9465 --stats --slow-us 1000
                                   Prometheus exporter for a crosvm/QEMU host (Ctrl-C ends)
 )";
 
 struct Unit {
     std::string_view name = "ns";
-    double divisor = 1.0;
+    uint64_t ns_per_unit = 1;  // 1: the histogram's own unit (ns, or pages)
 };
 
 struct Args {
@@ -164,8 +167,8 @@ std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
                     return std::nullopt;
                 }
                 break;
-            case 'u': a.unit = {"us", 1e3}; break;
-            case 'm': a.unit = {"ms", 1e6}; break;
+            case 'u': a.unit = {"us", 1000}; break;
+            case 'm': a.unit = {"ms", 1000000}; break;
             case 'j': a.json = true; break;
             case 'T': a.timestamp = true; break;
             case 'v': a.verbose = true; break;
@@ -266,11 +269,12 @@ std::string errno_name(int64_t ret) {
     return fmt::format("{} ({})", ret, name != nullptr ? name : "?");
 }
 
-// ---- text rendering (biolatency's print_log2_hist, with ceil-log2 slots) ----
+// ---- text rendering (biolatency's print_log2_hist) ----
 
+// An average or a single latency in the unit (decimals below 100 units).
 std::string format_bound(uint64_t value, const Unit& unit) {
-    if (unit.divisor == 1.0) return std::to_string(value);
-    const double v = static_cast<double>(value) / unit.divisor;
+    if (unit.ns_per_unit == 1) return std::to_string(value);
+    const double v = static_cast<double>(value) / static_cast<double>(unit.ns_per_unit);
     if (v == 0) return "0";
     if (v >= 100) return fmt::format("{:.0f}", v);
     if (v >= 10) return fmt::format("{:.1f}", v);
@@ -278,25 +282,37 @@ std::string format_bound(uint64_t value, const Unit& unit) {
     return fmt::format("{:.3f}", v);
 }
 
+// In the histogram's own unit (ns, pages) the rows are its ceil-log2 slots, `2^(k-1) -> 2^k`, from
+// the lowest non-empty slot. In a coarser unit (-u, -m) they are biolatency's integer rows
+// `0 -> 1`, `2 -> 3`, `4 -> 7`, ... from row 0, re-binned from the ns slots (cli/unit_hist.h says
+// where a slot that straddles a row goes).
 void print_hist(const Log2Hist& h, std::string_view label, const Unit& unit) {
-    const int lo = h.lowest_slot();
-    const int hi = h.highest_slot();
-    if (lo < 0) return;
-    uint64_t max = 0;
-    for (int k = lo; k <= hi; ++k) max = std::max(max, h.slots[static_cast<size_t>(k)]);
     struct Row {
         std::string low, high;
         uint64_t count;
     };
     std::vector<Row> rows;
+    if (unit.ns_per_unit == 1) {
+        const int lo = h.lowest_slot();
+        const int hi = h.highest_slot();
+        for (int k = lo; lo >= 0 && k <= hi; ++k) {
+            const auto sk = static_cast<size_t>(k);
+            rows.push_back({std::to_string(Log2Hist::lower_bound(sk)),
+                            sk == kOverflowSlot ? std::string("inf") : std::to_string(Log2Hist::upper_bound(sk)),
+                            h.slots[sk]});
+        }
+    } else {
+        for (const UnitHistRow& r : rebin_to_unit(h, unit.ns_per_unit)) {
+            rows.push_back({std::to_string(r.low), r.high ? std::to_string(*r.high) : std::string("inf"), r.count});
+        }
+    }
+    if (rows.empty()) return;
+    uint64_t max = 0;
     size_t wl = 0, wh = 0;
-    for (int k = lo; k <= hi; ++k) {
-        const auto sk = static_cast<size_t>(k);
-        Row r{format_bound(Log2Hist::lower_bound(sk), unit),
-              sk == kOverflowSlot ? std::string("inf") : format_bound(Log2Hist::upper_bound(sk), unit), h.slots[sk]};
+    for (const Row& r : rows) {
+        max = std::max(max, r.count);
         wl = std::max(wl, r.low.size());
         wh = std::max(wh, r.high.size());
-        rows.push_back(std::move(r));
     }
     wl = std::max<size_t>(wl, 10);
     wh = std::max<size_t>(wh, 10);
@@ -339,7 +355,7 @@ void print_vfio_text(const VfioDmaSnapshot& d, const Unit& unit) {
 }
 
 void print_engine_text(const EngineSnapshot& e, const Unit& unit) {
-    const Unit pages{"pages", 1.0};
+    const Unit pages{"pages", 1};
     for (size_t k = 0; k < kEngineRequestKinds; ++k) {
         const auto& r = e.requests[k];
         if (r.total() == 0) continue;

@@ -39,9 +39,9 @@
 #include "bpf/loader/privileges.h"
 #include "bpf/loader/tracing.h"
 #endif
-#ifdef COIOMMU_HAVE_BPF_COLLECTOR
-#include "exporter/bpf_collector.h"
-#include "exporter/bpf_tracing_source.h"
+#if defined(COIOMMU_HAVE_BPF) && defined(COIOMMU_HAVE_EXPORTER)
+#include "bpf/metrics/bpf_collector.h"
+#include "bpf/metrics/bpf_tracing_source.h"
 #endif
 
 namespace {
@@ -277,7 +277,7 @@ int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
         Server* srv = server->get();
         (void)set->add("engine", std::make_shared<exporter::EngineCollector>([srv] { return srv->aggregate(); }, info));
         (void)set->add("process", std::make_shared<exporter::ProcessCollector>());
-#if defined(COIOMMU_HAVE_BPF) && defined(COIOMMU_HAVE_BPF_COLLECTOR)
+#ifdef COIOMMU_HAVE_BPF
         if (tracing) {
             (void)set->add("bpf", std::make_shared<exporter::BpfCollector>(
                                       exporter::tracing_source(*tracing, nullptr, std::nullopt)));

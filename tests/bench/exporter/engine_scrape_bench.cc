@@ -38,11 +38,11 @@
 #include "tests/bench/support/paired_rounds.h"
 #include "tests/unit/exporter/engine_vm.h"
 #include "tests/unit/exporter/scrape_support.h"
-#ifdef COIOMMU_EXPORTER_HAS_BPF
+#ifdef COIOMMU_BENCH_BPF
 #include "bpf/loader/privileges.h"
 #include "bpf/loader/tracing.h"
-#include "exporter/bpf_collector.h"
-#include "exporter/bpf_tracing_source.h"
+#include "bpf/metrics/bpf_collector.h"
+#include "bpf/metrics/bpf_tracing_source.h"
 #endif
 
 namespace {
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
                    std::make_shared<exporter::EngineCollector>([&vm] { return (*vm)->stats(); }, (*vm)->engine_info()));
     (void)set->add("process", std::make_shared<exporter::ProcessCollector>());
     std::string bpf_status = "off";
-#ifdef COIOMMU_EXPORTER_HAS_BPF
+#ifdef COIOMMU_BENCH_BPF
     std::optional<bpf::Tracing> tracing;
     exporter::SlowEventCounter slow;
     if (args.bpf) {

@@ -13,7 +13,7 @@
 #include <prometheus/text_serializer.h>
 
 #include "engine/telemetry/engine_stats.h"
-#include "exporter/bpf_collector.h"
+#include "bpf/metrics/bpf_collector.h"
 #include "exporter/collector_set.h"
 #include "exporter/engine_collector.h"
 #include "exporter/exposer.h"

@@ -42,11 +42,11 @@
 #include "exporter/exposer.h"
 #include "exporter/process_collector.h"
 #include "tests/unit/exporter/engine_vm.h"
-#ifdef COIOMMU_EXPORTER_HAS_BPF
+#ifdef COIOMMU_ENGINE_LOAD_BPF
 #include "bpf/loader/privileges.h"
 #include "bpf/loader/tracing.h"
-#include "exporter/bpf_collector.h"
-#include "exporter/bpf_tracing_source.h"
+#include "bpf/metrics/bpf_collector.h"
+#include "bpf/metrics/bpf_tracing_source.h"
 #endif
 
 namespace {
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
 
     std::atomic<bool> stop_threads{false};
     std::string bpf_status = "off: built without the BPF loader";
-#ifdef COIOMMU_EXPORTER_HAS_BPF
+#ifdef COIOMMU_ENGINE_LOAD_BPF
     std::optional<bpf::Tracing> tracing;
     exporter::SlowEventCounter slow_events;
     std::thread slow_poller;
@@ -234,7 +234,7 @@ int main(int argc, char** argv) {
     exposer.reset();
     stop_threads.store(true, std::memory_order_relaxed);
     ioctls.join();
-#ifdef COIOMMU_EXPORTER_HAS_BPF
+#ifdef COIOMMU_ENGINE_LOAD_BPF
     if (slow_poller.joinable()) slow_poller.join();
 #endif
     (*vm)->stop();

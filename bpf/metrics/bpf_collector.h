@@ -1,4 +1,6 @@
-// The scrape-time collector over the BPF side: the vfio_dma syscall-tracepoint maps (kernel-observed
+// The BPF -> Prometheus adapter (library coiommu::bpf_metrics: depends on the exporter's Collector
+// interface and bpf/loader's snapshot types; exporter/ never includes bpf/). The scrape-time
+// collector over the BPF side: the vfio_dma syscall-tracepoint maps (kernel-observed
 // VFIO/iommufd map and unmap latency, calls by result, bytes), the engine USDT maps when that
 // program is attached, the optional fentry hooks, and the programs' own health (info, attached,
 // run time). Catalogue: exporter/METRICS.md, section "BPF".

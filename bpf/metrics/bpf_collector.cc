@@ -1,4 +1,4 @@
-#include "exporter/bpf_collector.h"
+#include "bpf/metrics/bpf_collector.h"
 
 #include <array>
 #include <cerrno>

@@ -1,4 +1,4 @@
-#include "exporter/bpf_tracing_source.h"
+#include "bpf/metrics/bpf_tracing_source.h"
 
 #include <utility>
 

@@ -1,5 +1,5 @@
-// The BpfCollector source over a live bpf::Tracing (built only when the exporter is built with the
-// BPF loader: COIOMMU_EXPORTER_HAS_BPF).
+// The BpfCollector source over a live bpf::Tracing (library coiommu::bpf_metrics, with
+// bpf_collector.h).
 //
 //   bpf::Tracing tracing = bpf::Tracing::start(opts).value();
 //   SlowEventCounter slow;   // the ring-buffer poller does slow.add() per event
@@ -10,7 +10,7 @@
 #include <optional>
 
 #include "bpf/loader/tracing.h"
-#include "exporter/bpf_collector.h"
+#include "bpf/metrics/bpf_collector.h"
 
 namespace coiommu::exporter {
 

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "engine/telemetry/engine_stats.h"
-#include "exporter/bpf_collector.h"
+#include "bpf/metrics/bpf_collector.h"
 #include "exporter/collector_set.h"
 #include "exporter/engine_collector.h"
 #include "exporter/process_collector.h"

@@ -1,6 +1,6 @@
 // BpfCollector over synthetic bpf/loader snapshots: no libbpf, no privileges (the live tracer is
-// covered by tests/integration/exporter/trace_exporter_test.cc).
-#include "exporter/bpf_collector.h"
+// covered by tests/integration/bpf/trace_exporter_test.cc).
+#include "bpf/metrics/bpf_collector.h"
 
 #include <gtest/gtest.h>
 
