@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 
 #include "engine/base/log.h"
 #include "engine/base/version.h"
@@ -53,6 +54,35 @@ private:
     log::Level old_;
 };
 
+// --json and --plot after the runs; the exit code they add (0 or 1).
+int write_reports(const LoadOptions& o, const std::vector<RunResult>& runs, const Environment& env, std::FILE* err) {
+    int rc = 0;
+    if (!o.json_path.empty()) {
+        if (auto st = write_json(o.json_path, o, runs, env); !st) {
+            std::fprintf(err, "coiommu-load: --json: %s\n", st.error().message().c_str());
+            rc = 1;
+        }
+    }
+    if (o.plot_path.empty() || runs.empty()) return rc;
+    auto script = write_plot_files(o.plot_path, runs);
+    if (!script) {
+        std::fprintf(err, "coiommu-load: --plot: %s\n", script.error().message().c_str());
+        return 1;
+    }
+    if (auto st = run_gnuplot(*script); !st) {
+        if (st.error().code == ENOENT) {
+            std::fprintf(err,
+                         "coiommu-load: --plot skipped: gnuplot is not installed (apt-get install gnuplot-nox); "
+                         "the script is %s\n",
+                         script->c_str());
+        } else {
+            std::fprintf(err, "coiommu-load: --plot: %s\n", st.error().message().c_str());
+            rc = 1;
+        }
+    }
+    return rc;
+}
+
 }  // namespace
 
 int run_cli(const std::vector<std::string_view>& args, std::FILE* out, std::FILE* err) {
@@ -70,6 +100,13 @@ int run_cli(const std::vector<std::string_view>& args, std::FILE* out, std::FILE
         return 0;
     }
     const LoadOptions& o = parsed->options;
+    const Environment env = capture_environment(std::chrono::system_clock::now());
+    if (!o.json_path.empty()) {  // fail now rather than after the runs
+        if (auto st = check_writable(o.json_path); !st) {
+            std::fprintf(err, "coiommu-load: --json: %s\n", st.error().message().c_str());
+            return 1;
+        }
+    }
     LogLevelScope log_level(o.log_level);
     RunControl control;
     const bool tty = ::isatty(::fileno(out)) == 1;
@@ -102,25 +139,7 @@ int run_cli(const std::vector<std::string_view>& args, std::FILE* out, std::FILE
         if (!o.table_only) std::fputs("\n", out);
         print_table(out, runs);
     }
-    if (!o.json_path.empty()) {
-        if (auto st = write_json(o.json_path, o, runs); !st) {
-            std::fprintf(err, "coiommu-load: --json: %s\n", st.error().message().c_str());
-            rc = 1;
-        }
-    }
-    if (!o.plot_path.empty() && !runs.empty()) {
-        if (auto st = write_plot(o.plot_path, runs); !st) {
-            if (st.error().code == ENOENT) {
-                std::fprintf(err,
-                             "coiommu-load: --plot skipped: gnuplot is not installed (apt-get install gnuplot-nox); "
-                             "the script is %s.gp\n",
-                             o.plot_path.c_str());
-            } else {
-                std::fprintf(err, "coiommu-load: --plot: %s\n", st.error().message().c_str());
-                rc = 1;
-            }
-        }
-    }
+    if (write_reports(o, runs, env, err) != 0) rc = 1;
     if (g_interrupted.load()) std::fputs("coiommu-load: interrupted\n", err);
     return rc;
 }

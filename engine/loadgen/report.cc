@@ -1,6 +1,8 @@
 #include "engine/loadgen/report.h"
 
+#include <fcntl.h>
 #include <spawn.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,106 +11,29 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "engine/base/addr.h"
+#include "engine/base/version.h"
 
 extern char** environ;
 
 namespace coiommu::loadgen {
 namespace {
 
-// ---- a small streaming JSON writer ------------------------------------------------------------
+using Json = nlohmann::ordered_json;
 
-class Json {
-public:
-    void begin_object(std::string_view key = {}) { open(key, '{'); }
-    void end_object() { close('}'); }
-    void begin_array(std::string_view key = {}) { open(key, '['); }
-    void end_array() { close(']'); }
+// A finite double, or null (JSON has no NaN or infinity).
+Json num(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+Json num(const std::optional<double>& v) { return v ? num(*v) : Json(nullptr); }
 
-    void num(std::string_view key, uint64_t v) { raw_value(key, fmt::format("{}", v)); }
-    void num(std::string_view key, double v) {
-        raw_value(key, std::isfinite(v) ? fmt::format("{}", v) : std::string("null"));
-    }
-    void num(std::string_view key, std::optional<double> v) {
-        if (v) {
-            num(key, *v);
-        } else {
-            null(key);
-        }
-    }
-    void boolean(std::string_view key, bool v) { raw_value(key, v ? "true" : "false"); }
-    void str(std::string_view key, std::string_view v) { raw_value(key, quote(v)); }
-    void null(std::string_view key) { raw_value(key, "null"); }
-
-    [[nodiscard]] std::string take() { return std::move(out_); }
-
-private:
-    static std::string quote(std::string_view s) {
-        std::string q = "\"";
-        for (char c : s) {
-            switch (c) {
-                case '"': q += "\\\""; break;
-                case '\\': q += "\\\\"; break;
-                case '\n': q += "\\n"; break;
-                case '\t': q += "\\t"; break;
-                case '\r': q += "\\r"; break;
-                default:
-                    if (static_cast<unsigned char>(c) < 0x20) {
-                        q += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-                    } else {
-                        q += c;
-                    }
-            }
-        }
-        return q + "\"";
-    }
-    void prefix(std::string_view key) {
-        if (!first_.empty()) {
-            if (!first_.back()) out_ += ',';
-            first_.back() = false;
-            out_ += '\n';
-            out_.append(2 * first_.size(), ' ');
-        }
-        if (!key.empty()) out_ += quote(key) + ": ";
-    }
-    void open(std::string_view key, char c) {
-        prefix(key);
-        out_ += c;
-        first_.push_back(true);
-    }
-    void close(char c) {
-        const bool empty = first_.back();
-        first_.pop_back();
-        if (!empty) {
-            out_ += '\n';
-            out_.append(2 * first_.size(), ' ');
-        }
-        out_ += c;
-    }
-    void raw_value(std::string_view key, std::string_view v) {
-        prefix(key);
-        out_ += v;
-    }
-
-    std::string out_;
-    std::vector<bool> first_;  // per open container: no element written yet
-};
-
-void latency(Json& j, std::string_view key, const LatencySummary& l) {
-    j.begin_object(key);
-    j.num("count", l.count);
-    j.num("min", l.min);
-    j.num("p50", l.p50);
-    j.num("p90", l.p90);
-    j.num("p99", l.p99);
-    j.num("p999", l.p999);
-    j.num("max", l.max);
-    j.num("mean", l.mean);
-    j.end_object();
+Json latency_json(const LatencySummary& l) {
+    return Json{{"count", l.count}, {"min", l.min},   {"p50", l.p50}, {"p90", l.p90},
+                {"p99", l.p99},     {"p999", l.p999}, {"max", l.max}, {"mean", num(l.mean)}};
 }
 
 std::string join_names(const auto& items) {
@@ -120,194 +45,204 @@ std::string join_names(const auto& items) {
     return s;
 }
 
-void options_json(Json& j, const LoadOptions& o) {
-    j.begin_object("options");
-    j.num("vcpus", uint64_t{o.vcpus});
-    j.num("ram_bytes", o.ram_bytes);
-    j.str("workloads", join_names(o.workloads));
-    j.num("buffer_pages", uint64_t{o.buffer_pages});
-    if (o.lifetime.timed()) {
-        j.null("lifetime_ops");
-        j.num("lifetime_us", static_cast<double>(o.lifetime.time.count()) / 1e3);
-    } else {
-        j.num("lifetime_ops", o.lifetime.ops);
-        j.null("lifetime_us");
-    }
-    j.num("think_us", static_cast<double>(o.think.count()) / 1e3);
-    j.num("rate", o.rate);
-    j.num("duration_s", static_cast<double>(o.duration.count()) / 1e9);
-    j.num("seed", o.seed);
-    j.str("engines", join_names(o.engines));
-    j.str("strategies", join_names(o.strategies));
-    j.str("backend", to_string(o.backend));
-    j.str("vfio_group", o.vfio_group);
-    j.str("connect", o.connect_path);
-    j.str("engine_opts", o.engine_opts);
-    j.str("engine_config", workers::to_string(o.engine));
-    j.str("latency_model", to_string(o.latency));
-    j.num("entry_limit", o.entry_limit);
-    j.num("zipf_s", o.zipf_s);
-    j.num("ring_buffers", uint64_t{o.ring_buffers});
-    j.num("balloon_pages", uint64_t{o.balloon_pages});
-    j.num("balloon_interval_ms", static_cast<double>(o.balloon_interval.count()) / 1e6);
-    j.end_object();
+double ns_to(std::chrono::nanoseconds d, double unit_ns) { return static_cast<double>(d.count()) / unit_ns; }
+
+Json options_json(const LoadOptions& o) {
+    Json j;
+    j["vcpus"] = o.vcpus;
+    j["ram_bytes"] = o.ram_bytes;
+    j["workloads"] = join_names(o.workloads);
+    j["buffer_pages"] = o.buffer_pages;
+    j["lifetime_ops"] = o.lifetime.timed() ? Json(nullptr) : Json(o.lifetime.ops);
+    j["lifetime_us"] = o.lifetime.timed() ? num(ns_to(o.lifetime.time, 1e3)) : Json(nullptr);
+    j["think_us"] = num(ns_to(o.think, 1e3));
+    j["rate"] = num(o.rate);
+    j["duration_s"] = num(ns_to(o.duration, 1e9));
+    j["seed"] = o.seed;
+    j["engines"] = join_names(o.engines);
+    j["strategies"] = join_names(o.strategies);
+    j["backend"] = to_string(o.backend);
+    j["vfio_group"] = o.vfio_group;
+    j["connect"] = o.connect_path;
+    j["engine_opts"] = o.engine_opts;
+    j["engine_config"] = workers::to_string(o.engine);
+    j["latency_model"] = to_string(o.latency);
+    j["entry_limit"] = o.entry_limit;
+    j["zipf_s"] = num(o.zipf_s);
+    j["ring_buffers"] = o.ring_buffers;
+    j["balloon_pages"] = o.balloon_pages;
+    j["balloon_interval_ms"] = num(ns_to(o.balloon_interval, 1e6));
+    return j;
 }
 
-void run_json(Json& j, const RunResult& r) {
-    j.begin_object();
-    j.str("label", r.label);
-    j.str("workload", to_string(r.spec.workload));
-    j.str("strategy", to_string(r.spec.strategy));
-    if (r.spec.strategy == StrategyKind::Coiommu) {
-        j.str("engine", workers::to_string(r.spec.engine));
-    } else {
-        j.null("engine");
+Json environment_json(const Environment& e) {
+    return Json{
+        {"host", e.host}, {"kernel", e.kernel},   {"cpu", Json{{"model", e.cpu_model}, {"online", e.online_cpus}}},
+        {"time", e.time}, {"version", e.version}, {"git_revision", e.git_revision}};
+}
+
+Json operations_json(const RunResult& r) {
+    return Json{{"maps", r.maps},
+                {"map_failures", r.map_failures},
+                {"unmaps", r.unmaps},
+                {"unmap_failures", r.unmap_failures},
+                {"pages_mapped", r.pages_mapped},
+                {"pages_unmapped", r.pages_unmapped},
+                {"skipped", r.skipped_ops},
+                {"maps_per_s", num(r.maps_per_s)},
+                {"pages_per_s", num(r.pages_per_s)}};
+}
+
+Json memory_json(const RunResult& r) {
+    return Json{{"pinned_peak_pages", r.pinned_peak_pages},
+                {"pinned_mean_pages", num(r.pinned_mean_pages)},
+                {"pinned_end_pages", r.pinned_end_pages},
+                {"pinned_peak_mib", num(pages_to_mib(static_cast<double>(r.pinned_peak_pages)))},
+                {"pinned_mean_mib", num(pages_to_mib(r.pinned_mean_pages))},
+                {"pages_pinned", r.pages_pinned_total},
+                {"pages_unpinned", r.pages_unpinned_total},
+                {"pins_per_s", num(r.pins_per_s)},
+                {"guest_touched_pages", r.guest_touched_pages}};
+}
+
+Json dma_json(const RunResult& r) {
+    return Json{{"map_calls", r.dma_map_calls},       {"unmap_calls", r.dma_unmap_calls},
+                {"map_failures", r.dma_map_failures}, {"unmap_failures", r.dma_unmap_failures},
+                {"entries_peak", r.dma_entries_peak}, {"entry_limit", r.dma_entry_limit}};
+}
+
+// {label: count} over parallel arrays of labels and counts.
+Json counts_json(const auto& labels, const auto& counts) {
+    Json j = Json::object();
+    for (std::size_t i = 0; i < counts.size(); ++i) j[std::string(labels[i])] = counts[i];
+    return j;
+}
+
+Json engine_json(const std::optional<EngineFigures>& figures) {
+    if (!figures) return nullptr;
+    const EngineFigures& e = *figures;
+    return Json{{"config", e.config},
+                {"requests_single", e.requests_single},
+                {"requests_batch", e.requests_batch},
+                {"requests_failed", e.requests_failed},
+                {"pages_requested", e.pages_requested},
+                {"pages_pinned", e.pages_pinned},
+                {"pages_already_pinned", e.pages_already_pinned},
+                {"pages_unpinned", e.pages_unpinned},
+                {"pinned_pages", e.pinned_pages},
+                {"dma_map_calls", e.dma_map_calls},
+                {"dma_unmap_calls", e.dma_unmap_calls},
+                {"request_p50_ns", e.request_p50_ns},
+                {"request_p99_ns", e.request_p99_ns},
+                {"balloon_success", e.balloon_success},
+                {"balloon_failed", e.balloon_failed},
+                {"lru_scans", e.lru_scans},
+                {"pin_failures", counts_json(telemetry::kPinFailureReasonLabels, e.pin_failures)},
+                {"unpin_attempts", counts_json(telemetry::kUnpinResultLabels, e.unpin_attempts)}};
+}
+
+Json checks_json(const std::vector<Check>& checks) {
+    Json j = Json::array();
+    for (const Check& c : checks) j.push_back(Json{{"name", c.name}, {"passed", c.passed}, {"detail", c.detail}});
+    return j;
+}
+
+Json cpu_json(const RunResult& r) {
+    Json threads = Json::array();
+    for (const ThreadCpu& t : r.cpu) threads.push_back(Json{{"name", t.name}, {"cpu_s", num(t.cpu_s)}});
+    return Json{{"process_s", num(r.process_cpu_s)}, {"threads", std::move(threads)}};
+}
+
+Json timeline_json(const std::vector<Sample>& timeline) {
+    Json j = Json::array();
+    for (const Sample& s : timeline) {
+        j.push_back(Json{{"t_s", num(s.t_s)},
+                         {"pinned_pages", s.pinned_pages},
+                         {"dma_entries", s.dma_entries},
+                         {"maps", s.maps},
+                         {"pages_mapped", s.pages_mapped},
+                         {"failures", s.failures},
+                         {"maps_per_s", num(s.maps_per_s)},
+                         {"pins_per_s", num(s.pins_per_s)},
+                         {"map_p99_ns", s.map_p99_ns},
+                         {"engine_pinned_pages", s.engine_pinned_pages}});
     }
-    j.str("backend", r.backend);
-    j.str("served_by", r.served_by);
-    j.boolean("passed", r.passed());
-    j.num("setup_s", r.setup_s);
-    j.num("duration_s", r.duration_s);
+    return j;
+}
 
-    j.begin_object("operations");
-    j.num("maps", r.maps);
-    j.num("map_failures", r.map_failures);
-    j.num("unmaps", r.unmaps);
-    j.num("unmap_failures", r.unmap_failures);
-    j.num("pages_mapped", r.pages_mapped);
-    j.num("pages_unmapped", r.pages_unmapped);
-    j.num("skipped", r.skipped_ops);
-    j.num("maps_per_s", r.maps_per_s);
-    j.num("pages_per_s", r.pages_per_s);
-    j.end_object();
+Json run_json(const RunResult& r) {
+    const bool coiommu = r.spec.strategy == StrategyKind::Coiommu;
+    Json j;
+    j["label"] = r.label;
+    j["workload"] = to_string(r.spec.workload);
+    j["strategy"] = to_string(r.spec.strategy);
+    j["engine"] = coiommu ? Json(workers::to_string(r.spec.engine)) : Json(nullptr);
+    j["backend"] = r.backend;
+    j["served_by"] = r.served_by;
+    j["passed"] = r.passed();
+    j["setup_s"] = num(r.setup_s);
+    j["duration_s"] = num(r.duration_s);
+    j["operations"] = operations_json(r);
+    j["requests"] =
+        Json{{"sent", r.notifications}, {"completed", r.requests_completed}, {"pages_requested", r.pages_requested}};
+    j["latency_ns"] = Json{{"map", latency_json(r.map_latency)},
+                           {"request", latency_json(r.request_latency)},
+                           {"unmap", latency_json(r.unmap_latency)},
+                           {"balloon", latency_json(r.balloon_latency)}};
+    j["memory"] = memory_json(r);
+    j["dma"] = dma_json(r);
+    j["failures"] = counts_json(kMapFailureLabels, r.failures_by_reason);
+    j["invariant"] = Json{{"checked", r.invariant_checked},
+                          {"note", r.invariant_note},
+                          {"checks", r.invariant_checks},
+                          {"violations", r.invariant_violations}};
+    j["balloon"] =
+        Json{{"requests", r.balloon_requests}, {"success", r.balloon_success},       {"failed", r.balloon_failed},
+             {"aborted", r.balloon_aborted},   {"violations", r.balloon_violations}, {"pages", r.balloon_pages}};
+    j["engine_stats"] = engine_json(r.engine);
+    j["checks"] = checks_json(r.checks);
+    j["cpu"] = cpu_json(r);
+    j["timeline"] = timeline_json(r.timeline);
+    return j;
+}
 
-    j.begin_object("requests");
-    j.num("sent", r.notifications);
-    j.num("completed", r.requests_completed);
-    j.num("pages_requested", r.pages_requested);
-    j.end_object();
-
-    j.begin_object("latency_ns");
-    latency(j, "map", r.map_latency);
-    latency(j, "request", r.request_latency);
-    latency(j, "unmap", r.unmap_latency);
-    latency(j, "balloon", r.balloon_latency);
-    j.end_object();
-
-    j.begin_object("memory");
-    j.num("pinned_peak_pages", r.pinned_peak_pages);
-    j.num("pinned_mean_pages", r.pinned_mean_pages);
-    j.num("pinned_end_pages", r.pinned_end_pages);
-    j.num("pinned_peak_mib", pages_to_mib(static_cast<double>(r.pinned_peak_pages)));
-    j.num("pinned_mean_mib", pages_to_mib(r.pinned_mean_pages));
-    j.num("pages_pinned", r.pages_pinned_total);
-    j.num("pages_unpinned", r.pages_unpinned_total);
-    j.num("pins_per_s", r.pins_per_s);
-    j.num("guest_touched_pages", r.guest_touched_pages);
-    j.end_object();
-
-    j.begin_object("dma");
-    j.num("map_calls", r.dma_map_calls);
-    j.num("unmap_calls", r.dma_unmap_calls);
-    j.num("map_failures", r.dma_map_failures);
-    j.num("unmap_failures", r.dma_unmap_failures);
-    j.num("entries_peak", r.dma_entries_peak);
-    j.num("entry_limit", r.dma_entry_limit);
-    j.end_object();
-
-    j.begin_object("failures");
-    for (std::size_t i = 0; i < kMapFailures; ++i) j.num(kMapFailureLabels[i], r.failures_by_reason[i]);
-    j.end_object();
-
-    j.begin_object("invariant");
-    j.boolean("checked", r.invariant_checked);
-    j.str("note", r.invariant_note);
-    j.num("checks", r.invariant_checks);
-    j.num("violations", r.invariant_violations);
-    j.end_object();
-
-    j.begin_object("balloon");
-    j.num("requests", r.balloon_requests);
-    j.num("success", r.balloon_success);
-    j.num("failed", r.balloon_failed);
-    j.num("aborted", r.balloon_aborted);
-    j.num("violations", r.balloon_violations);
-    j.num("pages", r.balloon_pages);
-    j.end_object();
-
-    if (r.engine) {
-        const EngineFigures& e = *r.engine;
-        j.begin_object("engine_stats");
-        j.str("config", e.config);
-        j.num("requests_single", e.requests_single);
-        j.num("requests_batch", e.requests_batch);
-        j.num("requests_failed", e.requests_failed);
-        j.num("pages_requested", e.pages_requested);
-        j.num("pages_pinned", e.pages_pinned);
-        j.num("pages_already_pinned", e.pages_already_pinned);
-        j.num("pages_unpinned", e.pages_unpinned);
-        j.num("pinned_pages", e.pinned_pages);
-        j.num("dma_map_calls", e.dma_map_calls);
-        j.num("dma_unmap_calls", e.dma_unmap_calls);
-        j.num("request_p50_ns", e.request_p50_ns);
-        j.num("request_p99_ns", e.request_p99_ns);
-        j.num("balloon_success", e.balloon_success);
-        j.num("balloon_failed", e.balloon_failed);
-        j.num("lru_scans", e.lru_scans);
-        j.begin_object("pin_failures");
-        for (std::size_t i = 0; i < telemetry::kPinFailureReasons; ++i) {
-            j.num(telemetry::kPinFailureReasonLabels[i], e.pin_failures[i]);
-        }
-        j.end_object();
-        j.begin_object("unpin_attempts");
-        for (std::size_t i = 0; i < telemetry::kUnpinResults; ++i) {
-            j.num(telemetry::kUnpinResultLabels[i], e.unpin_attempts[i]);
-        }
-        j.end_object();
-        j.end_object();
-    } else {
-        j.null("engine_stats");
+Json comparison_json(const std::vector<RunResult>& runs) {
+    Json j = Json::array();
+    for (const ComparisonRow& c : compare(runs)) {
+        j.push_back(Json{{"label", c.label},
+                         {"maps_per_s", num(c.maps_per_s)},
+                         {"pages_per_s", num(c.pages_per_s)},
+                         {"pinned_peak_mib", num(c.pinned_peak_mib)},
+                         {"map_p99_ns", c.map_p99_ns},
+                         {"pages_per_s_vs_seed", num(c.pages_per_s_vs_seed)},
+                         {"pinned_peak_vs_seed", num(c.pinned_peak_vs_seed)}});
     }
+    return j;
+}
 
-    j.begin_array("checks");
-    for (const Check& c : r.checks) {
-        j.begin_object();
-        j.str("name", c.name);
-        j.boolean("passed", c.passed);
-        j.str("detail", c.detail);
-        j.end_object();
+// The first value of the /proc/cpuinfo line `key`, or "".
+std::string cpuinfo_value(std::string_view key) {
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+        const auto colon = line.find(':');
+        if (colon == std::string::npos) continue;
+        std::string_view name(line.data(), colon);
+        while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.remove_suffix(1);
+        if (name != key) continue;
+        const auto value = line.find_first_not_of(' ', colon + 1);
+        return value == std::string::npos ? std::string() : line.substr(value);
     }
-    j.end_array();
+    return {};
+}
 
-    j.begin_object("cpu");
-    j.num("process_s", r.process_cpu_s);
-    j.begin_array("threads");
-    for (const ThreadCpu& t : r.cpu) {
-        j.begin_object();
-        j.str("name", t.name);
-        j.num("cpu_s", t.cpu_s);
-        j.end_object();
-    }
-    j.end_array();
-    j.end_object();
-
-    j.begin_array("timeline");
-    for (const Sample& s : r.timeline) {
-        j.begin_object();
-        j.num("t_s", s.t_s);
-        j.num("pinned_pages", s.pinned_pages);
-        j.num("dma_entries", s.dma_entries);
-        j.num("maps", s.maps);
-        j.num("pages_mapped", s.pages_mapped);
-        j.num("failures", s.failures);
-        j.num("maps_per_s", s.maps_per_s);
-        j.num("pins_per_s", s.pins_per_s);
-        j.num("map_p99_ns", s.map_p99_ns);
-        j.num("engine_pinned_pages", s.engine_pinned_pages);
-        j.end_object();
-    }
-    j.end_array();
-    j.end_object();
+std::string iso8601_utc(std::chrono::system_clock::time_point t) {
+    const std::time_t secs = std::chrono::system_clock::to_time_t(t);
+    std::tm tm{};
+    if (::gmtime_r(&secs, &tm) == nullptr) return "unknown";
+    char buf[32];
+    const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return n == 0 ? std::string("unknown") : std::string(buf, n);
 }
 
 std::string ratio_text(const std::optional<double>& r) { return r ? fmt::format("{:.2f}x", *r) : std::string("-"); }
@@ -322,21 +257,64 @@ std::string gp_quote(std::string_view s) {
     return q + "\"";
 }
 
-// Runs `gnuplot script`. ENOENT when gnuplot is not on PATH.
-Status run_gnuplot(const std::string& script) {
-    pid_t pid = 0;
-    std::string prog = "gnuplot";
-    std::vector<char*> argv{prog.data(), const_cast<char*>(script.c_str()), nullptr};
-    const int rc = ::posix_spawnp(&pid, "gnuplot", nullptr, nullptr, argv.data(), environ);
-    if (rc != 0) return make_error(rc, "starting gnuplot (install gnuplot-nox)");
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) return make_error(errno, "waiting for gnuplot");
+// gnuplot's data: per run (one index each) t_s, pinned MiB and p99 map latency in us.
+std::string plot_timeline_data(const std::vector<RunResult>& runs) {
+    std::string data;
+    for (const RunResult& r : runs) {
+        data += fmt::format("# {}\n# t_s pinned_mib map_p99_us\n", r.label);
+        for (const Sample& s : r.timeline) {
+            data += fmt::format("{:.3f} {:.3f} {:.3f}\n", s.t_s, pages_to_mib(static_cast<double>(s.pinned_pages)),
+                                static_cast<double>(s.map_p99_ns) / 1e3);
+        }
+        data += "\n\n";  // gnuplot's index separator
     }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        return make_error(EIO, fmt::format("gnuplot {} failed (status {})", script, status));
+    return data;
+}
+
+std::string plot_bars_data(const std::vector<RunResult>& runs) {
+    std::string bars = "# index label pages_per_s pinned_peak_mib pinned_mean_mib\n";
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        const RunResult& r = runs[i];
+        bars += fmt::format("{} {} {:.1f} {:.3f} {:.3f}\n", i, gp_quote(r.label), r.pages_per_s,
+                            pages_to_mib(static_cast<double>(r.pinned_peak_pages)), pages_to_mib(r.pinned_mean_pages));
     }
-    return ok();
+    return bars;
+}
+
+// "plot <dat> index 0 using <columns> ..., <dat> index 1 ..." with one line per run.
+std::string plot_lines(const std::string& dat, std::string_view columns, const std::vector<RunResult>& runs) {
+    std::string plots;
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        plots += fmt::format("{}{} index {} using {} with lines lw 2 title {}", i == 0 ? "plot " : ", ", gp_quote(dat),
+                             i, columns, gp_quote(runs[i].label));
+    }
+    return plots + "\n";
+}
+
+std::string plot_script(const std::string& png_path, const std::string& dat, const std::string& bars_dat,
+                        const std::vector<RunResult>& runs) {
+    std::string gp;
+    gp += "set terminal pngcairo size 1400,1000 noenhanced font ',9'\n";
+    gp += fmt::format("set output {}\n", gp_quote(png_path));
+    gp += "set multiplot layout 2,2 title 'coiommu-load'\n";
+    gp += "set key outside bottom center horizontal\nset grid\n";
+    gp += "set title 'pinned memory over time'\nset xlabel 's'\nset ylabel 'MiB'\n";
+    gp += plot_lines(dat, "1:2", runs);
+    gp += "set title 'p99 DMA-map latency (per 100 ms)'\nset ylabel 'us'\nset logscale y\n";
+    gp += plot_lines(dat, "1:($3>0?$3:1/0)", runs);
+    gp += "unset logscale y\nunset xlabel\nset style fill solid 0.7\nset boxwidth 0.7\nset xtics rotate by -30\n";
+    gp += "unset key\nset bmargin 7\nset rmargin 6\n";
+    gp += fmt::format(
+        "set title 'throughput (guest pages DMA-mapped per second, log scale)'\nset ylabel 'pages/s'\n"
+        "set logscale y\nset yrange [1:*]\nplot {} using 1:3:xtic(2) with boxes\nunset logscale y\n",
+        gp_quote(bars_dat));
+    gp += "set yrange [0:*]\n";
+    gp += fmt::format(
+        "set title 'pinned memory: peak (bars) and mean (points)'\nset ylabel 'MiB'\n"
+        "plot {0} using 1:4:xtic(2) with boxes, {0} using 1:5 with points pt 7 ps 1.5\n",
+        gp_quote(bars_dat));
+    gp += "unset multiplot\n";
+    return gp;
 }
 
 Status write_file(const std::string& path, const std::string& text) {
@@ -349,24 +327,6 @@ Status write_file(const std::string& path, const std::string& text) {
 }
 
 }  // namespace
-
-std::string human_count(double v) {
-    if (!std::isfinite(v)) return "-";
-    if (v >= 1e9) return fmt::format("{:.2f}G", v / 1e9);
-    if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
-    if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
-    return fmt::format("{:.0f}", v);
-}
-
-std::string human_ns(uint64_t ns) {
-    const auto d = static_cast<double>(ns);
-    if (ns >= 1'000'000'000) return fmt::format("{:.2f}s", d / 1e9);
-    if (ns >= 1'000'000) return fmt::format("{:.2f}ms", d / 1e6);
-    if (ns >= 1'000) return fmt::format("{:.1f}us", d / 1e3);
-    return fmt::format("{}ns", ns);
-}
-
-double pages_to_mib(double pages) { return pages * static_cast<double>(kPageSize) / (1024.0 * 1024.0); }
 
 std::vector<ComparisonRow> compare(const std::vector<RunResult>& runs) {
     std::vector<ComparisonRow> rows;
@@ -393,37 +353,76 @@ std::vector<ComparisonRow> compare(const std::vector<RunResult>& runs) {
     return rows;
 }
 
-std::string render_json(const LoadOptions& o, const std::vector<RunResult>& runs) {
-    Json j;
-    j.begin_object();
-    j.str("tool", "coiommu-load");
-    j.str("version", "0.1.0");
-    bool all = true;
-    for (const RunResult& r : runs) all = all && r.passed();
-    j.boolean("ok", all);
-    options_json(j, o);
-    j.begin_array("runs");
-    for (const RunResult& r : runs) run_json(j, r);
-    j.end_array();
-    j.begin_array("comparison");
-    for (const ComparisonRow& c : compare(runs)) {
-        j.begin_object();
-        j.str("label", c.label);
-        j.num("maps_per_s", c.maps_per_s);
-        j.num("pages_per_s", c.pages_per_s);
-        j.num("pinned_peak_mib", c.pinned_peak_mib);
-        j.num("map_p99_ns", c.map_p99_ns);
-        j.num("pages_per_s_vs_seed", c.pages_per_s_vs_seed);
-        j.num("pinned_peak_vs_seed", c.pinned_peak_vs_seed);
-        j.end_object();
-    }
-    j.end_array();
-    j.end_object();
-    return j.take() + "\n";
+Environment capture_environment(std::chrono::system_clock::time_point start) {
+    Environment e;
+    char host[256] = {};
+    e.host = ::gethostname(host, sizeof host - 1) == 0 ? std::string(host) : std::string("unknown");
+    utsname u{};
+    e.kernel = ::uname(&u) == 0 ? fmt::format("{} {}", u.release, u.version) : std::string("unknown");
+    e.cpu_model = cpuinfo_value("model name");
+    if (e.cpu_model.empty()) e.cpu_model = cpuinfo_value("Model");  // arm64: the board, if anything
+    if (e.cpu_model.empty()) e.cpu_model = "unknown";
+    const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
+    e.online_cpus = online > 0 ? static_cast<uint64_t>(online) : 0;
+    e.time = iso8601_utc(start);
+    e.version = std::string(project_version());
+    e.git_revision = std::string(git_revision());
+    return e;
 }
 
-Status write_json(const std::string& path, const LoadOptions& o, const std::vector<RunResult>& runs) {
-    return write_file(path, render_json(o, runs));
+std::string render_json(const LoadOptions& o, const std::vector<RunResult>& runs, const Environment& env) {
+    const bool all = std::all_of(runs.begin(), runs.end(), [](const RunResult& r) { return r.passed(); });
+    Json doc;
+    doc["tool"] = "coiommu-load";
+    doc["version"] = std::string(project_version());
+    doc["ok"] = all;
+    doc["environment"] = environment_json(env);
+    doc["options"] = options_json(o);
+    Json list = Json::array();
+    for (const RunResult& r : runs) list.push_back(run_json(r));
+    doc["runs"] = std::move(list);
+    doc["comparison"] = comparison_json(runs);
+    // Invalid UTF-8 (a label is never that, but be safe) becomes U+FFFD instead of an exception.
+    return doc.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+}
+
+std::string render_json(const LoadOptions& o, const std::vector<RunResult>& runs) {
+    return render_json(o, runs, capture_environment(std::chrono::system_clock::now()));
+}
+
+Status write_json(const std::string& path, const LoadOptions& o, const std::vector<RunResult>& runs,
+                  const Environment& env) {
+    return write_file(path, render_json(o, runs, env));
+}
+
+Status check_writable(const std::string& path) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        ::close(fd);
+        ::unlink(path.c_str());
+        return ok();
+    }
+    if (errno != EEXIST) return make_error(errno, fmt::format("opening {}", path));
+    fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return make_error(errno, fmt::format("opening {}", path));
+    ::close(fd);
+    return ok();
+}
+
+Status run_gnuplot(const std::string& script_path) {
+    pid_t pid = 0;
+    std::string prog = "gnuplot";
+    std::vector<char*> argv{prog.data(), const_cast<char*>(script_path.c_str()), nullptr};
+    const int rc = ::posix_spawnp(&pid, "gnuplot", nullptr, nullptr, argv.data(), environ);
+    if (rc != 0) return make_error(rc, "starting gnuplot (install gnuplot-nox)");
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return make_error(errno, "waiting for gnuplot");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        return make_error(EIO, fmt::format("gnuplot {} failed (status {})", script_path, status));
+    }
+    return ok();
 }
 
 void print_summary(std::FILE* out, const RunResult& r) {
@@ -491,60 +490,19 @@ void print_table(std::FILE* out, const std::vector<RunResult>& runs) {
     }
 }
 
-Status write_plot(const std::string& png_path, const std::vector<RunResult>& runs) {
-    std::string data;
-    for (const RunResult& r : runs) {
-        data += fmt::format("# {}\n# t_s pinned_mib map_p99_us\n", r.label);
-        for (const Sample& s : r.timeline) {
-            data += fmt::format("{:.3f} {:.3f} {:.3f}\n", s.t_s, pages_to_mib(static_cast<double>(s.pinned_pages)),
-                                static_cast<double>(s.map_p99_ns) / 1e3);
-        }
-        data += "\n\n";  // gnuplot's index separator
-    }
-    std::string bars = "# index label pages_per_s pinned_peak_mib pinned_mean_mib\n";
-    for (std::size_t i = 0; i < runs.size(); ++i) {
-        const RunResult& r = runs[i];
-        bars += fmt::format("{} {} {:.1f} {:.3f} {:.3f}\n", i, gp_quote(r.label), r.pages_per_s,
-                            pages_to_mib(static_cast<double>(r.pinned_peak_pages)), pages_to_mib(r.pinned_mean_pages));
-    }
+Result<std::string> write_plot_files(const std::string& png_path, const std::vector<RunResult>& runs) {
     const std::string dat = png_path + ".dat";
     const std::string bars_dat = png_path + ".bars.dat";
     const std::string script_path = png_path + ".gp";
-    std::string gp;
-    gp += "set terminal pngcairo size 1400,1000 noenhanced font ',9'\n";
-    gp += fmt::format("set output {}\n", gp_quote(png_path));
-    gp += "set multiplot layout 2,2 title 'coiommu-load'\n";
-    gp += "set key outside bottom center horizontal\nset grid\n";
-    gp += "set title 'pinned memory over time'\nset xlabel 's'\nset ylabel 'MiB'\n";
-    std::string plots;
-    for (std::size_t i = 0; i < runs.size(); ++i) {
-        plots += fmt::format("{}{} index {} using 1:2 with lines lw 2 title {}", i == 0 ? "plot " : ", ", gp_quote(dat),
-                             i, gp_quote(runs[i].label));
-    }
-    gp += plots + "\n";
-    gp += "set title 'p99 DMA-map latency (per 100 ms)'\nset ylabel 'us'\nset logscale y\n";
-    plots.clear();
-    for (std::size_t i = 0; i < runs.size(); ++i) {
-        plots += fmt::format("{}{} index {} using 1:($3>0?$3:1/0) with lines lw 2 title {}", i == 0 ? "plot " : ", ",
-                             gp_quote(dat), i, gp_quote(runs[i].label));
-    }
-    gp += plots + "\n";
-    gp += "unset logscale y\nunset xlabel\nset style fill solid 0.7\nset boxwidth 0.7\nset xtics rotate by -30\n";
-    gp += "unset key\nset bmargin 7\nset rmargin 6\n";
-    gp += fmt::format(
-        "set title 'throughput (guest pages DMA-mapped per second, log scale)'\nset ylabel 'pages/s'\n"
-        "set logscale y\nset yrange [1:*]\nplot {} using 1:3:xtic(2) with boxes\nunset logscale y\n",
-        gp_quote(bars_dat));
-    gp += "set yrange [0:*]\n";
-    gp += fmt::format(
-        "set title 'pinned memory: peak (bars) and mean (points)'\nset ylabel 'MiB'\n"
-        "plot {0} using 1:4:xtic(2) with boxes, {0} using 1:5 with points pt 7 ps 1.5\n",
-        gp_quote(bars_dat));
-    gp += "unset multiplot\n";
-    if (auto st = write_file(dat, data); !st) return st;
-    if (auto st = write_file(bars_dat, bars); !st) return st;
-    if (auto st = write_file(script_path, gp); !st) return st;
-    return run_gnuplot(script_path);
+    COIOMMU_TRY(write_file(dat, plot_timeline_data(runs)));
+    COIOMMU_TRY(write_file(bars_dat, plot_bars_data(runs)));
+    COIOMMU_TRY(write_file(script_path, plot_script(png_path, dat, bars_dat, runs)));
+    return script_path;
+}
+
+Status write_plot(const std::string& png_path, const std::vector<RunResult>& runs) {
+    COIOMMU_ASSIGN_OR_RETURN(const std::string script, write_plot_files(png_path, runs));
+    return run_gnuplot(script);
 }
 
 }  // namespace coiommu::loadgen

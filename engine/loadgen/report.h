@@ -3,7 +3,10 @@
 //
 // JSON schema (every number is a JSON number; latencies in ns; memory in pages of 4 KiB unless
 // the key says mib):
-//   { "tool", "version", "ok", "options": {...every flag..., connect ("" unless --connect)},
+//   { "tool", "version", "ok",
+//     "environment": {host, kernel (uname release and version), cpu: {model, online},
+//                     time (ISO-8601 UTC of the run start), version, git_revision},
+//     "options": {...every flag..., connect ("" unless --connect)},
 //     "runs": [ { "label", "workload", "strategy", "engine" (fast|seed, null unless coiommu),
 //                 "backend", "served_by", "passed",
 //                 "setup_s", "duration_s",
@@ -32,9 +35,11 @@
 //                      pages_per_s_vs_seed, pinned_peak_vs_seed} ] }
 // *_vs_seed is null when the invocation has no coiommu/seed run of the same workload.
 //
-// Thread-safety: pure functions of their arguments (the writers touch only their files).
+// Thread-safety: pure functions of their arguments (the writers touch only their files;
+// capture_environment reads the host's identity).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
@@ -44,14 +49,21 @@
 #include "engine/base/result.h"
 #include "engine/loadgen/options.h"
 #include "engine/loadgen/run.h"
+#include "engine/loadgen/units.h"
 
 namespace coiommu::loadgen {
 
-// "950", "12.3k", "4.56M", "1.2G".
-[[nodiscard]] std::string human_count(double v);
-// "850ns", "12.3us", "4.56ms", "1.23s".
-[[nodiscard]] std::string human_ns(uint64_t ns);
-[[nodiscard]] double pages_to_mib(double pages);
+// Where and when the runs ran (the JSON's "environment").
+struct Environment {
+    std::string host;       // gethostname
+    std::string kernel;     // uname release and version
+    std::string cpu_model;  // /proc/cpuinfo's model name ("unknown" when it has none)
+    uint64_t online_cpus = 0;
+    std::string time;  // ISO-8601 UTC, "2026-12-01T21:30:00Z"
+    std::string version;
+    std::string git_revision;
+};
+[[nodiscard]] Environment capture_environment(std::chrono::system_clock::time_point start);
 
 struct ComparisonRow {
     std::string label;
@@ -64,18 +76,30 @@ struct ComparisonRow {
 };
 [[nodiscard]] std::vector<ComparisonRow> compare(const std::vector<RunResult>& runs);
 
+[[nodiscard]] std::string render_json(const LoadOptions& o, const std::vector<RunResult>& runs, const Environment& env);
+// The environment captured now.
 [[nodiscard]] std::string render_json(const LoadOptions& o, const std::vector<RunResult>& runs);
 // Errors: errno of writing the file.
-[[nodiscard]] Status write_json(const std::string& path, const LoadOptions& o, const std::vector<RunResult>& runs);
+[[nodiscard]] Status write_json(const std::string& path, const LoadOptions& o, const std::vector<RunResult>& runs,
+                                const Environment& env);
+
+// Whether `path` can be opened for writing (checked before the runs, so that a bad --json fails
+// fast). Leaves an existing file untouched and removes the file it created. Errors: errno of open.
+[[nodiscard]] Status check_writable(const std::string& path);
 
 // The per-run summary (a few lines) and the comparison table of all runs.
 void print_summary(std::FILE* out, const RunResult& r);
 void print_table(std::FILE* out, const std::vector<RunResult>& runs);
 
-// Writes `png_path`.gp (the script) and `png_path`.dat / .bars.dat (the data) and runs gnuplot to
-// draw png_path: pinned memory and p99 map latency over time (one line per run), and the strategy
-// comparison as bars (pages/s and peak pinned memory). Errors: ENOENT when gnuplot is not installed
-// (the script is still written); errno of writing the files; EIO when gnuplot failed.
+// Writes `png_path`.gp (the script) and `png_path`.dat / .bars.dat (the data) for a plot of
+// png_path: pinned memory and p99 map latency over time (one line per run), and the strategy
+// comparison as bars (pages/s and peak pinned memory). Returns the script's path. Errors: errno of
+// writing the files.
+[[nodiscard]] Result<std::string> write_plot_files(const std::string& png_path, const std::vector<RunResult>& runs);
+// Runs gnuplot on the script. Errors: ENOENT when gnuplot is not installed; EIO when it failed.
+[[nodiscard]] Status run_gnuplot(const std::string& script_path);
+// write_plot_files, then run_gnuplot. Errors: theirs (ENOENT is ambiguous here: call the two
+// steps to tell a missing gnuplot from a missing directory).
 [[nodiscard]] Status write_plot(const std::string& png_path, const std::vector<RunResult>& runs);
 
 }  // namespace coiommu::loadgen

@@ -42,10 +42,11 @@
 #include "engine/dma/vfio_backend.h"
 #include "engine/loadgen/guest_layout.h"
 #include "engine/loadgen/in_process_link.h"
+#include "engine/loadgen/progress.h"
 #include "engine/loadgen/socket_link.h"
-#include "engine/loadgen/report.h"
 #include "engine/loadgen/rng.h"
 #include "engine/loadgen/tsc_clock.h"
+#include "engine/loadgen/units.h"
 #include "engine/telemetry/clock.h"
 #include "engine/telemetry/counters.h"
 
@@ -60,6 +61,8 @@ using telemetry::SingleWriterCounter;
 constexpr std::string_view kLog = "loadgen";
 constexpr uint16_t kEndpointBdf = 0x0018;  // the passthrough device, 00:03.0
 constexpr uint64_t kSampleNs = 100'000'000;
+constexpr uint64_t kProgressWindowNs = 1'000'000'000;  // the progress line's rates are per this
+constexpr uint64_t kSamplesPerProgress = kProgressWindowNs / kSampleNs;
 constexpr uint64_t kBalloonStream = 0xba11'0000'0000'0000ull;
 constexpr int kClaimTries = 8;
 
@@ -597,6 +600,12 @@ EngineFigures engine_figures(const telemetry::StatsSnapshot& s, std::string conf
     return e;
 }
 
+// The progress line's figures: over the last second of samples.
+struct Progress {
+    WindowRates rates;
+    uint64_t map_p99_ns = 0;
+};
+
 class Sampler {
 public:
     Sampler(RunCtx& ctx, std::vector<std::unique_ptr<VcpuState>>& vcpus) : ctx_(ctx), vcpus_(vcpus) {}
@@ -637,6 +646,7 @@ public:
         last_ns_ = now_ns;
         last_maps_ = s.maps;
         last_bytes_mapped_ = bytes_mapped;
+        remember(Tally{now_ns, s.maps, bytes_mapped >> kPageShift}, lat);
         last_lat_ = std::move(lat);
         return s;
     }
@@ -644,29 +654,447 @@ public:
     void start(uint64_t now_ns) {
         last_ns_ = now_ns;
         last_bytes_mapped_ = ctx_.backend.counters().bytes_mapped.load(std::memory_order_relaxed);
+        remember(Tally{now_ns, 0, last_bytes_mapped_ >> kPageShift}, LogLinearSnapshot{});
+    }
+
+    // Rates and p99 over the last second (less at the start of the run).
+    [[nodiscard]] Progress progress() const {
+        Progress p;
+        if (history_.empty()) return p;
+        p.rates = window_rates(history_, kProgressWindowNs);
+        const std::size_t from = window_start(history_, kProgressWindowNs);
+        p.map_p99_ns = interval(lat_history_.back(), lat_history_[from]).percentile(0.99);
+        return p;
     }
 
 private:
+    // Keeps the tallies (and latency snapshots) of the last second and the one before it.
+    void remember(const Tally& t, const LogLinearSnapshot& lat) {
+        history_.push_back(t);
+        lat_history_.push_back(lat);
+        const auto drop = static_cast<std::ptrdiff_t>(window_start(history_, kProgressWindowNs));
+        history_.erase(history_.begin(), history_.begin() + drop);
+        lat_history_.erase(lat_history_.begin(), lat_history_.begin() + drop);
+    }
+
     RunCtx& ctx_;
     std::vector<std::unique_ptr<VcpuState>>& vcpus_;
     uint64_t last_ns_ = 0;
     uint64_t last_maps_ = 0;
     uint64_t last_bytes_mapped_ = 0;
     LogLinearSnapshot last_lat_;
+    std::vector<Tally> history_;  // oldest first
+    std::vector<LogLinearSnapshot> lat_history_;
 };
 
-void print_progress(const RunControl& p, const std::string& label, const Sample& s, uint64_t failures) {
+void print_progress(const RunControl& p, const std::string& label, const Sample& s, const Progress& last_second) {
     if (p.progress == nullptr) return;
-    const std::string line =
-        fmt::format("[{:5.1f}s] {}  maps/s {}  pins/s {}  p99 {}  pinned {:.1f} MiB  failures {}", s.t_s, label,
-                    human_count(s.maps_per_s), human_count(s.pins_per_s), human_ns(s.map_p99_ns),
-                    static_cast<double>(s.pinned_pages * kPageSize) / (1 << 20), failures);
+    const std::string line = fmt::format("[{:5.1f}s] {}  maps/s {}  pins/s {}  p99 {}  pinned {:.1f} MiB  failures {}",
+                                         s.t_s, label, human_count(last_second.rates.maps_per_s),
+                                         human_count(last_second.rates.pins_per_s), human_ns(last_second.map_p99_ns),
+                                         static_cast<double>(s.pinned_pages * kPageSize) / (1 << 20), s.failures);
     if (p.tty) {
         std::fprintf(p.progress, "\r%s\x1b[K", line.c_str());
     } else {
         std::fprintf(p.progress, "%s\n", line.c_str());
     }
     std::fflush(p.progress);
+}
+
+// One run_once() from setup to teardown. It lives on run_once's stack and is never moved: the
+// strategy, the context and the threads point at its members.
+class Run {
+public:
+    Run(const LoadOptions& o, const RunSpec& spec, const RunControl& control) : o_(o), spec_(spec), control_(control) {
+        r_.spec = spec;
+        r_.label = spec.label();
+        r_.backend = o.connect_path.empty() ? std::string(to_string(o.backend))
+                                            : fmt::format("coiommud:{}", to_string(o.backend));
+    }
+    Run(const Run&) = delete;
+    Run& operator=(const Run&) = delete;
+    ~Run() = default;
+
+    Status setup() {
+        COIOMMU_TRY(setup_guest());
+        COIOMMU_TRY(setup_strategy());
+        COIOMMU_TRY(setup_vcpus());
+        return start_threads();
+    }
+    void drive();
+    void totals();
+    void cross_checks();
+    void teardown();
+    [[nodiscard]] RunResult take() { return std::move(r_); }
+
+private:
+    Status setup_guest();
+    Status setup_strategy();
+    void describe_invariant();
+    Status setup_vcpus();
+    Status start_threads();
+    void join_all();
+    [[nodiscard]] bool cancelled() const {
+        return control_.cancel != nullptr && control_.cancel->load(std::memory_order_relaxed);
+    }
+    void guest_totals();
+    void memory_totals();
+    void balloon_totals();
+    void backend_checks();
+    void engine_checks();
+
+    const LoadOptions& o_;
+    const RunSpec& spec_;
+    const RunControl& control_;
+    RunResult r_;
+    const double cpu_at_start_ = process_cpu_s();
+    const double main_cpu_at_start_ = thread_cpu_s();
+    const uint64_t setup_t0_ = monotonic_ns();
+
+    std::optional<GuestLayout> layout_;
+    WorkloadParams wp_;
+    std::optional<GuestMemory> mem_;
+    Backend backend_;
+    StrategyEnv env_;
+    SocketLink* remote_ = nullptr;
+    std::unique_ptr<Strategy> strategy_;
+    std::unique_ptr<BalloonBoard> board_;
+    std::unique_ptr<RunCtx> ctx_;
+    std::vector<std::unique_ptr<VcpuState>> vcpus_;
+    std::vector<std::thread> threads_;
+    BalloonStats balloon_;
+    std::thread balloon_thread_;
+    std::optional<Sampler> sampler_;
+    uint64_t start_ns_ = 0;
+    Sample last_;                    // after the quiesce
+    std::vector<uint64_t> touched_;  // union of the vCPUs' bitmaps
+};
+
+Status Run::setup_guest() {
+    auto layout = GuestLayout::compute(o_.ram_bytes, o_.vcpus, o_.buffer_pages);
+    if (!layout) return coiommu::unexpected(layout.error());
+    layout_.emplace(*layout);
+    wp_.kind = spec_.workload;
+    wp_.data_pages = layout_->data_pages;
+    wp_.buffer_pages = o_.buffer_pages;
+    wp_.vcpus = o_.vcpus;
+    wp_.zipf_s = o_.zipf_s;
+    wp_.ring_buffers = o_.ring_buffers;
+    wp_.seed = o_.seed;
+    COIOMMU_TRY(wp_.validate());
+
+    const RegionSpec region{Gpa{0}, o_.ram_bytes};
+    auto mem = GuestMemory::create(std::span<const RegionSpec>(&region, 1));
+    if (!mem) return coiommu::unexpected(with_context(mem.error(), "guest RAM"));
+    mem_.emplace(std::move(*mem));
+    auto backend = make_backend(o_);
+    if (!backend) return coiommu::unexpected(backend.error());
+    backend_ = std::move(*backend);
+    return ok();
+}
+
+Status Run::setup_strategy() {
+    env_.mem = &*mem_;
+    env_.layout = &*layout_;
+    env_.backend = backend_.own.get();
+    env_.vcpus = o_.vcpus;
+    env_.max_outstanding = o_.max_outstanding();
+    env_.max_buffer_pages = o_.buffer_pages;
+    auto strategy = make_strategy(o_, spec_, env_, &remote_);
+    if (!strategy) return coiommu::unexpected(with_context(strategy.error(), r_.label));
+    strategy_ = std::move(*strategy);
+    r_.served_by = strategy_->description();
+
+    if (uses_balloon(spec_.workload)) {
+        if (layout_->data_pages / o_.balloon_pages >= 2) {
+            board_ = std::make_unique<BalloonBoard>(layout_->data_pages, o_.balloon_pages);
+        } else {
+            CLOG_WARN(kLog, "{}: guest RAM too small for balloon chunks of {} pages: no ballooning", r_.label,
+                      o_.balloon_pages);
+        }
+    }
+    ctx_.reset(
+        new RunCtx{o_, spec_, *layout_, *strategy_, *backend_.own, backend_.fake, board_.get(), TscClock::calibrate()});
+    ctx_->remote = remote_;
+    describe_invariant();
+    return ok();
+}
+
+void Run::describe_invariant() {
+    r_.invariant_checked = backend_.fake != nullptr || (remote_ != nullptr && remote_->can_query_mapped());
+    if (backend_.fake != nullptr) {
+        r_.invariant_note = "checked with FakeBackend::is_mapped after every map and before every unmap";
+    } else if (r_.invariant_checked) {
+        r_.invariant_note =
+            "checked with the daemon's QueryMapped (its fake backend) after every map and before every unmap";
+    } else {
+        r_.invariant_note = fmt::format("skipped: the {} backend keeps no mapping state to check against", r_.backend);
+    }
+}
+
+Status Run::setup_vcpus() {
+    for (uint32_t i = 0; i < o_.vcpus; ++i) {
+        auto v = std::make_unique<VcpuState>();
+        v->index = i;
+        auto dma = strategy_->vcpu(i);
+        if (!dma) return coiommu::unexpected(with_context(dma.error(), fmt::format("vcpu {}", i)));
+        v->dma = std::move(*dma);
+        auto gen = WorkloadGen::create(wp_, i);
+        if (!gen) return coiommu::unexpected(gen.error());
+        v->gen.emplace(std::move(*gen));
+        v->touched.assign((layout_->data_pages + 63) / 64, 0);
+        vcpus_.push_back(std::move(v));
+    }
+    return ok();
+}
+
+// std::thread may throw: this is the boundary where that becomes an Error.
+Status Run::start_threads() {
+    try {
+        for (auto& v : vcpus_) {
+            threads_.emplace_back([ctx = ctx_.get(), vs = v.get()] { VcpuRunner(*ctx, *vs).run(); });
+        }
+        if (board_) balloon_thread_ = std::thread([this] { balloon_loop(*ctx_, balloon_); });
+    } catch (const std::system_error& e) {
+        join_all();
+        return make_error(e.code().value(), "starting the run's threads");
+    }
+    r_.setup_s = static_cast<double>(monotonic_ns() - setup_t0_) * 1e-9;
+    return ok();
+}
+
+void Run::join_all() {
+    ctx_->stop.store(true);
+    ctx_->go.store(true, std::memory_order_release);
+    for (auto& t : threads_) {
+        if (t.joinable()) t.join();
+    }
+    if (balloon_thread_.joinable()) balloon_thread_.join();
+}
+
+// The run: sample every 100 ms, print progress once a second.
+void Run::drive() {
+    sampler_.emplace(*ctx_, vcpus_);
+    const uint64_t start = monotonic_ns();
+    start_ns_ = start;
+    sampler_->start(start);
+    ctx_->go.store(true, std::memory_order_release);
+    const uint64_t end = start + static_cast<uint64_t>(o_.duration.count());
+    uint64_t next = start + kSampleNs;
+    uint64_t tick = 0;
+    while (next <= end && !cancelled()) {
+        wait_until(next);
+        Sample s = sampler_->take(monotonic_ns(), start);
+        if (++tick % kSamplesPerProgress == 0) print_progress(control_, r_.label, s, sampler_->progress());
+        r_.timeline.push_back(s);
+        next += kSampleNs;
+    }
+    if (!cancelled()) wait_until(end);
+    ctx_->stop.store(true);
+    const uint64_t stopped = monotonic_ns();
+    r_.duration_s = static_cast<double>(stopped - start) * 1e-9;
+    join_all();
+    if (control_.progress != nullptr && control_.tty && tick >= kSamplesPerProgress) {
+        std::fputs("\n", control_.progress);
+    }
+}
+
+void Run::totals() {
+    // Final cut: the guest holds nothing; park the unpinner so nothing moves any more.
+    if (auto st = strategy_->quiesce(); !st) {
+        CLOG_WARN(kLog, "{}: quiesce: {}", r_.label, st.error().message());
+    }
+    last_ = sampler_->take(monotonic_ns(), start_ns_);
+    r_.cpu = other_threads_cpu(static_cast<pid_t>(::gettid()));
+    for (const auto& v : vcpus_) r_.cpu.push_back(ThreadCpu{fmt::format("load_vcpu{}", v->index), v->cpu_s});
+    r_.cpu.push_back(ThreadCpu{"load_main", thread_cpu_s() - main_cpu_at_start_});
+    guest_totals();
+    memory_totals();
+    balloon_totals();
+}
+
+void Run::guest_totals() {
+    RunResult& r = r_;
+    LogLinearSnapshot map_lat, req_lat, unmap_lat;
+    touched_.assign((layout_->data_pages + 63) / 64, 0);
+    for (const auto& v : vcpus_) {
+        r.maps += v->maps.load();
+        r.map_failures += v->map_failures.load();
+        r.unmaps += v->unmaps.load();
+        r.unmap_failures += v->unmap_failures.load();
+        r.pages_mapped += v->pages_mapped.load();
+        r.pages_unmapped += v->pages_unmapped.load();
+        r.skipped_ops += v->skipped.load();
+        r.invariant_checks += v->invariant_checks.load();
+        r.invariant_violations += v->invariant_violations.load();
+        r.pages_requested += v->pages_requested.load();
+        r.notifications += v->notifications;
+        for (std::size_t i = 0; i < kMapFailures; ++i) r.failures_by_reason[i] += v->failures[i].load();
+        map_lat.merge(v->map_lat.snapshot());
+        req_lat.merge(v->request_lat.snapshot());
+        unmap_lat.merge(v->unmap_lat.snapshot());
+        for (std::size_t w = 0; w < touched_.size(); ++w) touched_[w] |= v->touched[w];
+    }
+    for (uint64_t w : touched_) r.guest_touched_pages += static_cast<uint64_t>(std::popcount(w));
+    const uint64_t unanswered = r.failures_by_reason[static_cast<std::size_t>(MapFailure::Timeout)];
+    r.requests_completed = r.notifications >= unanswered ? r.notifications - unanswered : 0;
+    r.map_latency = LatencySummary::of(map_lat);
+    r.request_latency = LatencySummary::of(req_lat);
+    r.unmap_latency = LatencySummary::of(unmap_lat);
+    r.maps_per_s = r.duration_s > 0 ? static_cast<double>(r.maps) / r.duration_s : 0;
+    r.pages_per_s = r.duration_s > 0 ? static_cast<double>(r.pages_mapped) / r.duration_s : 0;
+}
+
+void Run::memory_totals() {
+    RunResult& r = r_;
+    const dma::BackendCounters& bc = backend_.own->counters();
+    r.pinned_end_pages = last_.pinned_pages;
+    r.pages_pinned_total = bc.bytes_mapped.load() >> kPageShift;
+    r.pages_unpinned_total = bc.bytes_unmapped.load() >> kPageShift;
+    r.dma_map_calls = bc.map_calls.load();
+    r.dma_unmap_calls = bc.unmap_calls.load();
+    r.dma_map_failures = bc.map_failures.load();
+    r.dma_unmap_failures = bc.unmap_failures.load();
+    r.dma_entry_limit = backend_.own->entry_limit();
+    if (remote_ != nullptr) {
+        // The daemon's backend did the work: its call counts, the engine's page totals.
+        auto rs = remote_->remote_stats();
+        if (rs) {
+            r.pages_pinned_total = rs->snapshot.totals.pages_pinned;
+            r.pages_unpinned_total = rs->snapshot.totals.pages_unpinned;
+            r.dma_map_calls = rs->head.backend_map_calls;
+            r.dma_unmap_calls = rs->head.backend_unmap_calls;
+            r.dma_entry_limit = rs->head.backend_entry_limit;
+        } else {
+            CLOG_WARN(kLog, "{}: daemon statistics: {}", r.label, rs.error().message());
+        }
+    }
+    double sum = 0;
+    for (const Sample& s : r.timeline) {
+        r.pinned_peak_pages = std::max(r.pinned_peak_pages, s.pinned_pages);
+        r.dma_entries_peak = std::max(r.dma_entries_peak, s.dma_entries);
+        sum += static_cast<double>(s.pinned_pages);
+    }
+    r.pinned_peak_pages = std::max(r.pinned_peak_pages, last_.pinned_pages);
+    r.dma_entries_peak = std::max(r.dma_entries_peak, last_.dma_entries);
+    r.pinned_mean_pages =
+        r.timeline.empty() ? static_cast<double>(last_.pinned_pages) : sum / static_cast<double>(r.timeline.size());
+    const uint64_t setup_pinned = spec_.strategy == StrategyKind::Static ? o_.ram_bytes >> kPageShift : 0;
+    const uint64_t run_pins = r.pages_pinned_total >= setup_pinned ? r.pages_pinned_total - setup_pinned : 0;
+    r.pins_per_s = r.duration_s > 0 ? static_cast<double>(run_pins) / r.duration_s : 0;
+}
+
+void Run::balloon_totals() {
+    r_.balloon_requests = balloon_.requests;
+    r_.balloon_success = balloon_.success;
+    r_.balloon_failed = balloon_.failed;
+    r_.balloon_aborted = balloon_.aborted;
+    r_.balloon_violations = balloon_.violations;
+    r_.balloon_pages = balloon_.pages;
+    r_.balloon_latency = LatencySummary::of(balloon_.latency.snapshot());
+}
+
+// Cross-checks of the final state.
+void Run::cross_checks() {
+    RunResult& r = r_;
+    if (r.invariant_checked) {
+        r.checks.push_back(
+            Check{"invariant", r.invariant_violations == 0,
+                  fmt::format("{} violations in {} checks", r.invariant_violations, r.invariant_checks)});
+    }
+    const uint64_t unanswered = r.failures_by_reason[static_cast<std::size_t>(MapFailure::Timeout)];
+    const uint64_t busy = r.failures_by_reason[static_cast<std::size_t>(MapFailure::SlotBusy)];
+    r.checks.push_back(Check{
+        "every_request_completed", unanswered == 0 && busy == 0,
+        fmt::format("{} requests sent, {} timed out, {} found the slot busy", r.notifications, unanswered, busy)});
+    r.checks.push_back(Check{"every_map_unmapped", r.maps == r.unmaps + r.unmap_failures && r.unmap_failures == 0,
+                             fmt::format("{} maps, {} unmaps, {} failed unmaps", r.maps, r.unmaps, r.unmap_failures)});
+    if (backend_.fake != nullptr) backend_checks();
+    if (spec_.strategy == StrategyKind::Static) {
+        const uint64_t ram_pages = o_.ram_bytes >> kPageShift;
+        r.checks.push_back(Check{"static_all_ram_pinned", r.pinned_end_pages == ram_pages,
+                                 fmt::format("{} of {} guest pages mapped", r.pinned_end_pages, ram_pages)});
+    }
+    if (spec_.strategy == StrategyKind::Strict) {
+        r.checks.push_back(
+            Check{"strict_nothing_left_mapped", r.pinned_end_pages == 0,
+                  fmt::format("{} pages mapped after the guest unmapped everything", r.pinned_end_pages)});
+    }
+    engine_checks();
+    if (board_) {
+        r.checks.push_back(Check{"balloon_released_pages", r.balloon_violations == 0,
+                                 fmt::format("{} balloon requests, {} Success, {} still mapped after Success",
+                                             r.balloon_requests, r.balloon_success, r.balloon_violations)});
+    }
+}
+
+// The fake backend's live mappings against the counters and (coiommu) the pages the guest asked for.
+void Run::backend_checks() {
+    RunResult& r = r_;
+    uint64_t live = 0;
+    std::optional<uint64_t> stranger;  // a pinned page the guest never asked for
+    for (const dma::FakeMapping& m : backend_.fake->mappings()) {
+        live += m.size >> kPageShift;
+        if (spec_.strategy != StrategyKind::Coiommu) continue;
+        for (uint64_t g = raw(m.iova) >> kPageShift; g < (raw(m.iova) + m.size) >> kPageShift; ++g) {
+            if (g >= layout_->data_pages || (touched_[g >> 6] & (uint64_t{1} << (g & 63))) == 0) {
+                if (!stranger) stranger = g;
+            }
+        }
+    }
+    const bool within = !stranger;
+    r.checks.push_back(Check{"backend_mappings_match_counts", live == r.pinned_end_pages,
+                             fmt::format("{} pages in live mappings, counters say {}", live, r.pinned_end_pages)});
+    if (spec_.strategy == StrategyKind::Coiommu) {
+        r.checks.push_back(
+            Check{"pinned_within_guest_mapped", within && r.pinned_peak_pages <= r.guest_touched_pages,
+                  fmt::format("peak {} pinned pages, {} distinct pages the guest asked to map; "
+                              "{}",
+                              r.pinned_peak_pages, r.guest_touched_pages,
+                              within ? std::string("every pinned page was one of them")
+                                     : fmt::format("gfn {:#x} is pinned but was never asked for", *stranger))});
+    }
+}
+
+void Run::engine_checks() {
+    RunResult& r = r_;
+    auto es = strategy_->engine_stats();
+    if (!es) {
+        CLOG_WARN(kLog, "{}: engine statistics: {}", r.label, es.error().message());
+        return;
+    }
+    if (!*es) return;
+    r.engine = engine_figures(**es, r.served_by);
+    const EngineFigures& e = *r.engine;
+    const uint64_t engine_requests = e.requests_single + e.requests_batch;
+    r.checks.push_back(Check{"engine_saw_every_request", engine_requests == r.notifications,
+                             fmt::format("guest sent {}, engine counted {}", r.notifications, engine_requests)});
+    r.checks.push_back(Check{"engine_counts_add_up", e.pages_pinned - e.pages_unpinned == e.pinned_pages,
+                             fmt::format("engine pinned {} - unpinned {} = {}, gauge {}", e.pages_pinned,
+                                         e.pages_unpinned, e.pages_pinned - e.pages_unpinned, e.pinned_pages)});
+    if (remote_ == nullptr) {  // --connect: pinned_end_pages is the engine's gauge itself
+        r.checks.push_back(
+            Check{"engine_matches_backend", e.pinned_pages == r.pinned_end_pages,
+                  fmt::format("engine gauge {} pinned pages, backend {}", e.pinned_pages, r.pinned_end_pages)});
+    }
+}
+
+// Teardown: the host must not keep a mapping of this guest.
+void Run::teardown() {
+    strategy_->shutdown();
+    if (remote_ != nullptr) {
+        const auto info = remote_->close_info();
+        r_.checks.push_back(Check{"teardown_left_no_mapping", info && info->dma_entries_after == 0,
+                                  info ? fmt::format("the daemon reports {} backend entries left after Close "
+                                                     "({} pages unpinned)",
+                                                     info->dma_entries_after, info->pages_unpinned)
+                                       : std::string("the daemon did not answer Close")});
+    } else {
+        const uint64_t left = backend_.own->live_entries();
+        r_.checks.push_back(
+            Check{"teardown_left_no_mapping", left == 0, fmt::format("{} backend entries left after teardown", left)});
+    }
+    r_.process_cpu_s = process_cpu_s() - cpu_at_start_;
 }
 
 }  // namespace
@@ -691,297 +1119,13 @@ bool RunResult::passed() const {
 }
 
 Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunControl& control) {
-    RunResult r;
-    r.spec = spec;
-    r.label = spec.label();
-    r.backend =
-        o.connect_path.empty() ? std::string(to_string(o.backend)) : fmt::format("coiommud:{}", to_string(o.backend));
-    const double cpu_at_start = process_cpu_s();
-    const double main_cpu_at_start = thread_cpu_s();
-    const uint64_t setup_t0 = monotonic_ns();
-
-    auto layout = GuestLayout::compute(o.ram_bytes, o.vcpus, o.buffer_pages);
-    if (!layout) return coiommu::unexpected(layout.error());
-    WorkloadParams wp;
-    wp.kind = spec.workload;
-    wp.data_pages = layout->data_pages;
-    wp.buffer_pages = o.buffer_pages;
-    wp.vcpus = o.vcpus;
-    wp.zipf_s = o.zipf_s;
-    wp.ring_buffers = o.ring_buffers;
-    wp.seed = o.seed;
-    COIOMMU_TRY(wp.validate());
-
-    const RegionSpec region{Gpa{0}, o.ram_bytes};
-    auto mem = GuestMemory::create(std::span<const RegionSpec>(&region, 1));
-    if (!mem) return coiommu::unexpected(with_context(mem.error(), "guest RAM"));
-    auto backend = make_backend(o);
-    if (!backend) return coiommu::unexpected(backend.error());
-
-    StrategyEnv env;
-    env.mem = &*mem;
-    env.layout = &*layout;
-    env.backend = backend->own.get();
-    env.vcpus = o.vcpus;
-    env.max_outstanding = o.max_outstanding();
-    env.max_buffer_pages = o.buffer_pages;
-    SocketLink* remote = nullptr;
-    auto strategy = make_strategy(o, spec, env, &remote);
-    if (!strategy) return coiommu::unexpected(with_context(strategy.error(), r.label));
-    r.served_by = (*strategy)->description();
-
-    std::unique_ptr<BalloonBoard> board;
-    if (uses_balloon(spec.workload)) {
-        if (layout->data_pages / o.balloon_pages >= 2) {
-            board = std::make_unique<BalloonBoard>(layout->data_pages, o.balloon_pages);
-        } else {
-            CLOG_WARN(kLog, "{}: guest RAM too small for balloon chunks of {} pages: no ballooning", r.label,
-                      o.balloon_pages);
-        }
-    }
-    RunCtx ctx{o, spec, *layout, **strategy, *backend->own, backend->fake, board.get(), TscClock::calibrate()};
-    ctx.remote = remote;
-    r.invariant_checked = backend->fake != nullptr || (remote != nullptr && remote->can_query_mapped());
-    if (backend->fake != nullptr) {
-        r.invariant_note = "checked with FakeBackend::is_mapped after every map and before every unmap";
-    } else if (r.invariant_checked) {
-        r.invariant_note =
-            "checked with the daemon's QueryMapped (its fake backend) after every map and before every unmap";
-    } else {
-        r.invariant_note = fmt::format("skipped: the {} backend keeps no mapping state to check against", r.backend);
-    }
-
-    std::vector<std::unique_ptr<VcpuState>> vcpus;
-    for (uint32_t i = 0; i < o.vcpus; ++i) {
-        auto v = std::make_unique<VcpuState>();
-        v->index = i;
-        auto dma = (*strategy)->vcpu(i);
-        if (!dma) return coiommu::unexpected(with_context(dma.error(), fmt::format("vcpu {}", i)));
-        v->dma = std::move(*dma);
-        auto gen = WorkloadGen::create(wp, i);
-        if (!gen) return coiommu::unexpected(gen.error());
-        v->gen.emplace(std::move(*gen));
-        v->touched.assign((layout->data_pages + 63) / 64, 0);
-        vcpus.push_back(std::move(v));
-    }
-
-    // Threads. std::thread may throw: this is the boundary where that becomes an Error.
-    std::vector<std::thread> threads;
-    BalloonStats balloon;
-    std::thread balloon_thread;
-    auto join_all = [&] {
-        ctx.stop.store(true);
-        ctx.go.store(true, std::memory_order_release);
-        for (auto& t : threads) {
-            if (t.joinable()) t.join();
-        }
-        if (balloon_thread.joinable()) balloon_thread.join();
-    };
-    try {
-        for (auto& v : vcpus) {
-            threads.emplace_back([&ctx, vs = v.get()] { VcpuRunner(ctx, *vs).run(); });
-        }
-        if (board) balloon_thread = std::thread([&] { balloon_loop(ctx, balloon); });
-    } catch (const std::system_error& e) {
-        join_all();
-        return make_error(e.code().value(), "starting the run's threads");
-    }
-    r.setup_s = static_cast<double>(monotonic_ns() - setup_t0) * 1e-9;
-
-    // The run: sample every 100 ms, print progress once a second.
-    Sampler sampler(ctx, vcpus);
-    const uint64_t start = monotonic_ns();
-    sampler.start(start);
-    ctx.go.store(true, std::memory_order_release);
-    const uint64_t end = start + static_cast<uint64_t>(o.duration.count());
-    uint64_t next = start + kSampleNs;
-    uint64_t tick = 0;
-    auto cancelled = [&] { return control.cancel != nullptr && control.cancel->load(std::memory_order_relaxed); };
-    while (next <= end && !cancelled()) {
-        wait_until(next);
-        Sample s = sampler.take(monotonic_ns(), start);
-        if (++tick % 10 == 0) print_progress(control, r.label, s, s.failures);
-        r.timeline.push_back(s);
-        next += kSampleNs;
-    }
-    if (!cancelled()) wait_until(end);
-    ctx.stop.store(true);
-    const uint64_t stopped = monotonic_ns();
-    r.duration_s = static_cast<double>(stopped - start) * 1e-9;
-    join_all();
-    if (control.progress != nullptr && control.tty && tick >= 10) std::fputs("\n", control.progress);
-
-    // Final cut: the guest holds nothing; park the unpinner so nothing moves any more.
-    if (auto st = (*strategy)->quiesce(); !st) {
-        CLOG_WARN(kLog, "{}: quiesce: {}", r.label, st.error().message());
-    }
-    Sample last = sampler.take(monotonic_ns(), start);
-    r.cpu = other_threads_cpu(static_cast<pid_t>(::gettid()));
-    for (const auto& v : vcpus) r.cpu.push_back(ThreadCpu{fmt::format("load_vcpu{}", v->index), v->cpu_s});
-    r.cpu.push_back(ThreadCpu{"load_main", thread_cpu_s() - main_cpu_at_start});
-
-    // Guest-side totals.
-    LogLinearSnapshot map_lat, req_lat, unmap_lat;
-    std::vector<uint64_t> touched((layout->data_pages + 63) / 64, 0);
-    for (const auto& v : vcpus) {
-        r.maps += v->maps.load();
-        r.map_failures += v->map_failures.load();
-        r.unmaps += v->unmaps.load();
-        r.unmap_failures += v->unmap_failures.load();
-        r.pages_mapped += v->pages_mapped.load();
-        r.pages_unmapped += v->pages_unmapped.load();
-        r.skipped_ops += v->skipped.load();
-        r.invariant_checks += v->invariant_checks.load();
-        r.invariant_violations += v->invariant_violations.load();
-        r.pages_requested += v->pages_requested.load();
-        r.notifications += v->notifications;
-        for (std::size_t i = 0; i < kMapFailures; ++i) r.failures_by_reason[i] += v->failures[i].load();
-        map_lat.merge(v->map_lat.snapshot());
-        req_lat.merge(v->request_lat.snapshot());
-        unmap_lat.merge(v->unmap_lat.snapshot());
-        for (std::size_t w = 0; w < touched.size(); ++w) touched[w] |= v->touched[w];
-    }
-    for (uint64_t w : touched) r.guest_touched_pages += static_cast<uint64_t>(std::popcount(w));
-    const uint64_t unanswered = r.failures_by_reason[static_cast<std::size_t>(MapFailure::Timeout)];
-    r.requests_completed = r.notifications >= unanswered ? r.notifications - unanswered : 0;
-    r.map_latency = LatencySummary::of(map_lat);
-    r.request_latency = LatencySummary::of(req_lat);
-    r.unmap_latency = LatencySummary::of(unmap_lat);
-    r.maps_per_s = r.duration_s > 0 ? static_cast<double>(r.maps) / r.duration_s : 0;
-    r.pages_per_s = r.duration_s > 0 ? static_cast<double>(r.pages_mapped) / r.duration_s : 0;
-
-    // Memory and backend.
-    const dma::BackendCounters& bc = backend->own->counters();
-    r.pinned_end_pages = last.pinned_pages;
-    r.pages_pinned_total = bc.bytes_mapped.load() >> kPageShift;
-    r.pages_unpinned_total = bc.bytes_unmapped.load() >> kPageShift;
-    r.dma_map_calls = bc.map_calls.load();
-    r.dma_unmap_calls = bc.unmap_calls.load();
-    r.dma_map_failures = bc.map_failures.load();
-    r.dma_unmap_failures = bc.unmap_failures.load();
-    r.dma_entry_limit = backend->own->entry_limit();
-    if (remote != nullptr) {
-        // The daemon's backend did the work: its call counts, the engine's page totals.
-        auto rs = remote->remote_stats();
-        if (rs) {
-            r.pages_pinned_total = rs->snapshot.totals.pages_pinned;
-            r.pages_unpinned_total = rs->snapshot.totals.pages_unpinned;
-            r.dma_map_calls = rs->head.backend_map_calls;
-            r.dma_unmap_calls = rs->head.backend_unmap_calls;
-            r.dma_entry_limit = rs->head.backend_entry_limit;
-        } else {
-            CLOG_WARN(kLog, "{}: daemon statistics: {}", r.label, rs.error().message());
-        }
-    }
-    double sum = 0;
-    for (const Sample& s : r.timeline) {
-        r.pinned_peak_pages = std::max(r.pinned_peak_pages, s.pinned_pages);
-        r.dma_entries_peak = std::max(r.dma_entries_peak, s.dma_entries);
-        sum += static_cast<double>(s.pinned_pages);
-    }
-    r.pinned_peak_pages = std::max(r.pinned_peak_pages, last.pinned_pages);
-    r.dma_entries_peak = std::max(r.dma_entries_peak, last.dma_entries);
-    r.pinned_mean_pages =
-        r.timeline.empty() ? static_cast<double>(last.pinned_pages) : sum / static_cast<double>(r.timeline.size());
-    const uint64_t setup_pinned = spec.strategy == StrategyKind::Static ? o.ram_bytes >> kPageShift : 0;
-    const uint64_t run_pins = r.pages_pinned_total >= setup_pinned ? r.pages_pinned_total - setup_pinned : 0;
-    r.pins_per_s = r.duration_s > 0 ? static_cast<double>(run_pins) / r.duration_s : 0;
-
-    r.balloon_requests = balloon.requests;
-    r.balloon_success = balloon.success;
-    r.balloon_failed = balloon.failed;
-    r.balloon_aborted = balloon.aborted;
-    r.balloon_violations = balloon.violations;
-    r.balloon_pages = balloon.pages;
-    r.balloon_latency = LatencySummary::of(balloon.latency.snapshot());
-
-    // Cross-checks of the final state.
-    if (r.invariant_checked) {
-        r.checks.push_back(
-            Check{"invariant", r.invariant_violations == 0,
-                  fmt::format("{} violations in {} checks", r.invariant_violations, r.invariant_checks)});
-    }
-    const uint64_t busy = r.failures_by_reason[static_cast<std::size_t>(MapFailure::SlotBusy)];
-    r.checks.push_back(Check{
-        "every_request_completed", unanswered == 0 && busy == 0,
-        fmt::format("{} requests sent, {} timed out, {} found the slot busy", r.notifications, unanswered, busy)});
-    r.checks.push_back(Check{"every_map_unmapped", r.maps == r.unmaps + r.unmap_failures && r.unmap_failures == 0,
-                             fmt::format("{} maps, {} unmaps, {} failed unmaps", r.maps, r.unmaps, r.unmap_failures)});
-    if (backend->fake != nullptr) {
-        uint64_t live = 0;
-        std::optional<uint64_t> stranger;  // a pinned page the guest never asked for
-        for (const dma::FakeMapping& m : backend->fake->mappings()) {
-            live += m.size >> kPageShift;
-            if (spec.strategy != StrategyKind::Coiommu) continue;
-            for (uint64_t g = raw(m.iova) >> kPageShift; g < (raw(m.iova) + m.size) >> kPageShift; ++g) {
-                if (g >= layout->data_pages || (touched[g >> 6] & (uint64_t{1} << (g & 63))) == 0) {
-                    if (!stranger) stranger = g;
-                }
-            }
-        }
-        const bool within = !stranger;
-        r.checks.push_back(Check{"backend_mappings_match_counts", live == r.pinned_end_pages,
-                                 fmt::format("{} pages in live mappings, counters say {}", live, r.pinned_end_pages)});
-        if (spec.strategy == StrategyKind::Coiommu) {
-            r.checks.push_back(
-                Check{"pinned_within_guest_mapped", within && r.pinned_peak_pages <= r.guest_touched_pages,
-                      fmt::format("peak {} pinned pages, {} distinct pages the guest asked to map; "
-                                  "{}",
-                                  r.pinned_peak_pages, r.guest_touched_pages,
-                                  within ? std::string("every pinned page was one of them")
-                                         : fmt::format("gfn {:#x} is pinned but was never asked for", *stranger))});
-        }
-    }
-    if (spec.strategy == StrategyKind::Static) {
-        const uint64_t ram_pages = o.ram_bytes >> kPageShift;
-        r.checks.push_back(Check{"static_all_ram_pinned", r.pinned_end_pages == ram_pages,
-                                 fmt::format("{} of {} guest pages mapped", r.pinned_end_pages, ram_pages)});
-    }
-    if (spec.strategy == StrategyKind::Strict) {
-        r.checks.push_back(
-            Check{"strict_nothing_left_mapped", r.pinned_end_pages == 0,
-                  fmt::format("{} pages mapped after the guest unmapped everything", r.pinned_end_pages)});
-    }
-    auto es = (*strategy)->engine_stats();
-    if (es && *es) {
-        r.engine = engine_figures(**es, r.served_by);
-        const EngineFigures& e = *r.engine;
-        const uint64_t engine_requests = e.requests_single + e.requests_batch;
-        r.checks.push_back(Check{"engine_saw_every_request", engine_requests == r.notifications,
-                                 fmt::format("guest sent {}, engine counted {}", r.notifications, engine_requests)});
-        r.checks.push_back(Check{"engine_counts_add_up", e.pages_pinned - e.pages_unpinned == e.pinned_pages,
-                                 fmt::format("engine pinned {} - unpinned {} = {}, gauge {}", e.pages_pinned,
-                                             e.pages_unpinned, e.pages_pinned - e.pages_unpinned, e.pinned_pages)});
-        if (remote == nullptr) {  // --connect: pinned_end_pages is the engine's gauge itself
-            r.checks.push_back(
-                Check{"engine_matches_backend", e.pinned_pages == r.pinned_end_pages,
-                      fmt::format("engine gauge {} pinned pages, backend {}", e.pinned_pages, r.pinned_end_pages)});
-        }
-    } else if (!es) {
-        CLOG_WARN(kLog, "{}: engine statistics: {}", r.label, es.error().message());
-    }
-    if (board) {
-        r.checks.push_back(Check{"balloon_released_pages", r.balloon_violations == 0,
-                                 fmt::format("{} balloon requests, {} Success, {} still mapped after Success",
-                                             r.balloon_requests, r.balloon_success, r.balloon_violations)});
-    }
-
-    // Teardown: the host must not keep a mapping of this guest.
-    (*strategy)->shutdown();
-    if (remote != nullptr) {
-        const auto info = remote->close_info();
-        r.checks.push_back(Check{"teardown_left_no_mapping", info && info->dma_entries_after == 0,
-                                 info ? fmt::format("the daemon reports {} backend entries left after Close "
-                                                    "({} pages unpinned)",
-                                                    info->dma_entries_after, info->pages_unpinned)
-                                      : std::string("the daemon did not answer Close")});
-    } else {
-        const uint64_t left = backend->own->live_entries();
-        r.checks.push_back(
-            Check{"teardown_left_no_mapping", left == 0, fmt::format("{} backend entries left after teardown", left)});
-    }
-    r.process_cpu_s = process_cpu_s() - cpu_at_start;
-    return r;
+    Run run(o, spec, control);
+    COIOMMU_TRY(run.setup());
+    run.drive();
+    run.totals();
+    run.cross_checks();
+    run.teardown();
+    return run.take();
 }
 
 }  // namespace coiommu::loadgen

@@ -99,6 +99,28 @@ TEST(CoiommuLoadBinary, AShortRunExitsZeroWithAJsonReport) {
     const auto doc = test::JsonParser::parse(slurp(dir.file("r.json")));
     ASSERT_TRUE(doc.has_value());
     EXPECT_TRUE((*doc)["ok"].boolean());
+    EXPECT_FALSE((*doc).at("environment.host").string().empty());
+    EXPECT_FALSE((*doc).at("environment.git_revision").string().empty());
+}
+
+TEST(CoiommuLoadBinary, ABadJsonPathFailsBeforeTheRun) {
+    const Exit e = run_binary(
+        "--duration 1 --ram 64M --workload ring --buffer-pages 4 --log-level error --json "
+        "/nonexistent-coiommu-dir/r.json");
+    EXPECT_EQ(e.code, 1);
+    EXPECT_NE(e.err.find("--json"), std::string::npos) << e.err;
+    EXPECT_NE(e.err.find("/nonexistent-coiommu-dir/r.json"), std::string::npos) << e.err;
+    EXPECT_EQ(e.out.find("coiommu/fast/ring"), std::string::npos) << "the run should not have started:\n" << e.out;
+}
+
+TEST(CoiommuLoadBinary, APlotToAMissingDirectorySaysSoNotThatGnuplotIsMissing) {
+    const Exit e = run_binary(
+        "--duration 0.2 --ram 64M --workload ring --buffer-pages 4 --log-level error --plot "
+        "/nonexistent-coiommu-dir/p.png");
+    EXPECT_EQ(e.code, 1);
+    EXPECT_EQ(e.err.find("gnuplot is not installed"), std::string::npos) << e.err;
+    EXPECT_NE(e.err.find("--plot"), std::string::npos) << e.err;
+    EXPECT_NE(e.err.find("/nonexistent-coiommu-dir/p.png"), std::string::npos) << e.err;
 }
 
 TEST(CoiommuLoadBinary, AnUnusableVfioGroupExitsOne) {

@@ -4,10 +4,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
+#include "engine/base/version.h"
 #include "tests/testing/expect.h"
 #include "tests/unit/loadgen/json_parse.h"
 
@@ -86,6 +90,49 @@ TEST(RenderJson, OkIsFalseWhenARunFailed) {
     EXPECT_FALSE((*doc)["runs"].array()[1]["passed"].boolean());
 }
 
+TEST(RenderJson, CarriesTheEnvironment) {
+    const auto start = std::chrono::system_clock::now();
+    const Environment env = capture_environment(start);
+    const auto doc = test::JsonParser::parse(render_json(LoadOptions{}, matrix(), env));
+    ASSERT_TRUE(doc.has_value());
+    const test::JsonValue& e = (*doc)["environment"];
+    ASSERT_TRUE(e.is_object());
+    for (const char* f : {"host", "kernel", "cpu.model", "time", "version", "git_revision"}) {
+        ASSERT_TRUE(e.at(f).is_string()) << f;
+        EXPECT_FALSE(e.at(f).string().empty()) << f;
+    }
+    EXPECT_GE(e.at("cpu.online").number(), 1.0);
+    EXPECT_EQ(e["version"].string(), std::string(project_version()));
+    EXPECT_EQ(e["git_revision"].string(), std::string(git_revision()));
+    EXPECT_EQ((*doc)["version"].string(), std::string(project_version()));
+    // ISO-8601 UTC of the start, to the second.
+    const std::time_t secs = std::chrono::system_clock::to_time_t(start);
+    std::tm tm{};
+    ASSERT_NE(::gmtime_r(&secs, &tm), nullptr);
+    char want[32];
+    ASSERT_GT(std::strftime(want, sizeof want, "%Y-%m-%dT%H:%M:%SZ", &tm), 0u);
+    EXPECT_EQ(e["time"].string(), want);
+    EXPECT_NE(e["kernel"].string().find(' '), std::string::npos) << "release and version";
+}
+
+TEST(RenderJson, EmptyListsAreArraysAndMissingEngineIsNull) {
+    std::vector<RunResult> runs{RunResult{}};
+    runs[0].spec.strategy = StrategyKind::Strict;
+    const auto doc = test::JsonParser::parse(render_json(LoadOptions{}, runs));
+    ASSERT_TRUE(doc.has_value());
+    const test::JsonValue& run = (*doc)["runs"].array()[0];
+    EXPECT_TRUE(run["checks"].is_array());
+    EXPECT_TRUE(run["timeline"].is_array());
+    EXPECT_TRUE(run.at("cpu.threads").is_array());
+    EXPECT_TRUE(run["engine_stats"].is_null());
+    EXPECT_TRUE(run["engine"].is_null());
+    const auto none = test::JsonParser::parse(render_json(LoadOptions{}, {}));
+    ASSERT_TRUE(none.has_value());
+    EXPECT_TRUE((*none)["runs"].is_array());
+    EXPECT_TRUE((*none)["comparison"].is_array());
+    EXPECT_TRUE((*none)["ok"].boolean());
+}
+
 TEST(JsonParser, RejectsMalformedDocuments) {
     EXPECT_FALSE(test::JsonParser::parse("{\"a\": 1,}").has_value());
     EXPECT_FALSE(test::JsonParser::parse("{\"a\": nan}").has_value());
@@ -145,6 +192,27 @@ TEST(WritePlot, WithoutGnuplotSaysENOENTAndKeepsTheScript) {
     ::setenv("PATH", saved.c_str(), 1);
     EXPECT_ERR(st, ENOENT);
     EXPECT_TRUE(std::filesystem::exists(png + ".gp"));
+}
+
+TEST(WritePlot, AMissingDirectoryIsAFileErrorNotAMissingGnuplot) {
+    TempDir dir;
+    const std::string png = dir.path() + "/no/such/dir/plot.png";
+    const auto script = write_plot_files(png, matrix());
+    EXPECT_ERR(script, ENOENT);
+    ASSERT_FALSE(script.has_value());
+    EXPECT_NE(script.error().context.find(png), std::string::npos) << script.error().context;
+}
+
+TEST(CheckWritable, RefusesAMissingDirectoryAndLeavesFilesAsTheyWere) {
+    TempDir dir;
+    EXPECT_ERR(check_writable(dir.path() + "/no/such/dir/r.json"), ENOENT);
+    const std::string fresh = dir.path() + "/fresh.json";
+    ASSERT_OK(check_writable(fresh));
+    EXPECT_FALSE(std::filesystem::exists(fresh)) << "the probe removes the file it created";
+    const std::string existing = dir.path() + "/existing.json";
+    std::ofstream(existing) << "keep";
+    ASSERT_OK(check_writable(existing));
+    EXPECT_EQ(std::filesystem::file_size(existing), 4u);
 }
 
 }  // namespace
