@@ -150,203 +150,232 @@ void reload(const std::vector<std::string_view>& args, DaemonConfig& live) {
     notify_ready("serving (configuration reloaded)");
 }
 
-int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
-    DaemonConfig cfg = given;
-    log::set_level(cfg.log_level);
-    const bool prefix = cfg.priority_prefix == PriorityPrefix::On ||
-                        (cfg.priority_prefix == PriorityPrefix::Auto && ::getenv("JOURNAL_STREAM") != nullptr);
-    log::set_priority_prefix(prefix);
-
-    auto sigfd = block_signals();
-    if (!sigfd) {
-        CLOG_ERROR(kLog, "{}", sigfd.error().message());
-        return 1;
-    }
-
-    std::string demo_dir;
+// The demo's private socket directory, or the service's socket: inherited from systemd, or
+// bound by the server in a directory that must exist. Fills `server_opts`.
+Status prepare_socket(DaemonConfig& cfg, std::string& demo_dir, ServerOptions& server_opts) {
     if (cfg.mode == Mode::Demo) {
         if (cfg.socket_path == kDefaultSocket) {
-            auto dir = demo_socket_dir();
-            if (!dir) {
-                CLOG_ERROR(kLog, "{}", dir.error().message());
-                return 1;
-            }
-            demo_dir = *dir;
+            COIOMMU_ASSIGN_OR_RETURN(demo_dir, demo_socket_dir());
             cfg.socket_path = demo_dir + "/coiommud.sock";
         }
         if (std::find(cfg.backends.begin(), cfg.backends.end(), "fake") == cfg.backends.end()) {
             cfg.backends.emplace_back("fake");
         }
+        server_opts = cfg.server_options();
+        return ok();
     }
-    ServerOptions server_opts = cfg.server_options();
-    if (cfg.mode == Mode::Service) {
-        auto activated = take_activated_listener();
-        if (!activated) {
-            CLOG_ERROR(kLog, "socket activation: {}", activated.error().message());
-            return 1;
+    server_opts = cfg.server_options();
+    COIOMMU_ASSIGN_OR_RETURN(auto activated, take_activated_listener(), "socket activation");
+    if (activated.fd) {
+        if (activated.path != cfg.socket_path) {
+            CLOG_INFO(kLog, "socket-activated on {} (the configured socket {} is not used)", activated.path,
+                      cfg.socket_path);
         }
-        if (activated->fd) {
-            if (activated->path != cfg.socket_path) {
-                CLOG_INFO(kLog, "socket-activated on {} (the configured socket {} is not used)", activated->path,
-                          cfg.socket_path);
-            }
-            cfg.socket_path = activated->path;
-            cfg.socket_activated = true;
-            server_opts.socket_path = activated->path;
-            server_opts.inherited_listener = std::move(activated->fd);
-        }
+        cfg.socket_path = activated.path;
+        cfg.socket_activated = true;
+        server_opts.socket_path = activated.path;
+        server_opts.inherited_listener = std::move(activated.fd);
+        return ok();
     }
-    if (const auto parent = std::filesystem::path(cfg.socket_path).parent_path();
-        cfg.mode == Mode::Service && !cfg.socket_activated && !parent.empty()) {
+    if (const auto parent = std::filesystem::path(cfg.socket_path).parent_path(); !parent.empty()) {
         std::error_code ec;
         if (!std::filesystem::exists(parent, ec)) {
-            CLOG_ERROR(kLog,
-                       "socket directory {} does not exist (systemd: RuntimeDirectory=coiommu; by hand: "
-                       "mkdir -p {} or --socket PATH)",
-                       parent.string(), parent.string());
-            return 1;
+            return make_error(ENOENT, fmt::format("socket directory {} does not exist (systemd: coiommud.socket; by "
+                                                  "hand: mkdir -p {} or --socket PATH)",
+                                                  parent.string(), parent.string()));
         }
     }
+    return ok();
+}
+
+// The tracer and the metrics endpoint. Members are destroyed in reverse: the exposer (whose BPF
+// collector reads the tracer) before the tracer.
+struct Observability {
+#ifdef COIOMMU_HAVE_BPF
+    std::optional<bpf::Tracing> tracing;
+#endif
+#ifdef COIOMMU_HAVE_EXPORTER
+    std::optional<exporter::Exposer> exposer;
+#endif
+    std::string tracing_status = "off (--tracing off)";
+    std::string metrics_url;
+};
+
+// Attaches when permitted and says clearly when not; never fails the daemon.
+void start_tracing(const DaemonConfig& cfg, Observability& obs) {
+#ifdef COIOMMU_HAVE_BPF
+    if (cfg.tracing == TracingMode::Auto) {
+        if (auto priv = bpf::check_bpf_privileges(); !priv) {
+            obs.tracing_status = fmt::format("not available: {}", priv.error().context);
+        } else {
+            bpf::TracingOptions topts;
+            bpf::EngineTarget target;
+            target.binary = self_program();
+            target.pid = static_cast<int>(::getpid());
+            topts.engine = target;
+            auto t = bpf::Tracing::start(topts);
+            if (t) {
+                obs.tracing.emplace(std::move(*t));
+                obs.tracing_status = "attached: vfio_dma syscall tracepoints + engine USDT probes";
+            } else {
+                // The engine USDT probes need the uprobe support of this kernel; retry with vfio_dma only.
+                topts.engine.reset();
+                auto t2 = bpf::Tracing::start(topts);
+                if (t2) {
+                    obs.tracing.emplace(std::move(*t2));
+                    obs.tracing_status =
+                        fmt::format("vfio_dma attached (engine USDT not available: {})", t.error().message());
+                } else {
+                    obs.tracing_status = fmt::format("not available: {}", t2.error().message());
+                }
+            }
+        }
+    }
+#else
+    if (cfg.tracing == TracingMode::Auto) obs.tracing_status = "not available: built without BPF (COIOMMU_BPF=OFF)";
+#endif
+    if (obs.tracing_status.starts_with("not available")) {
+        CLOG_WARN(kLog, "tracing {}", obs.tracing_status);
+    } else {
+        CLOG_INFO(kLog, "tracing {}", obs.tracing_status);
+    }
+}
+
+#ifdef COIOMMU_HAVE_EXPORTER
+std::shared_ptr<exporter::CollectorSet> collectors(const DaemonConfig& cfg, Server* srv, Observability& obs) {
+    exporter::EngineInfo info;
+    info.build = exporter::this_build();
+    info.config.unpin_policy = std::string(workers::to_string(cfg.engine.unpin_policy));
+    info.config.coalesce = cfg.engine.coalesce == workers::Coalesce::On ? "on" : "off";
+    info.config.backend = cfg.mode == Mode::Demo ? "fake" : cfg.backends.front();
+    info.config.unpin_interval_seconds = std::chrono::duration<double>(cfg.engine.unpin_interval).count();
+    info.config.unpin_gen_threshold = cfg.engine.unpin_gen_threshold;
+    auto set = std::make_shared<exporter::CollectorSet>();
+    (void)set->add("engine", std::make_shared<exporter::EngineCollector>([srv] { return srv->aggregate(); }, info));
+    (void)set->add("process", std::make_shared<exporter::ProcessCollector>());
+#ifdef COIOMMU_HAVE_BPF
+    if (obs.tracing) {
+        (void)set->add("bpf", std::make_shared<exporter::BpfCollector>(
+                                  exporter::tracing_source(*obs.tracing, nullptr, std::nullopt)));
+    }
+#else
+    (void)obs;
+#endif
+    return set;
+}
+#endif
+
+// The Prometheus endpoint (unless metrics_address is none). Errors: the exposer's, e.g. EADDRINUSE
+// (the demo then takes a free port instead).
+Status start_metrics(const DaemonConfig& cfg, Server* srv, Observability& obs) {
+#ifdef COIOMMU_HAVE_EXPORTER
+    if (cfg.metrics_address == "none") return ok();
+    exporter::ExposerOptions eo;
+    eo.address = cfg.metrics_address;
+    auto ex = exporter::Exposer::start(eo);
+    if (!ex && ex.error().code == EADDRINUSE && cfg.mode == Mode::Demo) {
+        // A newcomer's second demo (or another exporter) holds the port: take any free one.
+        CLOG_WARN(kLog, "metrics address {} is in use; the demo takes a free port instead", cfg.metrics_address);
+        if (auto la = exporter::parse_listen_address(cfg.metrics_address)) {
+            la->port = 0;
+            eo.address = la->to_string();
+            ex = exporter::Exposer::start(eo);
+        }
+    }
+    if (!ex) {
+        return coiommu::unexpected(with_context(
+            ex.error(), fmt::format("metrics endpoint {} (--metrics-address ADDR or none)", cfg.metrics_address)));
+    }
+    obs.exposer.emplace(std::move(*ex));
+    COIOMMU_TRY(obs.exposer->register_collectable(collectors(cfg, srv, obs)), "metrics");
+    obs.metrics_url = obs.exposer->url();
+    CLOG_INFO(kLog, "metrics at {}", obs.metrics_url);
+#else
+    (void)srv;
+    (void)obs;
+    if (cfg.metrics_address != "none") CLOG_WARN(kLog, "metrics not available: built without prometheus-cpp");
+#endif
+    return ok();
+}
+
+// Service mode: READY, then SIGHUP reloads until SIGTERM/SIGINT.
+void serve_until_stopped(int sigfd, const std::vector<std::string_view>& args, DaemonConfig& cfg) {
+    CLOG_INFO(kLog, "ready: serving VMMs on {}", cfg.socket_path);
+    notify_ready(fmt::format("serving VMMs on {}", cfg.socket_path));
+    for (;;) {
+        signalfd_siginfo si{};
+        pollfd p{sigfd, POLLIN, 0};
+        if (::poll(&p, 1, -1) < 0 && errno != EINTR) return;
+        if (::read(sigfd, &si, sizeof si) != static_cast<ssize_t>(sizeof si)) continue;
+        if (si.ssi_signo == SIGHUP) {
+            reload(args, cfg);
+            continue;
+        }
+        CLOG_INFO(kLog, "{}: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        return;
+    }
+}
+
+int demo(Server* server, const DaemonConfig& cfg, int sigfd, const Observability& obs) {
+    DemoContext ctx;
+    ctx.server = server;
+    ctx.config = &cfg;
+    ctx.signal_fd = sigfd;
+    ctx.metrics_url = obs.metrics_url;
+    ctx.tracing_status = obs.tracing_status;
+    ctx.trace_tool = sibling_program("coiommu-trace", "bpf");
+    ctx.load_tool = sibling_program("coiommu-load", "engine/loadgen");
+    ctx.daemon_tool = self_program();
+    ctx.dashboards = dashboards_dir();
+    return run_demo(ctx);
+}
+
+int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
+    DaemonConfig cfg = given;
+    log::set_level(cfg.log_level);
+    log::set_priority_prefix(cfg.priority_prefix == PriorityPrefix::On ||
+                             (cfg.priority_prefix == PriorityPrefix::Auto && ::getenv("JOURNAL_STREAM") != nullptr));
+    auto sigfd = block_signals();
+    if (!sigfd) {
+        CLOG_ERROR(kLog, "{}", sigfd.error().message());
+        return 1;
+    }
+    std::string demo_dir;
+    ServerOptions server_opts;
+    const Status prepared = prepare_socket(cfg, demo_dir, server_opts);
     struct DirCleanup {
         std::string dir;
         ~DirCleanup() {
             if (!dir.empty()) ::rmdir(dir.c_str());
         }
     } cleanup{demo_dir};
-
+    if (!prepared) {
+        CLOG_ERROR(kLog, "{}", prepared.error().message());
+        return 1;
+    }
     auto server = Server::start(std::move(server_opts));
     if (!server) {
         CLOG_ERROR(kLog, "cannot serve {}: {}", cfg.socket_path, server.error().message());
         return 1;
     }
-
-    // Tracing: attach when permitted, say clearly when not.
-    std::string tracing_status = "off (--tracing off)";
-#ifdef COIOMMU_HAVE_BPF
-    std::optional<bpf::Tracing> tracing;
-    if (cfg.tracing == TracingMode::Auto) {
-        if (auto priv = bpf::check_bpf_privileges(); !priv) {
-            tracing_status = fmt::format("not available: {}", priv.error().context);
-        } else {
-            bpf::TracingOptions topts;
-            bpf::EngineTarget target;
-            target.binary = "/proc/self/exe";
-            std::error_code ec;
-            if (auto exe = std::filesystem::read_symlink("/proc/self/exe", ec); !ec) target.binary = exe.string();
-            target.pid = static_cast<int>(::getpid());
-            topts.engine = target;
-            auto t = bpf::Tracing::start(topts);
-            if (!t) {
-                // The engine USDT probes need the uprobe support of this kernel; retry with vfio_dma only.
-                topts.engine.reset();
-                auto t2 = bpf::Tracing::start(topts);
-                if (t2) {
-                    tracing.emplace(std::move(*t2));
-                    tracing_status =
-                        fmt::format("vfio_dma attached (engine USDT not available: {})", t.error().message());
-                } else {
-                    tracing_status = fmt::format("not available: {}", t2.error().message());
-                }
-            } else {
-                tracing.emplace(std::move(*t));
-                tracing_status = "attached: vfio_dma syscall tracepoints + engine USDT probes";
-            }
-        }
+    Observability obs;
+    start_tracing(cfg, obs);
+    if (auto st = start_metrics(cfg, server->get(), obs); !st) {
+        CLOG_ERROR(kLog, "{}", st.error().message());
+        return 1;
     }
-#else
-    if (cfg.tracing == TracingMode::Auto) tracing_status = "not available: built without BPF (COIOMMU_BPF=OFF)";
-#endif
-    if (tracing_status.starts_with("not available")) {
-        CLOG_WARN(kLog, "tracing {}", tracing_status);
-    } else {
-        CLOG_INFO(kLog, "tracing {}", tracing_status);
-    }
-
-    std::string metrics_url;
-#ifdef COIOMMU_HAVE_EXPORTER
-    std::optional<exporter::Exposer> exposer;
-    if (cfg.metrics_address != "none") {
-        exporter::EngineInfo info;
-        info.build = exporter::this_build();
-        info.config.unpin_policy = std::string(workers::to_string(cfg.engine.unpin_policy));
-        info.config.coalesce = cfg.engine.coalesce == workers::Coalesce::On ? "on" : "off";
-        info.config.backend = cfg.mode == Mode::Demo ? "fake" : cfg.backends.front();
-        info.config.unpin_interval_seconds = std::chrono::duration<double>(cfg.engine.unpin_interval).count();
-        info.config.unpin_gen_threshold = cfg.engine.unpin_gen_threshold;
-        auto set = std::make_shared<exporter::CollectorSet>();
-        Server* srv = server->get();
-        (void)set->add("engine", std::make_shared<exporter::EngineCollector>([srv] { return srv->aggregate(); }, info));
-        (void)set->add("process", std::make_shared<exporter::ProcessCollector>());
-#ifdef COIOMMU_HAVE_BPF
-        if (tracing) {
-            (void)set->add("bpf", std::make_shared<exporter::BpfCollector>(
-                                      exporter::tracing_source(*tracing, nullptr, std::nullopt)));
-        }
-#endif
-        exporter::ExposerOptions eo;
-        eo.address = cfg.metrics_address;
-        auto ex = exporter::Exposer::start(eo);
-        if (!ex && ex.error().code == EADDRINUSE && cfg.mode == Mode::Demo) {
-            // A newcomer's second demo (or another exporter) holds the port: take any free one.
-            CLOG_WARN(kLog, "metrics address {} is in use; the demo takes a free port instead", cfg.metrics_address);
-            if (auto la = exporter::parse_listen_address(cfg.metrics_address)) {
-                la->port = 0;
-                eo.address = la->to_string();
-                ex = exporter::Exposer::start(eo);
-            }
-        }
-        if (!ex) {
-            CLOG_ERROR(kLog, "metrics endpoint {}: {} (--metrics-address ADDR or none)", cfg.metrics_address,
-                       ex.error().message());
-            return 1;
-        }
-        exposer.emplace(std::move(*ex));
-        if (auto st = exposer->register_collectable(set); !st) {
-            CLOG_ERROR(kLog, "metrics: {}", st.error().message());
-            return 1;
-        }
-        metrics_url = exposer->url();
-        CLOG_INFO(kLog, "metrics at {}", metrics_url);
-    }
-#else
-    if (cfg.metrics_address != "none") CLOG_WARN(kLog, "metrics not available: built without prometheus-cpp");
-#endif
-
     int rc = 0;
     if (cfg.mode == Mode::Demo) {
-        DemoContext ctx;
-        ctx.server = server->get();
-        ctx.config = &cfg;
-        ctx.signal_fd = sigfd->get();
-        ctx.metrics_url = metrics_url;
-        ctx.tracing_status = tracing_status;
-        ctx.trace_tool = sibling_program("coiommu-trace", "bpf");
-        ctx.load_tool = sibling_program("coiommu-load", "engine/loadgen");
-        ctx.daemon_tool = self_program();
-        ctx.dashboards = dashboards_dir();
-        rc = run_demo(ctx);
+        rc = demo(server->get(), cfg, sigfd->get(), obs);
     } else {
-        CLOG_INFO(kLog, "ready: serving VMMs on {}", cfg.socket_path);
-        notify_ready(fmt::format("serving VMMs on {}", cfg.socket_path));
-        for (;;) {
-            signalfd_siginfo si{};
-            pollfd p{sigfd->get(), POLLIN, 0};
-            if (::poll(&p, 1, -1) < 0 && errno != EINTR) break;
-            if (::read(sigfd->get(), &si, sizeof si) != static_cast<ssize_t>(sizeof si)) continue;
-            if (si.ssi_signo == SIGHUP) {
-                reload(args, cfg);
-                continue;
-            }
-            CLOG_INFO(kLog, "{}: shutting down", si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
-            break;
-        }
+        serve_until_stopped(sigfd->get(), args, cfg);
     }
     notify_stopping();
     // Orderly: no new sessions, every session's engine unmaps what it mapped, then the exporter
     // (its collector reads the server) and the tracer go.
     (*server)->stop();
 #ifdef COIOMMU_HAVE_EXPORTER
-    exposer.reset();
+    obs.exposer.reset();
 #endif
     server->reset();
     CLOG_INFO(kLog, "stopped");
