@@ -30,7 +30,7 @@
 
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/daemon/client.h"
 #include "engine/daemon/protocol.h"
 #include "engine/guest/guest_memory.h"

@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/device/device.h"
 #include "engine/telemetry/clock.h"
 

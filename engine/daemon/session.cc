@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/dma/fake_backend.h"
 #include "engine/dma/null_backend.h"
 #include "engine/dma/vfio_backend.h"

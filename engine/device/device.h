@@ -45,7 +45,7 @@
 #include "engine/base/event_fd.h"
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/guest/guest_memory.h"
 
 namespace coiommu::device {

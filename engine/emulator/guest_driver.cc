@@ -9,7 +9,7 @@
 
 #include <fmt/format.h>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 
 namespace coiommu::emulator {
 namespace {

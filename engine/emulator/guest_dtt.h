@@ -20,7 +20,7 @@
 
 #include "engine/base/addr.h"
 #include "engine/base/result.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/guest/guest_memory.h"
 
 namespace coiommu::emulator {

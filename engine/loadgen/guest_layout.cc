@@ -4,7 +4,7 @@
 
 #include <fmt/format.h>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 
 namespace coiommu::loadgen {
 namespace {

@@ -7,12 +7,12 @@
 #include <fmt/format.h>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/device/device.h"
 #include "engine/emulator/guest_driver.h"
 #include "engine/emulator/guest_dtt.h"
 #include "engine/loadgen/viommu_queue.h"
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 #include "engine/viommu/protocol.h"
 #include "engine/viommu/vfio_mapper.h"
 

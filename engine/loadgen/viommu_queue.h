@@ -25,7 +25,7 @@
 #include "engine/base/event_fd.h"
 #include "engine/base/result.h"
 #include "engine/telemetry/counters.h"
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 
 namespace coiommu::loadgen {
 

@@ -16,9 +16,9 @@
 #include <string>
 
 #include "engine/base/addr.h"
-#include "engine/coiommu/dtt.h"
-#include "engine/coiommu/pin_table.h"
-#include "engine/coiommu/request.h"
+#include "engine/core/dtt.h"
+#include "engine/core/pin_table.h"
+#include "engine/core/request.h"
 #include "engine/dma/backend.h"
 #include "engine/guest/guest_memory.h"
 #include "engine/telemetry/engine_stats.h"

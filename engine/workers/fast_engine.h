@@ -36,8 +36,8 @@
 #include <vector>
 
 #include "engine/base/event_fd.h"
-#include "engine/coiommu/pin_table.h"
-#include "engine/coiommu/request.h"
+#include "engine/core/pin_table.h"
+#include "engine/core/request.h"
 #include "engine/telemetry/engine_stats.h"
 #include "engine/workers/arena.h"
 #include "engine/workers/config.h"

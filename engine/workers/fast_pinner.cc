@@ -19,7 +19,7 @@
 #include <cstring>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/telemetry/clock.h"
 #include "engine/telemetry/probes.h"
 

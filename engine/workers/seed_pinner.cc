@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/telemetry/clock.h"
 #include "engine/telemetry/probes.h"
 

@@ -25,10 +25,10 @@
 #include <vector>
 
 #include "engine/base/event_fd.h"
-#include "engine/coiommu/dtt.h"
-#include "engine/coiommu/pin_table.h"
-#include "engine/coiommu/pinner.h"
-#include "engine/coiommu/request.h"
+#include "engine/core/dtt.h"
+#include "engine/core/pin_table.h"
+#include "engine/core/pinner.h"
+#include "engine/core/request.h"
 #include "engine/telemetry/engine_stats.h"
 #include "engine/workers/config.h"
 #include "engine/workers/park_gate.h"

@@ -14,7 +14,7 @@
 #include <cerrno>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/telemetry/clock.h"
 #include "engine/telemetry/probes.h"
 

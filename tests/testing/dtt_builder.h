@@ -11,7 +11,7 @@
 
 #include "engine/base/addr.h"
 #include "engine/base/result.h"
-#include "engine/coiommu/dtt.h"
+#include "engine/core/dtt.h"
 #include "engine/emulator/guest_dtt.h"
 #include "engine/guest/guest_memory.h"
 

@@ -16,7 +16,7 @@
 
 #include "engine/dma/vfio_backend.h"
 #include "engine/guest/guest_memory.h"
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 #include "engine/viommu/protocol.h"
 #include "engine/viommu/vfio_mapper.h"
 #include "tests/testing/expect.h"

@@ -43,7 +43,7 @@
 #define FIRST_DATA_GFN 0x800ull
 #define ENDPOINT_BDF 0x0008u /* 00:01.0, the passthrough device */
 
-/* The DMA tracking table's format (engine/coiommu/spec.h). */
+/* The DMA tracking table's format (engine/core/spec.h). */
 #define DTT_PRESENT 1ull
 #define DTTE_PINNED (1u << 31)
 #define DTTE_ACCESSED (1u << 30)

@@ -13,9 +13,9 @@
 #include <optional>
 #include <vector>
 
-#include "engine/coiommu/pin_table.h"
-#include "engine/coiommu/request.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/pin_table.h"
+#include "engine/core/request.h"
+#include "engine/core/spec.h"
 #include "engine/device/device.h"
 #include "engine/dma/fake_backend.h"
 #include "engine/dma/null_backend.h"

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/daemon/client.h"
 #include "tests/testing/expect.h"
 #include "tests/unit/daemon/fd_count.h"

@@ -8,7 +8,7 @@
 #include <span>
 #include <string>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 
 namespace coiommu::exporter::testing {
 namespace {

@@ -13,7 +13,7 @@
 #include "engine/loadgen/in_process_link.h"
 #include "engine/loadgen/tsc_clock.h"
 #include "engine/loadgen/viommu_queue.h"
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 #include "engine/viommu/vfio_mapper.h"
 #include "engine/workers/config.h"
 #include "tests/testing/expect.h"

@@ -7,7 +7,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 #include "tests/testing/expect.h"
 #include "tests/unit/viommu/viommu_test_util.h"
 

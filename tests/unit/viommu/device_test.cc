@@ -1,7 +1,7 @@
 // The virtio-iommu request layer: one test per status path of engine/README.md, "virtio-iommu
 // request statuses", malformed requests, PROBE's property bytes, config, and waiting on IOMMU
 // faults.
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 
 #include <gtest/gtest.h>
 

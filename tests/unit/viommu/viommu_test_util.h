@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "engine/viommu/basic_mapper.h"
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 #include "engine/viommu/protocol.h"
 
 namespace coiommu::viommu::testutil {

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/device/device.h"
 #include "engine/dma/fake_backend.h"
 #include "engine/emulator/guest_driver.h"

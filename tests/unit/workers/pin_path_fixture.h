@@ -10,9 +10,9 @@
 #include <span>
 #include <vector>
 
-#include "engine/coiommu/pin_table.h"
-#include "engine/coiommu/request.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/pin_table.h"
+#include "engine/core/request.h"
+#include "engine/core/spec.h"
 #include "engine/dma/fake_backend.h"
 #include "engine/telemetry/engine_stats.h"
 #include "engine/workers/arena.h"

@@ -85,7 +85,7 @@ COIOMMU_CLIENT_API uint32_t coiommu_client_version(void);
 #define COIOMMU_CLIENT_MAX_MMIO_LEN 8          /* bytes per BAR0 access */
 #define COIOMMU_CLIENT_NAME_MAX 31             /* bytes of the VMM name the daemon logs */
 
-/* ---- The device the VMM exposes to its guest (engine/coiommu/spec.h) --------------------------- */
+/* ---- The device the VMM exposes to its guest (engine/core/spec.h) --------------------------- */
 
 #define COIOMMU_CLIENT_PCI_VENDOR_ID 0x1234
 #define COIOMMU_CLIENT_PCI_DEVICE_ID 0xabcd

@@ -17,8 +17,8 @@
 
 #include "engine/base/addr.h"
 #include "engine/base/result.h"
-#include "engine/coiommu/dtt.h"
-#include "engine/coiommu/pinner.h"
+#include "engine/core/dtt.h"
+#include "engine/core/pinner.h"
 #include "engine/guest/guest_memory.h"
 
 namespace coiommu::core {

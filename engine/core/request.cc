@@ -1,10 +1,10 @@
-#include "engine/coiommu/request.h"
+#include "engine/core/request.h"
 
 #include <cerrno>
 
 #include <fmt/format.h>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 
 namespace coiommu::core {
 namespace {

@@ -10,7 +10,7 @@
 //    a huge gfn onto the entry of a small one);
 //  - every table page, not only the final leaf word, must lie wholly inside guest RAM, so the
 //    cursor's pointer arithmetic inside a leaf page can never leave guest RAM.
-#include "engine/coiommu/dtt.h"
+#include "engine/core/dtt.h"
 
 #include <atomic>
 #include <cerrno>

@@ -1,4 +1,4 @@
-#include "engine/coiommu/request.h"
+#include "engine/core/request.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "tests/testing/log_capture.h"
-#include "tests/unit/coiommu/pin_fixture.h"
+#include "tests/unit/core/pin_fixture.h"
 
 namespace coiommu::core::test {
 namespace {

@@ -11,9 +11,9 @@
 
 #include "engine/base/addr.h"
 #include "engine/base/result.h"
-#include "engine/coiommu/dtt.h"
+#include "engine/core/dtt.h"
 #include "engine/base/domain.h"
-#include "engine/coiommu/pin_table.h"
+#include "engine/core/pin_table.h"
 #include "engine/dma/backend.h"
 #include "engine/guest/guest_memory.h"
 

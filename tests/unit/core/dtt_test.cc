@@ -1,4 +1,4 @@
-#include "engine/coiommu/dtt.h"
+#include "engine/core/dtt.h"
 
 #include <gtest/gtest.h>
 
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "engine/emulator/guest_dtt.h"
 #include "tests/testing/dtt_builder.h"
 #include "tests/testing/expect.h"

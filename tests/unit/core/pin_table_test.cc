@@ -1,4 +1,4 @@
-#include "engine/coiommu/pin_table.h"
+#include "engine/core/pin_table.h"
 
 #include <gtest/gtest.h>
 

@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 #include "tests/testing/dtt_builder.h"
 #include "tests/testing/expect.h"
 

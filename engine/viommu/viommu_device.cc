@@ -1,4 +1,4 @@
-#include "engine/viommu/device.h"
+#include "engine/viommu/viommu_device.h"
 
 #include <unistd.h>
 

@@ -7,10 +7,10 @@
 #include <memory>
 #include <optional>
 
-#include "engine/coiommu/dtt.h"
-#include "engine/coiommu/pin_table.h"
-#include "engine/coiommu/pinner.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/dtt.h"
+#include "engine/core/pin_table.h"
+#include "engine/core/pinner.h"
+#include "engine/core/spec.h"
 #include "engine/dma/fake_backend.h"
 #include "tests/testing/dtt_builder.h"
 #include "tests/testing/expect.h"

@@ -1,4 +1,4 @@
-#include "engine/coiommu/pinner.h"
+#include "engine/core/pinner.h"
 
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 #include <cerrno>
 
 #include "tests/testing/log_capture.h"
-#include "tests/unit/coiommu/pin_fixture.h"
+#include "tests/unit/core/pin_fixture.h"
 
 namespace coiommu::core::test {
 namespace {

@@ -11,9 +11,9 @@
 #include <thread>
 #include <vector>
 
-#include "engine/coiommu/request.h"
+#include "engine/core/request.h"
 #include "tests/testing/log_capture.h"
-#include "tests/unit/coiommu/pin_fixture.h"
+#include "tests/unit/core/pin_fixture.h"
 
 namespace coiommu::core::test {
 namespace {

@@ -13,13 +13,13 @@
 // ordered against the guest's "increment count, then test PINNED" sequence (a Dekker-style pair:
 // either the guest sees PINNED clear and asks for a pin, or our CAS sees the count and fails);
 // that argument needs sequential consistency, and on x86 every locked RMW is a full barrier anyway.
-#include "engine/coiommu/pinner.h"
+#include "engine/core/pinner.h"
 
 #include <atomic>
 #include <cerrno>
 
 #include "engine/base/log.h"
-#include "engine/coiommu/spec.h"
+#include "engine/core/spec.h"
 
 namespace coiommu::core {
 namespace {
