@@ -120,8 +120,10 @@ static int activate(struct vmm* v) {
     memset(root, 0, PAGE_SIZE);
     memset(gpa_ptr(v, DTT_LEAF_GPA), 0, PAGE_SIZE);
     /* Level 2 indexes gfn bits 10..18: every data page here is below gfn 0x400 * 512. */
-    root[(FIRST_DATA_GFN >> 10) & 0x1ff] = DTT_LEAF_GPA | DTT_PRESENT;
-    atomic_thread_fence(memory_order_release);
+    /* A release store: the daemon reads table entries with atomic loads, and must see the zeroed
+     * leaf before the root entry that points at it (as a guest driver publishes its table). */
+    atomic_store_explicit((_Atomic uint64_t*)&root[(FIRST_DATA_GFN >> 10) & 0x1ff], DTT_LEAF_GPA | DTT_PRESENT,
+                          memory_order_release);
 
     int rc = mmio_write_u64(v, COIOMMU_CLIENT_REG_DTT_ROOT, DTT_ROOT_GPA);
     if (rc < 0) return fail(v, "BAR0 write dtt_root", rc);
