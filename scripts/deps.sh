@@ -9,7 +9,7 @@ PACKAGES=(
   # toolchain and build
   build-essential g++ gcc cmake ninja-build pkg-config git
   # engine
-  libexpected-dev libtbb-dev libfmt-dev linux-libc-dev systemtap-sdt-dev nlohmann-json3-dev libsystemd-dev
+  libexpected-dev libtbb-dev libfmt-dev linux-libc-dev systemtap-sdt-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev python3
   # scripts/lint.sh

@@ -1,0 +1,56 @@
+// Command lines through CLI11, the same way in every program: one option table per program
+// (CLI::App), the quantity grammar of engine/base/quantity.h for durations and sizes, --help and
+// --version printed to stdout, and errors returned, not printed, so each main decides its exit.
+//
+// Thread-safety: the functions mutate only the App (and, when it parses, the bound variables).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <CLI/CLI.hpp>
+
+#include "engine/base/quantity.h"
+#include "engine/base/result.h"
+
+namespace coiommu::cli {
+
+enum class Parsed : uint8_t {
+    Run,     // the options are set; go on
+    Exited,  // --help or --version was printed; exit 0
+};
+
+// Parses argv (argv[0] is the program). Errors: EINVAL carrying CLI11's message; an unknown
+// option names the closest known one ("unknown option '--duraton' (did you mean '--duration'?)").
+[[nodiscard]] Result<Parsed> parse(CLI::App& app, int argc, const char* const* argv);
+
+// -V/--version printing version_line(program).
+void add_version(CLI::App& app, std::string_view program);
+
+// The long option names of `app` ("--duration", ...), for suggestions.
+[[nodiscard]] std::vector<std::string> long_names(const CLI::App& app);
+
+// A DURATION option: the value is parsed with parse_duration(bare) and must be an exact multiple
+// of D's period (e.g. milliseconds). The help shows the current value of `out` as the default.
+template <class D>
+CLI::Option* add_duration(CLI::App& app, const std::string& name, D& out, BareUnit bare, const std::string& help) {
+    auto* opt = app.add_option_function<std::string>(
+        name,
+        [&out, bare, name](const std::string& text) {
+            auto d = parse_duration(name, text, bare);
+            if (!d) throw CLI::ValidationError(d.error().context);
+            const auto cast = std::chrono::duration_cast<D>(*d);
+            if (cast != *d) throw CLI::ValidationError(name + ": '" + text + "' is finer than the option's unit");
+            out = cast;
+        },
+        help);
+    opt->type_name("DURATION")->default_str(format_duration(out));
+    return opt;
+}
+
+// A SIZE option (bytes), parsed with parse_size.
+CLI::Option* add_size(CLI::App& app, const std::string& name, uint64_t& out, const std::string& help);
+
+}  // namespace coiommu::cli
