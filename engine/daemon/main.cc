@@ -27,22 +27,8 @@
 #include "engine/daemon/config.h"
 #include "engine/daemon/systemd_service.h"
 #include "engine/daemon/demo.h"
+#include "engine/daemon/observability.h"
 #include "engine/daemon/server.h"
-
-#ifdef COIOMMU_HAVE_EXPORTER
-#include "exporter/collector_set.h"
-#include "exporter/engine_collector.h"
-#include "exporter/exposer.h"
-#include "exporter/process_collector.h"
-#endif
-#ifdef COIOMMU_HAVE_BPF
-#include "bpf/loader/privileges.h"
-#include "bpf/loader/tracing.h"
-#endif
-#if defined(COIOMMU_HAVE_BPF) && defined(COIOMMU_HAVE_EXPORTER)
-#include "bpf/metrics/bpf_collector.h"
-#include "bpf/metrics/bpf_tracing_source.h"
-#endif
 
 namespace {
 
@@ -188,114 +174,15 @@ Status prepare_socket(DaemonConfig& cfg, std::string& demo_dir, ServerOptions& s
     return ok();
 }
 
-// The tracer and the metrics endpoint. Members are destroyed in reverse: the exposer (whose BPF
-// collector reads the tracer) before the tracer.
-struct Observability {
-#ifdef COIOMMU_HAVE_BPF
-    std::optional<bpf::Tracing> tracing;
-#endif
-#ifdef COIOMMU_HAVE_EXPORTER
-    std::optional<exporter::Exposer> exposer;
-#endif
-    std::string tracing_status = "off (--tracing off)";
-    std::string metrics_url;
-};
-
-// Attaches when permitted and says clearly when not; never fails the daemon.
-void start_tracing(const DaemonConfig& cfg, Observability& obs) {
-#ifdef COIOMMU_HAVE_BPF
-    if (cfg.tracing == TracingMode::Auto) {
-        if (auto priv = bpf::check_bpf_privileges(); !priv) {
-            obs.tracing_status = fmt::format("not available: {}", priv.error().context);
-        } else {
-            bpf::TracingOptions topts;
-            bpf::EngineTarget target;
-            target.binary = self_program();
-            target.pid = static_cast<int>(::getpid());
-            topts.engine = target;
-            auto t = bpf::Tracing::start(topts);
-            if (t) {
-                obs.tracing.emplace(std::move(*t));
-                obs.tracing_status = "attached: vfio_dma syscall tracepoints + engine USDT probes";
-            } else {
-                // The engine USDT probes need the uprobe support of this kernel; retry with vfio_dma only.
-                topts.engine.reset();
-                auto t2 = bpf::Tracing::start(topts);
-                if (t2) {
-                    obs.tracing.emplace(std::move(*t2));
-                    obs.tracing_status =
-                        fmt::format("vfio_dma attached (engine USDT not available: {})", t.error().message());
-                } else {
-                    obs.tracing_status = fmt::format("not available: {}", t2.error().message());
-                }
-            }
-        }
-    }
-#else
-    if (cfg.tracing == TracingMode::Auto) obs.tracing_status = "not available: built without BPF (COIOMMU_BPF=OFF)";
-#endif
-    if (obs.tracing_status.starts_with("not available")) {
-        CLOG_WARN(kLog, "tracing {}", obs.tracing_status);
+// Attaches the tracer when permitted and says clearly when not; never fails the daemon.
+std::string start_tracing(const DaemonConfig& cfg, Observability& obs) {
+    std::string status = obs.start_tracing(cfg);
+    if (status.starts_with("not available")) {
+        CLOG_WARN(kLog, "tracing {}", status);
     } else {
-        CLOG_INFO(kLog, "tracing {}", obs.tracing_status);
+        CLOG_INFO(kLog, "tracing {}", status);
     }
-}
-
-#ifdef COIOMMU_HAVE_EXPORTER
-std::shared_ptr<exporter::CollectorSet> collectors(const DaemonConfig& cfg, Server* srv, Observability& obs) {
-    exporter::EngineInfo info;
-    info.build = exporter::this_build();
-    info.config.unpin_policy = std::string(workers::to_string(cfg.engine.unpin_policy));
-    info.config.coalesce = cfg.engine.coalesce == workers::Coalesce::On ? "on" : "off";
-    info.config.backend = cfg.mode == Mode::Demo ? "fake" : cfg.backends.front();
-    info.config.unpin_interval_seconds = std::chrono::duration<double>(cfg.engine.unpin_interval).count();
-    info.config.unpin_gen_threshold = cfg.engine.unpin_gen_threshold;
-    auto set = std::make_shared<exporter::CollectorSet>();
-    (void)set->add("engine", std::make_shared<exporter::EngineCollector>([srv] { return srv->aggregate(); }, info));
-    (void)set->add("process", std::make_shared<exporter::ProcessCollector>());
-#ifdef COIOMMU_HAVE_BPF
-    if (obs.tracing) {
-        (void)set->add("bpf", std::make_shared<exporter::BpfCollector>(
-                                  exporter::tracing_source(*obs.tracing, nullptr, std::nullopt)));
-    }
-#else
-    (void)obs;
-#endif
-    return set;
-}
-#endif
-
-// The Prometheus endpoint (unless metrics_address is none). Errors: the exposer's, e.g. EADDRINUSE
-// (the demo then takes a free port instead).
-Status start_metrics(const DaemonConfig& cfg, Server* srv, Observability& obs) {
-#ifdef COIOMMU_HAVE_EXPORTER
-    if (cfg.metrics_address == "none") return ok();
-    exporter::ExposerOptions eo;
-    eo.address = cfg.metrics_address;
-    auto ex = exporter::Exposer::start(eo);
-    if (!ex && ex.error().code == EADDRINUSE && cfg.mode == Mode::Demo) {
-        // A newcomer's second demo (or another exporter) holds the port: take any free one.
-        CLOG_WARN(kLog, "metrics address {} is in use; the demo takes a free port instead", cfg.metrics_address);
-        if (auto la = exporter::parse_listen_address(cfg.metrics_address)) {
-            la->port = 0;
-            eo.address = la->to_string();
-            ex = exporter::Exposer::start(eo);
-        }
-    }
-    if (!ex) {
-        return coiommu::unexpected(with_context(
-            ex.error(), fmt::format("metrics endpoint {} (--metrics-address ADDR or none)", cfg.metrics_address)));
-    }
-    obs.exposer.emplace(std::move(*ex));
-    COIOMMU_TRY(obs.exposer->register_collectable(collectors(cfg, srv, obs)), "metrics");
-    obs.metrics_url = obs.exposer->url();
-    CLOG_INFO(kLog, "metrics at {}", obs.metrics_url);
-#else
-    (void)srv;
-    (void)obs;
-    if (cfg.metrics_address != "none") CLOG_WARN(kLog, "metrics not available: built without prometheus-cpp");
-#endif
-    return ok();
+    return status;
 }
 
 // Service mode: READY, then SIGHUP reloads until SIGTERM/SIGINT.
@@ -316,13 +203,13 @@ void serve_until_stopped(int sigfd, const std::vector<std::string_view>& args, D
     }
 }
 
-int demo(Server* server, const DaemonConfig& cfg, int sigfd, const Observability& obs) {
+int demo(Server* server, const DaemonConfig& cfg, int sigfd, const Observability& obs, std::string tracing_status) {
     DemoContext ctx;
     ctx.server = server;
     ctx.config = &cfg;
     ctx.signal_fd = sigfd;
-    ctx.metrics_url = obs.metrics_url;
-    ctx.tracing_status = obs.tracing_status;
+    ctx.metrics_url = obs.metrics_url();
+    ctx.tracing_status = std::move(tracing_status);
     ctx.trace_tool = sibling_program("coiommu-trace", "bpf");
     ctx.load_tool = sibling_program("coiommu-load", "engine/loadgen");
     ctx.daemon_tool = self_program();
@@ -358,15 +245,15 @@ int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
         CLOG_ERROR(kLog, "cannot serve {}: {}", cfg.socket_path, server.error().message());
         return 1;
     }
-    Observability obs;
-    start_tracing(cfg, obs);
-    if (auto st = start_metrics(cfg, server->get(), obs); !st) {
+    const std::unique_ptr<Observability> obs = make_observability();
+    std::string tracing_status = start_tracing(cfg, *obs);
+    if (auto st = obs->start_metrics(cfg, **server); !st) {
         CLOG_ERROR(kLog, "{}", st.error().message());
         return 1;
     }
     int rc = 0;
     if (cfg.mode == Mode::Demo) {
-        rc = demo(server->get(), cfg, sigfd->get(), obs);
+        rc = demo(server->get(), cfg, sigfd->get(), *obs, std::move(tracing_status));
     } else {
         serve_until_stopped(sigfd->get(), args, cfg);
     }
@@ -374,9 +261,7 @@ int run(const DaemonConfig& given, const std::vector<std::string_view>& args) {
     // Orderly: no new sessions, every session's engine unmaps what it mapped, then the exporter
     // (its collector reads the server) and the tracer go.
     (*server)->stop();
-#ifdef COIOMMU_HAVE_EXPORTER
-    obs.exposer.reset();
-#endif
+    obs->stop();
     server->reset();
     CLOG_INFO(kLog, "stopped");
     return rc;
