@@ -2,6 +2,10 @@
 
 #include <cerrno>
 
+#include <fmt/format.h>
+
+#include "engine/base/log.h"
+
 #include "engine/workers/fast_engine.h"
 #include "engine/workers/seed_pinner.h"
 
@@ -13,13 +17,9 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineConfig& cfg, const En
     auto stats = std::make_unique<telemetry::StatsRegistry>(deps.trigger_fds.size());
     std::unique_ptr<Engine> e(new Engine(cfg, *deps.backend, std::move(stats)));
     if (cfg.variant == Variant::Fast) {
-        auto v = FastEngine::create(cfg, deps, *e->stats_);
-        if (!v) return coiommu::unexpected(v.error());
-        e->variant_ = std::move(*v);
+        COIOMMU_ASSIGN_OR_RETURN(e->variant_, FastEngine::create(cfg, deps, *e->stats_, e->gate_));
     } else {
-        auto v = SeedPinner::create(cfg, deps, *e->stats_);
-        if (!v) return coiommu::unexpected(v.error());
-        e->variant_ = std::move(*v);
+        COIOMMU_ASSIGN_OR_RETURN(e->variant_, SeedPinner::create(cfg, deps, *e->stats_, e->gate_));
     }
     auto& g = e->stats_->gauges();
     g.vcpus.set(deps.trigger_fds.size());
@@ -31,18 +31,64 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineConfig& cfg, const En
 
 Engine::~Engine() { stop(); }
 
-Status Engine::activate(Gpa dtt_root, uint64_t dtt_level) { return variant_->activate(dtt_root, dtt_level); }
-void Engine::park_unpin() { variant_->park_unpin(); }
-void Engine::unpark_unpin() { variant_->unpark_unpin(); }
-
-Result<telemetry::BalloonResult> Engine::balloon_unpin(std::span<const GfnRange> ranges) {
-    return variant_->balloon_unpin(ranges);
+Status Engine::activate(Gpa dtt_root, uint64_t dtt_level) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_) return make_error(ECANCELED, "engine stopped");
+    if (active_ || prepared_) return make_error(EALREADY, "engine already active");
+    prepared_ = true;
+    COIOMMU_ASSIGN_OR_RETURN(UnpinStrategy * strategy, variant_->prepare(dtt_root, dtt_level));
+    COIOMMU_ASSIGN_OR_RETURN(unpin_service_,
+                             UnpinService::start(*strategy, gate_, {cfg_.unpin_policy, cfg_.unpin_interval}));
+    // The unpin service runs before the first pin: every extent a worker hands off has a consumer.
+    if (auto st = variant_->start_pinning(); !st) {
+        unpin_service_->stop();
+        return st;
+    }
+    active_ = true;
+    return ok();
 }
 
-Status Engine::run_unpin_tick() { return variant_->run_unpin_tick(); }
+void Engine::park_unpin() {
+    gate_.park();
+    stats_->gauges().unpin_worker_parked.set(1);
+}
+
+void Engine::unpark_unpin() {
+    gate_.unpark();
+    stats_->gauges().unpin_worker_parked.set(0);
+}
+
+Result<UnpinService*> Engine::active_service(std::string_view what) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (!active_ || stopped_) return make_error(EAGAIN, fmt::format("{}: engine not active", what));
+    return unpin_service_.get();
+}
+
+// The service outlives the call: stop() takes lifecycle_mu_ only to stop it, and a request in
+// flight is cancelled (ECANCELED) rather than left on a destroyed service.
+Result<telemetry::BalloonResult> Engine::balloon_unpin(std::span<const GfnRange> ranges) {
+    COIOMMU_ASSIGN_OR_RETURN(UnpinService * svc, active_service("balloon unpin"));
+    return svc->balloon(ranges);
+}
+
+Status Engine::run_unpin_tick() {
+    COIOMMU_ASSIGN_OR_RETURN(UnpinService * svc, active_service("unpin tick"));
+    return svc->tick_now();
+}
 
 void Engine::stop() {
-    if (variant_) variant_->stop();
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_ || !variant_) return;
+    stopped_ = true;
+    // Order: no new requests (every slot taken completes), then no unpinning, then unmap all.
+    variant_->stop_pinning();
+    if (unpin_service_) unpin_service_->stop();
+    if (prepared_) {
+        const uint64_t pages = variant_->teardown();
+        CLOG_INFO("engine", "stopped: {} pages unmapped at teardown, {} still recorded", pages,
+                  variant_->recorded_pages());
+    }
+    active_ = false;
 }
 
 telemetry::StatsSnapshot Engine::stats() const {

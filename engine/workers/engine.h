@@ -1,6 +1,7 @@
 // Engine: the facade a VMM-facing daemon (or a test, or the load generator) holds. It owns the
-// stats registry and one pin engine variant (variant=fast: FastEngine; variant=seed:
-// SeedPinner), and implements device::EngineControl so that a CoiommuDevice forwards
+// stats registry, one pin engine variant (variant=fast: FastEngine; variant=seed: SeedPinner)
+// and the lifecycle both share: the park gate, the unpin service thread, and the order of
+// activate and stop. It implements device::EngineControl so that a CoiommuDevice forwards
 // ACTIVATE / PARK_UNPIN / UNPARK_UNPIN to it synchronously.
 //
 //   auto dev = device::CoiommuDevice::create({endpoints, vcpus}).value();
@@ -13,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <span>
 
 #include "engine/device/device.h"
@@ -20,7 +22,9 @@
 #include "engine/guest/guest_memory.h"
 #include "engine/telemetry/engine_stats.h"
 #include "engine/workers/config.h"
+#include "engine/workers/park_gate.h"
 #include "engine/workers/pin_engine.h"
+#include "engine/workers/unpinner.h"
 
 namespace coiommu::workers {
 
@@ -32,14 +36,25 @@ public:
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
 
-    // device::EngineControl
+    // device::EngineControl.
+    // Starts pinning for the DTT at (root, levels) (an invalid DTT is not an Error, see
+    // PinEngine::prepare) and the unpin service. Errors: EALREADY when already active; ECANCELED
+    // after stop(); errno of thread/fd creation.
     [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;
+    // PARK_UNPIN / UNPARK_UNPIN (park_gate.h). Valid in any state.
     void park_unpin() override;
     void unpark_unpin() override;
 
-    // See PinEngine.
+    // Force-unpins every page of the ranges (balloon inflation); stops at the first page that
+    // cannot be unpinned (Failed). Waits while parked; Failed when the engine stops during that
+    // wait. Errors: EAGAIN when the engine is not active; ECANCELED when it stopped before the
+    // request ran.
     [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges);
+    // Runs one LRU tick now and waits for it (tests and operators; the timer runs them otherwise).
+    // Errors: EAGAIN when not active; ECANCELED when stopping.
     [[nodiscard]] Status run_unpin_tick();
+    // Stops taking requests (every slot taken completes), stops the unpin service, then unmaps
+    // everything the engine mapped, clearing PINNED. Idempotent; afterwards the engine is inert.
     void stop();
 
     // The telemetry snapshot (refreshes the DMA entry gauges from the backend first).
@@ -52,10 +67,19 @@ private:
     Engine(const EngineConfig& cfg, dma::DmaBackend& backend, std::unique_ptr<telemetry::StatsRegistry> stats)
         : cfg_(cfg), backend_(backend), stats_(std::move(stats)) {}
 
+    // The unpin service of an active engine. Errors: EAGAIN "<what>: engine not active".
+    [[nodiscard]] Result<UnpinService*> active_service(std::string_view what);
+
     EngineConfig cfg_;
     dma::DmaBackend& backend_;
     std::unique_ptr<telemetry::StatsRegistry> stats_;
-    std::unique_ptr<PinEngine> variant_;
+    ParkGate gate_;
+    std::unique_ptr<PinEngine> variant_;           // uses gate_
+    std::unique_ptr<UnpinService> unpin_service_;  // runs variant_'s strategy: goes first
+    std::mutex lifecycle_mu_;
+    bool prepared_ = false;
+    bool active_ = false;
+    bool stopped_ = false;
 };
 
 // The engine's view of a device: its notify slots, trigger fds and endpoints.

@@ -47,7 +47,7 @@ uint64_t drain_fd(int fd) {
 
 }  // namespace
 
-FastEngine::FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
+FastEngine::FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, ParkGate& gate,
                        core::PinTable table, ExtentMap extents, ExtentHandoff handoff)
     : cfg_(cfg),
       mem_(*deps.mem),
@@ -73,10 +73,11 @@ FastEngine::FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetr
       queue_(deps.trigger_fds.size()),
       spin_budget_(effective_spin_budget(cfg)),
       workers_count_(effective_workers(cfg)),
+      gate_(gate),
       intake_trace_(cfg.session) {}
 
 Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                       telemetry::StatsRegistry& stats) {
+                                                       telemetry::StatsRegistry& stats, ParkGate& gate) {
     if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "engine: no guest memory or backend");
     const std::size_t vcpus = deps.trigger_fds.size();
     if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
@@ -95,7 +96,7 @@ Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, 
     if (!stop_ev) return coiommu::unexpected(with_context(stop_ev.error(), "engine stop event"));
 
     std::unique_ptr<FastEngine> e(
-        new FastEngine(cfg, deps, stats, std::move(*table), std::move(*extents), std::move(*handoff)));
+        new FastEngine(cfg, deps, stats, gate, std::move(*table), std::move(*extents), std::move(*handoff)));
     e->stop_ev_ = std::move(*stop_ev);
     e->arenas_.reserve(vcpus);
     for (std::size_t i = 0; i < vcpus; ++i) {
@@ -108,13 +109,9 @@ Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, 
     return e;
 }
 
-FastEngine::~FastEngine() { stop(); }
+FastEngine::~FastEngine() { stop_pinning(); }
 
-Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
-    std::lock_guard lock(lifecycle_mu_);
-    if (stopped_) return make_error(ECANCELED, "engine stopped");
-    if (active_) return make_error(EALREADY, "engine already active");
-
+Result<UnpinStrategy*> FastEngine::prepare(Gpa dtt_root, uint64_t dtt_level) {
     auto walker = core::DttWalker::create(mem_, dtt_root, dtt_level);
     if (!walker) {
         // As in crosvm: the workers run and every request fails on the walk; the guest is told by
@@ -132,10 +129,12 @@ Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
                                LruParams{cfg_.unpin_policy, cfg_.unpin_limit, cfg_.unpin_gen_threshold}, gate_);
     if (!unpinner) return coiommu::unexpected(unpinner.error());
     unpinner_ = std::move(*unpinner);
-    auto service = UnpinService::start(*unpinner_, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu-unpin"});
-    if (!service) return coiommu::unexpected(service.error());
-    unpin_service_ = std::move(*service);
+    CLOG_INFO(kLog, "active: {} vcpus, {} workers, spin {} ns, DTT root {:#x} level {}, {}", arenas_.size(),
+              workers_count_, spin_budget_.count(), raw(dtt_root), dtt_level, to_string(cfg_));
+    return unpinner_.get();
+}
 
+Status FastEngine::start_pinning() {
     try {
         for (uint32_t i = 0; i < workers_count_; ++i) {
             workers_.emplace_back([this] { run_worker(); });
@@ -150,46 +149,12 @@ Status FastEngine::activate(Gpa dtt_root, uint64_t dtt_level) {
         workers_.clear();
         return make_error(ex.code().value(), "engine threads");
     }
-    active_ = true;
-    CLOG_INFO(kLog, "active: {} vcpus, {} workers, spin {} ns, DTT root {:#x} level {}, {}", arenas_.size(),
-              workers_count_, spin_budget_.count(), raw(dtt_root), dtt_level, to_string(cfg_));
     return ok();
 }
 
-void FastEngine::park_unpin() {
-    gate_.park();
-    stats_.gauges().unpin_worker_parked.set(1);
-}
-
-void FastEngine::unpark_unpin() {
-    gate_.unpark();
-    stats_.gauges().unpin_worker_parked.set(0);
-}
-
-Result<telemetry::BalloonResult> FastEngine::balloon_unpin(std::span<const GfnRange> ranges) {
-    UnpinService* svc = nullptr;
-    {
-        std::lock_guard lock(lifecycle_mu_);
-        if (!active_ || stopped_) return make_error(EAGAIN, "balloon unpin: engine not active");
-        svc = unpin_service_.get();
-    }
-    return svc->balloon(ranges);
-}
-
-Status FastEngine::run_unpin_tick() {
-    UnpinService* svc = nullptr;
-    {
-        std::lock_guard lock(lifecycle_mu_);
-        if (!active_ || stopped_) return make_error(EAGAIN, "unpin tick: engine not active");
-        svc = unpin_service_.get();
-    }
-    return svc->tick_now();
-}
-
-void FastEngine::stop() {
-    std::lock_guard lock(lifecycle_mu_);
-    if (stopped_) return;
-    stopped_ = true;
+void FastEngine::stop_pinning() {
+    if (pinning_stopped_) return;
+    pinning_stopped_ = true;
     stopping_.store(true, std::memory_order_release);
     if (intake_.joinable()) {
         if (auto st = stop_ev_.signal(); !st)
@@ -202,13 +167,9 @@ void FastEngine::stop() {
     queue_ec_.notify_all();
     for (auto& t : workers_) t.join();
     workers_.clear();
-    if (unpin_service_) unpin_service_->stop();
-    if (unpinner_) {
-        const uint64_t pages = unpinner_->teardown();
-        CLOG_INFO(kLog, "stopped: {} pages unmapped at teardown, {} still recorded", pages, table_.mapped_pages());
-    }
-    active_ = false;
 }
+
+uint64_t FastEngine::teardown() { return unpinner_ ? unpinner_->teardown() : 0; }
 
 // ---- intake -----------------------------------------------------------------------------------
 

@@ -22,9 +22,10 @@
 // a spinning guest, the intake and the workers, every spin loop yields the CPU every few
 // microseconds (sched_yield), so a spinner never starves the thread it waits for.
 //
-// Lifecycle: create() allocates everything (arenas, pin table, extent map, queue); activate() makes
-// the DTT walkers and starts the threads; stop() signals a stop eventfd, joins the intake, lets the
-// workers drain the queue and joins them, stops the unpin service, then unmaps every extent
+// Lifecycle (PinEngine's order, driven by Engine): create() allocates everything (arenas, pin
+// table, extent map, queue); prepare() makes the DTT walkers and the ExtentUnpinner; start_pinning()
+// starts the intake and the workers; stop_pinning() signals a stop eventfd, joins the intake, lets
+// the workers drain the queue and joins them; teardown() unmaps every extent
 // (ExtentUnpinner::teardown) so the backend keeps no mapping of ours.
 #pragma once
 
@@ -54,16 +55,16 @@ class FastEngine final : public PinEngine {
 public:
     // Errors: EINVAL for inconsistent deps (no slots/triggers, more triggers than slots, more than
     // 1024 vCPUs); allocation errors of the tables and arenas.
+    // `stats` and `gate` must outlive the engine.
     [[nodiscard]] static Result<std::unique_ptr<FastEngine>> create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                                    telemetry::StatsRegistry& stats);
+                                                                    telemetry::StatsRegistry& stats, ParkGate& gate);
     ~FastEngine() override;
 
-    [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;
-    void park_unpin() override;
-    void unpark_unpin() override;
-    [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges) override;
-    [[nodiscard]] Status run_unpin_tick() override;
-    void stop() override;
+    [[nodiscard]] Result<UnpinStrategy*> prepare(Gpa dtt_root, uint64_t dtt_level) override;
+    [[nodiscard]] Status start_pinning() override;
+    void stop_pinning() override;
+    uint64_t teardown() override;
+    [[nodiscard]] uint64_t recorded_pages() const override { return table_.mapped_pages(); }
 
     // Introspection for tests and benchmarks.
     [[nodiscard]] const core::PinTable& pin_table() const { return table_; }
@@ -79,8 +80,8 @@ private:
     };
     enum class Attempt { Served, Busy, Empty };
 
-    FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, core::PinTable table,
-               ExtentMap extents, ExtentHandoff handoff);
+    FastEngine(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, ParkGate& gate,
+               core::PinTable table, ExtentMap extents, ExtentHandoff handoff);
 
     void run_intake();
     void on_trigger(VcpuArena& a);
@@ -106,9 +107,8 @@ private:
     std::chrono::nanoseconds spin_budget_;  // effective_spin_budget(cfg_)
     uint32_t workers_count_;                // effective_workers(cfg_)
     EventCount queue_ec_;
-    ParkGate gate_;
+    ParkGate& gate_;
     std::unique_ptr<ExtentUnpinner> unpinner_;
-    std::unique_ptr<UnpinService> unpin_service_;
     EventFd stop_ev_;
     std::atomic<bool> stopping_{false};          // the intake leaves
     std::atomic<bool> workers_stopping_{false};  // the workers leave once the queue is empty
@@ -116,9 +116,7 @@ private:
     // Requests the intake serves inline (or counts as spurious); only the intake thread uses it.
     telemetry::RequestTraceBatch intake_trace_;
     std::vector<std::thread> workers_;
-    std::mutex lifecycle_mu_;
-    bool active_ = false;
-    bool stopped_ = false;
+    bool pinning_stopped_ = false;
     std::atomic<uint64_t> spurious_{0};
     std::atomic<uint64_t> rescans_{0};
 };

@@ -26,27 +26,31 @@ struct EngineDeps {
     std::vector<int> trigger_fds;      // one per vCPU (borrowed; the VMM's ioeventfds)
 };
 
+class UnpinStrategy;  // unpinner.h
+
+// One pin engine variant (FastEngine, SeedPinner): how requests are taken and pinned, and the
+// unpin policy over what it pinned. Engine (engine.h) owns the lifecycle around it: the park
+// gate, the unpin service thread, activate/stop ordering, balloon and tick requests.
+//
+// Call order, enforced by Engine: prepare -> start_pinning -> stop_pinning -> teardown, each at
+// most once (stop_pinning and teardown also without the earlier steps).
 class PinEngine {
 public:
     virtual ~PinEngine() = default;
 
-    // Starts pinning for the DTT at (root, levels). An invalid DTT is not an Error: the engine runs
-    // and completes every request with an error (as crosvm's workers do). Errors: EALREADY when
-    // already active; errno of thread/fd creation.
-    [[nodiscard]] virtual Status activate(Gpa dtt_root, uint64_t dtt_level) = 0;
-    // PARK_UNPIN / UNPARK_UNPIN (park_gate.h). Valid in any state.
-    virtual void park_unpin() = 0;
-    virtual void unpark_unpin() = 0;
-    // Force-unpins every page of the ranges (balloon inflation); stops at the first page that cannot
-    // be unpinned (Failed). Waits while parked; Failed when the engine stops during that wait.
-    // Errors: EAGAIN when the engine is not active; ECANCELED when it stopped before the request ran.
-    [[nodiscard]] virtual Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges) = 0;
-    // Runs one LRU tick now and waits for it (tests and operators; the timer runs them otherwise).
-    // Errors: EAGAIN when not active; ECANCELED when stopping.
-    [[nodiscard]] virtual Status run_unpin_tick() = 0;
-    // Stops every thread (joins them) and unmaps everything the engine mapped, clearing PINNED.
-    // Idempotent. After stop() the engine is inert.
-    virtual void stop() = 0;
+    // Builds the DTT walker for (root, levels) and returns the unpin policy the unpin service
+    // runs (owned by the variant). An invalid DTT is not an Error: the engine runs and completes
+    // every request with an error (as crosvm's workers do). Errors: allocation of the policy.
+    [[nodiscard]] virtual Result<UnpinStrategy*> prepare(Gpa dtt_root, uint64_t dtt_level) = 0;
+    // Starts the threads that take requests. Errors: errno of thread creation (none is left running).
+    [[nodiscard]] virtual Status start_pinning() = 0;
+    // Joins those threads; every request already taken completes its slot. Idempotent.
+    virtual void stop_pinning() = 0;
+    // After stop_pinning and the unpin service's stop: unmaps everything the variant mapped and
+    // clears PINNED on it. Returns the pages unmapped.
+    virtual uint64_t teardown() = 0;
+    // Pages the variant records as mapped (0 after teardown).
+    [[nodiscard]] virtual uint64_t recorded_pages() const = 0;
 };
 
 }  // namespace coiommu::workers

@@ -26,7 +26,7 @@ using telemetry::ScanKind;
 
 }  // namespace
 
-SeedPinner::SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats,
+SeedPinner::SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, ParkGate& gate,
                        core::PinTable table)
     : cfg_(cfg),
       mem_(*deps.mem),
@@ -36,10 +36,11 @@ SeedPinner::SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetr
       stats_(stats),
       table_(std::move(table)),
       endpoints_(deps.endpoints),
-      ctx_{mem_, backend_, table_} {}
+      ctx_{mem_, backend_, table_},
+      gate_(gate) {}
 
 Result<std::unique_ptr<SeedPinner>> SeedPinner::create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                       telemetry::StatsRegistry& stats) {
+                                                       telemetry::StatsRegistry& stats, ParkGate& gate) {
     if (deps.mem == nullptr || deps.backend == nullptr) return make_error(EINVAL, "seed: no guest memory or backend");
     const std::size_t vcpus = deps.trigger_fds.size();
     if (vcpus == 0 || vcpus > core::kMaxVcpus || deps.notify_slots.size() < vcpus) {
@@ -51,70 +52,35 @@ Result<std::unique_ptr<SeedPinner>> SeedPinner::create(const EngineConfig& cfg, 
     if (!table) return coiommu::unexpected(with_context(table.error(), "seed"));
     auto stop_ev = EventFd::create(Blocking::No);
     if (!stop_ev) return coiommu::unexpected(stop_ev.error());
-    std::unique_ptr<SeedPinner> p(new SeedPinner(cfg, deps, stats, std::move(*table)));
+    std::unique_ptr<SeedPinner> p(new SeedPinner(cfg, deps, stats, gate, std::move(*table)));
     p->stop_ev_ = std::move(*stop_ev);
     for (std::size_t i = 0; i < vcpus; ++i) p->shards_.push_back(&stats.shard(i));
     return p;
 }
 
-SeedPinner::~SeedPinner() { stop(); }
+SeedPinner::~SeedPinner() { stop_pinning(); }
 
-Status SeedPinner::activate(Gpa dtt_root, uint64_t dtt_level) {
-    std::lock_guard lock(lifecycle_mu_);
-    if (stopped_) return make_error(ECANCELED, "seed: stopped");
-    if (active_) return make_error(EALREADY, "seed: already active");
-    {
-        std::lock_guard g(mu_);
-        auto walker = core::DttWalker::create(mem_, dtt_root, dtt_level);
-        if (walker) {
-            walker_ = *walker;
-        } else {
-            dtt_error_ = walker.error().message();
-            CLOG_ERROR(kLog, "invalid DTT: {}; every pin request will fail", dtt_error_);
-        }
+Result<UnpinStrategy*> SeedPinner::prepare(Gpa dtt_root, uint64_t dtt_level) {
+    std::lock_guard g(mu_);
+    auto walker = core::DttWalker::create(mem_, dtt_root, dtt_level);
+    if (walker) {
+        walker_ = *walker;
+    } else {
+        dtt_error_ = walker.error().message();
+        CLOG_ERROR(kLog, "invalid DTT: {}; every pin request will fail", dtt_error_);
     }
     unpin_stats_ = &stats_.add_shard();
-    auto service = UnpinService::start(*this, gate_, {cfg_.unpin_policy, cfg_.unpin_interval, "coiommu_unpin"});
-    if (!service) return coiommu::unexpected(service.error());
-    unpin_service_ = std::move(*service);
+    return static_cast<UnpinStrategy*>(this);
+}
+
+Status SeedPinner::start_pinning() {
     try {
         pin_thread_ = std::thread([this] { run_pin(); });
-        ::pthread_setname_np(pin_thread_.native_handle(), "coiommu_pin");
+        ::pthread_setname_np(pin_thread_.native_handle(), "coiommu-pin");
     } catch (const std::system_error& e) {
         return make_error(e.code().value(), "seed pin thread");
     }
-    active_ = true;
     return ok();
-}
-
-void SeedPinner::park_unpin() {
-    gate_.park();
-    stats_.gauges().unpin_worker_parked.set(1);
-}
-
-void SeedPinner::unpark_unpin() {
-    gate_.unpark();
-    stats_.gauges().unpin_worker_parked.set(0);
-}
-
-Result<telemetry::BalloonResult> SeedPinner::balloon_unpin(std::span<const GfnRange> ranges) {
-    UnpinService* svc = nullptr;
-    {
-        std::lock_guard lock(lifecycle_mu_);
-        if (!active_ || stopped_) return make_error(EAGAIN, "balloon unpin: engine not active");
-        svc = unpin_service_.get();
-    }
-    return svc->balloon(ranges);
-}
-
-Status SeedPinner::run_unpin_tick() {
-    UnpinService* svc = nullptr;
-    {
-        std::lock_guard lock(lifecycle_mu_);
-        if (!active_ || stopped_) return make_error(EAGAIN, "unpin tick: engine not active");
-        svc = unpin_service_.get();
-    }
-    return svc->tick_now();
 }
 
 std::size_t SeedPinner::new_gen_size() {
@@ -127,21 +93,14 @@ std::size_t SeedPinner::old_gen_size() {
     return old_gen_.size();
 }
 
-void SeedPinner::stop() {
-    std::lock_guard lock(lifecycle_mu_);
-    if (stopped_) return;
-    stopped_ = true;
+void SeedPinner::stop_pinning() {
+    if (pinning_stopped_) return;
+    pinning_stopped_ = true;
     if (pin_thread_.joinable()) {
         if (auto st = stop_ev_.signal(); !st)
             CLOG_ERROR(kLog, "cannot signal the pin thread: {}", st.error().message());
         pin_thread_.join();
     }
-    if (unpin_service_) unpin_service_->stop();
-    if (active_) {
-        const uint64_t pages = teardown();
-        CLOG_INFO(kLog, "stopped: {} pages unmapped at teardown", pages);
-    }
-    active_ = false;
 }
 
 // ---- pinning ----------------------------------------------------------------------------------

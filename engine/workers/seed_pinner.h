@@ -13,7 +13,8 @@
 // Differences from crosvm are those of the primitives (pinner.h: the host record decides).
 // Pages mapped by someone else (EEXIST) are never tracked for LRU (they are not ours to unmap).
 //
-// Thread-safety: PinEngine's.
+// Thread-safety: PinEngine's (Engine serialises the lifecycle calls); new_gen_size/old_gen_size from
+// any thread.
 #pragma once
 
 #include <atomic>
@@ -41,15 +42,14 @@ class SeedPinner final : public PinEngine, private UnpinStrategy {
 public:
     // Errors: as FastEngine::create.
     [[nodiscard]] static Result<std::unique_ptr<SeedPinner>> create(const EngineConfig& cfg, const EngineDeps& deps,
-                                                                    telemetry::StatsRegistry& stats);
+                                                                    telemetry::StatsRegistry& stats, ParkGate& gate);
     ~SeedPinner() override;
 
-    [[nodiscard]] Status activate(Gpa dtt_root, uint64_t dtt_level) override;
-    void park_unpin() override;
-    void unpark_unpin() override;
-    [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges) override;
-    [[nodiscard]] Status run_unpin_tick() override;
-    void stop() override;
+    [[nodiscard]] Result<UnpinStrategy*> prepare(Gpa dtt_root, uint64_t dtt_level) override;
+    [[nodiscard]] Status start_pinning() override;
+    void stop_pinning() override;
+    uint64_t teardown() override;
+    [[nodiscard]] uint64_t recorded_pages() const override { return table_.mapped_pages(); }
 
     [[nodiscard]] const core::PinTable& pin_table() const { return table_; }
     // LRU queue lengths (tests; takes the global mutex).
@@ -63,7 +63,8 @@ private:
     };
     enum class Gen : uint8_t { New, Old };
 
-    SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, core::PinTable table);
+    SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, ParkGate& gate,
+               core::PinTable table);
 
     void run_pin();
     void pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0);
@@ -71,7 +72,6 @@ private:
     void tick() override;
     [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) override;
     uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);
-    uint64_t teardown();
 
     EngineConfig cfg_;
     const GuestMemory& mem_;
@@ -92,13 +92,10 @@ private:
     std::deque<Entry> old_gen_;  // guarded by mu_
     uint64_t tick_counter_ = 0;  // unpin thread only
 
-    ParkGate gate_;
-    std::unique_ptr<UnpinService> unpin_service_;
+    ParkGate& gate_;
     EventFd stop_ev_;
     std::thread pin_thread_;
-    std::mutex lifecycle_mu_;
-    bool active_ = false;
-    bool stopped_ = false;
+    bool pinning_stopped_ = false;
 };
 
 }  // namespace coiommu::workers
