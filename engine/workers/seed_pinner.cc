@@ -158,84 +158,93 @@ void SeedPinner::run_pin() {
 void SeedPinner::pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0) {
     const RequestKind kind = (value & core::kPinPagesInBatch) != 0 ? RequestKind::Batch : RequestKind::Single;
     COIOMMU_PROBE_REQUEST_START(cfg_.session, vcpu, kind);
-    telemetry::StatsShard& s = *shards_[vcpu];
-    uint64_t pages = 0, newly = 0, already = 0, map_failed = 0, no_space = 0, invalid = 0;
-    int first_error = 0;
+    Tally t;
     auto req = core::decode_request(value, mem_, endpoints_, core::RequestLimits{cfg_.max_batch_pages});
     if (!req) {
-        invalid = 1;
-        first_error = req.error().code;
+        t.invalid = 1;
+        t.first_error = req.error().code;
         CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, req.error().message());
     } else if (!walker_) {
-        pages = req->nr_pages;
-        invalid = pages != 0 ? pages : 1;
-        first_error = EINVAL;
+        t.pages = req->nr_pages;
+        t.invalid = t.pages != 0 ? t.pages : 1;
+        t.first_error = EINVAL;
         CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, dtt_error_);
     } else {
-        pages = req->nr_pages;
-        core::DttWalker walker = *walker_;
-        walker.reset_cursor();
-        for (uint64_t k = 0; k < pages; ++k) {
-            Gfn gfn = req->gfn;
-            if (req->kind == core::DecodedRequest::Kind::Batch) {
-                auto g = mem_.read_obj<uint64_t>(offset(req->list_gpa, k * core::kPinPageGfnSize));
-                if (!g) {
-                    invalid += pages - k;
-                    first_error = g.error().code;
-                    break;
-                }
-                gfn = Gfn{*g};
+        t = pin_request(vcpu, *req);
+    }
+    record(*shards_[vcpu], kind, t);
+    const uint64_t latency_ns = telemetry::monotonic_ns() - t0;
+    shards_[vcpu]->request_latency_ns[kind].observe(latency_ns);
+    COIOMMU_PROBE_REQUEST_DONE(cfg_.session, vcpu, kind, t.pages, -t.first_error, latency_ns);
+    // The reference is serial and not tuned: a batch of one, handed over at once.
+    const telemetry::RequestRecord rec{latency_ns, t.pages, -t.first_error, static_cast<uint32_t>(kind)};
+    COIOMMU_PROBE_REQUESTS(cfg_.session, &rec, 1);
+}
+
+// Pins the request's pages one by one, in order; the first error aborts the rest (counted invalid).
+SeedPinner::Tally SeedPinner::pin_request(uint32_t vcpu, const core::DecodedRequest& req) {
+    Tally t;
+    t.pages = req.nr_pages;
+    core::DttWalker walker = *walker_;
+    walker.reset_cursor();
+    for (uint64_t k = 0; k < t.pages; ++k) {
+        Gfn gfn = req.gfn;
+        if (req.kind == core::DecodedRequest::Kind::Batch) {
+            auto g = mem_.read_obj<uint64_t>(offset(req.list_gpa, k * core::kPinPageGfnSize));
+            if (!g) {
+                t.invalid += t.pages - k;
+                t.first_error = g.error().code;
+                break;
             }
-            auto r = core::pin_page(ctx_, walker, gfn);
-            if (!r) {
-                CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, r.error().message());
-                invalid += pages - k;
-                first_error = r.error().code;
-                break;  // the first error aborts the batch
-            }
-            switch (r->outcome) {
-                case core::PinOutcome::Pinned:
-                    ++newly;
-                    if (cfg_.unpin_policy == UnpinPolicy::Lru) new_gen_.push_back(Entry{raw(gfn), 0});
-                    break;
-                case core::PinOutcome::AlreadyPinned:
-                case core::PinOutcome::Repinned: ++already; break;
-                case core::PinOutcome::MapFailed:
-                    ++map_failed;
-                    if (first_error == 0) first_error = r->error;
-                    break;
-                case core::PinOutcome::NoSpace:
-                    ++no_space;
-                    if (first_error == 0) first_error = ENOSPC;
-                    break;
-            }
+            gfn = Gfn{*g};
+        }
+        auto r = core::pin_page(ctx_, walker, gfn);
+        if (!r) {
+            CLOG_ERROR_RL(kLog, "vcpu {}: {}", vcpu, r.error().message());
+            t.invalid += t.pages - k;
+            t.first_error = r.error().code;
+            break;
+        }
+        switch (r->outcome) {
+            case core::PinOutcome::Pinned:
+                ++t.newly;
+                if (cfg_.unpin_policy == UnpinPolicy::Lru) new_gen_.push_back(Entry{raw(gfn), 0});
+                break;
+            case core::PinOutcome::AlreadyPinned:
+            case core::PinOutcome::Repinned: ++t.already; break;
+            case core::PinOutcome::MapFailed:
+                ++t.map_failed;
+                if (t.first_error == 0) t.first_error = r->error;
+                break;
+            case core::PinOutcome::NoSpace:
+                ++t.no_space;
+                if (t.first_error == 0) t.first_error = ENOSPC;
+                break;
         }
     }
+    return t;
+}
+
+void SeedPinner::record(telemetry::StatsShard& s, RequestKind kind, const Tally& t) {
     s.requests[kind].add();
-    s.pages_requested.add(pages);
-    s.pages_pinned.add(newly);
-    s.pages_already_pinned.add(already);
-    if (map_failed != 0) s.pin_failures[PinFailureReason::VfioMap].add(map_failed);
-    if (no_space != 0) s.pin_failures[PinFailureReason::NoSpace].add(no_space);
-    if (invalid != 0) s.pin_failures[PinFailureReason::InvalidRequest].add(invalid);
-    if (first_error != 0) s.requests_failed.add();
+    s.pages_requested.add(t.pages);
+    s.pages_pinned.add(t.newly);
+    s.pages_already_pinned.add(t.already);
+    if (t.map_failed != 0) s.pin_failures[PinFailureReason::VfioMap].add(t.map_failed);
+    if (t.no_space != 0) s.pin_failures[PinFailureReason::NoSpace].add(t.no_space);
+    if (t.invalid != 0) s.pin_failures[PinFailureReason::InvalidRequest].add(t.invalid);
+    if (t.first_error != 0) s.requests_failed.add();
     // Every page that reached the backend made one 4 KiB map call (EEXIST ones are not visible
     // through pin_page and are not counted).
-    const uint64_t calls = newly + map_failed + no_space;
+    const uint64_t calls = t.newly + t.map_failed + t.no_space;
     if (calls != 0) {
         s.dma_calls[telemetry::DmaOp::Map].add(calls);
-        s.dma_bytes[telemetry::DmaOp::Map].add(newly * kPageSize);
-        if (map_failed + no_space != 0) s.dma_call_failures[telemetry::DmaOp::Map].add(map_failed + no_space);
+        s.dma_bytes[telemetry::DmaOp::Map].add(t.newly * kPageSize);
+        if (t.map_failed + t.no_space != 0) s.dma_call_failures[telemetry::DmaOp::Map].add(t.map_failed + t.no_space);
         stats_.gauges().dma_entries.set(backend_.live_entries());
     }
-    if (newly != 0) stats_.gauges().pinned_pages.add(newly);
-    s.pages_per_request.observe(pages);
-    const uint64_t latency_ns = telemetry::monotonic_ns() - t0;
-    s.request_latency_ns[kind].observe(latency_ns);
-    COIOMMU_PROBE_REQUEST_DONE(cfg_.session, vcpu, kind, pages, -first_error, latency_ns);
-    // The reference is serial and not tuned: a batch of one, handed over at once.
-    const telemetry::RequestRecord record{latency_ns, pages, -first_error, static_cast<uint32_t>(kind)};
-    COIOMMU_PROBE_REQUESTS(cfg_.session, &record, 1);
+    if (t.newly != 0) stats_.gauges().pinned_pages.add(t.newly);
+    s.pages_per_request.observe(t.pages);
 }
 
 // ---- unpinning --------------------------------------------------------------------------------

@@ -62,12 +62,19 @@ private:
         uint32_t busy = 0;
     };
     enum class Gen : uint8_t { New, Old };
+    // What one request did, page by page (counted into the vCPU's stats shard).
+    struct Tally {
+        uint64_t pages = 0, newly = 0, already = 0, map_failed = 0, no_space = 0, invalid = 0;
+        int first_error = 0;
+    };
 
     SeedPinner(const EngineConfig& cfg, const EngineDeps& deps, telemetry::StatsRegistry& stats, ParkGate& gate,
                core::PinTable table);
 
     void run_pin();
     void pin_pages(uint32_t vcpu, uint64_t value, uint64_t t0);
+    Tally pin_request(uint32_t vcpu, const core::DecodedRequest& req);
+    void record(telemetry::StatsShard& s, telemetry::RequestKind kind, const Tally& t);
     // UnpinStrategy
     void tick() override;
     [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) override;
