@@ -22,4 +22,11 @@ fi
 for want in '^summary after' 'teardown .* 0 DMA mappings left' '^where to look next'; do
   grep -qE "$want" "$out" || { echo "check-run: output lacks /$want/" >&2; exit 1; }
 done
-echo "check-run: the run command ended cleanly without a warning"
+# The engine's teardown log and the summary count the same pages (one number, read at one time).
+engine_count=$(sed -nE 's/.*stopped: ([0-9]+) pages unmapped at teardown.*/\1/p' "$out" | head -1)
+summary_count=$(sed -nE 's/^  teardown +([0-9]+) pinned pages unmapped.*/\1/p' "$out" | head -1)
+if [ -z "$engine_count" ] || [ "$engine_count" != "$summary_count" ]; then
+  echo "check-run: teardown counts disagree: engine log '${engine_count}', summary '${summary_count}'" >&2
+  exit 1
+fi
+echo "check-run: the run command ended cleanly without a warning (teardown: $engine_count pages, both counts)"

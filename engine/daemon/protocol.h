@@ -232,7 +232,7 @@ static_assert(sizeof(QueryMappedRep) == 8);
 // The daemon stops the engine (which unmaps everything it mapped), replies, and closes.
 struct CloseRep {
     uint64_t dma_entries_after = 0;  // live mappings left in the backend (0 unless vfio was shared)
-    uint64_t pages_unpinned = 0;     // pages the engine had pinned when Close arrived
+    uint64_t pages_unpinned = 0;     // pages the engine unmapped at teardown (still pinned at Close)
 };
 static_assert(sizeof(CloseRep) == 16);
 

@@ -510,8 +510,7 @@ uint64_t Session::teardown_keep_backend_count(uint64_t* live_after) {
     // Only this (the session's) thread changes engine_, so it may be read here without the lock.
     workers::Engine* engine = engine_.get();
     if (engine != nullptr) {
-        pinned = engine->stats().gauges.pinned_pages;
-        engine->stop();  // joins its threads, unmaps everything it mapped
+        pinned = engine->stop();  // joins its threads, unmaps everything it mapped
         if (device_) device_->set_engine(nullptr);
         std::unique_ptr<workers::Engine> gone;
         {
@@ -523,7 +522,7 @@ uint64_t Session::teardown_keep_backend_count(uint64_t* live_after) {
     }
     if (live_after != nullptr) *live_after = backend_ ? backend_->live_entries() : 0;
     if (state() != SessionState::Closed) {
-        CLOG_INFO(kLog, "session {}: closed ({} pages were pinned, {} DMA entries left)", id_, pinned,
+        CLOG_INFO(kLog, "session {}: closed ({} pinned pages unmapped, {} DMA entries left)", id_, pinned,
                   backend_ ? backend_->live_entries() : 0);
     }
     set_state(SessionState::Closed);

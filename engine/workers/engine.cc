@@ -76,19 +76,21 @@ Status Engine::run_unpin_tick() {
     return svc->tick_now();
 }
 
-void Engine::stop() {
+uint64_t Engine::stop() {
     std::lock_guard lock(lifecycle_mu_);
-    if (stopped_ || !variant_) return;
+    if (stopped_ || !variant_) return 0;
     stopped_ = true;
     // Order: no new requests (every slot taken completes), then no unpinning, then unmap all.
     variant_->stop_pinning();
     if (unpin_service_) unpin_service_->stop();
+    uint64_t pages = 0;
     if (prepared_) {
-        const uint64_t pages = variant_->teardown();
+        pages = variant_->teardown();
         CLOG_INFO("engine", "stopped: {} pages unmapped at teardown, {} still recorded", pages,
                   variant_->recorded_pages());
     }
     active_ = false;
+    return pages;
 }
 
 telemetry::StatsSnapshot Engine::stats() const {

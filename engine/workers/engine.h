@@ -54,8 +54,10 @@ public:
     // Errors: EAGAIN when not active; ECANCELED when stopping.
     [[nodiscard]] Status run_unpin_tick();
     // Stops taking requests (every slot taken completes), stops the unpin service, then unmaps
-    // everything the engine mapped, clearing PINNED. Idempotent; afterwards the engine is inert.
-    void stop();
+    // everything the engine mapped, clearing PINNED. Returns the pages that teardown unmapped (the
+    // unpinner may still release pages until it stops, so a gauge read before stop() can be
+    // higher); 0 when already stopped. Idempotent; afterwards the engine is inert.
+    uint64_t stop();
 
     // The telemetry snapshot (refreshes the DMA entry gauges from the backend first).
     [[nodiscard]] telemetry::StatsSnapshot stats() const;

@@ -270,7 +270,7 @@ TEST(EngineLifecycle, StopUnmapsEverythingAndClearsPinned) {
     EmulatedVm vm;
     ASSERT_OK(vm.map_range(0, 0, 16));
     ASSERT_OK(vm.map_range(1, 50, 3));
-    vm.engine().stop();
+    EXPECT_EQ(vm.engine().stop(), 19u) << "stop() reports the pages its teardown unmapped";
     EXPECT_TRUE(vm.backend().mappings().empty());
     EXPECT_FALSE(vm.pinned(vm_gfn(0)));
     EXPECT_FALSE(vm.pinned(vm_gfn(52)));
@@ -280,7 +280,7 @@ TEST(EngineLifecycle, StopUnmapsEverythingAndClearsPinned) {
 TEST(EngineLifecycle, SeedStopUnmapsEverything) {
     EmulatedVm vm(vm_options(test_config(Variant::Seed)));
     ASSERT_OK(vm.map_range(0, 0, 5));
-    vm.engine().stop();
+    EXPECT_EQ(vm.engine().stop(), 5u);
     EXPECT_TRUE(vm.backend().mappings().empty());
     EXPECT_FALSE(vm.pinned(vm_gfn(4)));
 }
@@ -289,9 +289,8 @@ TEST(EngineLifecycle, StopIsIdempotentAndFineBeforeActivate) {
     VmOptions o;
     o.activate = false;
     EmulatedVm vm(o);
-    vm.engine().stop();
-    vm.engine().stop();
-    SUCCEED();
+    EXPECT_EQ(vm.engine().stop(), 0u);
+    EXPECT_EQ(vm.engine().stop(), 0u);
 }
 
 TEST(EngineLifecycle, ActivateAfterStopIsRefused) {

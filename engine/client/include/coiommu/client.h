@@ -195,7 +195,7 @@ struct coiommu_client_stats {
 
 struct coiommu_client_close_info {
     uint64_t dma_entries_after; /* live mappings left in the backend (0 unless a VFIO container is shared) */
-    uint64_t pages_unpinned;    /* pages the engine held pinned when Close arrived */
+    uint64_t pages_unpinned;    /* pages the engine unmapped at teardown */
 };
 
 /* ---- Handles ------------------------------------------------------------------------------------ */
