@@ -9,6 +9,7 @@
 #include <string>
 
 #include "engine/daemon/config.h"
+#include "engine/daemon/emulated_vm.h"
 #include "engine/daemon/server.h"
 
 namespace coiommu::daemon {
@@ -30,8 +31,11 @@ struct DemoContext {
 // VM ran and the teardown left no DMA mapping behind, 1 otherwise.
 [[nodiscard]] int run_demo(const DemoContext& ctx);
 
-// One status line from two snapshots `dt_s` seconds apart (exposed for tests).
+// One status line from two engine snapshots and two VM counter readings `dt_s` seconds apart
+// (exposed for tests). Its p99 is the guest-visible latency of the maps that sent a pin request
+// in the window, from the VM's log-linear histogram.
 [[nodiscard]] std::string status_line(double t_s, double dt_s, const telemetry::StatsSnapshot& prev,
-                                      const telemetry::StatsSnapshot& now, uint64_t guest_failures);
+                                      const telemetry::StatsSnapshot& now, const VmCounters& vprev,
+                                      const VmCounters& vnow);
 
 }  // namespace coiommu::daemon

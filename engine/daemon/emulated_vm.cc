@@ -37,7 +37,8 @@ struct EmulatedVm::Shared {
     std::atomic<uint64_t> balloon_success{0}, balloon_failed{0}, balloon_errors{0};
     std::atomic<uint64_t> notifications{0};
     std::atomic<uint64_t> stream_ops{0};  // stream buffers so far: the stream's position
-    telemetry::Log2Histogram map_latency;
+    telemetry::LogLinearHistogram map_latency;
+    telemetry::LogLinearHistogram pin_map_latency;  // maps that sent a pin request
 
     bool claim(uint64_t chunk) {
         int32_t v = claims[chunk].load(std::memory_order_relaxed);
@@ -208,7 +209,9 @@ void EmulatedVm::vcpu_loop(uint32_t index, emulator::VcpuDriver drv) {
         for (uint64_t k = 0; k < n; ++k) h.gfns.push_back(Gfn{first + k});
         const uint64_t t0 = now_ns();
         auto r = drv.map(h.gfns);
-        sh.map_latency.observe(now_ns() - t0);
+        const uint64_t latency = now_ns() - t0;
+        sh.map_latency.observe(latency);
+        if (r && r->notified) sh.pin_map_latency.observe(latency);
         if (!r) {
             sh.map_failures.fetch_add(1, std::memory_order_relaxed);
             CLOG_WARN_RL(kLog, "vCPU {}: DMA map of {} pages failed: {}", index, n, r.error().message());
@@ -297,6 +300,7 @@ VmCounters EmulatedVm::counters() const {
     c.balloon_failed = sh.balloon_failed.load(std::memory_order_relaxed);
     c.balloon_errors = sh.balloon_errors.load(std::memory_order_relaxed);
     c.map_latency_ns = sh.map_latency.snapshot();
+    c.pin_map_latency_ns = sh.pin_map_latency.snapshot();
     return c;
 }
 

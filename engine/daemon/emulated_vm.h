@@ -61,7 +61,10 @@ struct VmCounters {
     uint64_t notifications = 0;
     uint64_t invariant_checks = 0, invariant_violations = 0, check_errors = 0;
     uint64_t balloon_success = 0, balloon_failed = 0, balloon_errors = 0;
-    telemetry::HistogramSnapshot map_latency_ns;  // guest-visible latency of every map
+    // Guest-visible latency of every map, and of the maps that sent a pin request (the round
+    // trip through the daemon): log-linear, so percentiles are within 1/16, not powers of two.
+    telemetry::LogLinearSnapshot map_latency_ns;
+    telemetry::LogLinearSnapshot pin_map_latency_ns;
 };
 
 class EmulatedVm {
