@@ -111,6 +111,18 @@ void BM_DttWalkFloor(benchmark::State& state) {
 }
 BENCHMARK(BM_DttWalkFloor);
 
+// The floor of the 512-page pin path: one seq_cst fetch_or per page (setting PINNED) over 512
+// consecutive leaf words, nothing else. BM_DirectBatch512 ÷ this is the path's overhead.
+void BM_FetchOrFloor512(benchmark::State& state) {
+    std::vector<std::atomic<uint32_t>> words(512);
+    for (auto _ : state) {
+        for (auto& w : words) benchmark::DoNotOptimize(w.fetch_or(core::kDttePinned, std::memory_order_seq_cst));
+        for (auto& w : words) w.store(0, std::memory_order_relaxed);
+    }
+    report_pages(state, 512);
+}
+BENCHMARK(BM_FetchOrFloor512);
+
 void BM_EngineBatch512(benchmark::State& state) {
     BenchVm vm(config(Variant::Fast, static_cast<uint32_t>(state.range(0))), BackendKind::Null);
     Cursor c(512);
@@ -176,6 +188,17 @@ void fake_matrix(benchmark::internal::Benchmark* b) {
     b->UseRealTime();
 }
 BENCHMARK(BM_FakeTypical)->Apply(fake_matrix);
+
+// The engine as users run it: every option at its default (workers and spin_budget `auto`).
+// Args: pages per request, variant (0 fast, 1 seed).
+void BM_FakeDefaults(benchmark::State& s) {
+    EngineConfig cfg;
+    cfg.variant = s.range(1) == 0 ? Variant::Fast : Variant::Seed;
+    contiguous_batches(s, cfg, BackendKind::FakeLatency, s.range(0));
+    s.SetLabel(fmt::format("{} defaults: workers={} spin={}ns", to_string(cfg.variant),
+                           workers::effective_workers(cfg), workers::effective_spin_budget(cfg).count()));
+}
+BENCHMARK(BM_FakeDefaults)->Args({64, 0})->Args({64, 1})->Args({1, 0})->Args({1, 1})->UseRealTime();
 BENCHMARK(BM_FakeBatchedPin)->Args({64, 1, 1, 0})->Args({64, 0, 1, 50})->Args({64, 0, 0, 50})->UseRealTime();
 
 // Two vCPUs issuing 64-page batches at once: the fast engine keeps the container busy while the
