@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/epoll.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,6 +20,7 @@ namespace {
 
 constexpr const char* kLog = "engine";
 constexpr uint64_t kStopToken = ~uint64_t{0};
+constexpr uint64_t kTraceTimerToken = ~uint64_t{0} - 1;
 // Spin loops check the clock and yield the CPU once every this many iterations (a few µs).
 constexpr uint32_t kSpinCheckMask = 63;
 
@@ -94,10 +96,13 @@ Result<std::unique_ptr<FastEngine>> FastEngine::create(const EngineConfig& cfg, 
     if (!handoff) return coiommu::unexpected(with_context(handoff.error(), "engine"));
     auto stop_ev = EventFd::create(Blocking::No);
     if (!stop_ev) return coiommu::unexpected(with_context(stop_ev.error(), "engine stop event"));
+    UniqueFd trace_timer(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!trace_timer) return make_error(errno, "engine trace timerfd_create");
 
     std::unique_ptr<FastEngine> e(
         new FastEngine(cfg, deps, stats, gate, std::move(*table), std::move(*extents), std::move(*handoff)));
     e->stop_ev_ = std::move(*stop_ev);
+    e->trace_timer_ = std::move(trace_timer);
     e->arenas_.reserve(vcpus);
     for (std::size_t i = 0; i < vcpus; ++i) {
         // Safety: slot i of the notifymap mapping (8-byte aligned, inside notify_slots).
@@ -188,6 +193,7 @@ void FastEngine::run_intake() {
         }
     };
     add(stop_ev_.fd(), kStopToken);
+    add(trace_timer_.get(), kTraceTimerToken);
     for (const auto& a : arenas_) add(a->trigger_fd, a->vcpu);
 
     // Requests written before activation are served at once; their triggers are still to be read.
@@ -197,11 +203,17 @@ void FastEngine::run_intake() {
 
     constexpr int kMaxEvents = 64;
     epoll_event evs[kMaxEvents];
+    uint64_t armed_due = 0;  // the trace timer's expiry, 0 when disarmed
     for (;;) {
-        // A quiet engine still hands its last requests to the tracer within kMaxAgeNs.
-        const uint64_t now = telemetry::monotonic_ns();
-        intake_trace_.flush_if_due(now);
-        const int n = ::epoll_wait(ep.get(), evs, kMaxEvents, intake_trace_.wait_timeout_ms(now));
+        // Block without a timeout (a timed epoll_wait wakes far slower here: 13 us against 5 us);
+        // a quiet engine still hands its last requests to the tracer within kMaxAgeNs through the
+        // timerfd, armed once per batch.
+        intake_trace_.flush_if_due(telemetry::monotonic_ns());
+        if (const uint64_t due = intake_trace_.due_ns(); due != 0 && due != armed_due) {
+            arm_trace_timer(due);
+            armed_due = due;
+        }
+        const int n = ::epoll_wait(ep.get(), evs, kMaxEvents, -1);
         if (n < 0) {
             if (errno == EINTR) continue;
             CLOG_ERROR_RL(kLog, "intake: epoll_wait: errno {}", errno);
@@ -213,6 +225,11 @@ void FastEngine::run_intake() {
                 intake_trace_.flush();
                 return;
             }
+            if (evs[i].data.u64 == kTraceTimerToken) {
+                (void)drain_fd(trace_timer_.get());
+                armed_due = 0;
+                continue;  // flush_if_due at the top of the loop hands the batch over
+            }
             on_trigger(*arenas_[evs[i].data.u64]);
         }
         if (spin_budget_.count() > 0) spin_pass();
@@ -220,6 +237,16 @@ void FastEngine::run_intake() {
             intake_trace_.flush();
             return;
         }
+    }
+}
+
+void FastEngine::arm_trace_timer(uint64_t due_ns) {
+    itimerspec its{};
+    its.it_value.tv_sec = static_cast<time_t>(due_ns / 1'000'000'000);
+    its.it_value.tv_nsec = static_cast<long>(due_ns % 1'000'000'000);
+    if (::timerfd_settime(trace_timer_.get(), TFD_TIMER_ABSTIME, &its, nullptr) != 0) {
+        // Without the timer the batch still goes at the next request, when full, or at stop.
+        CLOG_ERROR_RL(kLog, "intake: timerfd_settime: errno {}", errno);
     }
 }
 

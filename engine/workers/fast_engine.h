@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "engine/base/event_fd.h"
+#include "engine/base/unique_fd.h"
 #include "engine/core/pin_table.h"
 #include "engine/core/request.h"
 #include "engine/telemetry/engine_stats.h"
@@ -84,6 +85,7 @@ private:
                core::PinTable table, ExtentMap extents, ExtentHandoff handoff);
 
     void run_intake();
+    void arm_trace_timer(uint64_t due_ns);
     void on_trigger(VcpuArena& a);
     Attempt try_serve(VcpuArena& a);
     void dispatch(VcpuArena& a, uint64_t value);
@@ -110,6 +112,7 @@ private:
     ParkGate& gate_;
     std::unique_ptr<ExtentUnpinner> unpinner_;
     EventFd stop_ev_;
+    UniqueFd trace_timer_;                       // intake_trace_'s flush deadline while the intake blocks
     std::atomic<bool> stopping_{false};          // the intake leaves
     std::atomic<bool> workers_stopping_{false};  // the workers leave once the queue is empty
     std::thread intake_;
