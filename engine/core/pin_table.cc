@@ -14,8 +14,6 @@ namespace {
 // futex wait catches the common case of a holder finishing without a sleep/wake pair.
 constexpr int kSpinsBeforeWait = 64;
 
-std::atomic_ref<uint32_t> word_ref(uint32_t* w) { return std::atomic_ref<uint32_t>(*w); }
-
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -66,21 +64,16 @@ void PinTable::release() {
     bytes_ = 0;
 }
 
-bool PinTable::mapped(Gfn gfn) const {
-    return (word_ref(words_ + raw(gfn)).load(std::memory_order_acquire) & kMapped) != 0;
-}
-
 uint64_t PinTable::mapped_pages() const { return counters_ ? counters_->mapped.load(std::memory_order_relaxed) : 0; }
 
-PinTable::PageLock PinTable::lock(Gfn gfn) {
-    uint32_t* w = words_ + raw(gfn);
+// Contended: spin briefly, then sleep on the word until its holder unlocks.
+PinTable::PageLock PinTable::lock_slow(uint32_t* w) {
     auto ref = word_ref(w);
     int spins = 0;
     uint32_t cur = ref.load(std::memory_order_relaxed);
     for (;;) {
         if ((cur & kLocked) == 0) {
-            // Acquire pairs with the release in unlock(): the previous holder's DMA map/unmap and
-            // record changes happen-before our critical section.
+            // Acquire: as in lock().
             if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire, std::memory_order_relaxed)) {
                 return PageLock(this, w);
             }
@@ -113,30 +106,19 @@ PinTable::PageLock& PinTable::PageLock::operator=(PageLock&& other) noexcept {
         unlock();
         table_ = other.table_;
         word_ = std::exchange(other.word_, nullptr);
+        publish_mapped_ = std::exchange(other.publish_mapped_, false);
     }
     return *this;
 }
 
-bool PinTable::PageLock::mapped() const { return (word_ref(word_).load(std::memory_order_relaxed) & kMapped) != 0; }
-
-void PinTable::PageLock::set_mapped() {
-    // Release: a lock-free reader that sees kMapped also sees the mapping's creation.
-    word_ref(word_).fetch_or(kMapped, std::memory_order_release);
-    table_->counters_->mapped.fetch_add(1, std::memory_order_relaxed);
-}
-
 void PinTable::PageLock::clear_mapped() {
-    word_ref(word_).fetch_and(~kMapped, std::memory_order_release);
+    if (publish_mapped_) {
+        // Recorded in this critical section and never published: withdraw it.
+        publish_mapped_ = false;
+    } else {
+        word_ref(word_).fetch_and(~kMapped, std::memory_order_release);
+    }
     table_->counters_->mapped.fetch_sub(1, std::memory_order_relaxed);
-}
-
-void PinTable::PageLock::unlock() {
-    if (word_ == nullptr) return;
-    auto ref = word_ref(std::exchange(word_, nullptr));
-    ref.fetch_and(~kLocked, std::memory_order_release);
-    // notify_all: several threads may wait on one page (e.g. two vCPUs and the unpinner); each
-    // re-checks and at most one wins the CAS. libstdc++ skips the futex wake when nobody waits.
-    ref.notify_all();
 }
 
 }  // namespace coiommu::core

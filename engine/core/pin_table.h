@@ -15,12 +15,21 @@
 //   bits 0..29        unused, always zero (coalesced extents are recorded in workers::ExtentMap).
 //
 // Thread-safety: every method may be called from any thread. kMapped changes only under the
-// page's lock; mapped() may be read without it (acquire) and is then a snapshot.
+// page's lock; mapped() may be read without it (acquire) and is then a snapshot. A page the
+// holder records as mapped (set_mapped/mark_mapped) is published by the release store that
+// unlocks it, so a lock-free reader may see kMapped late, never early: every reader that acts on
+// the record (unpin, balloon, teardown) takes the lock, and the pin path's lock-free "already
+// pinned" check only falls through to its locked path when it reads the bit clear.
+//
+// Cost (the pin path runs this per page): the lock is one CAS, the unlock one plain release store
+// (only the holder writes a locked word), set_mapped adds no atomic of its own, and the hot
+// functions are inline; mark_mapped + add_mapped_pages(n) count a run with one shared add.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "engine/base/addr.h"
 #include "engine/base/result.h"
@@ -48,43 +57,84 @@ public:
     [[nodiscard]] bool in_range(Gfn gfn) const { return raw(gfn) < count_; }
 
     // Whether this host has `gfn` mapped (acquire load, no lock). Precondition: in_range(gfn).
-    [[nodiscard]] bool mapped(Gfn gfn) const;
+    [[nodiscard]] bool mapped(Gfn gfn) const {
+        return (word_ref(words_ + raw(gfn)).load(std::memory_order_acquire) & kMapped) != 0;
+    }
 
     // Exclusive hold of one page's record. Move-only; unlocks on destruction.
     class PageLock {
     public:
         PageLock() = default;
         ~PageLock() { unlock(); }
-        PageLock(PageLock&& other) noexcept : table_(other.table_), word_(other.word_) { other.word_ = nullptr; }
+        PageLock(PageLock&& other) noexcept
+            : table_(other.table_), word_(other.word_), publish_mapped_(other.publish_mapped_) {
+            other.word_ = nullptr;
+        }
         PageLock& operator=(PageLock&& other) noexcept;
         PageLock(const PageLock&) = delete;
         PageLock& operator=(const PageLock&) = delete;
 
         [[nodiscard]] bool owns_lock() const { return word_ != nullptr; }
-        // Preconditions for the three below: owns_lock().
-        [[nodiscard]] bool mapped() const;
-        // Records the page as mapped by us. Precondition: !mapped().
-        void set_mapped();
+        // Preconditions for the four below: owns_lock().
+        [[nodiscard]] bool mapped() const {
+            return publish_mapped_ || (word_ref(word_).load(std::memory_order_relaxed) & kMapped) != 0;
+        }
+        // Records the page as mapped by us (published by unlock) and counts it in mapped_pages().
+        // Precondition: !mapped().
+        void set_mapped() {
+            mark_mapped();
+            table_->add_mapped_pages(1);
+        }
+        // set_mapped without the count: the caller adds a whole run with add_mapped_pages(n).
+        void mark_mapped() { publish_mapped_ = true; }
         // Records the page as no longer mapped by us. Precondition: mapped().
         void clear_mapped();
-        // Releases the lock early (idempotent).
-        void unlock();
+        // Releases the lock (idempotent): one release store of the word without kLocked (with
+        // kMapped when set_mapped ran), then a futex wake only if someone waits.
+        void unlock() {
+            if (word_ == nullptr) return;
+            auto ref = word_ref(std::exchange(word_, nullptr));
+            uint32_t v = ref.load(std::memory_order_relaxed) & ~kLocked;
+            if (publish_mapped_) v |= kMapped;
+            publish_mapped_ = false;
+            // Release pairs with the acquire of the next lock() and of mapped(): the DMA map and
+            // the record happen-before whoever sees the word unlocked (or kMapped set).
+            ref.store(v, std::memory_order_release);
+            // notify_all: several threads may wait on one page (two vCPUs and the unpinner); each
+            // re-checks and at most one wins the CAS. libstdc++ skips the futex wake when nobody
+            // waits.
+            ref.notify_all();
+        }
 
     private:
         friend class PinTable;
         PageLock(PinTable* table, uint32_t* word) : table_(table), word_(word) {}
         PinTable* table_ = nullptr;
         uint32_t* word_ = nullptr;
+        bool publish_mapped_ = false;  // set kMapped with the unlock
     };
 
     // Blocks until the page's lock is acquired. Precondition: in_range(gfn).
-    [[nodiscard]] PageLock lock(Gfn gfn);
+    [[nodiscard]] PageLock lock(Gfn gfn) {
+        uint32_t* w = words_ + raw(gfn);
+        uint32_t cur = word_ref(w).load(std::memory_order_relaxed);
+        // Acquire pairs with the release in unlock(): the previous holder's DMA map/unmap and
+        // record changes happen-before our critical section.
+        if ((cur & kLocked) == 0 && word_ref(w).compare_exchange_strong(cur, cur | kLocked, std::memory_order_acquire,
+                                                                        std::memory_order_relaxed)) {
+            return PageLock(this, w);
+        }
+        return lock_slow(w);
+    }
     // Acquires the lock only if it is free now; an empty PageLock (owns_lock() false) otherwise.
     // Precondition: in_range(gfn).
     [[nodiscard]] PageLock try_lock(Gfn gfn);
 
-    // Number of pages recorded as mapped (maintained by set_mapped/clear_mapped; relaxed).
+    // Number of pages recorded as mapped (maintained by set_mapped/add_mapped_pages and
+    // clear_mapped; relaxed, so it may trail the records by the runs in flight).
     [[nodiscard]] uint64_t mapped_pages() const;
+    // Counts `pages` pages recorded with PageLock::mark_mapped.
+    void add_mapped_pages(uint64_t pages) { counters_->mapped.fetch_add(pages, std::memory_order_relaxed); }
 
 private:
     struct alignas(64) Counters {
@@ -94,6 +144,8 @@ private:
     PinTable(uint32_t* words, uint64_t count, uint64_t bytes)
         : words_(words), count_(count), bytes_(bytes), counters_(std::make_unique<Counters>()) {}
     void release();
+    PageLock lock_slow(uint32_t* w);
+    static std::atomic_ref<uint32_t> word_ref(uint32_t* w) { return std::atomic_ref<uint32_t>(*w); }
 
     uint32_t* words_ = nullptr;
     uint64_t count_ = 0;

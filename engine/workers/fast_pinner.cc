@@ -221,7 +221,9 @@ private:
             case dma::MapOutcome::Mapped: {
                 // Record first: whatever the guest sees as PINNED is backed by our record, and the
                 // extent is handed to the unpinner while its pages are still locked.
-                for (uint32_t p = k; p < e; ++p) a_.locks[p].set_mapped();
+                // The kMapped bits go out with the unlocks at the end of pin_run; one shared add.
+                for (uint32_t p = k; p < e; ++p) a_.locks[p].mark_mapped();
+                env_.table.add_mapped_pages(len);
                 const Gfn head{run[k].gfn};
                 env_.extents.record(head, len);
                 if (env_.track_extents) env_.handoff.push(head);
