@@ -146,7 +146,19 @@ class Busy:
             p.wait()
 
 
-def machine():
+def source_dir(build):
+    """The source tree a build directory was configured from (CMAKE_HOME_DIRECTORY)."""
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            for line in f:
+                if line.startswith("CMAKE_HOME_DIRECTORY:INTERNAL="):
+                    return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return ROOT
+
+
+def machine(src):
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -154,9 +166,9 @@ def machine():
     except OSError:
         pass
     def git(*a):
-        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False)
+        r = subprocess.run(["git", *a], cwd=src, capture_output=True, text=True, check=False)
         return r.stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet"], cwd=ROOT, check=False).returncode != 0
+    dirty = subprocess.run(["git", "diff", "--quiet"], cwd=src, check=False).returncode != 0
     return {"commit": git("rev-parse", "--short=12", "HEAD") + ("-dirty" if dirty else ""),
             "host": platform.node(), "cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
             "load_average": os.getloadavg()[0], "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
@@ -190,7 +202,7 @@ def cmd_run(a):
             print(f"perf: {f} skipped: needs root (BPF)", file=sys.stderr)
         figs = [f for f in figs if not FIGURES[f].get("root")]
     build_targets(build, figs)
-    record = {"machine": machine(), "rounds": a.rounds, "min_time": a.min_time, "figures": {}}
+    record = {"machine": machine(source_dir(build)), "build": build, "rounds": a.rounds, "min_time": a.min_time, "figures": {}}
     print(f"perf: {a.rounds} rounds per figure, conditions {a.conditions}; commit {record['machine']['commit']}, "
           f"{record['machine']['cpus']} CPUs, {record['machine']['kernel']}")
     for cond in a.conditions.split(","):

@@ -208,7 +208,10 @@ void FastEngine::run_intake() {
         // Block without a timeout (a timed epoll_wait wakes far slower here: 13 us against 5 us);
         // a quiet engine still hands its last requests to the tracer within kMaxAgeNs through the
         // timerfd, armed once per batch.
-        intake_trace_.flush_if_due(telemetry::monotonic_ns());
+        // The last inline serve's end is "now" for this check; a wake that served nothing inline
+        // (workers, the timer, spurious triggers) reads the clock.
+        intake_trace_.flush_if_due(last_inline_end_ns_ != 0 ? last_inline_end_ns_ : telemetry::monotonic_ns());
+        last_inline_end_ns_ = 0;
         if (const uint64_t due = intake_trace_.due_ns(); due != 0 && due != armed_due) {
             arm_trace_timer(due);
             armed_due = due;
@@ -306,7 +309,7 @@ FastEngine::Attempt FastEngine::try_serve(VcpuArena& a) {
 void FastEngine::dispatch(VcpuArena& a, uint64_t value) {
     const uint64_t t0 = telemetry::monotonic_ns();
     if (workers_.empty()) {
-        serve_request(env_, a, value, t0, intake_trace_);
+        last_inline_end_ns_ = serve_request(env_, a, value, t0, intake_trace_).end_ns;
         finish(a);
         return;
     }
@@ -325,6 +328,7 @@ void FastEngine::dispatch(VcpuArena& a, uint64_t value) {
 void FastEngine::spin_pass() {
     auto deadline = std::chrono::steady_clock::now() + spin_budget_;
     uint32_t iter = 0;
+    bool extend = false;  // served since the last clock check: the budget restarts there
     while (!stopping_.load(std::memory_order_relaxed)) {
         bool served = false;
         for (auto& ap : arenas_) {
@@ -336,12 +340,17 @@ void FastEngine::spin_pass() {
                 served = true;
             }
         }
-        if (served) {
-            deadline = std::chrono::steady_clock::now() + spin_budget_;
-            continue;
-        }
+        if (served) extend = true;
         if ((++iter & kSpinCheckMask) == 0) {
-            if (std::chrono::steady_clock::now() >= deadline) return;
+            // One clock read per check, none per served request: a serve restarts the budget at
+            // the next check (at most kSpinCheckMask iterations late).
+            const auto now = std::chrono::steady_clock::now();
+            if (extend) {
+                deadline = now + spin_budget_;
+                extend = false;
+            } else if (now >= deadline) {
+                return;
+            }
             ::sched_yield();
         }
         cpu_relax();
@@ -356,9 +365,9 @@ void FastEngine::run_worker() {
     while (pop(item, trace)) {
         stats_.gauges().queue_depth.sub();
         VcpuArena& a = *arenas_[item.vcpu];
-        serve_request(env_, a, item.value, item.t0_ns, trace);
+        const ServeReport rep = serve_request(env_, a, item.value, item.t0_ns, trace);
         finish(a);
-        trace.flush_if_due(telemetry::monotonic_ns());
+        trace.flush_if_due(rep.end_ns);
     }
 }
 

@@ -118,6 +118,7 @@ private:
     std::thread intake_;
     // Requests the intake serves inline (or counts as spurious); only the intake thread uses it.
     telemetry::RequestTraceBatch intake_trace_;
+    uint64_t last_inline_end_ns_ = 0;  // end of the intake's latest inline serve (intake thread only)
     std::vector<std::thread> workers_;
     bool pinning_stopped_ = false;
     std::atomic<uint64_t> spurious_{0};

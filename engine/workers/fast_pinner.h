@@ -20,7 +20,8 @@
 //   5. complete: slot.store(0, release) after every PINNED RMW, also when the request failed.
 //
 // Stats go to the arena's shard (per request and per DMA call, never per page), USDT probes fire
-// at request start/done and per DMA call.
+// at request start/done and per DMA call. The clock is read once per DMA call (a call is timed
+// from the previous reading, the first from t0) and once more only for a request without one.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +36,7 @@ struct ServeReport {
     uint64_t pages = 0;  // pages named by the request (0 when it could not be decoded)
     uint64_t newly_pinned = 0;
     uint64_t dma_calls = 0;
+    uint64_t end_ns = 0;  // monotonic_ns() at completion (reuse it instead of reading the clock)
 };
 
 // Serves one request and completes the slot. Never fails: bad guest input and DMA failures are
