@@ -25,12 +25,23 @@ EngineInfo engine_info(const daemon::DaemonConfig& cfg) {
     return info;
 }
 
+// Every session of the server as the engine collector's VMs (the session id is the key).
+VmSnapshots per_vm(const daemon::Server& server) {
+    daemon::SessionSnapshots all = server.sessions();
+    VmSnapshots out;
+    out.ended = all.ended;
+    out.active_sessions = all.active_sessions;
+    out.vms.reserve(all.sessions.size());
+    for (auto& s : all.sessions) out.vms.push_back(VmSnapshot{s.session_id, std::move(s.name), s.snapshot});
+    return out;
+}
+
 Result<std::shared_ptr<CollectorSet>> collectors(const daemon::DaemonConfig& cfg, const daemon::Server& server,
                                                  std::vector<DaemonMetrics::Extra> extra) {
     auto set = std::make_shared<CollectorSet>();
     const daemon::Server* srv = &server;
     COIOMMU_TRY(
-        set->add("engine", std::make_shared<EngineCollector>([srv] { return srv->aggregate(); }, engine_info(cfg))));
+        set->add("engine", std::make_shared<EngineCollector>([srv] { return per_vm(*srv); }, engine_info(cfg))));
     COIOMMU_TRY(set->add("process", std::make_shared<ProcessCollector>()));
     for (auto& [name, collectable] : extra) COIOMMU_TRY(set->add(std::move(name), std::move(collectable)));
     return set;

@@ -241,7 +241,7 @@ void Server::reap(bool all) {
         std::lock_guard lock(mu_);
         for (auto it = sessions_.begin(); it != sessions_.end();) {
             if ((*it)->done.load(std::memory_order_acquire)) {
-                // In the same critical section as the removal: aggregate() never sees a dip.
+                // In the same critical section as the removal: sessions() never sees a dip.
                 telemetry::merge(retired_, (*it)->session->final_totals());
                 counters_.sessions_ended.fetch_add(1, std::memory_order_relaxed);
                 finished.push_back(std::move(*it));
@@ -256,20 +256,38 @@ void Server::reap(bool all) {
     }
 }
 
-telemetry::StatsSnapshot Server::aggregate() const {
-    telemetry::StatsSnapshot out{};
+SessionSnapshots Server::sessions() const {
+    SessionSnapshots out;
     std::lock_guard lock(mu_);
-    out.totals = retired_;
+    out.ended = retired_;
+    out.active_sessions = static_cast<uint32_t>(sessions_.size());
+    out.sessions.reserve(sessions_.size());
     for (const auto& e : sessions_) {
+        const Session& session = *e->session;
+        // Hello writes the name once, before it moves the state on (a release store): once the
+        // state is past AwaitHello the name may be read from this thread.
+        if (session.state() == SessionState::AwaitHello) continue;
+        SessionSnapshot s;
+        s.session_id = session.id();
+        s.name = session.client_name();
         // A running session reports its live engine; one that has torn down (or never ran) its
-        // final totals (zero when it never ran).
-        if (auto s = e->session->stats()) {
-            merge_snapshot(out, s->snapshot);
+        // final totals (zero when it never ran), until reap() moves them to retired_.
+        if (auto live = session.stats()) {
+            s.snapshot = live->snapshot;
         } else {
-            telemetry::merge(out.totals, e->session->final_totals());
+            s.snapshot.totals = session.final_totals();
         }
+        out.sessions.push_back(std::move(s));
     }
-    out.gauges.active_sessions = static_cast<uint64_t>(sessions_.size());
+    return out;
+}
+
+telemetry::StatsSnapshot Server::aggregate() const {
+    const SessionSnapshots all = sessions();
+    telemetry::StatsSnapshot out{};
+    out.totals = all.ended;
+    for (const auto& s : all.sessions) merge_snapshot(out, s.snapshot);
+    out.gauges.active_sessions = all.active_sessions;
     return out;
 }
 

@@ -6,10 +6,13 @@
 //  - Every connection's peer credentials (SO_PEERCRED) are checked against allowed_uids; others
 //    get an Error (EACCES) and are closed at once.
 //  - At most max_sessions sessions: one more gets an Error (EBUSY) and is closed (flood bound).
-//  - Statistics: aggregate() sums every running session's snapshot plus the final totals of the
-//    sessions that ended (so counters never go backwards), with gauges summed over the running
-//    ones and active_sessions = the session count. The exporter serves that one snapshot: the
-//    series stay bounded whatever the number of VMs.
+//  - Statistics: sessions() lists every session past Hello with its VM name and snapshot (the
+//    live engine's, or its final totals once it has torn down), and `ended` holds the final totals
+//    of the sessions that ended and were reaped: a session's totals move from its entry to `ended`
+//    in one step, so the sum over sessions never goes backwards. At most max_sessions entries
+//    (a session holds its slot until it is reaped). The exporter labels each entry's series with
+//    its VM name (exporter/METRICS.md, the vm label). aggregate() is the sum of all of that, with
+//    gauges summed over the running sessions and active_sessions = the session count.
 //  - stop(): stops accepting, tells every session to end (each tears down: its engine unmaps
 //    everything), joins every thread, removes the socket file. Idempotent; the destructor calls it.
 //
@@ -47,6 +50,19 @@ struct ServerOptions {
     SessionPolicy policy;
 };
 
+// One session's statistics for the exporter.
+struct SessionSnapshot {
+    uint32_t session_id = 0;            // unique for the server's lifetime
+    std::string name;                   // the VMM's Hello name (printable ASCII, at most proto::kClientNameSize bytes)
+    telemetry::StatsSnapshot snapshot;  // gauges zero unless the session is running
+};
+
+struct SessionSnapshots {
+    std::vector<SessionSnapshot> sessions;  // sessions past Hello, by ascending session_id
+    telemetry::ShardTotals ended{};         // final totals of the reaped sessions
+    uint32_t active_sessions = 0;           // every session, including those before Hello
+};
+
 struct ServerCounters {
     std::atomic<uint64_t> accepted{0};
     std::atomic<uint64_t> refused_credentials{0};
@@ -66,6 +82,7 @@ public:
 
     void stop();
 
+    [[nodiscard]] SessionSnapshots sessions() const;
     [[nodiscard]] telemetry::StatsSnapshot aggregate() const;
     [[nodiscard]] uint32_t session_count() const;
     [[nodiscard]] const ServerCounters& counters() const { return counters_; }

@@ -3,7 +3,8 @@
 # tracer when this process may load BPF) scraped by a real Prometheus every second with
 # dashboards/prometheus/rules.yml loaded; every panel query of both dashboards (extracted and listed
 # by tests/unit/dashboards/check_dashboards.py, Grafana variables substituted by
-# scripts/prometheus-live.sh) and every recording rule must return a non-empty, non-NaN result.
+# scripts/prometheus-live.sh, $vm as ".+") and every recording rule must return a non-empty, non-NaN
+# result.
 # No query needs --allow-nan: the fixture drives every op, kind and program the panels split by.
 # Without BPF the kernel-view dashboard and the BPF rules are left out, and the log says so.
 #
@@ -56,5 +57,5 @@ fi
 python3 "$ROOT/tests/unit/dashboards/check_dashboards.py" --root "$ROOT" queries "${SKIP_BPF[@]}" >"$QUERIES"
 echo "$(grep -cv '^#' "$QUERIES") queries"
 
-"$ROOT/scripts/prometheus-live.sh" --min-scrapes 5 --timeout 60 \
+"$ROOT/scripts/prometheus-live.sh" --min-scrapes 5 --timeout 60 --var "vm=.+" \
   --rule-file "$ROOT/dashboards/prometheus/rules.yml" "$ADDR" "$QUERIES"

@@ -10,7 +10,7 @@
 //   - a side thread issuing VFIO_IOMMU_MAP_DMA/UNMAP_DMA and iommufd IOAS_MAP/UNMAP ioctls on
 //     /dev/null: they fail with ENOTTY, but the syscall tracepoints fire, so the kernel-view panels
 //     have data on a host without VFIO (the engine itself uses the fake backend, no ioctls);
-//   - EngineCollector + ProcessCollector (+ BpfCollector) at --address.
+//   - EngineCollector (the one VM named "load-vm") + ProcessCollector (+ BpfCollector) at --address.
 //
 // Prints "listening HOST:PORT" on stdout once serving, then "bpf attached" or "bpf off: <why>",
 // and runs until SIGINT/SIGTERM or --duration.
@@ -53,6 +53,8 @@ namespace {
 
 using namespace coiommu;
 using namespace std::chrono_literals;
+
+constexpr std::string_view kVmName = "load-vm";  // the `vm` label of the engine's series
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
@@ -162,8 +164,8 @@ int main(int argc, char** argv) {
         return 1;
     }
     auto set = std::make_shared<exporter::CollectorSet>();
-    auto added = set->add(
-        "engine", std::make_shared<exporter::EngineCollector>([&vm] { return (*vm)->stats(); }, (*vm)->engine_info()));
+    auto added = set->add("engine", std::make_shared<exporter::EngineCollector>(
+                                        [&vm] { return (*vm)->stats(); }, (*vm)->engine_info(), std::string(kVmName)));
     if (added) added = set->add("process", std::make_shared<exporter::ProcessCollector>());
     if (!added) {
         std::fprintf(stderr, "%s\n", added.error().message().c_str());

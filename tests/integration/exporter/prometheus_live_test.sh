@@ -33,4 +33,4 @@ for _ in $(seq 100); do
 done
 [ -n "$ADDR" ] || { echo "synthetic exporter did not report its address" >&2; cat "$OUT" >&2; exit 1; }
 echo "synthetic exporter on $ADDR"
-"$ROOT/scripts/prometheus-live.sh" --min-scrapes 5 "$ADDR" "$QUERIES"
+"$ROOT/scripts/prometheus-live.sh" --min-scrapes 5 --var "vm=.+" "$ADDR" "$QUERIES"

@@ -1,6 +1,6 @@
-// coiommu-synthetic-exporter: serves the exporter's full catalogue over a synthetic engine load,
-// for the live-Prometheus harness (scripts/prometheus-live.sh) and dashboard tests while no real
-// engine runs. Prints "listening <host:port>" on stdout once serving, then runs until SIGINT/
+// coiommu-synthetic-exporter: serves the exporter's full catalogue over a synthetic engine load (one
+// VM, vm="synthetic"), for the live-Prometheus harness (scripts/prometheus-live.sh) and dashboard
+// tests while no real engine runs. Prints "listening <host:port>" on stdout once serving, then runs until SIGINT/
 // SIGTERM or --duration.
 //
 // usage: coiommu-synthetic-exporter [--address 127.0.0.1:0] [--duration SECONDS] [--pace-us N]
@@ -61,9 +61,9 @@ int main(int argc, char** argv) {
     exporter::ConfigInfo config;
     config.backend = "fake";
     auto set = std::make_shared<exporter::CollectorSet>();
-    auto added =
-        set->add("engine", std::make_shared<exporter::EngineCollector>(
-                               [&] { return stats.snapshot(); }, exporter::EngineInfo{exporter::this_build(), config}));
+    auto added = set->add("engine", std::make_shared<exporter::EngineCollector>(
+                                        [&] { return stats.snapshot(); },
+                                        exporter::EngineInfo{exporter::this_build(), config}, "synthetic"));
     if (added) added = set->add("process", std::make_shared<exporter::ProcessCollector>());
     if (!added) {
         std::fprintf(stderr, "%s\n", added.error().message().c_str());

@@ -2,9 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <regex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <prometheus/check_names.h>
 #include <prometheus/metric_type.h>
@@ -32,12 +34,23 @@ const prometheus::MetricFamily* find_family(const std::vector<prometheus::Metric
     return nullptr;
 }
 
-testing::Exposition scrape_text(const StatsSnapshot& s) {
-    const std::string text = prometheus::TextSerializer().Serialize(engine_families(s, test_info()));
+// One engine, exported as the VM "vm1".
+constexpr const char* kVm = "vm1";
+
+// `match` plus vm="vm1".
+std::map<std::string, std::string> on_vm(std::map<std::string, std::string> match = {}) {
+    match["vm"] = kVm;
+    return match;
+}
+
+testing::Exposition parse(const std::vector<prometheus::MetricFamily>& families) {
+    const std::string text = prometheus::TextSerializer().Serialize(families);
     auto parsed = testing::parse_exposition(text);
     EXPECT_TRUE(parsed.has_value()) << parsed.error().message();
     return parsed ? *parsed : testing::Exposition{};
 }
+
+testing::Exposition scrape_text(const StatsSnapshot& s) { return parse(engine_families(s, test_info(), kVm)); }
 
 TEST(EngineCollector, EmitsTheCatalogue) {
     const StatsRegistry stats(1);
@@ -126,16 +139,21 @@ TEST(EngineCollector, LabelsAreBoundedAndNeverIdentifiers) {
 TEST(EngineCollector, EveryLabelCombinationIsPreinitialisedToZero) {
     const StatsRegistry stats(1);
     const auto e = scrape_text(stats.snapshot());
-    EXPECT_EQ(e.find("coiommu_pin_requests_total").size(), kRequestKinds);
-    EXPECT_EQ(e.find("coiommu_pin_failures_total").size(), kPinFailureReasons);
-    EXPECT_EQ(e.find("coiommu_unpin_attempts_total").size(), kUnpinResults);
-    EXPECT_EQ(e.find("coiommu_unpin_scans_total").size(), kScanKinds);
-    EXPECT_EQ(e.find("coiommu_balloon_requests_total").size(), kBalloonResults);
-    EXPECT_EQ(e.find("coiommu_dma_calls_total").size(), kDmaOps);
-    EXPECT_EQ(e.find("coiommu_guest_dma_map_failures_total").size(), 2u);
-    EXPECT_EQ(e.find("coiommu_pin_request_duration_seconds_count").size(), kRequestKinds);
-    EXPECT_EQ(e.value("coiommu_pin_failures_total", {{"reason", "no_space"}}), 0.0);
-    EXPECT_EQ(e.value("coiommu_unpin_attempts_total", {{"result", "parked"}}), 0.0);
+    // For the VM and for the ended VMs alike.
+    for (const std::string& vm : {std::string(kVm), std::string(kEndedVmLabel)}) {
+        SCOPED_TRACE(vm);
+        const std::map<std::string, std::string> m{{"vm", vm}};
+        EXPECT_EQ(e.find("coiommu_pin_requests_total", m).size(), kRequestKinds);
+        EXPECT_EQ(e.find("coiommu_pin_failures_total", m).size(), kPinFailureReasons);
+        EXPECT_EQ(e.find("coiommu_unpin_attempts_total", m).size(), kUnpinResults);
+        EXPECT_EQ(e.find("coiommu_unpin_scans_total", m).size(), kScanKinds);
+        EXPECT_EQ(e.find("coiommu_balloon_requests_total", m).size(), kBalloonResults);
+        EXPECT_EQ(e.find("coiommu_dma_calls_total", m).size(), kDmaOps);
+        EXPECT_EQ(e.find("coiommu_guest_dma_map_failures_total", m).size(), 2u);
+        EXPECT_EQ(e.find("coiommu_pin_request_duration_seconds_count", m).size(), kRequestKinds);
+    }
+    EXPECT_EQ(e.value("coiommu_pin_failures_total", on_vm({{"reason", "no_space"}})), 0.0);
+    EXPECT_EQ(e.value("coiommu_unpin_attempts_total", on_vm({{"result", "parked"}})), 0.0);
 }
 
 TEST(EngineCollector, CountersCarryTheSnapshotTotals) {
@@ -148,13 +166,13 @@ TEST(EngineCollector, CountersCarryTheSnapshotTotals) {
     stats.shard(0).requests_failed.add(1);
     stats.shard(0).viommu_request_failures[DmaOp::Map].add(6);
     const auto e = scrape_text(stats.snapshot());
-    EXPECT_EQ(e.value("coiommu_pin_requests_total", {{"kind", "batch"}}), 7.0);
-    EXPECT_EQ(e.value("coiommu_pin_requests_total", {{"kind", "single"}}), 0.0);
-    EXPECT_EQ(e.value("coiommu_pin_failures_total", {{"reason", "no_space"}}), 2.0);
-    EXPECT_EQ(e.value("coiommu_unpin_attempts_total", {{"result", "not_unpinned"}}), 9.0);
-    EXPECT_EQ(e.value("coiommu_dma_calls_total", {{"op", "unmap"}}), 5.0);
-    EXPECT_EQ(e.value("coiommu_guest_dma_map_failures_total", {{"iommu", "coiommu"}}), 1.0);
-    EXPECT_EQ(e.value("coiommu_guest_dma_map_failures_total", {{"iommu", "virtio_iommu"}}), 6.0);
+    EXPECT_EQ(e.value("coiommu_pin_requests_total", on_vm({{"kind", "batch"}})), 7.0);
+    EXPECT_EQ(e.value("coiommu_pin_requests_total", on_vm({{"kind", "single"}})), 0.0);
+    EXPECT_EQ(e.value("coiommu_pin_failures_total", on_vm({{"reason", "no_space"}})), 2.0);
+    EXPECT_EQ(e.value("coiommu_unpin_attempts_total", on_vm({{"result", "not_unpinned"}})), 9.0);
+    EXPECT_EQ(e.value("coiommu_dma_calls_total", on_vm({{"op", "unmap"}})), 5.0);
+    EXPECT_EQ(e.value("coiommu_guest_dma_map_failures_total", on_vm({{"iommu", "coiommu"}})), 1.0);
+    EXPECT_EQ(e.value("coiommu_guest_dma_map_failures_total", on_vm({{"iommu", "virtio_iommu"}})), 6.0);
 }
 
 TEST(EngineCollector, GaugesAreConvertedToBaseUnits) {
@@ -164,11 +182,11 @@ TEST(EngineCollector, GaugesAreConvertedToBaseUnits) {
     stats.gauges().dma_entry_limit.set(65535);
     stats.gauges().unpin_worker_parked.set(1);
     const auto e = scrape_text(stats.snapshot());
-    EXPECT_EQ(e.value("coiommu_pinned_pages"), 256.0);
-    EXPECT_EQ(e.value("coiommu_pinned_bytes"), 256.0 * 4096.0);
-    EXPECT_DOUBLE_EQ(e.value("coiommu_unpin_last_run_timestamp_seconds"), 1'700'000'000.5);
-    EXPECT_EQ(e.value("coiommu_dma_entry_limit"), 65535.0);
-    EXPECT_EQ(e.value("coiommu_unpin_worker_parked"), 1.0);
+    EXPECT_EQ(e.value("coiommu_pinned_pages", on_vm()), 256.0);
+    EXPECT_EQ(e.value("coiommu_pinned_bytes", on_vm()), 256.0 * 4096.0);
+    EXPECT_DOUBLE_EQ(e.value("coiommu_unpin_last_run_timestamp_seconds", on_vm()), 1'700'000'000.5);
+    EXPECT_EQ(e.value("coiommu_dma_entry_limit", on_vm()), 65535.0);
+    EXPECT_EQ(e.value("coiommu_unpin_worker_parked", on_vm()), 1.0);
 }
 
 TEST(EngineCollector, HistogramsAreInSecondsWithInfEqualToCount) {
@@ -178,10 +196,10 @@ TEST(EngineCollector, HistogramsAreInSecondsWithInfEqualToCount) {
     stats.shard(0).pages_per_request.observe(64);
     const auto e = scrape_text(stats.snapshot());
     EXPECT_TRUE(testing::check_histograms(e).empty());
-    EXPECT_EQ(e.value("coiommu_dma_call_duration_seconds_count", {{"op", "map"}}), 2.0);
-    EXPECT_DOUBLE_EQ(e.value("coiommu_dma_call_duration_seconds_sum", {{"op", "map"}}), 3.000002);
-    EXPECT_EQ(e.value("coiommu_dma_call_duration_seconds_bucket", {{"op", "map"}, {"le", "2.048e-06"}}), 1.0);
-    EXPECT_EQ(e.value("coiommu_pages_per_request_bucket", {{"le", "64"}}), 1.0);
+    EXPECT_EQ(e.value("coiommu_dma_call_duration_seconds_count", on_vm({{"op", "map"}})), 2.0);
+    EXPECT_DOUBLE_EQ(e.value("coiommu_dma_call_duration_seconds_sum", on_vm({{"op", "map"}})), 3.000002);
+    EXPECT_EQ(e.value("coiommu_dma_call_duration_seconds_bucket", on_vm({{"op", "map"}, {"le", "2.048e-06"}})), 1.0);
+    EXPECT_EQ(e.value("coiommu_pages_per_request_bucket", on_vm({{"le", "64"}})), 1.0);
 }
 
 TEST(EngineCollector, BuildAndConfigInfoAreOneWithTheirLabels) {
@@ -215,10 +233,141 @@ TEST(EngineCollector, CollectIntoCallsTheSourceOncePerScrape) {
 }
 
 TEST(EngineCollector, EmptySourceIsAnError) {
-    const EngineCollector c(nullptr, test_info());
-    std::vector<prometheus::MetricFamily> out;
-    EXPECT_ERR(c.collect_into(out), EINVAL);
-    EXPECT_TRUE(c.Collect().empty());
+    const EngineCollector per_vm(EngineCollector::VmSource{}, test_info());
+    const EngineCollector one_engine(EngineCollector::Source{}, test_info());
+    for (const EngineCollector* c : {&per_vm, &one_engine}) {
+        std::vector<prometheus::MetricFamily> out;
+        EXPECT_ERR(c->collect_into(out), EINVAL);
+        EXPECT_TRUE(c->Collect().empty());
+    }
+}
+
+// --- the vm label ---
+
+const std::set<std::string> kProcessWideFamilies{"coiommu_build_info", "coiommu_config_info",
+                                                 "coiommu_unpin_interval_seconds", "coiommu_unpin_gen_threshold",
+                                                 "coiommu_active_sessions"};
+
+VmSnapshot vm_snapshot(uint64_t key, std::string name, uint64_t pages_pinned = 0) {
+    VmSnapshot v;
+    v.key = key;
+    v.name = std::move(name);
+    v.snapshot.totals.pages_pinned = pages_pinned;
+    v.snapshot.gauges.pinned_pages = pages_pinned;
+    return v;
+}
+
+TEST(VmLabel, KeepsAnOrdinaryNameAsItIs) {
+    EXPECT_EQ(vm_label_base("web-01.example_2"), "web-01.example_2");
+    EXPECT_EQ(vm_label_base("VM7"), "VM7");
+}
+
+TEST(VmLabel, AnEmptyNameIsTheReservedUnnamedValue) { EXPECT_EQ(vm_label_base(""), kUnnamedVmLabel); }
+
+TEST(VmLabel, HostileBytesBecomeUnderscoresAndTheLengthIsBounded) {
+    EXPECT_EQ(vm_label_base("a\"b\\c\nd e{f}"), "a_b_c_d_e_f_");
+    EXPECT_EQ(vm_label_base("\xff\xfe\xc3(x)"), "____x_");  // invalid UTF-8 and the reserved '(' ')'
+    EXPECT_EQ(vm_label_base("caf\xc3\xa9"), "caf__");       // valid UTF-8 too: one '_' per byte
+    EXPECT_EQ(vm_label_base(std::string(100, 'x')), std::string(kMaxVmLabelBase, 'x'));
+}
+
+TEST(VmLabel, NoNameCanBecomeAReservedValue) {
+    EXPECT_NE(vm_label_base(kEndedVmLabel), kEndedVmLabel);
+    EXPECT_NE(vm_label_base(kUnnamedVmLabel), kUnnamedVmLabel);
+}
+
+TEST(VmLabeler, DuplicateNamesTakeNumberedSuffixesInKeyOrder) {
+    VmLabeler labeler;
+    const std::vector<VmSnapshot> vms{vm_snapshot(9, "dup"), vm_snapshot(3, "dup"), vm_snapshot(5, "dup")};
+    EXPECT_EQ(labeler.assign(vms), (std::vector<std::string>{"dup#3", "dup", "dup#2"}));
+}
+
+TEST(VmLabeler, AValueStaysWithItsVmAfterTheOriginalLeaves) {
+    VmLabeler labeler;
+    (void)labeler.assign(std::vector<VmSnapshot>{vm_snapshot(1, "dup"), vm_snapshot(2, "dup")});
+    // VM 1 ended: VM 2 keeps "dup#2" (a renamed series would break rate()), and a new VM named
+    // "dup" may take the free bare name.
+    EXPECT_EQ(labeler.assign(std::vector<VmSnapshot>{vm_snapshot(2, "dup"), vm_snapshot(7, "dup")}),
+              (std::vector<std::string>{"dup#2", "dup"}));
+}
+
+TEST(VmLabeler, NamesThatSanitiseAlikeAreKeptApart) {
+    VmLabeler labeler;
+    EXPECT_EQ(labeler.assign(std::vector<VmSnapshot>{vm_snapshot(1, "a b"), vm_snapshot(2, "a_b"), vm_snapshot(3, "")}),
+              (std::vector<std::string>{"a_b", "a_b#2", std::string(kUnnamedVmLabel)}));
+}
+
+TEST(VmLabeler, AKeyListedTwiceInOneReportStillGetsDistinctValues) {
+    VmLabeler labeler;
+    const auto labels = labeler.assign(std::vector<VmSnapshot>{vm_snapshot(4, "x"), vm_snapshot(4, "x")});
+    ASSERT_EQ(labels.size(), 2u);
+    EXPECT_NE(labels[0], labels[1]);
+}
+
+TEST(EngineFamilies, EveryPerEngineFamilyHasOneSeriesSetPerVm) {
+    const StatsSnapshot a = vm_snapshot(1, "a", 10).snapshot;
+    const StatsSnapshot b = vm_snapshot(2, "b", 20).snapshot;
+    const std::vector<LabelledSnapshot> vms{{"a", &a}, {"b", &b}};
+    const auto e = parse(engine_families(vms, ShardTotals{}, 2, test_info()));
+    for (const auto& [family, type] : e.types) {
+        if (kProcessWideFamilies.count(family) != 0) continue;
+        SCOPED_TRACE(family);
+        const std::string sample = type == "histogram" ? family + "_count" : family;
+        const auto on_a = e.find(sample, {{"vm", "a"}});
+        EXPECT_FALSE(on_a.empty());
+        EXPECT_EQ(on_a.size(), e.find(sample, {{"vm", "b"}}).size());
+        const std::size_t ended = type == "gauge" ? 0 : on_a.size();
+        EXPECT_EQ(e.find(sample).size(), 2 * on_a.size() + ended) << "only a, b and (ended)";
+    }
+    EXPECT_EQ(e.value("coiommu_pages_pinned_total", {{"vm", "a"}}), 10.0);
+    EXPECT_EQ(e.value("coiommu_pages_pinned_total", {{"vm", "b"}}), 20.0);
+    EXPECT_EQ(e.value("coiommu_pinned_pages", {{"vm", "b"}}), 20.0);
+}
+
+TEST(EngineFamilies, ProcessWideFamiliesCarryNoVmLabel) {
+    const StatsSnapshot a{};
+    const std::vector<LabelledSnapshot> vms{{"a", &a}};
+    const auto e = parse(engine_families(vms, ShardTotals{}, 3, test_info()));
+    for (const auto& family : kProcessWideFamilies) {
+        SCOPED_TRACE(family);
+        ASSERT_EQ(e.find(family).size(), 1u);
+        EXPECT_EQ(e.find(family).front().labels.count("vm"), 0u);
+    }
+    EXPECT_EQ(e.value("coiommu_active_sessions"), 3.0);
+}
+
+TEST(EngineFamilies, EndedVmsLeaveTheirTotalsUnderTheReservedValueAndNoGauges) {
+    ShardTotals ended{};
+    ended.pages_pinned = 40;
+    ended.dma_call_latency_ns[DmaOp::Map].buckets[12] = 3;
+    const auto e = parse(engine_families({}, ended, 0, test_info()));
+    EXPECT_EQ(e.value("coiommu_pages_pinned_total", {{"vm", std::string(kEndedVmLabel)}}), 40.0);
+    EXPECT_EQ(e.value("coiommu_dma_call_duration_seconds_count", {{"vm", std::string(kEndedVmLabel)}, {"op", "map"}}),
+              3.0);
+    EXPECT_TRUE(e.find("coiommu_pinned_pages").empty());
+    EXPECT_TRUE(testing::check_histograms(e).empty());
+}
+
+TEST(EngineCollector, ASourceOfVmsIsLabelledAndItsLabelsPersistAcrossScrapes) {
+    int scrape = 0;
+    const EngineCollector c(
+        [&] {
+            VmSnapshots s;
+            s.vms.push_back(vm_snapshot(1, "dup", 5));
+            if (scrape++ == 0) s.vms.push_back(vm_snapshot(0, "dup", 7));  // key 0 leaves after one scrape
+            s.active_sessions = s.vms.size();
+            return s;
+        },
+        test_info());
+    std::vector<prometheus::MetricFamily> first, second;
+    ASSERT_OK(c.collect_into(first));
+    ASSERT_OK(c.collect_into(second));
+    const auto e1 = parse(first);
+    EXPECT_EQ(e1.value("coiommu_pages_pinned_total", {{"vm", "dup"}}), 7.0);
+    EXPECT_EQ(e1.value("coiommu_pages_pinned_total", {{"vm", "dup#2"}}), 5.0);
+    const auto e2 = parse(second);
+    EXPECT_EQ(e2.value("coiommu_pages_pinned_total", {{"vm", "dup#2"}}), 5.0);
+    EXPECT_TRUE(e2.find("coiommu_pages_pinned_total", {{"vm", "dup"}}).empty());
 }
 
 }  // namespace

@@ -26,16 +26,16 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Counters checked for monotonicity in every scrape (unlabelled or with the given labels).
+// Counters checked for monotonicity in every scrape (the one VM's series, with the given labels).
 const std::vector<std::pair<std::string, std::map<std::string, std::string>>> kCounters = {
-    {"coiommu_pages_pinned_total", {}},
-    {"coiommu_pin_attempts_total", {}},
-    {"coiommu_pages_unpinned_total", {}},
-    {"coiommu_pin_requests_total", {{"kind", "batch"}}},
-    {"coiommu_dma_calls_total", {{"op", "map"}}},
-    {"coiommu_dma_call_duration_seconds_count", {{"op", "map"}}},
-    {"coiommu_pin_request_duration_seconds_count", {{"kind", "batch"}}},
-    {"coiommu_balloon_requests_total", {{"result", "success"}}},
+    {"coiommu_pages_pinned_total", {{"vm", "(unnamed)"}}},
+    {"coiommu_pin_attempts_total", {{"vm", "(unnamed)"}}},
+    {"coiommu_pages_unpinned_total", {{"vm", "(unnamed)"}}},
+    {"coiommu_pin_requests_total", {{"vm", "(unnamed)"}, {"kind", "batch"}}},
+    {"coiommu_dma_calls_total", {{"vm", "(unnamed)"}, {"op", "map"}}},
+    {"coiommu_dma_call_duration_seconds_count", {{"vm", "(unnamed)"}, {"op", "map"}}},
+    {"coiommu_pin_request_duration_seconds_count", {{"vm", "(unnamed)"}, {"kind", "batch"}}},
+    {"coiommu_balloon_requests_total", {{"vm", "(unnamed)"}, {"result", "success"}}},
 };
 
 struct ScrapeStats {
@@ -62,7 +62,8 @@ void scrape_loop(uint16_t port, const std::atomic<bool>& stop, ScrapeStats& out)
         }
         for (const auto& [name, labels] : kCounters) {
             const double v = e->value(name, labels);
-            const std::string key = name + (labels.empty() ? "" : "{" + labels.begin()->second + "}");
+            std::string key = name;
+            for (const auto& [label, value] : labels) key.append(",").append(label).append("=").append(value);
             if (!(v >= last[key])) {
                 out.failure = key + " went from " + std::to_string(last[key]) + " to " + std::to_string(v);
                 break;

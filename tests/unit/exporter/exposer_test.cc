@@ -84,7 +84,7 @@ TEST(Exposer, ServesRegisteredCollectorsOverHttp) {
     EXPECT_EQ(resp.status, 200);
     EXPECT_EQ(resp.content_type.rfind("text/plain", 0), 0u) << resp.content_type;
     ASSERT_OK_AND_ASSIGN(const auto e, testing::parse_exposition(resp.body));
-    EXPECT_EQ(e.value("coiommu_pages_pinned_total"), 77.0);
+    EXPECT_EQ(e.value("coiommu_pages_pinned_total", {{"vm", std::string(kUnnamedVmLabel)}}), 77.0);
 }
 
 TEST(Exposer, MovedExposerKeepsServing) {
