@@ -9,16 +9,20 @@ The committed JSON is this script's output (tests/unit/dashboards checks that th
 edit the panels here, run the script, and commit both.
 
 Conventions (the rules of grafana/dashboard-linter, which is not packaged): a `datasource`
-variable (type datasource, query prometheus) used by every panel and target; `job` and `instance`
-query variables (multi, include All, allValue ".+"); every selector carries
-{job=~"$job",instance=~"$instance"}; counters and histogram buckets only inside rate()/increase()
-over [$__rate_interval]; every panel has a title, a description and a unit; heatmaps take
-`sum by (le) (increase(x_bucket[...]))` with format heatmap and no client-side calculation.
+variable (type datasource, query prometheus) used by every panel and target; `job`, `instance`
+and `vm` query variables (multi, include All, allValue ".+"); every selector carries
+{job=~"$job",instance=~"$instance"}, and a selector of a per-VM family (exporter/METRICS.md lists
+it with the `vm` label) also vm=~"$vm", and inside rate()/increase() vm!="(ended)" (the ended
+VMs' totals jump when a session ends: not a rate); counters and histogram buckets only inside
+rate()/increase() over [$__rate_interval]; every panel has a title, a description and a unit;
+heatmaps take `sum by (le) (increase(x_bucket[...]))` with format heatmap and no client-side
+calculation. Per-VM lines group by (instance, vm): a VM's name is unique on its host only.
 """
 
 import argparse
 import json
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,14 +36,44 @@ BPF_COLLECTOR = 'collector="bpf"'
 OP_MAP = 'op="map"'
 
 
-def sel(extra=""):
-    """The label matchers every target carries, plus optional extra ones."""
-    base = 'job=~"$job",instance=~"$instance"'
-    return "{" + base + ("," + extra if extra else "") + "}"
+def per_vm_families():
+    """The families exporter/METRICS.md lists with the `vm` label."""
+    with open(os.path.join(HERE, "..", "exporter", "METRICS.md"), encoding="utf-8") as f:
+        rows = re.findall(r"^\| `([a-z_][a-z0-9_]*)` \| [^|]+ \| ([^|]*)\|", f.read(), re.M)
+    return {name for name, labels in rows if "`vm`" in labels}
+
+
+PER_VM = per_vm_families()
+ENDED = 'vm!="(ended)"'
+VM = "instance, vm"  # per-VM grouping: a VM's name is unique on its host only
+
+
+def is_per_vm(metric):
+    for suffix in ("_bucket", "_count", "_sum"):
+        if metric.endswith(suffix) and metric[: -len(suffix)] in PER_VM:
+            return True
+    return metric in PER_VM
+
+
+def sel(extra="", metric="", in_rate=False):
+    """The label matchers every target carries (and vm ones for a per-VM metric), plus extra ones."""
+    matchers = ['job=~"$job"', 'instance=~"$instance"']
+    if is_per_vm(metric):
+        matchers.append('vm=~"$vm"')
+        if in_rate:
+            matchers.append(ENDED)
+    if extra:
+        matchers.append(extra)
+    return "{" + ",".join(matchers) + "}"
+
+
+def g(metric, extra=""):
+    """A gauge selector."""
+    return f"{metric}{sel(extra, metric)}"
 
 
 def rate(metric, extra="", fn="rate"):
-    return f"{fn}({metric}{sel(extra)}{RI})"
+    return f"{fn}({metric}{sel(extra, metric, in_rate=True)}{RI})"
 
 
 def quantile(q, metric, by, extra=""):
@@ -158,85 +192,91 @@ ATTACHED = [{"type": "value", "options": {"0": {"text": "DETACHED", "color": "re
 
 OVERVIEW = [
     row("Pinning"),
-    timeseries("Pin requests", "Guest pin requests (notifications) handled per second, by kind: single page or "
-               "batch (coiommu_pin_requests_total).", "reqps",
-               [target(f"sum by (kind) ({rate('coiommu_pin_requests_total')})", "{{kind}}")], w=8),
+    timeseries("Pin requests", "Guest pin requests (notifications) handled per second, per VM and kind: single "
+               "page or batch (coiommu_pin_requests_total).", "reqps",
+               [target(f"sum by ({VM}, kind) ({rate('coiommu_pin_requests_total')})", "{{vm}} {{kind}}")], w=8),
     timeseries("Pages pinned and unpinned", "Pages newly pinned and DMA-mapped, unpinned and DMA-unmapped, and "
-               "requested while already pinned, per second.", "suffix: pages/s",
-               [target(f"sum({rate('coiommu_pages_pinned_total')})", "pinned"),
-                target(f"sum({rate('coiommu_pages_unpinned_total')})", "unpinned"),
-                target(f"sum({rate('coiommu_pages_already_pinned_total')})", "already pinned")], w=8),
+               "requested while already pinned, per second and VM.", "suffix: pages/s",
+               [target(f"sum by ({VM}) ({rate('coiommu_pages_pinned_total')})", "pinned {{vm}}"),
+                target(f"sum by ({VM}) ({rate('coiommu_pages_unpinned_total')})", "unpinned {{vm}}"),
+                target(f"sum by ({VM}) ({rate('coiommu_pages_already_pinned_total')})", "already pinned {{vm}}")],
+               w=8),
     single("gauge", "Pinned share of guest RAM", "Guest memory pinned now as a share of the guest RAM registered "
-           "with the engine (coiommu_pinned_bytes / coiommu_guest_ram_bytes), over the selected instances.",
-           "percentunit", [target(f"sum(coiommu_pinned_bytes{sel()}) / sum(coiommu_guest_ram_bytes{sel()})")],
+           "with the engines (coiommu_pinned_bytes / coiommu_guest_ram_bytes), over the selected instances and VMs.",
+           "percentunit", [target(f"sum({g('coiommu_pinned_bytes')}) / sum({g('coiommu_guest_ram_bytes')})")],
            w=8, thresholds=[(0.8, "orange"), (0.95, "red")], minmax=(0, 1)),
     timeseries("Pinned memory vs guest RAM", "Guest memory pinned now (coiommu_pinned_bytes) against the guest "
-               "RAM registered with the engine (coiommu_guest_ram_bytes).", "bytes",
-               [target(f"sum by (instance) (coiommu_pinned_bytes{sel()})", "pinned {{instance}}"),
-                target(f"sum by (instance) (coiommu_guest_ram_bytes{sel()})", "guest RAM {{instance}}")]),
-    timeseries("DMA entries vs limit", "Live mappings in the DMA backend (VFIO type1 DMA entries in use) against "
-               "the backend's limit (vfio_iommu_type1.dma_entry_limit); maps beyond it fail with ENOSPC.", "short",
-               [target(f"sum by (instance) (coiommu_dma_mappings{sel()})", "entries {{instance}}"),
-                target(f"sum by (instance) (coiommu_dma_entry_limit{sel()})", "limit {{instance}}")], w=8),
-    single("gauge", "DMA entries used", "Highest share of the DMA entry limit in use over the selected instances "
+               "RAM registered with the engine (coiommu_guest_ram_bytes), per VM.", "bytes",
+               [target(f"sum by ({VM}) ({g('coiommu_pinned_bytes')})", "pinned {{vm}} {{instance}}"),
+                target(f"sum by ({VM}) ({g('coiommu_guest_ram_bytes')})", "guest RAM {{vm}} {{instance}}")]),
+    timeseries("DMA entries vs limit", "Live mappings in each VM's DMA backend (VFIO type1 DMA entries in use) "
+               "against that backend's limit (vfio_iommu_type1.dma_entry_limit, per container); maps beyond it "
+               "fail with ENOSPC.", "short",
+               [target(f"sum by ({VM}) ({g('coiommu_dma_mappings')})", "entries {{vm}} {{instance}}"),
+                target(f"sum by ({VM}) ({g('coiommu_dma_entry_limit')})", "limit {{vm}} {{instance}}")], w=8),
+    single("gauge", "DMA entries used", "Highest share of its DMA entry limit any selected VM uses "
            "(coiommu_dma_mappings / coiommu_dma_entry_limit); the CoiommuDmaEntriesNearLimit alert fires above 90%.",
-           "percentunit", [target(f"max(coiommu_dma_mappings{sel()} / coiommu_dma_entry_limit{sel()})")],
+           "percentunit", [target(f"max({g('coiommu_dma_mappings')} / ({g('coiommu_dma_entry_limit')} > 0))")],
            w=4, thresholds=[(0.8, "orange"), (0.9, "red")], minmax=(0, 1)),
     row("Failures and faults"),
-    timeseries("Pin failure ratio", "Share of the pages the guest asked to pin that could not be pinned, by "
-               "reason (coiommu_pin_failures_total / coiommu_pin_attempts_total); the CoiommuPinFailureRatioHigh "
-               "alert fires above 1%.", "percentunit",
-               [target(f"sum by (reason) ({rate('coiommu_pin_failures_total')}) / ignoring (reason) group_left "
-                       f"sum({rate('coiommu_pin_attempts_total')})", "{{reason}}")]),
-    timeseries("Failure and fault rates", "Failures per second: DMA maps the guest saw fail (CoIOMMU and "
-               "virtio-iommu), failed DMA backend calls by op, virtio-iommu fault events, failed balloon requests.",
-               "ops",
+    timeseries("Pin failure ratio", "Share of the pages a VM's guest asked to pin that could not be pinned, per "
+               "VM and reason (coiommu_pin_failures_total / coiommu_pin_attempts_total); the "
+               "CoiommuPinFailureRatioHigh alert fires for a VM above 1%.", "percentunit",
+               [target(f"sum by ({VM}, reason) ({rate('coiommu_pin_failures_total')}) / ignoring (reason) "
+                       f"group_left sum by ({VM}) ({rate('coiommu_pin_attempts_total')})", "{{vm}} {{reason}}")]),
+    timeseries("Failure and fault rates", "Failures per second over the selected VMs: DMA maps the guest saw fail "
+               "(CoIOMMU and virtio-iommu), failed DMA backend calls by op, virtio-iommu fault events, failed "
+               "balloon requests.", "ops",
                [target(f"sum by (iommu) ({rate('coiommu_guest_dma_map_failures_total')})", "guest map failures {{iommu}}"),
                 target(f"sum by (op) ({rate('coiommu_dma_call_failures_total')})", "DMA {{op}} call failures"),
                 target(f"sum({rate('coiommu_viommu_fault_events_total')})", "virtio-iommu fault events"),
                 target(f"sum({rate('coiommu_balloon_requests_total', FAILED)})", "balloon failures")]),
     row("Latency"),
     timeseries("Pin request latency p50 / p99", "Time from a pin request's notification to its completion, "
-               "50th and 99th percentile by kind (coiommu_pin_request_duration_seconds).", "s",
+               "50th and 99th percentile by kind over the selected VMs (coiommu_pin_request_duration_seconds); "
+               "select one VM for its own.", "s",
                [target(quantile(0.5, "coiommu_pin_request_duration_seconds", ["kind"]), "p50 {{kind}}"),
                 target(quantile(0.99, "coiommu_pin_request_duration_seconds", ["kind"]), "p99 {{kind}}")]),
-    heatmap("Pin request latency", "Distribution of pin request latency over time, every kind "
+    heatmap("Pin request latency", "Distribution of pin request latency over time, every kind and selected VM "
             "(coiommu_pin_request_duration_seconds buckets).", heat("coiommu_pin_request_duration_seconds")),
     timeseries("DMA call latency p50 / p99", "Latency of one DMA backend call (a VFIO MAP_DMA/UNMAP_DMA ioctl "
-               "for the vfio backend), 50th and 99th percentile by op (coiommu_dma_call_duration_seconds).", "s",
+               "for the vfio backend), 50th and 99th percentile by op over the selected VMs "
+               "(coiommu_dma_call_duration_seconds).", "s",
                [target(quantile(0.5, "coiommu_dma_call_duration_seconds", ["op"]), "p50 {{op}}"),
                 target(quantile(0.99, "coiommu_dma_call_duration_seconds", ["op"]), "p99 {{op}}")]),
-    heatmap("DMA map call latency", "Distribution of DMA map call latency over time "
+    heatmap("DMA map call latency", "Distribution of DMA map call latency over time, every selected VM "
             "(coiommu_dma_call_duration_seconds buckets, op=map).",
             heat("coiommu_dma_call_duration_seconds", 'op="map"')),
-    timeseries("DMA calls", "DMA backend calls per second by op (a coalesced extent is one call).",
-               "ops", [target(f"sum by (op) ({rate('coiommu_dma_calls_total')})", "{{op}} calls")], w=8),
-    timeseries("DMA bytes", "Bytes mapped and unmapped per second by successful DMA calls.", "Bps",
-               [target(f"sum by (op) ({rate('coiommu_dma_bytes_total')})", "{{op}}")], w=8),
-    timeseries("Pages per request p50 / p99", "Pages named by each pin request, 50th and 99th percentile "
-               "(coiommu_pages_per_request).", "short",
+    timeseries("DMA calls", "DMA backend calls per second, per VM and op (a coalesced extent is one call).",
+               "ops", [target(f"sum by ({VM}, op) ({rate('coiommu_dma_calls_total')})", "{{vm}} {{op}}")], w=8),
+    timeseries("DMA bytes", "Bytes mapped and unmapped per second by successful DMA calls, per VM and op.", "Bps",
+               [target(f"sum by ({VM}, op) ({rate('coiommu_dma_bytes_total')})", "{{vm}} {{op}}")], w=8),
+    timeseries("Pages per request p50 / p99", "Pages named by each pin request, 50th and 99th percentile over "
+               "the selected VMs (coiommu_pages_per_request).", "short",
                [target(quantile(0.5, "coiommu_pages_per_request", []), "p50"),
                 target(quantile(0.99, "coiommu_pages_per_request", []), "p99")], w=8),
     row("Queue and unpinning"),
-    timeseries("Pin queue depth", "Pin requests waiting for a worker (coiommu_pin_queue_depth), highest per "
-               "instance.", "short", [target(f"max by (instance) (coiommu_pin_queue_depth{sel()})", "{{instance}}")],
-               w=8),
-    timeseries("Unpin outcomes", "Pages examined by unpin scans per second, by outcome (crosvm's UnpinResult: "
-               "unpinned, not_pinned, not_unpinned = still in use, failed, parked).", "suffix: pages/s",
+    timeseries("Pin queue depth", "Pin requests waiting for a worker, per VM (coiommu_pin_queue_depth).", "short",
+               [target(f"max by ({VM}) ({g('coiommu_pin_queue_depth')})", "{{vm}} {{instance}}")], w=8),
+    timeseries("Unpin outcomes", "Pages examined by unpin scans per second over the selected VMs, by outcome "
+               "(crosvm's UnpinResult: unpinned, not_pinned, not_unpinned = still in use, failed, parked).",
+               "suffix: pages/s",
                [target(f"sum by (result) ({rate('coiommu_unpin_attempts_total')})", "{{result}}")], w=8),
-    timeseries("Unpin scan duration p99", "99th percentile duration of one unpin scan, by kind (LRU timer or "
-               "balloon request).", "s",
+    timeseries("Unpin scan duration p99", "99th percentile duration of one unpin scan over the selected VMs, by "
+               "kind (LRU timer or balloon request).", "s",
                [target(quantile(0.99, "coiommu_unpin_scan_duration_seconds", ["kind"]), "p99 {{kind}}")], w=8),
-    single("stat", "Time since the last unpin scan", "Seconds since the last unpin scan finished "
-           "(time() - coiommu_unpin_last_run_timestamp_seconds); CoiommuUnpinStalled fires past 3 unpin intervals.",
-           "s", [target(f"time() - max by (instance) (coiommu_unpin_last_run_timestamp_seconds{sel()})", "{{instance}}")],
+    single("stat", "Time since the last unpin scan", "Seconds since each VM's last unpin scan finished "
+           "(time() - coiommu_unpin_last_run_timestamp_seconds; a VM that has not scanned yet is not shown); "
+           "CoiommuUnpinStalled fires for a VM past 3 unpin intervals.", "s",
+           [target(f"time() - (max by ({VM}) ({g('coiommu_unpin_last_run_timestamp_seconds')}) > 0)",
+                   "{{vm}} {{instance}}")],
            w=8, h=5, thresholds=[(180, "orange"), (600, "red")]),
-    single("stat", "Unpin worker parked", "Whether the guest has parked the unpin worker (PARK_UNPIN) on each "
-           "instance (coiommu_unpin_worker_parked).", "none",
-           [target(f"max by (instance) (coiommu_unpin_worker_parked{sel()})", "{{instance}}")],
+    single("stat", "Unpin worker parked", "Whether each VM's guest has parked its unpin worker (PARK_UNPIN) "
+           "(coiommu_unpin_worker_parked).", "none",
+           [target(f"max by ({VM}) ({g('coiommu_unpin_worker_parked')})", "{{vm}} {{instance}}")],
            w=8, h=5, mappings=ON_OFF),
-    single("stat", "vCPUs served", "vCPUs (notify slots) the engine serves on each instance (coiommu_vcpus).",
-           "short", [target(f"sum by (instance) (coiommu_vcpus{sel()})", "{{instance}}")], w=8, h=5),
+    single("stat", "vCPUs served", "vCPUs (notify slots) the engine serves, per VM (coiommu_vcpus).",
+           "short", [target(f"sum by ({VM}) ({g('coiommu_vcpus')})", "{{vm}} {{instance}}")], w=8, h=5),
     row("Exporter and process"),
     timeseries("Collector duration", "Time the last scrape spent in each collector "
                "(coiommu_exporter_collect_duration_seconds).", "s",
@@ -310,15 +350,18 @@ KERNEL = [
            w=12, mappings=[{"type": "value", "options": {"0": {"text": "FAILED", "color": "red"},
                                                         "1": {"text": "ok", "color": "green"}}}]),
     row("Engine through its USDT probes (when attached)"),
-    timeseries("DMA map p99: engine vs kernel", "99th percentile DMA map latency as the engine measured it "
-               "(its own coiommu_dma_call_duration_seconds; the per-call USDT probes are off by default) and as "
-               "the kernel saw the MAP_DMA ioctls (syscall tracepoints).", "s",
+    timeseries("DMA map p99: engine vs kernel", "99th percentile DMA map latency as the engines of the selected "
+               "VMs measured it (their own coiommu_dma_call_duration_seconds; the per-call USDT probes are off by "
+               "default) and as the kernel saw the MAP_DMA ioctls of the whole process (syscall tracepoints).", "s",
                [target(quantile(0.99, "coiommu_dma_call_duration_seconds", [], 'op="map"'), "engine"),
                 target(quantile(0.99, "coiommu_bpf_dma_duration_seconds", [], 'op="map"'), "kernel (ioctl)")]),
     timeseries("Engine request latency p99 (USDT)", "99th percentile pin request latency by kind from the "
                "engine's request_done probe (one hit per request, carrying the engine's own latency).", "s",
                [target(quantile(0.99, "coiommu_bpf_engine_request_duration_seconds", ["kind"]), "p99 {{kind}}")]),
 ]
+
+
+VM_METRIC = "coiommu_pinned_pages"  # the vm variable's values
 
 
 def variables(job_metric):
@@ -358,6 +401,8 @@ def variables(job_metric):
         },
         query_var("job", f"label_values({job_metric}, job)"),
         query_var("instance", f'label_values({job_metric}{{job=~"$job"}}, instance)'),
+        # A gauge: it has a series for every VM served and none for the ended VMs' "(ended)".
+        query_var("vm", f'label_values({VM_METRIC}{{job=~"$job",instance=~"$instance"}}, vm)'),
     ]
 
 

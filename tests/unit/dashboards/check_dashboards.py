@@ -5,8 +5,11 @@
 usage: check_dashboards.py [--root DIR] COMMAND
   structure   structural checks of every dashboard (grafana/dashboard-linter's rules and more):
               unique uids and panel ids; gridPos inside 24 columns, no overlap; the datasource,
-              job and instance variables; title, description, unit and the templated datasource on
-              every panel; job/instance matchers on every selector; counters (_total, _bucket,
+              job, instance and vm variables; title, description, unit and the templated datasource
+              on every panel; job/instance matchers on every selector, vm=~"$vm" on every selector
+              of a per-VM family (METRICS.md lists it with `vm`) and vm!="(ended)" on those inside
+              rate/irate/increase (in rules.yml too: the ended VMs' series jumps by a whole
+              session's totals when one ends, so it is no rate); counters (_total, _bucket,
               _count, _sum) only inside rate/irate/increase, over [$__rate_interval]; heatmap
               targets; every metric referenced by a panel, a variable or rules.yml is documented
               in exporter/METRICS.md (exporter_test's MetricsDoc ties that file to what the
@@ -52,7 +55,9 @@ KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
 LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 # Grafana variables and what they become for promtool / a live Prometheus.
 SUBSTITUTIONS = [("$__rate_interval", "1m"), ("$__interval", "15s"), ("$__range", "1h"),
-                 ("${datasource}", "prometheus"), ("$instance", ".+"), ("$job", ".+")]
+                 ("${datasource}", "prometheus"), ("$instance", ".+"), ("$job", ".+"), ("$vm", ".+")]
+ENDED = ("vm", "!=", "(ended)")
+VM_MATCHER = ("vm", "=~", "$vm")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,6 +167,20 @@ def known_metrics(root):
     return names
 
 
+def per_vm_metrics(root):
+    """The families METRICS.md lists with the `vm` label, histograms expanded to their series."""
+    names = set()
+    with open(os.path.join(root, "exporter", "METRICS.md"), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^\| `([a-z_][a-z0-9_]*)` \| ([a-z]+)[^|]*\| ([^|]*)\|", line)
+            if m and "`vm`" in m.group(3):
+                name, kind = m.group(1), m.group(2)
+                names.add(name)
+                if kind == "histogram":
+                    names.update({name + "_bucket", name + "_sum", name + "_count"})
+    return names
+
+
 def rule_exprs(path):
     """(name, expr) of every rule in a rules file (the small YAML subset rules.yml uses)."""
     rules, name = [], None
@@ -201,7 +220,7 @@ def panels_of(d):
     return d.get("panels", [])
 
 
-def check_dashboard(d, path, known, problems):
+def check_dashboard(d, path, known, problems, per_vm=frozenset()):
     def bad(msg):
         problems.append(f"{path}: {msg}")
 
@@ -216,7 +235,7 @@ def check_dashboard(d, path, known, problems):
     ds = variables.get("datasource")
     if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
         bad("needs a 'datasource' variable of type datasource with query 'prometheus'")
-    for name in ("job", "instance"):
+    for name in ("job", "instance", "vm"):
         v = variables.get(name)
         if not v:
             bad(f"needs a '{name}' variable")
@@ -268,13 +287,13 @@ def check_dashboard(d, path, known, problems):
             bad(f"{where}: no targets")
         refids = set()
         for t in targets:
-            check_target(t, p, f"{where} target {t.get('refId')}", known, bad)
+            check_target(t, p, f"{where} target {t.get('refId')}", known, bad, per_vm)
             if t.get("refId") in refids:
                 bad(f"{where}: duplicate refId {t.get('refId')}")
             refids.add(t.get("refId"))
 
 
-def check_target(t, panel, where, known, bad):
+def check_target(t, panel, where, known, bad, per_vm=frozenset()):
     expr = t.get("expr", "")
     if not expr:
         bad(f"{where}: no expr")
@@ -297,6 +316,10 @@ def check_target(t, panel, where, known, bad):
                 bad(f"{where}: {s.name} lacks {label}=~\"${label}\"")
         if s.name not in known:
             bad(f"{where}: metric {s.name} is not in exporter/METRICS.md")
+        if s.name in per_vm and VM_MATCHER not in ms:
+            bad(f"{where}: {s.name} (per VM) lacks vm=~\"$vm\"")
+        if s.name in per_vm and s.enclosing in RATE_FUNCS and ENDED not in ms:
+            bad(f"{where}: {s.enclosing}({s.name}) lacks vm!=\"(ended)\"")
         if s.name.endswith(COUNTER_SUFFIXES) and s.enclosing not in RATE_FUNCS:
             bad(f"{where}: counter {s.name} outside rate/irate/increase (in {s.enclosing or 'nothing'})")
         if s.enclosing in RATE_FUNCS and s.range != "[$__rate_interval]":
@@ -310,13 +333,15 @@ def check_target(t, panel, where, known, bad):
             bad(f"{where}: heatmap must not calculate buckets client-side (options.calculate false)")
 
 
-def check_rules_metrics(root, known, problems):
+def check_rules_metrics(root, known, problems, per_vm=frozenset()):
     path = os.path.join(root, "dashboards", "prometheus", "rules.yml")
     recorded = set(recorded_names(path))
     for name, expr in rule_exprs(path):
         for s in selectors(expr):
             if s.name not in known and s.name not in recorded:
                 problems.append(f"rules.yml {name}: metric {s.name} is not in exporter/METRICS.md")
+            if s.name in per_vm and s.enclosing in RATE_FUNCS and ENDED not in set(s.matchers):
+                problems.append(f"rules.yml {name}: {s.enclosing}({s.name}) lacks vm!=\"(ended)\"")
 
 
 def alert_annotations(text):
@@ -399,14 +424,15 @@ def load_dashboards(root):
 
 def structure_problems(root, dashboards):
     known = known_metrics(root)
+    per_vm = per_vm_metrics(root)
     problems = []
     uids = {}
     for rel, d in dashboards.items():
         if d.get("uid") in uids:
             problems.append(f"{rel}: uid {d.get('uid')} also used by {uids[d.get('uid')]}")
         uids[d.get("uid")] = rel
-        check_dashboard(d, rel, known, problems)
-    check_rules_metrics(root, known, problems)
+        check_dashboard(d, rel, known, problems, per_vm)
+    check_rules_metrics(root, known, problems, per_vm)
     problems.extend(runbook_problems(read_text(root, RULES_FILE), read_text(root, RUNBOOK_FILE),
                                      read_text(root, RULES_TEST_FILE)))
     return problems
@@ -517,12 +543,15 @@ def cmd_selftest(root):
         "no unit": lambda ds: first_panel(ds)["fieldConfig"]["defaults"].pop("unit"),
         "no description": lambda ds: first_panel(ds).__setitem__("description", ""),
         "fixed datasource": lambda ds: first_panel(ds).__setitem__("datasource", {"type": "prometheus", "uid": "abc"}),
-        "no instance variable": lambda ds: ds[ov]["templating"]["list"].pop(),
+        "no instance variable": lambda ds: ds[ov]["templating"]["list"].pop(2),
         "variable without allValue": lambda ds: ds[ov]["templating"]["list"][1].__setitem__("allValue", None),
-        "missing job matcher": lambda ds: set_expr(ds, 'sum(rate(coiommu_pin_requests_total{instance=~"$instance"}[$__rate_interval]))'),
-        "counter without rate": lambda ds: set_expr(ds, 'sum(coiommu_pin_requests_total{job=~"$job",instance=~"$instance"})'),
-        "bucket without rate": lambda ds: set_expr(ds, 'histogram_quantile(0.9, sum by (le) (coiommu_dma_call_duration_seconds_bucket{job=~"$job",instance=~"$instance"}))'),
-        "fixed rate interval": lambda ds: set_expr(ds, 'sum(rate(coiommu_pin_requests_total{job=~"$job",instance=~"$instance"}[5m]))'),
+        "missing job matcher": lambda ds: set_expr(ds, 'sum(rate(coiommu_pin_requests_total{instance=~"$instance",vm=~"$vm",vm!="(ended)"}[$__rate_interval]))'),
+        "no vm variable": lambda ds: ds[ov]["templating"]["list"].pop(),
+        "missing vm matcher": lambda ds: set_expr(ds, 'sum(rate(coiommu_pin_requests_total{job=~"$job",instance=~"$instance",vm!="(ended)"}[$__rate_interval]))'),
+        "ended VMs inside a rate": lambda ds: set_expr(ds, 'sum(rate(coiommu_pin_requests_total{job=~"$job",instance=~"$instance",vm=~"$vm"}[$__rate_interval]))'),
+        "counter without rate": lambda ds: set_expr(ds, 'sum(coiommu_pin_requests_total{job=~"$job",instance=~"$instance",vm=~"$vm"})'),
+        "bucket without rate": lambda ds: set_expr(ds, 'histogram_quantile(0.9, sum by (le) (coiommu_dma_call_duration_seconds_bucket{job=~"$job",instance=~"$instance",vm=~"$vm"}))'),
+        "fixed rate interval": lambda ds: set_expr(ds, 'sum(rate(coiommu_pin_requests_total{job=~"$job",instance=~"$instance",vm=~"$vm",vm!="(ended)"}[5m]))'),
         "unknown metric": lambda ds: set_expr(ds, 'sum(rate(coiommu_no_such_metric_total{job=~"$job",instance=~"$instance"}[$__rate_interval]))'),
         "heatmap without format": lambda ds: first_panel(ds, "heatmap")["targets"][0].pop("format"),
     }
