@@ -37,13 +37,13 @@ VmSnapshots per_vm(const daemon::Server& server) {
 }
 
 Result<std::shared_ptr<CollectorSet>> collectors(const daemon::DaemonConfig& cfg, const daemon::Server& server,
-                                                 std::vector<DaemonMetrics::Extra> extra) {
+                                                 const std::vector<DaemonMetrics::Extra>& extra) {
     auto set = std::make_shared<CollectorSet>();
     const daemon::Server* srv = &server;
     COIOMMU_TRY(
         set->add("engine", std::make_shared<EngineCollector>([srv] { return per_vm(*srv); }, engine_info(cfg))));
     COIOMMU_TRY(set->add("process", std::make_shared<ProcessCollector>()));
-    for (auto& [name, collectable] : extra) COIOMMU_TRY(set->add(std::move(name), std::move(collectable)));
+    for (const auto& [name, collectable] : extra) COIOMMU_TRY(set->add(name, collectable));
     return set;
 }
 
@@ -68,10 +68,11 @@ Result<Exposer> start_exposer(const daemon::DaemonConfig& cfg) {
 
 }  // namespace
 
-Status DaemonMetrics::start(const daemon::DaemonConfig& cfg, const daemon::Server& server, std::vector<Extra> extra) {
+Status DaemonMetrics::start(const daemon::DaemonConfig& cfg, const daemon::Server& server,
+                            const std::vector<Extra>& extra) {
     if (cfg.metrics_address == "none") return ok();
     COIOMMU_ASSIGN_OR_RETURN(auto ex, start_exposer(cfg));
-    COIOMMU_ASSIGN_OR_RETURN(auto set, collectors(cfg, server, std::move(extra)), "metrics");
+    COIOMMU_ASSIGN_OR_RETURN(auto set, collectors(cfg, server, extra), "metrics");
     COIOMMU_TRY(ex.register_collectable(std::move(set)), "metrics");
     exposer_.emplace(std::move(ex));
     CLOG_INFO(kLog, "metrics at {}", exposer_->url());

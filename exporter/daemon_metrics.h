@@ -31,7 +31,8 @@ public:
     // Serves at cfg.metrics_address; "none" serves nothing and succeeds. In --demo a taken
     // address falls back to a free port (a newcomer's second demo). `server` and whatever the
     // extra collectors read must outlive stop(). Errors: the exposer's, naming the address.
-    [[nodiscard]] Status start(const daemon::DaemonConfig& cfg, const daemon::Server& server, std::vector<Extra> extra);
+    [[nodiscard]] Status start(const daemon::DaemonConfig& cfg, const daemon::Server& server,
+                               const std::vector<Extra>& extra);
 
     [[nodiscard]] std::string url() const;  // "" when not serving
     void stop();                            // idempotent

@@ -53,7 +53,7 @@ public:
         if (tracing_) {
             extra.emplace_back("bpf", std::make_shared<BpfCollector>(tracing_source(*tracing_, nullptr, std::nullopt)));
         }
-        return metrics_.start(cfg, server, std::move(extra));
+        return metrics_.start(cfg, server, extra);
     }
 
     std::string metrics_url() const override { return metrics_.url(); }

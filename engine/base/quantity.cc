@@ -100,11 +100,13 @@ Result<std::chrono::nanoseconds> parse_duration(std::string_view what, std::stri
     const auto bad = [&] {
         return make_error(EINVAL, fmt::format("{}: '{}' is not a duration (e.g. 500ms, 1.5s, 2m)", what, text));
     };
-    const auto [number, suffix] = split_suffix(text);
+    const auto split = split_suffix(text);
+    const std::string_view number = split.first;
+    const std::string_view suffix = split.second;
     uint64_t unit = bare_ns(bare);
     if (!suffix.empty()) {
         const auto* it =
-            std::find_if(std::begin(kUnits), std::end(kUnits), [&](const Suffix& s) { return s.text == suffix; });
+            std::find_if(std::begin(kUnits), std::end(kUnits), [suffix](const Suffix& s) { return s.text == suffix; });
         if (it == std::end(kUnits)) return bad();
         unit = it->unit;
     }
