@@ -57,6 +57,23 @@ Result<Parsed> parse(CLI::App& app, int argc, const char* const* argv) {
     }
 }
 
+Result<Request> parse_quietly(CLI::App& app, int argc, const char* const* argv) {
+    try {
+        app.parse(argc, argv);
+        return Request::Run;
+    } catch (const CLI::CallForHelp&) {
+        return Request::Help;
+    } catch (const CLI::CallForAllHelp&) {
+        return Request::Help;
+    } catch (const CLI::CallForVersion&) {
+        return Request::Version;
+    } catch (const CLI::ExtrasError&) {
+        return make_error(EINVAL, unknown_option_message(app, app.remaining()));
+    } catch (const CLI::ParseError& e) {
+        return make_error(EINVAL, e.what());
+    }
+}
+
 void add_version(CLI::App& app, std::string_view program) {
     app.set_version_flag("-V,--version", version_line(program), "print the version and git revision, then exit");
 }

@@ -26,6 +26,18 @@ enum class Parsed : uint8_t {
 // option names the closest known one ("unknown option '--duraton' (did you mean '--duration'?)").
 [[nodiscard]] Result<Parsed> parse(CLI::App& app, int argc, const char* const* argv);
 
+// What the command line asked for, for a program that prints its help or version itself.
+enum class Request : uint8_t {
+    Run,      // the options are set; go on
+    Help,     // -h/--help was given; print app.help() and exit 0
+    Version,  // -V/--version was given; print the version and exit 0
+};
+
+// As parse(), but printing nothing: --help and --version are returned for the caller to print
+// (coiommud adds its protocol version to the version line, and prints from main()). Errors as
+// parse().
+[[nodiscard]] Result<Request> parse_quietly(CLI::App& app, int argc, const char* const* argv);
+
 // -V/--version printing version_line(program).
 void add_version(CLI::App& app, std::string_view program);
 

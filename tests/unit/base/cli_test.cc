@@ -86,5 +86,34 @@ TEST(Cli, VersionAndHelpExitWithoutRunning) {
     EXPECT_NE(help.find("20s"), std::string::npos) << "the default is shown in the grammar";
 }
 
+TEST(Cli, QuietParseReturnsHelpAndVersionWithoutPrinting) {
+    Program p;
+    const Args help{"--help"};
+    const Args version{"-V"};
+    ::testing::internal::CaptureStdout();
+    auto h = parse_quietly(p.app, help.argc(), help.argv.data());
+    Program q;
+    auto v = parse_quietly(q.app, version.argc(), version.argv.data());
+    const std::string out = ::testing::internal::GetCapturedStdout();
+    ASSERT_OK(h);
+    EXPECT_EQ(*h, Request::Help);
+    ASSERT_OK(v);
+    EXPECT_EQ(*v, Request::Version);
+    EXPECT_EQ(out, "") << "the caller prints";
+}
+
+TEST(Cli, QuietParseSetsOptionsAndSuggestsLikeParse) {
+    Program p;
+    const Args ok_args{"--duration=1.5s"};
+    ASSERT_OK_AND_ASSIGN(auto r, parse_quietly(p.app, ok_args.argc(), ok_args.argv.data()));
+    EXPECT_EQ(r, Request::Run);
+    EXPECT_EQ(p.duration, 1500ms);
+    Program q;
+    const Args typo{"--duraton", "5s"};
+    auto e = parse_quietly(q.app, typo.argc(), typo.argv.data());
+    EXPECT_ERR(e, EINVAL);
+    EXPECT_NE(e.error().context.find("did you mean '--duration'"), std::string::npos) << e.error().context;
+}
+
 }  // namespace
 }  // namespace coiommu::cli
