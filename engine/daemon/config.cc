@@ -1,83 +1,31 @@
 #include "engine/daemon/config.h"
 
+#include <fcntl.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 
+#include "engine/base/cli.h"
+#include "engine/base/quantity.h"
+#include "engine/base/unique_fd.h"
+
 namespace coiommu::daemon {
 namespace {
+
+using std::chrono::milliseconds;
+
+// Timeouts and the demo's run time are kept in milliseconds; 2^31 s (68 years) is "forever".
+constexpr milliseconds kMaxDuration{int64_t{INT32_MAX} * 1000};
 
 std::string_view trim(std::string_view s) {
     const auto b = s.find_first_not_of(" \t\r");
     if (b == std::string_view::npos) return {};
     const auto e = s.find_last_not_of(" \t\r");
     return s.substr(b, e - b + 1);
-}
-
-Result<uint64_t> parse_u64(std::string_view key, std::string_view v) {
-    uint64_t out = 0;
-    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
-    if (v.empty() || ec != std::errc{} || end != v.data() + v.size()) {
-        return make_error(EINVAL, fmt::format("{}: '{}' is not an unsigned integer", key, v));
-    }
-    return out;
-}
-
-// "20", "20s", "500ms", "2m" (a bare number is seconds).
-Result<std::chrono::milliseconds> parse_duration(std::string_view key, std::string_view v) {
-    uint64_t unit_ms = 1000;
-    std::string_view num = v;
-    if (v.ends_with("ms")) {
-        unit_ms = 1;
-        num = v.substr(0, v.size() - 2);
-    } else if (v.ends_with("s")) {
-        num = v.substr(0, v.size() - 1);
-    } else if (v.ends_with("m")) {
-        unit_ms = 60'000;
-        num = v.substr(0, v.size() - 1);
-    } else if (v.ends_with("h")) {
-        unit_ms = 3'600'000;
-        num = v.substr(0, v.size() - 1);
-    }
-    auto n = parse_u64(key, num);
-    if (!n) return make_error(EINVAL, fmt::format("{}: '{}' is not a duration (e.g. 20s, 500ms, 2m)", key, v));
-    uint64_t ms = 0;
-    if (__builtin_mul_overflow(*n, unit_ms, &ms) || ms > uint64_t{INT32_MAX} * 1000) {
-        return make_error(EINVAL, fmt::format("{}: '{}' is too long", key, v));
-    }
-    return std::chrono::milliseconds(static_cast<int64_t>(ms));
-}
-
-// "512M", "1G", "4096" (bytes; binary units K M G T).
-Result<uint64_t> parse_size(std::string_view key, std::string_view v) {
-    uint64_t shift = 0;
-    std::string_view num = v;
-    if (!v.empty()) {
-        switch (v.back()) {
-            case 'K':
-            case 'k': shift = 10; break;
-            case 'M':
-            case 'm': shift = 20; break;
-            case 'G':
-            case 'g': shift = 30; break;
-            case 'T':
-            case 't': shift = 40; break;
-            default: break;
-        }
-        if (shift != 0) num = v.substr(0, v.size() - 1);
-    }
-    auto n = parse_u64(key, num);
-    if (!n) return make_error(EINVAL, fmt::format("{}: '{}' is not a size (e.g. 512M, 1G)", key, v));
-    if (shift != 0 && *n > (UINT64_MAX >> shift)) return make_error(EINVAL, fmt::format("{}: '{}' overflows", key, v));
-    return *n << shift;
 }
 
 std::vector<std::string_view> split_list(std::string_view v) {
@@ -90,6 +38,243 @@ std::vector<std::string_view> split_list(std::string_view v) {
         v.remove_prefix(comma + 1);
     }
     return out;
+}
+
+template <class Range>
+std::string join(const Range& items) {
+    std::string out;
+    for (const auto& item : items) {
+        if (!out.empty()) out += ',';
+        out += fmt::format("{}", item);
+    }
+    return out;
+}
+
+template <class E>
+struct Word {
+    std::string_view text;
+    E value;
+};
+constexpr Word<TracingMode> kTracingModes[] = {{"auto", TracingMode::Auto}, {"off", TracingMode::Off}};
+constexpr Word<PriorityPrefix> kPriorityPrefixes[] = {
+    {"auto", PriorityPrefix::Auto}, {"on", PriorityPrefix::On}, {"off", PriorityPrefix::Off}};
+
+template <class E, size_t N>
+Status set_word(std::string_view what, std::string_view v, const Word<E> (&words)[N], E& out) {
+    for (const Word<E>& w : words) {
+        if (w.text == v) {
+            out = w.value;
+            return ok();
+        }
+    }
+    std::string texts;
+    for (const Word<E>& w : words) texts += fmt::format("{}{}", texts.empty() ? "" : ", ", w.text);
+    return make_error(EINVAL, fmt::format("{}: '{}' is not one of {}", what, v, texts));
+}
+
+template <class E, size_t N>
+std::string word_of(const Word<E> (&words)[N], E v) {
+    for (const Word<E>& w : words) {
+        if (w.value == v) return std::string(w.text);
+    }
+    return "?";
+}
+
+// A duration of the shared grammar (a bare number is seconds), to the millisecond.
+Result<milliseconds> parse_ms(std::string_view what, std::string_view v) {
+    COIOMMU_ASSIGN_OR_RETURN(const auto d, parse_duration(what, v, BareUnit::Seconds));
+    const auto ms = std::chrono::duration_cast<milliseconds>(d);
+    if (ms != d) return make_error(EINVAL, fmt::format("{}: '{}' is finer than 1ms", what, v));
+    if (ms > kMaxDuration) return make_error(EINVAL, fmt::format("{}: '{}' is too long", what, v));
+    return ms;
+}
+
+Status set_timeout(std::string_view what, std::string_view v, milliseconds& out) {
+    COIOMMU_ASSIGN_OR_RETURN(const auto d, parse_ms(what, v));
+    if (d.count() == 0) return make_error(EINVAL, fmt::format("{}: must be above 0", what));
+    out = d;
+    return ok();
+}
+
+Status set_socket(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    if (value.empty()) return make_error(EINVAL, fmt::format("{}: empty path", what));
+    if (value.size() >= sizeof(sockaddr_un{}.sun_path)) {
+        return make_error(EINVAL, fmt::format("{}: '{}' is longer than {} bytes (sun_path)", what, value,
+                                              sizeof(sockaddr_un{}.sun_path) - 1));
+    }
+    cfg.socket_path = std::string(value);
+    return ok();
+}
+
+Status set_allowed_uids(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    std::vector<uid_t> uids;
+    for (auto item : split_list(value)) {
+        auto uid = item == "root" ? Result<uint64_t>(0) : parse_u64_in(what, item, 0, UINT32_MAX - 1);
+        if (!uid) return make_error(EINVAL, fmt::format("{}: '{}' is not a uid", what, item));
+        uids.push_back(static_cast<uid_t>(*uid));
+    }
+    if (uids.empty()) return make_error(EINVAL, fmt::format("{}: empty list", what));
+    cfg.allowed_uids = std::move(uids);
+    return ok();
+}
+
+Status set_max_sessions(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64_in(what, value, 1, kMaxSessionsLimit));
+    cfg.max_sessions = static_cast<uint32_t>(n);
+    return ok();
+}
+
+// Checked here, over the engine defaults, so that an error names the file's line or the flag;
+// finalize() parses the options again over the mode's defaults.
+Status set_engine(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    if (auto e = workers::parse_engine_options(value); !e) return coiommu::unexpected(with_context(e.error(), what));
+    cfg.engine_opts = std::string(value);
+    return ok();
+}
+
+Status set_backends(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    std::vector<std::string> backends;
+    for (auto item : split_list(value)) {
+        if (item != "vfio" && item != "fake" && item != "null") {
+            return make_error(EINVAL, fmt::format("{}: unknown backend '{}' (vfio, fake, null)", what, item));
+        }
+        backends.emplace_back(item);
+    }
+    if (backends.empty()) return make_error(EINVAL, fmt::format("{}: empty list", what));
+    cfg.backends = std::move(backends);
+    return ok();
+}
+
+Status set_max_guest_memory(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_size(what, value));
+    if (n < (uint64_t{1} << 20) || n > (uint64_t{1} << 48)) {
+        return make_error(EINVAL, fmt::format("{}: {} is outside 1M..256T", what, value));
+    }
+    cfg.max_guest_memory = n;
+    return ok();
+}
+
+Status set_metrics_address(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    if (value.empty()) return make_error(EINVAL, fmt::format("{}: empty (use 'none' to disable)", what));
+    cfg.metrics_address = std::string(value);
+    return ok();
+}
+
+Status set_log_level(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    if (!log::parse_level(value, &cfg.log_level)) {
+        return make_error(EINVAL, fmt::format("{}: '{}' is not debug, info, warn, error or off", what, value));
+    }
+    return ok();
+}
+
+Status set_demo_vcpus(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64_in(what, value, 1, 64));
+    cfg.demo_vcpus = static_cast<uint32_t>(n);
+    return ok();
+}
+
+Status set_demo_ram(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_size(what, value));
+    if (n < (uint64_t{64} << 20) || n > (uint64_t{64} << 30) || n % 4096 != 0) {
+        return make_error(EINVAL, fmt::format("{}: {} is outside 64M..64G or not page aligned", what, value));
+    }
+    cfg.demo_ram = n;
+    return ok();
+}
+
+// One key of the file and (as --key-with-dashes) of the command line. `set` parses, validates
+// and stores a value; `what` names the key in errors (the file's spelling, or the flag). `show`
+// prints the current value the way the key reads it, for --help's defaults ("" shows none).
+struct Key {
+    std::string_view name;
+    std::string_view flags;  // "" = --name with '-' for '_'; else every flag, the first named in errors
+    std::string_view type;   // the value's grammar, as --help shows it
+    std::string_view group;
+    std::string_view help;
+    Status (*set)(DaemonConfig&, std::string_view what, std::string_view value);
+    std::string (*show)(const DaemonConfig&);
+};
+
+constexpr std::string_view kService = "Service";
+constexpr std::string_view kObservability = "Observability";
+constexpr std::string_view kDemo = "Demo (--demo; accepted and ignored in service mode)";
+
+constexpr Key kKeys[] = {
+    {"socket", "", "PATH", kService, "the VMM socket (Unix SOCK_SEQPACKET), created mode 0600", set_socket,
+     [](const DaemonConfig& c) { return c.socket_path; }},
+    {"allowed_uids", "", "LIST", kService,
+     "uids (or root) whose VMMs may connect (SO_PEERCRED);\ndefault: this process's uid, and root", set_allowed_uids,
+     [](const DaemonConfig& c) { return join(c.allowed_uids); }},
+    {"max_sessions", "", "N", kService, "concurrent VMs, 1..4096; more are refused with EBUSY", set_max_sessions,
+     [](const DaemonConfig& c) { return std::to_string(c.max_sessions); }},
+    {"setup_timeout", "", "DURATION", kService, "a VMM must finish setting up its session within this; above 0",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) { return set_timeout(what, v, c.setup_timeout); },
+     [](const DaemonConfig& c) { return format_duration(c.setup_timeout); }},
+    {"io_timeout", "", "DURATION", kService, "a reply the VMM does not read within this closes it; above 0",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) { return set_timeout(what, v, c.io_timeout); },
+     [](const DaemonConfig& c) { return format_duration(c.io_timeout); }},
+    {"engine", "--engine,--engine-opts", "OPTS", kService,
+     "the pin engine's options, name=value,... (ENGINE OPTIONS\nbelow); default: the engine defaults", set_engine,
+     [](const DaemonConfig& c) { return c.engine_opts; }},
+    {"backends", "", "LIST", kService, "the DMA backends VMMs may choose: vfio, fake, null", set_backends,
+     [](const DaemonConfig& c) { return join(c.backends); }},
+    {"max_guest_memory", "", "SIZE", kService, "the highest guest-physical address a VM may register, 1M..256T",
+     set_max_guest_memory, [](const DaemonConfig& c) { return format_size(c.max_guest_memory); }},
+    {"metrics_address", "", "ADDR", kObservability, "Prometheus endpoint ipv4:port or [ipv6]:port, or none",
+     set_metrics_address, [](const DaemonConfig& c) { return c.metrics_address; }},
+    {"tracing", "", "auto|off", kObservability,
+     "attach the BPF VFIO DMA tracer and the engine's USDT probes\nwhen permitted (root or CAP_BPF+CAP_PERFMON)",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) {
+         return set_word(what, v, kTracingModes, c.tracing);
+     },
+     [](const DaemonConfig& c) { return word_of(kTracingModes, c.tracing); }},
+    {"log_level", "", "LEVEL", kObservability, "the least severe messages logged: debug, info, warn, error or off",
+     set_log_level, [](const DaemonConfig& c) { return std::string(log::level_name(c.log_level)); }},
+    {"log_priority_prefix", "", "auto|on|off", kObservability,
+     "<N> syslog priority prefixes on stderr for journald;\nauto: when JOURNAL_STREAM is set",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) {
+         return set_word(what, v, kPriorityPrefixes, c.priority_prefix);
+     },
+     [](const DaemonConfig& c) { return word_of(kPriorityPrefixes, c.priority_prefix); }},
+    {"duration", "", "DURATION", kDemo, "run time of the demo; 0: until SIGINT/SIGTERM",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) -> Status {
+         COIOMMU_ASSIGN_OR_RETURN(c.duration, parse_ms(what, v));
+         return ok();
+     },
+     [](const DaemonConfig& c) { return format_duration(c.duration); }},
+    {"demo_vcpus", "--vcpus,--demo-vcpus", "N", kDemo, "vCPUs of the emulated VM, 1..64", set_demo_vcpus,
+     [](const DaemonConfig& c) { return std::to_string(c.demo_vcpus); }},
+    {"demo_ram", "--ram,--demo-ram", "SIZE", kDemo, "guest RAM of the emulated VM, 64M..64G, a multiple of 4096",
+     set_demo_ram, [](const DaemonConfig& c) { return format_size(c.demo_ram); }},
+};
+
+const Key* find_key(std::string_view name) {
+    for (const Key& k : kKeys) {
+        if (k.name == name) return &k;
+    }
+    return nullptr;
+}
+
+// The flags of a key for CLI11 ("--max-sessions", "--vcpus,--demo-vcpus").
+std::string flags_of(const Key& k) {
+    if (!k.flags.empty()) return std::string(k.flags);
+    std::string flag = "--" + std::string(k.name);
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    return flag;
+}
+
+Result<std::string> read_file(const std::string& path) {
+    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return make_error(errno, fmt::format("config file {}", path));
+    std::string text;
+    char buf[4096];
+    while (true) {
+        const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return make_error(errno, fmt::format("config file {}", path));
+        if (n == 0) return text;
+        text.append(buf, static_cast<size_t>(n));
+    }
 }
 
 }  // namespace
@@ -129,189 +314,14 @@ ServerOptions DaemonConfig::server_options() const {
     return o;
 }
 
-namespace {
-
-Status set_socket(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    if (value.empty()) return make_error(EINVAL, "socket: empty path");
-    if (value.size() >= sizeof(sockaddr_un{}.sun_path)) {
-        return make_error(EINVAL, fmt::format("socket: '{}' is longer than {} bytes (sun_path)", value,
-                                              sizeof(sockaddr_un{}.sun_path) - 1));
-    }
-    cfg.socket_path = std::string(value);
-    return ok();
-}
-
-Status set_allowed_uids(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    cfg.allowed_uids.clear();
-    for (auto item : split_list(value)) {
-        auto uid = item == "root" ? Result<uint64_t>(0) : parse_u64(key, item);
-        if (!uid || *uid > UINT32_MAX - 1)
-            return make_error(EINVAL, fmt::format("allowed_uids: '{}' is not a uid", item));
-        cfg.allowed_uids.push_back(static_cast<uid_t>(*uid));
-    }
-    if (cfg.allowed_uids.empty()) return make_error(EINVAL, "allowed_uids: empty list");
-    return ok();
-}
-
-Status set_max_sessions(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64(key, value));
-    if (n == 0 || n > kMaxSessionsLimit) {
-        return make_error(EINVAL, fmt::format("max_sessions: {} is outside 1..{}", n, kMaxSessionsLimit));
-    }
-    cfg.max_sessions = static_cast<uint32_t>(n);
-    return ok();
-}
-
-Status set_timeout(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    COIOMMU_ASSIGN_OR_RETURN(const auto d, parse_duration(key, value));
-    if (d.count() == 0) return make_error(EINVAL, fmt::format("{}: must be above 0", key));
-    (key == "setup_timeout" ? cfg.setup_timeout : cfg.io_timeout) = d;
-    return ok();
-}
-
-Status set_engine(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    cfg.engine_opts = std::string(value);
-    return ok();
-}
-
-Status set_backends(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    cfg.backends.clear();
-    for (auto item : split_list(value)) {
-        if (item != "vfio" && item != "fake" && item != "null") {
-            return make_error(EINVAL, fmt::format("backends: unknown backend '{}' (vfio, fake, null)", item));
-        }
-        cfg.backends.emplace_back(item);
-    }
-    if (cfg.backends.empty()) return make_error(EINVAL, "backends: empty list");
-    return ok();
-}
-
-Status set_max_guest_memory(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_size(key, value));
-    if (n < (uint64_t{1} << 20) || n > (uint64_t{1} << 48)) {
-        return make_error(EINVAL, fmt::format("max_guest_memory: {} is outside 1M..256T", value));
-    }
-    cfg.max_guest_memory = n;
-    return ok();
-}
-
-Status set_metrics_address(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    if (value.empty()) return make_error(EINVAL, "metrics_address: empty (use 'none' to disable)");
-    cfg.metrics_address = std::string(value);
-    return ok();
-}
-
-Status set_tracing(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    if (value == "auto") {
-        cfg.tracing = TracingMode::Auto;
-    } else if (value == "off") {
-        cfg.tracing = TracingMode::Off;
-    } else {
-        return make_error(EINVAL, fmt::format("tracing: '{}' is not auto or off", value));
-    }
-    return ok();
-}
-
-Status set_log_level(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    if (!log::parse_level(value, &cfg.log_level)) {
-        return make_error(EINVAL, fmt::format("log_level: '{}' is not debug, info, warn or error", value));
-    }
-    return ok();
-}
-
-Status set_log_priority_prefix(DaemonConfig& cfg, std::string_view, std::string_view value) {
-    if (value == "auto") {
-        cfg.priority_prefix = PriorityPrefix::Auto;
-    } else if (value == "on") {
-        cfg.priority_prefix = PriorityPrefix::On;
-    } else if (value == "off") {
-        cfg.priority_prefix = PriorityPrefix::Off;
-    } else {
-        return make_error(EINVAL, fmt::format("log_priority_prefix: '{}' is not auto, on or off", value));
-    }
-    return ok();
-}
-
-Status set_duration(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    COIOMMU_ASSIGN_OR_RETURN(cfg.duration, parse_duration(key, value));
-    return ok();
-}
-
-Status set_demo_vcpus(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64(key, value));
-    if (n == 0 || n > 64) return make_error(EINVAL, fmt::format("demo_vcpus: {} is outside 1..64", n));
-    cfg.demo_vcpus = static_cast<uint32_t>(n);
-    return ok();
-}
-
-Status set_demo_ram(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_size(key, value));
-    if (n < (uint64_t{64} << 20) || n > (uint64_t{64} << 30) || n % 4096 != 0) {
-        return make_error(EINVAL, fmt::format("demo_ram: {} is outside 64M..64G or not page aligned", value));
-    }
-    cfg.demo_ram = n;
-    return ok();
-}
-
-using Setter = Status (*)(DaemonConfig&, std::string_view key, std::string_view value);
-struct Key {
-    std::string_view name;
-    Setter set;
-};
-// Every key of the file and (as --key) of the command line.
-constexpr Key kKeys[] = {
-    {"socket", set_socket},
-    {"allowed_uids", set_allowed_uids},
-    {"max_sessions", set_max_sessions},
-    {"setup_timeout", set_timeout},
-    {"io_timeout", set_timeout},
-    {"engine", set_engine},
-    {"backends", set_backends},
-    {"max_guest_memory", set_max_guest_memory},
-    {"metrics_address", set_metrics_address},
-    {"tracing", set_tracing},
-    {"log_level", set_log_level},
-    {"log_priority_prefix", set_log_priority_prefix},
-    {"duration", set_duration},
-    {"demo_vcpus", set_demo_vcpus},
-    {"demo_ram", set_demo_ram},
-};
-
-// Levenshtein distance, for "did you mean" (keys are short: a small table is enough).
-size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<size_t> row(b.size() + 1);
-    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= a.size(); ++i) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= b.size(); ++j) {
-            const size_t up = row[j];
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-            diag = up;
-        }
-    }
-    return row[b.size()];
-}
-
-}  // namespace
-
 std::string_view closest_key(std::string_view key) {
-    std::string_view best;
-    size_t best_d = 3;  // more than two edits away is not a typo
-    for (const Key& k : kKeys) {
-        if (const size_t d = edit_distance(key, k.name); d < best_d) {
-            best = k.name;
-            best_d = d;
-        }
-    }
-    return best;
+    std::vector<std::string_view> names;
+    for (const Key& k : kKeys) names.push_back(k.name);
+    return closest_word(key, names);
 }
 
 Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view value) {
-    value = trim(value);
-    for (const Key& k : kKeys) {
-        if (k.name == key) return k.set(cfg, key, value);
-    }
+    if (const Key* k = find_key(key)) return k->set(cfg, k->name, trim(value));
     if (const auto near = closest_key(key); !near.empty()) {
         return make_error(EINVAL, fmt::format("unknown key '{}' (did you mean '{}'?)", key, near));
     }
@@ -341,12 +351,9 @@ Status apply_config_text(DaemonConfig& cfg, std::string_view text, std::string_v
 }
 
 Status load_config_file(DaemonConfig& cfg, const std::string& path) {
-    std::ifstream in(path);
-    if (!in) return make_error(errno != 0 ? errno : ENOENT, fmt::format("config file {}", path));
-    std::stringstream ss;
-    ss << in.rdbuf();
+    COIOMMU_ASSIGN_OR_RETURN(const std::string text, read_file(path));
     cfg.config_path = path;
-    return apply_config_text(cfg, ss.str(), path);
+    return apply_config_text(cfg, text, path);
 }
 
 Status finalize(DaemonConfig& cfg) {
@@ -357,117 +364,120 @@ Status finalize(DaemonConfig& cfg) {
     return ok();
 }
 
+namespace {
+
+constexpr std::string_view kDescription =
+    "coiommud: pins guest memory on demand for VFIO passthrough (CoIOMMU), one engine per VM.\n\n"
+    "  coiommud [--config FILE] [--KEY VALUE ...]   serve VMMs on a Unix socket\n"
+    "  coiommud --demo [--duration 20s] [...]       an emulated VM, metrics and tracing, in one process\n";
+
+constexpr std::string_view kFooter =
+    "Every option but --config, --demo, --help and --version is also a key of the config file: the\n"
+    "flag's name with '_' for '-' (--vcpus, --ram and --engine-opts are demo_vcpus, demo_ram and\n"
+    "engine), in `key = value` lines; '#' starts a comment, the last occurrence wins. The --config\n"
+    "files are read first, in order; flags override them wherever they appear.\n"
+    "Durations: 1.5s, 500ms, 2m, 1h (a bare number is seconds). Sizes: 4096, 64K, 1.5G, 512MiB.\n\n"
+    "ENGINE OPTIONS (--engine name=value,...; each name at most once; --demo's defaults are\n"
+    "unpin_policy=lru, unpin_interval=1s, unpin_gen_threshold=4):\n";
+
+constexpr std::string_view kSignals =
+    "\nSignals: SIGTERM/SIGINT stop the daemon in order: no new sessions, every engine unmaps what it\n"
+    "mapped, then exit 0. SIGHUP re-reads --config (log keys apply at once; other changed keys are\n"
+    "named as needing a restart). Under systemd: socket activation ($LISTEN_FDS, coiommud.socket) and\n"
+    "Type=notify readiness ($NOTIFY_SOCKET). The protocol: engine/daemon/PROTOCOL.md.";
+
+// Rejects "--socket --help": CLI11 2.1 takes the next argument as the value even when it is an
+// option, and no key's value starts with '-'.
+const CLI::Validator kNotAnOption(
+    [](std::string& v) { return v.starts_with('-') ? fmt::format("needs a value, got the option '{}'", v) : ""; }, "",
+    "not an option");
+
+void add_key(CLI::App& app, DaemonConfig& cfg, const Key& k) {
+    const std::string names = flags_of(k);
+    const std::string flag = names.substr(0, names.find(','));
+    auto set = [&cfg, &k, flag](const std::string& v) {
+        if (auto st = k.set(cfg, flag, trim(v)); !st) throw CLI::ValidationError(st.error().context);
+    };
+    app.add_option_function<std::string>(names, set, std::string(k.help))
+        ->type_name(std::string(k.type))
+        ->default_str(k.show(cfg))
+        ->group(std::string(k.group))
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast)
+        ->check(kNotAnOption);
+}
+
+// Callbacks run in the order the options are added: --version, then --config (so the files come
+// before every flag), then the keys. CLI11 2.1 runs them all before it looks at --help, so --help
+// is a flag of its own that ends the parse where it appears: help even when another flag or the
+// file is wrong.
+void build_command_line(CLI::App& app, DaemonConfig& cfg, Status& file_status) {
+    app.name("coiommud");
+    app.description(std::string(kDescription));
+    app.footer(fmt::format("{}{}{}", kFooter, workers::engine_options_help(), kSignals));
+    app.get_formatter()->column_width(36);
+    app.set_help_flag();
+    app.add_flag_callback(
+           "-h,--help", [] { throw CLI::CallForHelp(); }, "print this help, then exit")
+        ->trigger_on_parse();
+    cli::add_version(app, "coiommud");
+    auto read_files = [&cfg, &file_status](const std::vector<std::string>& paths) {
+        for (const std::string& path : paths) {
+            file_status = load_config_file(cfg, path);
+            if (!file_status) throw CLI::ValidationError("--config", file_status.error().message());
+        }
+    };
+    app.add_option_function<std::vector<std::string>>("--config", read_files,
+                                                      "read KEY = VALUE lines from FILE first (repeatable)")
+        ->type_name("FILE")
+        ->allow_extra_args(false)
+        ->check(kNotAnOption);
+    app.add_flag_callback(
+        "--demo", [&cfg] { cfg.mode = Mode::Demo; }, "run the embedded emulated VM instead");
+    for (const Key& k : kKeys) add_key(app, cfg, k);
+}
+
+// argv for CLI11: the program name, and '_' in a flag's name read as '-' (--max_sessions).
+std::vector<std::string> argv_words(const std::vector<std::string_view>& args) {
+    std::vector<std::string> words{"coiommud"};
+    for (const std::string_view a : args) {
+        std::string w(a);
+        if (w.starts_with("--")) {
+            const auto name_end = static_cast<std::ptrdiff_t>(std::min(w.find('='), w.size()));
+            std::replace(w.begin(), w.begin() + name_end, '_', '-');
+        }
+        words.push_back(std::move(w));
+    }
+    return words;
+}
+
+}  // namespace
+
 Result<ParsedArgs> parse_args(const std::vector<std::string_view>& args) {
     ParsedArgs out;
-    // Pass 1: --help/--version, --config and --demo (the mode picks the engine defaults).
-    for (std::size_t i = 0; i < args.size(); ++i) {
-        const auto a = args[i];
-        if (a == "--help" || a == "-h") {
-            out.action = CliAction::Help;
-            return out;
-        }
-        if (a == "--version") {
-            out.action = CliAction::Version;
-            return out;
-        }
-        if (a == "--demo") out.config.mode = Mode::Demo;
-        if (a == "--config" || a.starts_with("--config=")) {
-            std::string_view path;
-            if (a == "--config") {
-                if (i + 1 >= args.size()) return make_error(EINVAL, "--config needs a file");
-                path = args[++i];
-            } else {
-                path = a.substr(std::strlen("--config="));
-            }
-            COIOMMU_TRY(load_config_file(out.config, std::string(path)));
-        }
-    }
-    // Pass 2: every other flag, in order, over the file.
-    for (std::size_t i = 0; i < args.size(); ++i) {
-        const auto a = args[i];
-        if (a == "--demo") continue;
-        if (a == "--config") {
-            ++i;
-            continue;
-        }
-        if (a.starts_with("--config=")) continue;
-        if (!a.starts_with("--") || a.size() == 2) {
-            return make_error(EINVAL, fmt::format("unexpected argument '{}' (see --help)", a));
-        }
-        std::string_view name = a.substr(2);
-        std::string_view value;
-        if (const auto eq = name.find('='); eq != std::string_view::npos) {
-            value = name.substr(eq + 1);
-            name = name.substr(0, eq);
-        } else {
-            if (i + 1 >= args.size()) return make_error(EINVAL, fmt::format("--{} needs a value", name));
-            value = args[++i];
-        }
-        std::string key(name);
-        std::replace(key.begin(), key.end(), '-', '_');
-        if (key == "engine_opts") key = "engine";
-        if (key == "vcpus") key = "demo_vcpus";
-        if (key == "ram") key = "demo_ram";
-        if (auto st = apply_option(out.config, key, value); !st) {
-            if (st.error().context.starts_with("unknown key")) {
-                std::string near(closest_key(key));
-                std::replace(near.begin(), near.end(), '_', '-');
-                if (!near.empty()) {
-                    return make_error(EINVAL, fmt::format("unknown flag '--{}' (did you mean '--{}'?)", name, near));
-                }
-                return make_error(EINVAL, fmt::format("unknown flag '--{}' (see --help)", name));
-            }
-            return coiommu::unexpected(with_context(st.error(), fmt::format("--{}", name)));
-        }
+    CLI::App app;
+    Status file_status = ok();
+    build_command_line(app, out.config, file_status);
+    const std::vector<std::string> words = argv_words(args);
+    std::vector<const char*> argv;
+    for (const std::string& w : words) argv.push_back(w.c_str());
+    auto request = cli::parse_quietly(app, static_cast<int>(argv.size()), argv.data());
+    if (!file_status) return coiommu::unexpected(file_status.error());  // keeps the file's errno
+    if (!request) return coiommu::unexpected(request.error());
+    switch (*request) {
+        case cli::Request::Help: out.action = CliAction::Help; return out;
+        case cli::Request::Version: out.action = CliAction::Version; return out;
+        case cli::Request::Run: break;
     }
     COIOMMU_TRY(finalize(out.config));
     return out;
 }
 
 std::string usage() {
-    return R"(coiommud: pins guest memory on demand for VFIO passthrough (CoIOMMU), one engine per VM.
-
-usage: coiommud [--config FILE] [--KEY VALUE ...]     serve VMMs on a Unix socket
-       coiommud --demo [--duration 20s] [...]         an emulated VM, metrics and tracing, in one process
-
-Every KEY may also be set in the config file as `key = value` (# comments); flags override the
-file. Flags are the keys with '-' for '_' (--max-sessions 8 or --max-sessions=8).
-
-service
-  --socket PATH             VMM socket, created mode 0600          [/run/coiommu/coiommud.sock]
-  --allowed-uids LIST       uids whose VMMs may connect (SO_PEERCRED), e.g. 0,107
-                                                                   [this process's uid, and root]
-  --max-sessions N          concurrent VMs (1..4096); more are refused with EBUSY       [64]
-  --setup-timeout DUR       a VMM must finish the handshake within this              [10s]
-  --io-timeout DUR          a reply the VMM does not read within this closes it      [5s]
-  --engine OPTS             engine options, key=value,... (variant=fast|seed, workers=N,
-                            coalesce=on|off, spin_budget=50us, max_batch_pages=N,
-                            extent_store=flat|tbb, unpin_policy=off|lru, unpin_interval=60s,
-                            unpin_limit=N, unpin_gen_threshold=10)   [engine defaults; --demo: LRU 1s]
-  --backends LIST           DMA backends VMMs may pick: vfio,fake,null       [vfio,fake,null]
-  --max-guest-memory SIZE   highest guest-physical address a VM may register  [1T]
-
-observability
-  --metrics-address ADDR    Prometheus endpoint host:port, or none          [127.0.0.1:9464]
-  --tracing auto|off        attach the BPF vfio_dma tracer and the engine USDT probes when
-                            permitted (root or CAP_BPF+CAP_PERFMON)         [auto]
-  --log-level LEVEL         debug|info|warn|error (stderr)                  [info]
-  --log-priority-prefix auto|on|off   <N> syslog prefixes for journald  [auto: on under journald]
-
-demo (--demo)
-  --duration DUR            run time; 0 = until Ctrl-C                     [20s]
-  --vcpus N                 vCPUs of the emulated VM (1..64)                [4]
-  --ram SIZE                its guest RAM (64M..64G)                        [512M]
-
-  --config FILE             read KEY = VALUE lines first
-  --help, --version
-
-Durations: 20, 20s, 500ms, 2m. Sizes: 4096, 64K, 512M, 1G, 1T.
-Signals: SIGTERM/SIGINT stop the daemon in order: no new sessions, every engine unmaps what it
-mapped, then exit 0. SIGHUP re-reads --config (log keys apply at once; other changed keys are
-named as needing a restart). Under systemd: socket activation ($LISTEN_FDS, coiommud.socket) and
-Type=notify readiness ($NOTIFY_SOCKET). The protocol: engine/daemon/PROTOCOL.md.
-)";
+    DaemonConfig defaults;
+    CLI::App app;
+    Status unused = ok();
+    build_command_line(app, defaults, unused);
+    return app.help();
 }
 
 }  // namespace coiommu::daemon

@@ -1,24 +1,30 @@
-// coiommud's configuration: a config file of `key = value` lines and command-line flags
-// (`--key value` or `--key=value`, '_' written as '-'); flags override the file, later flags
-// override earlier ones. Every key is documented in usage() (--help).
+// coiommud's configuration: a config file of `key = value` lines and command-line flags. One
+// table of keys (config.cc) gives both: every key is `key_with_underscores` in the file and
+// `--key-with-dashes` on the command line (`--key value` or `--key=value`; '_' is accepted in a
+// flag too), with the same grammar, validation and help. `--config FILE` (repeatable) is read
+// first, in order; the other flags override it wherever they appear, and a later flag overrides
+// an earlier one. usage() (--help) is printed from the same table, engine options included.
 //
 //   socket              path of the VMM socket (created 0600)       /run/coiommu/coiommud.sock
 //   allowed_uids        uids whose VMMs may connect (comma list)     this process's uid (+ root)
 //   max_sessions        concurrent VMs                               64
 //   setup_timeout       time a VMM has to reach Running              10s
 //   io_timeout          time a reply may wait for the VMM to read    5s
-//   engine              engine options (workers/config.h)            variant=fast,...
+//   engine              engine options (workers/config.h)            engine defaults
 //   backends            DMA backends VMMs may choose                 vfio,fake,null
 //   max_guest_memory    highest guest-physical address a VM may use  1T
 //   metrics_address     Prometheus endpoint, or `none`               127.0.0.1:9464
 //   tracing             auto (attach BPF if permitted) | off         auto
-//   log_level           debug|info|warn|error                        info
+//   log_level           debug|info|warn|error|off                    info
 //   log_priority_prefix auto (when journald is stderr) | on | off    auto
 //   duration            --demo: run time, 0 = until Ctrl-C           20s
-//   demo_vcpus          --demo: vCPUs of the emulated VM             4
-//   demo_ram            --demo: guest RAM of the emulated VM         512M
+//   demo_vcpus          --demo: vCPUs of the emulated VM (--vcpus)   4
+//   demo_ram            --demo: guest RAM of the emulated VM (--ram) 512M
 //
-// Thread-safety: plain values and pure functions (load_file reads a file).
+// Durations and sizes are engine/base/quantity.h's: "1.5s", "500ms", "2m" (a bare number is
+// seconds; at most millisecond precision), "4096", "64K", "1.5G".
+//
+// Thread-safety: plain values and pure functions (load_config_file reads a file).
 #pragma once
 
 #include <sys/types.h>
@@ -73,13 +79,14 @@ struct DaemonConfig {
 
 // The known key at most two edits from `key` ("" when none): the "did you mean" of a typo.
 [[nodiscard]] std::string_view closest_key(std::string_view key);
-// Sets one key. Errors: EINVAL "unknown key 'x'" (naming the closest key when there is one) or
-// "<key>: <what is wrong>".
+// Sets one key (as the file spells it); surrounding blanks of `value` are ignored. Errors: EINVAL
+// "unknown key 'x'" (naming the closest key when there is one) or "<key>: <what is wrong>".
 [[nodiscard]] Status apply_option(DaemonConfig& cfg, std::string_view key, std::string_view value);
-// Applies `key = value` lines ('#' starts a comment, blank lines ignored). Errors: EINVAL naming
-// `origin:line` and the problem.
+// Applies `key = value` lines ('#' starts a comment anywhere, blank lines ignored, the last
+// occurrence of a key wins). Errors: EINVAL naming `origin:line` and the problem.
 [[nodiscard]] Status apply_config_text(DaemonConfig& cfg, std::string_view text, std::string_view origin);
-// Reads and applies a file. Errors: the errno of reading it, or apply_config_text's.
+// Reads and applies a file; sets cfg.config_path. Errors: the errno of opening or reading it
+// ("config file PATH: No such file or directory"), or apply_config_text's.
 [[nodiscard]] Status load_config_file(DaemonConfig& cfg, const std::string& path);
 // Parses the engine options over the mode's defaults and checks cross-field rules.
 // Errors: EINVAL with the offending key.
@@ -91,9 +98,14 @@ struct ParsedArgs {
     DaemonConfig config;
 };
 
-// Parses argv[1..]: --config FILE is read first, then every other flag in order; then finalize().
-// Errors: EINVAL with a message for the user.
+// Parses argv[1..] with CLI11 and prints nothing: --config files first, then every other flag;
+// then finalize(). Help and Version are returned for the caller to print (usage(); the version
+// line). Errors: a config file's (its errno, or EINVAL naming file:line); otherwise EINVAL with a
+// message for the user: an unknown flag names the closest one ("did you mean '--max-sessions'?"),
+// a flag without its value says so, and so does a flag whose value is another option
+// ("--socket --help").
 [[nodiscard]] Result<ParsedArgs> parse_args(const std::vector<std::string_view>& args);
+// The --help text: every flag with its grammar and default, the engine options, the signals.
 [[nodiscard]] std::string usage();
 
 // The feature bits the configured backends allow (plus QueryMapped when `fake` is allowed).
