@@ -1,5 +1,5 @@
-// make_observability() of a full coiommud: the BPF tracer (vfio_dma syscall tracepoints and the
-// engine's USDT probes in this very process) and the Prometheus endpoint, with the BPF collector
+// make_observability() of a full coiommud: the BPF tracer (vfio_dma, fentry or syscall tracepoints,
+// and the engine's USDT probes in this very process) and the Prometheus endpoint, with the BPF collector
 // reading the tracer beside the engine and process families.
 #include <unistd.h>
 
@@ -38,14 +38,15 @@ public:
         auto full = bpf::Tracing::start(topts);
         if (full) {
             tracing_.emplace(std::move(*full));
-            return "attached: vfio_dma syscall tracepoints + engine USDT probes";
+            return fmt::format("attached: vfio_dma {} + engine USDT probes", tracing_->vfio_dma().mode_detail());
         }
         // The engine USDT probes need this kernel's uprobe support; vfio_dma alone may still work.
         topts.engine.reset();
         auto vfio_only = bpf::Tracing::start(topts);
         if (!vfio_only) return daemon::tracing_unavailable(cfg, vfio_only.error().message());
         tracing_.emplace(std::move(*vfio_only));
-        return fmt::format("vfio_dma attached (engine USDT not available: {})", full.error().message());
+        return fmt::format("vfio_dma {} attached (engine USDT not available: {})", tracing_->vfio_dma().mode_detail(),
+                           full.error().message());
     }
 
     Status start_metrics(const daemon::DaemonConfig& cfg, const daemon::Server& server) override {

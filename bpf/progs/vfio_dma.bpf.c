@@ -1,15 +1,24 @@
 // SPDX-License-Identifier: GPL-2.0
-/* VFIO DMA map/unmap latency from the ioctl syscall tracepoints.
+/* VFIO DMA map/unmap latency, from one of two sets of hooks (the loader picks one set with
+ * autoload; both feed the same maps):
  *
- * sys_enter_ioctl records (start time, op, iova, size) in the thread's slot for the four DMA
- * commands (VFIO type1 MAP/UNMAP, iommufd IOAS_MAP/UNMAP); sys_exit_ioctl turns it into a latency
+ *  - fentry mode: fentry/fexit on vfio_iommu_type1_ioctl and iommufd_fops_ioctl, the ioctl
+ *    handlers of a type1 container and of /dev/iommu (which also serves VFIO's type1 commands
+ *    when it stands in for /dev/vfio/vfio). Only VFIO traffic ever reaches them, so nothing else
+ *    on the host pays. Needs BPF_PROG_TYPE_TRACING and the modules' BTF.
+ *  - tracepoint mode (fallback): syscalls/sys_{enter,exit}_ioctl, which every ioctl of every
+ *    process hits. Also works without any VFIO device: the tracepoints fire even when the ioctl
+ *    fails (ENOTTY on a non-VFIO fd).
+ *
+ * The enter hook records (start time, op, iova, size) in the thread's slot for the four DMA
+ * commands (VFIO type1 MAP/UNMAP, iommufd IOAS_MAP/UNMAP); the exit hook turns it into a latency
  * observation, a call count by result class and, above the slow threshold, a ring buffer event.
- * Works for any process (crosvm, QEMU, our engine) or one target tgid, and without any VFIO
- * device: the tracepoints fire even when the ioctl fails (ENOTTY on a non-VFIO fd).
+ * Any process (crosvm, QEMU, our engine) or one target tgid.
  *
  * Maps only ever grow; readers compute interval deltas themselves (exporter-safe). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 #include "abi/vfio_dma.h"
 #include "hist.bpf.h"
@@ -32,6 +41,14 @@ struct {
 	__type(key, __u64); /* pid_tgid */
 	__type(value, struct coiommu_vfio_inflight);
 } vfio_dma_flight SEC(".maps");
+
+/* DMA calls between enter and exit, every thread together: the slots whose start_ns != 0. The
+ * tracepoint exit hook runs for every ioctl of the host and cannot tell a DMA command from any
+ * other (sys_exit has no cmd), so it returns at once while this is 0: no map lookup at all.
+ * Raised when a slot goes idle -> busy at enter, lowered only when exit finds a busy slot: an exit
+ * without its enter (attached mid-call) never lowers it. A busy slot the LRU evicts leaves it one
+ * too high, which only costs lookups, never a lost call. */
+__u64 vfio_dma_active = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -67,61 +84,74 @@ _Static_assert(COIOMMU_IOAS_MAP_SIZE_OFF + 8 == COIOMMU_IOAS_MAP_IOVA_OFF,
 _Static_assert(COIOMMU_IOAS_UNMAP_IOVA_OFF + 8 == COIOMMU_IOAS_UNMAP_SIZE_OFF,
 	       "ioas unmap: iova, length");
 
-SEC("tracepoint/syscalls/sys_enter_ioctl")
-int vfio_dma_enter(struct trace_event_raw_sys_enter *ctx)
+/* Reads iova and size from the command's user struct; 0 and 0, counted, when it cannot. */
+static __always_inline void read_args(int op, const char *uarg, struct coiommu_vfio_inflight *rec)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct coiommu_vfio_inflight rec = {}, *slot;
 	struct iova_size pair = {};
-	const char *uarg;
 	long fault;
-	int op;
 
-	op = op_of((__u32)ctx->args[1]);
-	if (op < 0)
-		return 0;
-	if (targ_tgid && (__u32)(pid_tgid >> 32) != targ_tgid)
-		return 0;
-
-	uarg = (const char *)ctx->args[2];
 	switch (op) {
 	case COIOMMU_OP_VFIO_MAP: /* iova, size */
 		fault = bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_VFIO_MAP_IOVA_OFF);
-		rec.iova = pair.first;
-		rec.size = pair.second;
+		rec->iova = pair.first;
+		rec->size = pair.second;
 		break;
 	case COIOMMU_OP_VFIO_UNMAP: /* iova, size */
 		fault =
 		    bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_VFIO_UNMAP_IOVA_OFF);
-		rec.iova = pair.first;
-		rec.size = pair.second;
+		rec->iova = pair.first;
+		rec->size = pair.second;
 		break;
 	case COIOMMU_OP_IOAS_MAP: /* length, iova */
 		fault = bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_IOAS_MAP_SIZE_OFF);
-		rec.size = pair.first;
-		rec.iova = pair.second;
+		rec->size = pair.first;
+		rec->iova = pair.second;
 		break;
 	default: /* IOAS_UNMAP: iova, length */
 		fault =
 		    bpf_probe_read_user(&pair, sizeof(pair), uarg + COIOMMU_IOAS_UNMAP_IOVA_OFF);
-		rec.iova = pair.first;
-		rec.size = pair.second;
+		rec->iova = pair.first;
+		rec->size = pair.second;
 		break;
 	}
 	if (fault) {
-		rec.iova = 0;
-		rec.size = 0;
+		rec->iova = 0;
+		rec->size = 0;
 		COIOMMU_COUNT(vfio_dma_drops, 0, struct coiommu_vfio_drops, read_fault, 1);
 	}
+}
 
+/* Enter of a DMA command: fills the thread's slot and marks it busy. */
+static __always_inline void dma_enter(int op, const char *uarg)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct coiommu_vfio_inflight rec = {}, *slot;
+
+	if (targ_tgid && (__u32)(pid_tgid >> 32) != targ_tgid)
+		return;
+	read_args(op, uarg, &rec);
 	rec.op = op;
 	rec.start_ns = bpf_ktime_get_ns();
 	/* A thread is in one syscall at a time, so nobody else writes this slot meanwhile. */
 	slot = bpf_map_lookup_elem(&vfio_dma_flight, &pid_tgid);
-	if (slot)
+	if (slot) {
+		if (slot->start_ns == 0) /* else an enter whose exit was never seen: still one */
+			__sync_fetch_and_add(&vfio_dma_active, 1);
 		*slot = rec;
-	else if (bpf_map_update_elem(&vfio_dma_flight, &pid_tgid, &rec, BPF_NOEXIST) != 0)
+	} else if (bpf_map_update_elem(&vfio_dma_flight, &pid_tgid, &rec, BPF_NOEXIST) == 0) {
+		__sync_fetch_and_add(&vfio_dma_active, 1);
+	} else {
 		COIOMMU_COUNT(vfio_dma_drops, 0, struct coiommu_vfio_drops, inflight_full, 1);
+	}
+}
+
+SEC("tracepoint/syscalls/sys_enter_ioctl")
+int vfio_dma_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	int op = op_of((__u32)ctx->args[1]);
+
+	if (op >= 0)
+		dma_enter(op, (const char *)ctx->args[2]);
 	return 0;
 }
 
@@ -154,8 +184,8 @@ static __always_inline void count_result(__u32 op, __s64 ret, __u64 size)
 	}
 }
 
-SEC("tracepoint/syscalls/sys_exit_ioctl")
-int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
+/* Exit of a call whose enter may have recorded it: observes it and marks the slot idle. */
+static __always_inline void dma_exit(__s64 ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct coiommu_vfio_inflight *rec;
@@ -164,10 +194,10 @@ int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
 	__u32 op;
 
 	if (targ_tgid && (__u32)(pid_tgid >> 32) != targ_tgid)
-		return 0;
+		return;
 	rec = bpf_map_lookup_elem(&vfio_dma_flight, &pid_tgid);
 	if (!rec || rec->start_ns == 0)
-		return 0;
+		return;
 
 	now = bpf_ktime_get_ns();
 	latency = now - rec->start_ns;
@@ -176,7 +206,7 @@ int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
 		goto out;
 
 	COIOMMU_HIST_ADD(vfio_dma_hist, op, latency);
-	count_result(op, ctx->ret, rec->size);
+	count_result(op, ret, rec->size);
 
 	if (slow_enabled && latency >= slow_threshold_ns) {
 		ev = bpf_ringbuf_reserve(&vfio_dma_events, sizeof(*ev), 0);
@@ -189,7 +219,7 @@ int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
 		ev->latency_ns = latency;
 		ev->iova = rec->iova;
 		ev->size = rec->size;
-		ev->ret = ctx->ret;
+		ev->ret = ret;
 		ev->pid = pid_tgid >> 32;
 		ev->tid = (__u32)pid_tgid;
 		ev->op = op;
@@ -199,6 +229,55 @@ int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
 	}
 out:
 	rec->start_ns = 0; /* idle until the thread's next DMA ioctl */
+	__sync_fetch_and_add(&vfio_dma_active, -1);
+}
+
+SEC("tracepoint/syscalls/sys_exit_ioctl")
+int vfio_dma_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	/* Every ioctl of the host passes here: with no DMA call in flight anywhere (nearly always)
+	 * one load decides, before any helper call or map lookup. */
+	if (vfio_dma_active == 0)
+		return 0;
+	dma_exit(ctx->ret);
+	return 0;
+}
+
+/* fentry mode. Both handlers see only their own file's ioctls, so a non-DMA command is the only
+ * thing to filter out, and the exit hooks know the command too: no lookup for the others. */
+SEC("fentry/vfio_iommu_type1_ioctl")
+int BPF_PROG(vfio_t1_enter, void *iommu_data, unsigned int cmd, unsigned long arg)
+{
+	int op = op_of(cmd);
+
+	if (op >= 0)
+		dma_enter(op, (const char *)arg);
+	return 0;
+}
+
+SEC("fexit/vfio_iommu_type1_ioctl")
+int BPF_PROG(vfio_t1_exit, void *iommu_data, unsigned int cmd, unsigned long arg, long ret)
+{
+	if (op_of(cmd) >= 0)
+		dma_exit(ret);
+	return 0;
+}
+
+SEC("fentry/iommufd_fops_ioctl")
+int BPF_PROG(iommufd_enter, struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	int op = op_of(cmd);
+
+	if (op >= 0)
+		dma_enter(op, (const char *)arg);
+	return 0;
+}
+
+SEC("fexit/iommufd_fops_ioctl")
+int BPF_PROG(iommufd_exit, struct file *filp, unsigned int cmd, unsigned long arg, long ret)
+{
+	if (op_of(cmd) >= 0)
+		dma_exit(ret);
 	return 0;
 }
 

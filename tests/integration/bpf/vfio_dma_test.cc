@@ -1,6 +1,7 @@
 // vfio_dma.bpf.c end to end: real ioctl(VFIO_IOMMU_MAP_DMA/UNMAP_DMA, iommufd IOAS_MAP/UNMAP) on a
 // non-VFIO descriptor. The ioctls fail (ENOTTY) but both syscall tracepoints fire, so counts,
-// result classes, sizes, the tgid filter and slow events can all be checked exactly.
+// result classes, sizes, the tgid filter and slow events can all be checked exactly. Hence the
+// tracepoint mode, asked for explicitly: fentry mode only sees real VFIO handlers (tests/vm).
 #include "bpf/loader/vfio_dma_tracer.h"
 
 #include <gtest/gtest.h>
@@ -9,10 +10,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <bpf/libbpf.h>
+
 #include <chrono>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/bpf/bpf_test_util.h"
@@ -33,7 +37,21 @@ constexpr uint64_t kPage = 4096;
 VfioDmaOptions only_this_process() {
     VfioDmaOptions o;
     o.target_tgid = static_cast<uint32_t>(::getpid());
+    o.mode = VfioDmaMode::Tracepoint;
     return o;
+}
+
+VfioDmaOptions every_process() {
+    VfioDmaOptions o;
+    o.mode = VfioDmaMode::Tracepoint;
+    return o;
+}
+
+// Whether this kernel could run fentry mode at all: tracing programs allowed and a VFIO handler
+// with BTF (its module loaded).
+bool fentry_possible() {
+    if (libbpf_probe_bpf_prog_type(BPF_PROG_TYPE_TRACING, nullptr) <= 0) return false;
+    return ::access("/sys/kernel/btf/vfio_iommu_type1", F_OK) == 0 || ::access("/sys/kernel/btf/iommufd", F_OK) == 0;
 }
 
 // Collects slow events until `want` arrived or ~2 s passed.
@@ -174,7 +192,7 @@ TEST(VfioDmaTracer, TgidFilterExcludesAnotherProcess) {
 
 TEST(VfioDmaTracer, WithoutFilterAnotherProcessIsCounted) {
     COIOMMU_REQUIRE_BPF();
-    ASSERT_OK_AND_ASSIGN(auto tracer, VfioDmaTracer::start(VfioDmaOptions{}));
+    ASSERT_OK_AND_ASSIGN(auto tracer, VfioDmaTracer::start(every_process()));
     auto fd = open_dev_null();
     constexpr int kChildCalls = 5;
 
@@ -272,6 +290,79 @@ TEST(VfioDmaTracer, NothingIsLeftInFlightAfterTheCallsReturn) {
     EXPECT_EQ(snap.inflight_entries, 0u);
     EXPECT_GT(snap.inflight_max_entries, 0u);
     EXPECT_EQ(snap.drops.inflight_full + snap.drops.read_fault + snap.drops.ringbuf_full, 0u);
+}
+
+TEST(VfioDmaTracer, NoCallStaysInFlightAfterConcurrentCallsAndOtherIoctls) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto tracer, VfioDmaTracer::start(only_this_process()));
+    constexpr int kThreads = 3;
+    constexpr int kCallsPerThread = 400;
+
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([] {
+            auto fd = open_dev_null();
+            int avail = 0;
+            for (int i = 0; i < kCallsPerThread; ++i) {
+                (void)vfio_map(fd.get(), 0x100000, kPage);
+                (void)::ioctl(fd.get(), FIONREAD, &avail);  // exits while other threads' calls are in flight
+                (void)vfio_unmap(fd.get(), 0x100000, kPage);
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+
+    EXPECT_EQ(tracer.calls_in_flight(), 0u);
+    ASSERT_OK_AND_ASSIGN(auto snap, tracer.snapshot());
+    EXPECT_EQ(snap.latency(VfioOp::VfioMap).count, uint64_t{kThreads} * kCallsPerThread);
+    EXPECT_EQ(snap.latency(VfioOp::VfioUnmap).count, uint64_t{kThreads} * kCallsPerThread);
+    EXPECT_EQ(snap.inflight_entries, 0u);
+}
+
+TEST(VfioDmaTracer, TracepointModeSaysSoInItsDetailAndPrograms) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto tracer, VfioDmaTracer::start(only_this_process()));
+
+    EXPECT_EQ(tracer.mode(), VfioDmaMode::Tracepoint);
+    EXPECT_EQ(tracer.mode_detail(), "tracepoints syscalls/sys_{enter,exit}_ioctl (tracepoint mode requested)");
+}
+
+TEST(VfioDmaTracer, AutoModeWithoutFentryFallsBackToTracepointsAndSaysWhy) {
+    COIOMMU_REQUIRE_BPF();
+    if (fentry_possible()) GTEST_SKIP() << "this kernel can run fentry mode (tests/vm covers it)";
+    VfioDmaOptions opts = only_this_process();
+    opts.mode = VfioDmaMode::Auto;
+    ASSERT_OK_AND_ASSIGN(auto tracer, VfioDmaTracer::start(opts));
+    auto fd = open_dev_null();
+
+    (void)vfio_map(fd.get(), 0x100000, kPage);
+
+    EXPECT_EQ(tracer.mode(), VfioDmaMode::Tracepoint);
+    EXPECT_EQ(tracer.mode_detail().rfind("tracepoints syscalls/sys_{enter,exit}_ioctl (fentry not available: ", 0), 0u)
+        << tracer.mode_detail();
+    ASSERT_OK_AND_ASSIGN(auto snap, tracer.snapshot());
+    EXPECT_EQ(snap.latency(VfioOp::VfioMap).count, 1u);
+    ASSERT_OK_AND_ASSIGN(auto programs, tracer.programs());
+    ASSERT_EQ(programs.size(), 2u);
+    for (const auto& p : programs) EXPECT_EQ(p.attach, "tracepoint") << p.program;
+}
+
+TEST(VfioDmaTracer, FentryModeWithoutFentryFailsWithTheReason) {
+    COIOMMU_REQUIRE_BPF();
+    if (fentry_possible()) GTEST_SKIP() << "this kernel can run fentry mode (tests/vm covers it)";
+    VfioDmaOptions opts = only_this_process();
+    opts.mode = VfioDmaMode::Fentry;
+
+    auto tracer = VfioDmaTracer::start(opts);
+
+    ASSERT_FALSE(tracer.has_value());
+    EXPECT_NE(tracer.error().context.find("fentry not available: "), std::string::npos) << tracer.error().message();
+}
+
+TEST(VfioDmaTracer, ModeNamesAreStable) {
+    EXPECT_EQ(mode_name(VfioDmaMode::Auto), "auto");
+    EXPECT_EQ(mode_name(VfioDmaMode::Fentry), "fentry");
+    EXPECT_EQ(mode_name(VfioDmaMode::Tracepoint), "tracepoint");
 }
 
 TEST(VfioDmaTracer, ProgramsAreListedAttachedWithIdAndTag) {
