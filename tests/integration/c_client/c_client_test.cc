@@ -1,82 +1,46 @@
 // libcoiommu-client's C ABI (coiommu/client.h) against the real coiommud binary on a private socket:
 // errno-style returns and last_error texts, the negotiated Hello, the daemon's errno for a message out
 // of order, stats after ACTIVATE, Close with no DMA entry left, NULL arguments. Only the C API is
-// used: this file links the shared library, not the C++ client behind it.
+// used: this file links the shared library, not the C++ client behind it (the daemon harness brings
+// engine/base only).
 #include <coiommu/client.h>
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
-extern char** environ;
+#include "tests/testing/daemon_process.h"
+#include "tests/testing/expect.h"
 
 namespace {
 
-using std::chrono::milliseconds;
+using coiommu::testing::DaemonOptions;
+using coiommu::testing::DaemonProcess;
+using coiommu::testing::TempDir;
 
 constexpr uint64_t kRamBytes = uint64_t{64} << 20;
 constexpr uint16_t kBdf = 0x0008;
 
-// coiommud renames its socket into place only once it listens, so the file's existence is the
-// moment a VMM may connect.
-bool listening(const std::string& path) { return std::filesystem::is_socket(path); }
-
-// coiommud on a socket in a fresh temporary directory; SIGKILLed if still running at the end.
-class Daemon {
-public:
-    Daemon() {
-        char tmpl[] = "/tmp/coiommu-c-client.XXXXXX";
-        EXPECT_NE(::mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
-        socket_ = dir_ + "/coiommud.sock";
-        std::vector<std::string> args{COIOMMUD_PATH, "--socket",  socket_, "--metrics-address", "none", "--backends",
-                                      "fake,null",   "--tracing", "off",   "--log-level",       "warn"};
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        EXPECT_EQ(::posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0);
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-        while (!listening(socket_) && std::chrono::steady_clock::now() < until) {
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        EXPECT_TRUE(listening(socket_)) << "coiommud does not listen on " << socket_;
-    }
-    ~Daemon() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            int st = 0;
-            ::waitpid(pid_, &st, 0);
-        }
-        std::filesystem::remove_all(dir_);
-    }
-    Daemon(const Daemon&) = delete;
-    Daemon& operator=(const Daemon&) = delete;
-
-    [[nodiscard]] const std::string& socket() const { return socket_; }
-    [[nodiscard]] std::string path(const std::string& name) const { return dir_ + "/" + name; }
-
-private:
-    std::string dir_, socket_;
-    pid_t pid_ = -1;
-};
+// coiommud with the fake and null backends on a socket in a fresh temporary directory.
+coiommu::Result<DaemonProcess> start_daemon() {
+    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommu-c-client"));
+    DaemonOptions o;
+    o.program = COIOMMUD_PATH;
+    o.socket = dir.path("coiommud.sock");
+    o.args = {"--socket",  o.socket, "--metrics-address", "none", "--backends", "fake,null",
+              "--tracing", "off",    "--log-level",       "warn"};
+    return DaemonProcess::start(std::move(dir), std::move(o));
+}
 
 // The VMM's resources for one session: guest RAM, the device fds, trigger eventfds. Closed at the end.
 struct Vmm {
@@ -154,7 +118,7 @@ TEST(CClient, ConnectToAMissingSocketReturnsENOENTAndNamesThePath) {
 }
 
 TEST(CClient, FullSessionReportsTheNegotiatedVersion) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     coiommu_client_hello hello{};
     ASSERT_EQ(coiommu_client_connect(v.c, d.socket().c_str(), "c-client-test", COIOMMU_CLIENT_FEATURES_ALL, &hello), 0)
@@ -170,7 +134,7 @@ TEST(CClient, FullSessionReportsTheNegotiatedVersion) {
 }
 
 TEST(CClient, SetBackendBeforeSetMemoryReturnsTheDaemonsErrno) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_EQ(coiommu_client_connect(v.c, d.socket().c_str(), "out-of-order", COIOMMU_CLIENT_FEATURES_ALL, nullptr), 0);
     coiommu_client_backend_info info{};
@@ -179,7 +143,7 @@ TEST(CClient, SetBackendBeforeSetMemoryReturnsTheDaemonsErrno) {
 }
 
 TEST(CClient, UnsealedMemfdIsRefusedWithEINVAL) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_EQ(coiommu_client_connect(v.c, d.socket().c_str(), "unsealed", COIOMMU_CLIENT_FEATURES_ALL, nullptr), 0);
     v.ram_fd = ::memfd_create("unsealed", MFD_CLOEXEC);
@@ -190,7 +154,7 @@ TEST(CClient, UnsealedMemfdIsRefusedWithEINVAL) {
 }
 
 TEST(CClient, StatsAfterActivationSayActive) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_TRUE(v.setup(d.socket(), 2));
     ASSERT_TRUE(v.activate());
@@ -207,7 +171,7 @@ TEST(CClient, StatsAfterActivationSayActive) {
 }
 
 TEST(CClient, StatsFromALargerCallerStructAreZeroFilledAndASmallerOneIsRefused) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_TRUE(v.setup(d.socket()));
     struct {
@@ -223,7 +187,7 @@ TEST(CClient, StatsFromALargerCallerStructAreZeroFilledAndASmallerOneIsRefused) 
 }
 
 TEST(CClient, CloseReportsNoDmaEntriesAfter) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_TRUE(v.setup(d.socket()));
     ASSERT_TRUE(v.activate());
@@ -237,7 +201,7 @@ TEST(CClient, CloseReportsNoDmaEntriesAfter) {
 }
 
 TEST(CClient, BalloonBeforeActivateIsEAGAINAndTheSessionGoesOn) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_TRUE(v.setup(d.socket()));
     const coiommu_client_gfn_range r{0x800, 4};
@@ -249,7 +213,7 @@ TEST(CClient, BalloonBeforeActivateIsEAGAINAndTheSessionGoesOn) {
 }
 
 TEST(CClient, MmioOutsideBar0IsEINVALAndTheSessionGoesOn) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     Vmm v;
     ASSERT_TRUE(v.setup(d.socket()));
     uint64_t value = 0;
@@ -259,7 +223,7 @@ TEST(CClient, MmioOutsideBar0IsEINVALAndTheSessionGoesOn) {
 }
 
 TEST(CClient, ConnectFdSaysHelloOverAnAlreadyConnectedSocket) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     const int sock = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     ASSERT_GE(sock, 0);
     sockaddr_un addr{};

@@ -5,12 +5,9 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -19,72 +16,32 @@
 
 #include "engine/daemon/client.h"
 #include "engine/daemon/emulated_vm.h"
+#include "tests/testing/daemon_process.h"
 #include "tests/testing/expect.h"
-
-extern char** environ;
 
 namespace coiommu::daemon {
 namespace {
 
 using std::chrono::milliseconds;
+using testing::DaemonOptions;
+using testing::DaemonProcess;
+using testing::TempDir;
 
-class Daemon {
-public:
-    explicit Daemon(std::vector<std::string> extra = {}) {
-        char tmpl[] = "/tmp/coiommud-it.XXXXXX";
-        EXPECT_NE(::mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
-        socket_ = dir_ + "/coiommud.sock";
-        std::vector<std::string> args{COIOMMUD_PATH, "--socket", socket_,
-                                      "--tracing",   "off",      "--log-level",
-                                      "warn",        "--engine", "unpin_policy=lru,unpin_interval=200ms"};
-        bool metrics = false;
-        for (const auto& e : extra) metrics = metrics || e.starts_with("--metrics-address");
-        if (!metrics) {
-            args.push_back("--metrics-address");
-            args.push_back("none");
-        }
-        args.insert(args.end(), extra.begin(), extra.end());
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        EXPECT_EQ(::posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0);
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-        while (!std::filesystem::exists(socket_) && std::chrono::steady_clock::now() < until) {
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        EXPECT_TRUE(std::filesystem::exists(socket_)) << "coiommud did not create its socket";
+// coiommud with what every story here shares; `extra` flags come last (a --metrics-address in
+// them replaces "none").
+Result<DaemonProcess> start_daemon(const std::vector<std::string>& extra = {}) {
+    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommud-it"));
+    DaemonOptions o;
+    o.program = COIOMMUD_PATH;
+    o.socket = dir.path("coiommud.sock");
+    o.args = {"--socket",    o.socket, "--tracing", "off",
+              "--log-level", "warn",   "--engine",  "unpin_policy=lru,unpin_interval=200ms"};
+    if (std::ranges::none_of(extra, [](const std::string& e) { return e.starts_with("--metrics-address"); })) {
+        o.args.insert(o.args.end(), {"--metrics-address", "none"});
     }
-    ~Daemon() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            int st = 0;
-            ::waitpid(pid_, &st, 0);
-        }
-        std::filesystem::remove_all(dir_);
-    }
-
-    // SIGTERM and the exit status (-1 if it did not exit within `limit`).
-    int terminate(milliseconds limit = milliseconds(15000)) {
-        ::kill(pid_, SIGTERM);
-        const auto until = std::chrono::steady_clock::now() + limit;
-        while (std::chrono::steady_clock::now() < until) {
-            int st = 0;
-            if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-                pid_ = -1;
-                return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            }
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        return -1;
-    }
-
-    [[nodiscard]] const std::string& socket() const { return socket_; }
-
-private:
-    std::string dir_, socket_;
-    pid_t pid_ = -1;
-};
+    o.args.insert(o.args.end(), extra.begin(), extra.end());
+    return DaemonProcess::start(std::move(dir), std::move(o));
+}
 
 EmulatedVmOptions vm_options(const std::string& socket, std::string name) {
     EmulatedVmOptions v;
@@ -99,7 +56,7 @@ EmulatedVmOptions vm_options(const std::string& socket, std::string name) {
 }
 
 TEST(CoiommudIntegration, PinsThroughTheSocketKeepTheInvariantAndStatsAgree) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     ASSERT_OK_AND_ASSIGN(auto vm, EmulatedVm::start(vm_options(d.socket(), "it-vm")));
     std::this_thread::sleep_for(std::chrono::seconds(2));
     vm->stop();  // every vCPU has unmapped what it held; the requests are all answered
@@ -128,7 +85,7 @@ TEST(CoiommudIntegration, PinsThroughTheSocketKeepTheInvariantAndStatsAgree) {
 }
 
 TEST(CoiommudIntegration, SigtermWithARunningVmExitsZeroAndRemovesTheSocket) {
-    Daemon d;
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     ASSERT_OK_AND_ASSIGN(auto vm, EmulatedVm::start(vm_options(d.socket(), "victim")));
     std::this_thread::sleep_for(milliseconds(500));
     vm->stop();
@@ -138,7 +95,7 @@ TEST(CoiommudIntegration, SigtermWithARunningVmExitsZeroAndRemovesTheSocket) {
 }
 
 TEST(CoiommudIntegration, FloodOfConnectionsDoesNotStopTheService) {
-    Daemon d({"--max-sessions", "32", "--setup-timeout", "500ms"});
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon({"--max-sessions", "32", "--setup-timeout", "500ms"}));
     ASSERT_OK_AND_ASSIGN(auto steady, EmulatedVm::start(vm_options(d.socket(), "steady")));
     std::vector<UniqueFd> flood;
     for (int i = 0; i < 200; ++i) {
@@ -194,7 +151,7 @@ std::string http_get(uint16_t port, const std::string& path) {
 
 TEST(CoiommudIntegration, EmbeddedExporterServesEverySessionUnderItsVmName) {
     const uint16_t port = free_port();
-    Daemon d({"--metrics-address", "127.0.0.1:" + std::to_string(port)});
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon({"--metrics-address", "127.0.0.1:" + std::to_string(port)}));
     ASSERT_OK_AND_ASSIGN(auto vm, EmulatedVm::start(vm_options(d.socket(), "scraped")));
     // The socket appears before the exporter binds: retry until it answers.
     std::string body;

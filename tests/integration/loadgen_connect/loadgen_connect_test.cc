@@ -4,29 +4,24 @@
 // the daemon's QueryMapped after every map and before every unmap), the guest's request count
 // matches the daemon engine's, Close leaves no DMA mapping, and SIGTERM then exits 0.
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
-#include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <thread>
-#include <vector>
 
+#include "tests/testing/daemon_process.h"
+#include "tests/testing/expect.h"
 #include "tests/unit/loadgen/json_parse.h"
-
-extern char** environ;
 
 namespace coiommu::loadgen {
 namespace {
 
-using std::chrono::milliseconds;
 using test::JsonValue;
+using testing::DaemonOptions;
+using testing::DaemonProcess;
+using testing::TempDir;
 
 std::string slurp(const std::string& path) {
     std::ifstream f(path);
@@ -35,79 +30,29 @@ std::string slurp(const std::string& path) {
     return s.str();
 }
 
-// The daemon on a socket in a fresh temporary directory; killed (SIGKILL) if still running at the end.
-class Daemon {
-public:
-    Daemon() {
-        char tmpl[] = "/tmp/coiommu-load-connect.XXXXXX";
-        EXPECT_NE(::mkdtemp(tmpl), nullptr);
-        dir_ = tmpl;
-        socket_ = dir_ + "/coiommud.sock";
-        std::vector<std::string> args{COIOMMUD_PATH,
-                                      "--socket",
-                                      socket_,
-                                      "--metrics-address",
-                                      "none",
-                                      "--backends",
-                                      "fake,null",
-                                      "--tracing",
-                                      "off",
-                                      "--log-level",
-                                      "warn",
-                                      "--engine",
-                                      "unpin_policy=lru,unpin_interval=200ms"};
-        std::vector<char*> argv;
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        EXPECT_EQ(::posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ), 0);
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-        while (!std::filesystem::exists(socket_) && std::chrono::steady_clock::now() < until) {
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        EXPECT_TRUE(std::filesystem::exists(socket_)) << "coiommud did not create its socket";
-    }
-    ~Daemon() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            int st = 0;
-            ::waitpid(pid_, &st, 0);
-        }
-        std::filesystem::remove_all(dir_);
-    }
-    Daemon(const Daemon&) = delete;
-    Daemon& operator=(const Daemon&) = delete;
-
-    // SIGTERM and the exit status (-1 if it did not exit within 15 s).
-    int terminate() {
-        ::kill(pid_, SIGTERM);
-        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-        while (std::chrono::steady_clock::now() < until) {
-            int st = 0;
-            if (::waitpid(pid_, &st, WNOHANG) == pid_) {
-                pid_ = -1;
-                return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            }
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        return -1;
-    }
-    [[nodiscard]] const std::string& socket() const { return socket_; }
-    [[nodiscard]] std::string file(const std::string& name) const { return dir_ + "/" + name; }
-
-private:
-    std::string dir_, socket_;
-    pid_t pid_ = -1;
-};
+// coiommud with the fake and null backends on a socket in a fresh temporary directory.
+Result<DaemonProcess> start_daemon() {
+    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommu-load-connect"));
+    DaemonOptions o;
+    o.program = COIOMMUD_PATH;
+    o.socket = dir.path("coiommud.sock");
+    o.args = {"--socket",    o.socket,    "--metrics-address", "none",
+              "--backends",  "fake,null", "--tracing",         "off",
+              "--log-level", "warn",      "--engine",          "unpin_policy=lru,unpin_interval=200ms"};
+    return DaemonProcess::start(std::move(dir), std::move(o));
+}
 
 struct Exit {
     int code = -1;
     std::string out, err;
 };
 
-Exit run_load(const Daemon& d, const std::string& args) {
-    const std::string cmd = std::string(COIOMMU_LOAD_BIN) + " " + args + " >" + d.file("out") + " 2>" + d.file("err");
+// coiommu-load with `args`, its output in files of `dir`.
+Exit run_load(const TempDir& dir, const std::string& args) {
+    const std::string cmd =
+        std::string(COIOMMU_LOAD_BIN) + " " + args + " >" + dir.path("out") + " 2>" + dir.path("err");
     const int status = std::system(cmd.c_str());
-    return Exit{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(d.file("out")), slurp(d.file("err"))};
+    return Exit{WIFEXITED(status) ? WEXITSTATUS(status) : -1, slurp(dir.path("out")), slurp(dir.path("err"))};
 }
 
 const JsonValue* find_check(const JsonValue& run, std::string_view name) {
@@ -118,12 +63,12 @@ const JsonValue* find_check(const JsonValue& run, std::string_view name) {
 }
 
 TEST(LoadConnect, MixRunThroughDaemonPinsKeepsInvariantAndLeavesNothingMapped) {
-    Daemon d;
-    const std::string json = d.file("out.json");
-    const Exit e = run_load(d, "--connect " + d.socket() +
-                                   " --duration 1.5 --vcpus 2 --ram 256M --workload mix "
-                                   "--latency none --quiet --json " +
-                                   json);
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    const std::string json = d.path("out.json");
+    const Exit e = run_load(d.dir(), "--connect " + d.socket() +
+                                         " --duration 1.5 --vcpus 2 --ram 256M --workload mix "
+                                         "--latency none --quiet --json " +
+                                         json);
     ASSERT_EQ(e.code, 0) << "stdout:\n" << e.out << "\nstderr:\n" << e.err;
     auto doc = test::JsonParser::parse(slurp(json));
     ASSERT_TRUE(doc.has_value()) << "the JSON report does not parse";
@@ -167,12 +112,12 @@ TEST(LoadConnect, MixRunThroughDaemonPinsKeepsInvariantAndLeavesNothingMapped) {
 }
 
 TEST(LoadConnect, NullBackendRunSaysTheInvariantIsSkipped) {
-    Daemon d;
-    const std::string json = d.file("out.json");
-    const Exit e = run_load(d, "--connect " + d.socket() +
-                                   " --backend null --duration 0.5 --ram 128M "
-                                   "--workload ring --quiet --json " +
-                                   json);
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    const std::string json = d.path("out.json");
+    const Exit e = run_load(d.dir(), "--connect " + d.socket() +
+                                         " --backend null --duration 0.5 --ram 128M "
+                                         "--workload ring --quiet --json " +
+                                         json);
     ASSERT_EQ(e.code, 0) << e.err;
     auto doc = test::JsonParser::parse(slurp(json));
     ASSERT_TRUE(doc.has_value());
@@ -185,18 +130,18 @@ TEST(LoadConnect, NullBackendRunSaysTheInvariantIsSkipped) {
 }
 
 TEST(LoadConnect, ConnectWithVfioOrAnotherStrategyIsABadCommandLine) {
-    Daemon d;
-    EXPECT_EQ(run_load(d, "--connect " + d.socket() + " --backend vfio --vfio-group /dev/vfio/1").code, 2);
-    const Exit strict = run_load(d, "--connect " + d.socket() + " --strategy strict");
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    EXPECT_EQ(run_load(d.dir(), "--connect " + d.socket() + " --backend vfio --vfio-group /dev/vfio/1").code, 2);
+    const Exit strict = run_load(d.dir(), "--connect " + d.socket() + " --strategy strict");
     EXPECT_EQ(strict.code, 2);
     EXPECT_NE(strict.err.find("coiommu strategy only"), std::string::npos) << strict.err;
-    EXPECT_EQ(run_load(d, "--connect " + d.socket() + " --compare").code, 2);
-    EXPECT_EQ(run_load(d, "--connect").code, 2);
+    EXPECT_EQ(run_load(d.dir(), "--connect " + d.socket() + " --compare").code, 2);
+    EXPECT_EQ(run_load(d.dir(), "--connect").code, 2);
 }
 
 TEST(LoadConnect, NoDaemonOnTheSocketFailsTheRunWithExit1) {
-    Daemon d;
-    const Exit e = run_load(d, "--connect " + d.file("nobody.sock") + " --duration 0.2 --quiet");
+    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-load-connect"));
+    const Exit e = run_load(dir, "--connect " + dir.path("nobody.sock") + " --duration 0.2 --quiet");
     EXPECT_EQ(e.code, 1);
     EXPECT_NE(e.err.find("nobody.sock"), std::string::npos) << e.err;
 }
