@@ -86,6 +86,25 @@ FIGURES = {
 }
 
 
+# The `auto` choices on this host: each fast configuration against the seed (pages/s) and the
+# eventfd ping-pong (round trip p50), with explicit options (engine_bench's BM_FakeTypical args:
+# pages, variant, workers, spin us). Run with --figures choices.
+CHOICES = {"inline_nospin": ("0/0", "BM_RoundTrip_FastDefaultAuto"), "inline_spin50": ("0/50", "BM_RoundTrip_FastInline"),
+           "worker_spin50": ("1/50", "BM_RoundTrip_FastSpin"), "worker_nospin": ("1/0", "BM_RoundTrip_FastNoSpin")}
+for _cfg, (_args, _rtt) in CHOICES.items():
+    for _pages in (1, 64):
+        FIGURES[f"choice_{_cfg}_{_pages}"] = {
+            "what": f"fast {_cfg} / seed pages/s, {_pages}-page batches, fake latency model",
+            "cases": [gbench(ENGINE_BENCH, f"BM_FakeTypical/{_pages}/0/{_args}/real_time"),
+                      gbench(ENGINE_BENCH, f"BM_FakeTypical/{_pages}/1/1/0/real_time")],
+            "metric": "items_per_second", "value": lambda a, b: a / b, "target": (">=", 1.2 if _pages == 1 else 8.0),
+            "unit": "x", "group": "choices"}
+    FIGURES[f"choice_{_cfg}_rtt"] = {
+        "what": f"fast {_cfg} round trip p50 / eventfd ping-pong p50 (null backend)",
+        "cases": [gbench(ENGINE_BENCH, f"{_rtt}/real_time"), gbench(ENGINE_BENCH, "BM_RoundTrip_EventfdPingPong/real_time")],
+        "metric": "p50_us", "value": lambda a, b: a / b, "target": ("<=", 1.5), "unit": "x", "group": "choices"}
+
+
 def run_gbench(build, case, min_time):
     binary = os.path.join(build, case["binary"])
     out = subprocess.run([binary, f"--benchmark_filter=^{case['name']}$", f"--benchmark_min_time={min_time}",
@@ -191,7 +210,10 @@ def build_targets(build, figs):
 
 
 def cmd_run(a):
-    figs = a.figures.split(",") if a.figures else list(FIGURES)
+    if a.figures == "choices":
+        figs = [f for f, v in FIGURES.items() if v.get("group") == "choices"]
+    else:
+        figs = a.figures.split(",") if a.figures else [f for f, v in FIGURES.items() if not v.get("group")]
     unknown = [f for f in figs if f not in FIGURES]
     if unknown:
         sys.exit(f"perf: unknown figure(s) {', '.join(unknown)} (perf.py list)")
