@@ -26,6 +26,21 @@ struct coiommu_eng_batch {
 	struct coiommu_eng_request_record records[COIOMMU_ENG_BATCH_MAX];
 };
 
+/* Mirrors coiommu::telemetry::DmaRecord: one DMA backend call in a `dma_calls` probe batch. */
+struct coiommu_eng_dma_record {
+	__u64 iova;
+	__u64 size;
+	__u64 latency_ns;
+	__s32 result; /* 0 or -errno */
+	__u32 op;     /* 0 map, 1 unmap */
+};
+#define COIOMMU_ENG_DMA_BATCH_MAX 64 /* kMaxDmaRecords */
+
+/* Value of eng_dma_scratch (per-CPU array, one entry): a DMA batch copied from the engine. */
+struct coiommu_eng_dma_batch {
+	struct coiommu_eng_dma_record records[COIOMMU_ENG_DMA_BATCH_MAX];
+};
+
 /* Value of eng_req_calls (per-CPU array, key = request kind). */
 struct coiommu_eng_req_calls {
 	__u64 ok;     /* request_done with result 0 */
@@ -49,6 +64,7 @@ struct coiommu_eng_scan_stats {
 /* Value of eng_drops (per-CPU array, one entry). */
 struct coiommu_eng_drops {
 	__u64 bad_kind; /* a probe or record carried a kind outside the known range */
-	__u64
-	    bad_batch; /* records lost: a count above COIOMMU_ENG_BATCH_MAX, or unreadable memory */
+	/* records lost: a count above COIOMMU_ENG_BATCH_MAX (COIOMMU_ENG_DMA_BATCH_MAX), or
+	 * unreadable memory; request and DMA batches alike */
+	__u64 bad_batch;
 };

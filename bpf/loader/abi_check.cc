@@ -7,6 +7,7 @@
 #include "bpf/abi/vfio_dma.h"
 #include "bpf/abi/vfio_kern.h"
 #include "bpf/loader/snapshot.h"
+#include "engine/telemetry/engine_stats.h"
 #include "engine/telemetry/probes.h"
 
 namespace coiommu::bpf {
@@ -50,6 +51,15 @@ static_assert(offsetof(coiommu_eng_request_record, pages) == offsetof(telemetry:
 static_assert(offsetof(coiommu_eng_request_record, result) == offsetof(telemetry::RequestRecord, result));
 static_assert(offsetof(coiommu_eng_request_record, kind) == offsetof(telemetry::RequestRecord, kind));
 static_assert(COIOMMU_ENG_BATCH_MAX == telemetry::kMaxRequestRecords);
+static_assert(sizeof(coiommu_eng_dma_record) == sizeof(telemetry::DmaRecord));
+static_assert(offsetof(coiommu_eng_dma_record, iova) == offsetof(telemetry::DmaRecord, iova));
+static_assert(offsetof(coiommu_eng_dma_record, size) == offsetof(telemetry::DmaRecord, size));
+static_assert(offsetof(coiommu_eng_dma_record, latency_ns) == offsetof(telemetry::DmaRecord, latency_ns));
+static_assert(offsetof(coiommu_eng_dma_record, result) == offsetof(telemetry::DmaRecord, result));
+static_assert(offsetof(coiommu_eng_dma_record, op) == offsetof(telemetry::DmaRecord, op));
+static_assert(COIOMMU_ENG_DMA_BATCH_MAX == telemetry::kMaxDmaRecords);
+static_assert(static_cast<uint32_t>(telemetry::DmaRecordOp::Map) == static_cast<uint32_t>(telemetry::DmaOp::Map));
+static_assert(static_cast<uint32_t>(telemetry::DmaRecordOp::Unmap) == static_cast<uint32_t>(telemetry::DmaOp::Unmap));
 
 static_assert(COIOMMU_VK_FN_COUNT == kKernFnCount);
 

@@ -78,6 +78,9 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
     auto skel = Skeleton<engine_bpf>::open("engine");
     if (!skel) return coiommu::unexpected(skel.error());
     impl->skel = std::move(*skel);
+    // The batched DMA program is loaded only when it will be attached: a loaded, detached program
+    // is what the "program detached" alert looks for.
+    bpf_program__set_autoload(impl->skel->progs.eng_dma_batch, target.dma == EngineDmaProbes::Yes);
     COIOMMU_TRY(impl->skel.load());
 
     struct Probe {
@@ -91,8 +94,7 @@ Result<EngineTracer> EngineTracer::attach(const EngineTarget& target) {
         {"unpin_scan", s.progs.eng_unpin_scan, &s.links.eng_unpin_scan},
     };
     if (target.dma == EngineDmaProbes::Yes) {
-        probes.push_back({"dma_map", s.progs.eng_dma_map, &s.links.eng_dma_map});
-        probes.push_back({"dma_unmap", s.progs.eng_dma_unmap, &s.links.eng_dma_unmap});
+        probes.push_back({"dma_calls", s.progs.eng_dma_batch, &s.links.eng_dma_batch});
     }
     std::vector<Error> failures;
     for (const Probe& p : probes) {
@@ -140,6 +142,7 @@ Result<std::vector<ProgramInfo>> EngineTracer::programs() const {
     const auto& s = *impl_->skel;
     return detail::object_programs(s.obj, "usdt", [&s](const bpf_program* p) {
         if (p == s.progs.eng_requests) return s.links.eng_requests != nullptr;
+        if (p == s.progs.eng_dma_batch) return s.links.eng_dma_batch != nullptr;
         if (p == s.progs.eng_dma_map) return s.links.eng_dma_map != nullptr;
         if (p == s.progs.eng_dma_unmap) return s.links.eng_dma_unmap != nullptr;
         if (p == s.progs.eng_unpin_scan) return s.links.eng_unpin_scan != nullptr;

@@ -3,10 +3,12 @@
 //
 // Produces request latency per kind (the engine's own measure), pages per request, request counts
 // by kind and result, unpin scan durations, and, with EngineDmaProbes::Yes, engine-measured DMA
-// map/unmap latency (EngineSnapshot). An attached probe costs a uprobe trap per hit (~1 us on the
-// development host), so by default only `requests` (one hit per batch of up to 64 requests, at
-// most 1 ms late: engine/telemetry/request_trace.h) and unpin_scan (one per scan) are attached;
-// the DMA probes add one hit per DMA call. Costs: bpf/README.md, "Overhead".
+// map/unmap latency, calls and bytes (EngineSnapshot). An attached probe costs a uprobe trap per
+// hit (~1 us on the development host), so every per-request or per-call figure is read from
+// batches the engine hands over (engine/telemetry/request_trace.h: up to 64 records a hit, at
+// most 1 ms late): `requests` and unpin_scan (one per scan) by default, and `dma_calls` with
+// EngineDmaProbes::Yes. The per-call probes (request_done, dma_map, dma_unmap) stay for bpftrace.
+// Costs: bpf/README.md, "Overhead".
 //
 // Thread-safety: as VfioDmaTracer (snapshot/programs/pin from any thread).
 #pragma once
@@ -22,7 +24,7 @@
 
 namespace coiommu::bpf {
 
-// Whether the per-DMA-call probes (dma_map, dma_unmap) are attached too.
+// Whether the engine's DMA call records (the batched `dma_calls` probe) are read too.
 enum class EngineDmaProbes : bool { No, Yes };
 
 struct EngineTarget {
@@ -41,9 +43,10 @@ public:
     EngineTracer& operator=(EngineTracer&&) noexcept;
     ~EngineTracer();
 
-    // Loads the program and attaches requests and unpin_scan (and dma_map, dma_unmap when
-    // target.dma says so). A probe missing from the binary is logged and left detached
-    // (programs() shows it); ENOENT when none is found.
+    // Loads the program and attaches requests and unpin_scan (and dma_calls when target.dma says
+    // so; eng_dma_batch is loaded only then). A probe missing from the binary (dma_calls in an
+    // engine older than the DMA batches) is logged and left detached (programs() shows it);
+    // ENOENT when none is found. eng_dma_map/eng_dma_unmap are loaded and never attached.
     [[nodiscard]] static Result<EngineTracer> attach(const EngineTarget& target);
 
     [[nodiscard]] Result<EngineSnapshot> snapshot() const;

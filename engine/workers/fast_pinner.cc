@@ -22,6 +22,7 @@
 #include "engine/core/spec.h"
 #include "engine/telemetry/clock.h"
 #include "engine/telemetry/probes.h"
+#include "engine/telemetry/request_trace.h"
 
 namespace coiommu::workers {
 namespace {
@@ -95,7 +96,8 @@ void set_pinned(const WorkPage& p) {
 
 class RequestPinner {
 public:
-    RequestPinner(const PinEnv& env, VcpuArena& a) : env_(env), a_(a) {}
+    RequestPinner(const PinEnv& env, VcpuArena& a, telemetry::DmaTraceBatch& dma_trace)
+        : env_(env), a_(a), dma_trace_(dma_trace) {}
 
     void pin(const core::DecodedRequest& req, Tally& t) {
         uint64_t n = 0;
@@ -282,6 +284,7 @@ private:
             code = -ENOSPC;
         }
         COIOMMU_PROBE_DMA_MAP(gpa, size, code, lat);
+        dma_trace_.add(telemetry::DmaRecordOp::Map, gpa, size, code, lat, end);
         telemetry::StatsShard& s = *a_.stats;
         s.dma_calls[DmaOp::Map].add();
         s.dma_call_latency_ns[DmaOp::Map].observe(lat);
@@ -295,6 +298,7 @@ private:
 
     const PinEnv& env_;
     VcpuArena& a_;
+    telemetry::DmaTraceBatch& dma_trace_;  // the serving thread's, flushed with its request batch
     bool container_full_ = false;
 };
 
@@ -319,7 +323,7 @@ ServeReport serve_request(const PinEnv& env, VcpuArena& a, uint64_t slot_value, 
         CLOG_WARN_RL(kLog, "vcpu {}: request {:#x} not served: {}", a.vcpu, slot_value, env.dtt_error);
     } else {
         pages = req->nr_pages;
-        RequestPinner(env, a).pin(*req, t);
+        RequestPinner(env, a, trace.dma()).pin(*req, t);
     }
 
     // Safety: the arena's slot is an aligned u64 inside the notifymap mapping. Release: every

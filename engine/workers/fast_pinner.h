@@ -43,7 +43,7 @@ struct ServeReport {
 // counted in arena.stats, logged (rate-limited) and reported to the guest by a clear PINNED bit.
 // Preconditions: the caller owns `arena` for this request; `slot_value` is the value read from
 // the slot by the intake; t0_ns is when the intake saw the request (monotonic_ns); `trace` is
-// the calling thread's batch (the request is appended to it).
+// the calling thread's batch (the request is appended to it, its DMA calls to trace.dma()).
 ServeReport serve_request(const PinEnv& env, VcpuArena& arena, uint64_t slot_value, uint64_t t0_ns,
                           telemetry::RequestTraceBatch& trace);
 

@@ -17,6 +17,7 @@
 #include "engine/core/spec.h"
 #include "engine/telemetry/clock.h"
 #include "engine/telemetry/probes.h"
+#include "engine/telemetry/request_trace.h"
 
 namespace coiommu::workers {
 namespace {
@@ -28,6 +29,14 @@ constexpr uint64_t kWakeToken = 3;
 
 using telemetry::DmaOp;
 using telemetry::ScanKind;
+
+// This thread's unmap records for the tracer (request_trace.h), handed over when full and at the
+// end of every scan and teardown: one probe hit per batch of unmaps, not per unmap.
+telemetry::DmaTraceBatch& unmap_trace(uint32_t session) {
+    thread_local telemetry::DmaTraceBatch batch(session);
+    batch.set_session(session);
+    return batch;
+}
 
 }  // namespace
 
@@ -211,6 +220,7 @@ void ExtentUnpinner::tick() {
     env_.stats.unpin_scans[ScanKind::Lru].add();
     env_.stats.unpin_scan_duration_ns[ScanKind::Lru].observe(dur);
     env_.gauges.last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    unmap_trace(env_.session).flush();
     COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Lru, examined, n_old + n_new, dur);
 }
 
@@ -261,6 +271,7 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
                 r = gate_.run_unit([&] { return balloon_page(Gfn{g}); });
                 if (r) break;
                 count_attempt(UnpinResult::Parked, 1);
+                unmap_trace(env_.session).flush();  // before blocking while parked
                 if (!gate_.wait_unparked()) break;  // stopping
             }
             ++examined;
@@ -283,6 +294,7 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
     env_.stats.unpin_scan_duration_ns[ScanKind::Balloon].observe(dur);
     env_.stats.balloon_requests[result].add();
     env_.gauges.last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    unmap_trace(env_.session).flush();
     COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Balloon, examined, unpinned, dur);
     return result;
 }
@@ -333,8 +345,11 @@ Status ExtentUnpinner::unmap_extent(Gfn head, uint32_t len) {
     const uint64_t size = uint64_t{len} << kPageShift;
     const uint64_t t0 = telemetry::monotonic_ns();
     auto st = env_.backend.unmap_exact(Iova{iova}, size);
-    const uint64_t lat = telemetry::monotonic_ns() - t0;
-    COIOMMU_PROBE_DMA_UNMAP(iova, size, st ? 0 : -st.error().code, lat);
+    const uint64_t end = telemetry::monotonic_ns();
+    const uint64_t lat = end - t0;
+    const int32_t code = st ? 0 : -st.error().code;
+    COIOMMU_PROBE_DMA_UNMAP(iova, size, code, lat);
+    unmap_trace(env_.session).add(telemetry::DmaRecordOp::Unmap, iova, size, code, lat, end);
     env_.stats.dma_calls[DmaOp::Unmap].add();
     env_.stats.dma_call_latency_ns[DmaOp::Unmap].observe(lat);
     if (st) {
@@ -366,6 +381,7 @@ uint64_t ExtentUnpinner::teardown() {
         }
     }
     env_.gauges.dma_entries.set(env_.backend.live_entries());
+    unmap_trace(env_.session).flush();
     return pages;
 }
 

@@ -32,8 +32,9 @@ struct TracedRun {
 };
 
 // Attaches to this process, runs the Mixed load for `duration`, stops the engine (its teardown
-// unmaps everything, which fires probes too), then reads both sides.
-Result<TracedRun> traced_run(EngineDmaProbes dma, std::chrono::milliseconds duration) {
+// unmaps everything, which fires probes too), then reads both sides. `workers` 0: the intake
+// serves inline (its own trace batch); else that many pin workers (one batch each).
+Result<TracedRun> traced_run(EngineDmaProbes dma, std::chrono::milliseconds duration, uint32_t workers = 1) {
     auto target = EngineTarget::parse(std::to_string(::getpid()));
     if (!target) return coiommu::unexpected(target.error());
     target->dma = dma;
@@ -44,6 +45,7 @@ Result<TracedRun> traced_run(EngineDmaProbes dma, std::chrono::milliseconds dura
     o.pattern = LoadPattern::Mixed;
     o.engine.unpin_interval = std::chrono::milliseconds(50);
     o.balloon_every = std::chrono::milliseconds(100);
+    o.engine.workers = workers;
     auto vm = EngineVm::create(o);
     if (!vm) return coiommu::unexpected(vm.error());
     (*vm)->start();
@@ -97,9 +99,10 @@ TEST(EngineTracerOnTheEngine, UnpinScansEqualTheEnginesOwnCounts) {
     EXPECT_LE(by_scans, e.pages_unpinned);
 }
 
-TEST(EngineTracerOnTheEngine, DmaCallsEqualTheEnginesOwnCountsWhenThoseProbesAreAttached) {
-    COIOMMU_REQUIRE_BPF();
-    ASSERT_OK_AND_ASSIGN(const TracedRun run, traced_run(EngineDmaProbes::Yes, std::chrono::milliseconds(800)));
+// The DMA call records come in batches from three kinds of thread: the serving thread's request
+// batch carries its maps, the unpinner's own batch its unmaps (flushed per scan), and teardown's
+// the final unmaps. After the stop every one of them must have been handed over.
+void expect_dma_calls_equal(const TracedRun& run) {
     const auto& e = run.engine.totals;
     const auto& t = run.traced;
 
@@ -114,6 +117,28 @@ TEST(EngineTracerOnTheEngine, DmaCallsEqualTheEnginesOwnCountsWhenThoseProbesAre
     EXPECT_EQ(t.dma_calls[0].failed + t.dma_calls[1].failed, 0u);
     EXPECT_EQ(t.dma_calls[0].bytes, e.dma_bytes[DmaOp::Map]);
     EXPECT_EQ(t.dma_calls[1].bytes, e.dma_bytes[DmaOp::Unmap]);
+    EXPECT_EQ(t.bad_batch + t.bad_kind, 0u);
+}
+
+TEST(EngineTracerOnTheEngine, DmaCallsEqualTheEnginesOwnCountsWhenThoseRecordsAreRead) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(const TracedRun run, traced_run(EngineDmaProbes::Yes, std::chrono::milliseconds(800)));
+    expect_dma_calls_equal(run);
+}
+
+TEST(EngineTracerOnTheEngine, DmaCallsOfAnIntakeServingInlineEqualTheEnginesOwnCounts) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(const TracedRun run,
+                         traced_run(EngineDmaProbes::Yes, std::chrono::milliseconds(800), /*workers=*/0));
+    expect_dma_calls_equal(run);
+}
+
+TEST(EngineTracerOnTheEngine, WithoutDmaRecordsNoDmaCallIsCounted) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(const TracedRun run, traced_run(EngineDmaProbes::No, std::chrono::milliseconds(300)));
+
+    ASSERT_GT(run.engine.totals.dma_calls[DmaOp::Map], 0u);
+    EXPECT_EQ(run.traced.dma_calls[0].total() + run.traced.dma_calls[1].total(), 0u);
 }
 
 }  // namespace

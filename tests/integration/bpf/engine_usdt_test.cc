@@ -48,13 +48,17 @@ TEST(EngineTracer, AttachesTheBatchedRequestProbeAndThePerScanProbeByDefault) {
     }
 }
 
-TEST(EngineTracer, AttachesThePerDmaCallProbesWhenAsked) {
+TEST(EngineTracer, AttachesTheBatchedDmaProbeWhenAsked) {
     COIOMMU_REQUIRE_BPF();
     ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
 
-    EXPECT_EQ(a.tracer.attached_probes(), (std::vector<std::string>{"requests", "unpin_scan", "dma_map", "dma_unmap"}));
+    EXPECT_EQ(a.tracer.attached_probes(), (std::vector<std::string>{"requests", "unpin_scan", "dma_calls"}));
     ASSERT_OK_AND_ASSIGN(auto programs, a.tracer.programs());
-    for (const auto& p : programs) EXPECT_TRUE(p.attached) << p.program;
+    ASSERT_EQ(programs.size(), 5u);
+    for (const auto& p : programs) {
+        // The per-call programs stay detached: the engine reports every call in a batch as well.
+        EXPECT_EQ(p.attached, p.program != "eng_dma_map" && p.program != "eng_dma_unmap") << p.program;
+    }
 }
 
 TEST(EngineTracer, DmaProbesAreNotCountedUnlessAttached) {
@@ -187,6 +191,55 @@ TEST(EngineTracer, DmaCallsSplitByResultWithBytes) {
     EXPECT_EQ(snap.dma_calls[kUnmap].ok, 3u);
     EXPECT_EQ(snap.dma_calls[kUnmap].bytes, 3 * 8192u);
     EXPECT_EQ(snap.dma_latency_ns[kUnmap].sum, 1500u);
+}
+
+TEST(EngineTracer, ManyDmaBatchesAreAllCountedOnce) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
+
+    ASSERT_OK(a.fixture.command("dma_map 1000 8192 0 600"));  // 15 full batches and one of 40
+    ASSERT_OK(a.fixture.command("dma_unmap 70 4096 -22 900"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.dma_calls[kMap].ok, 1000u);
+    EXPECT_EQ(snap.dma_calls[kMap].bytes, 1000 * 8192u);
+    EXPECT_EQ(snap.dma_latency_ns[kMap].sum, 600'000u);
+    EXPECT_EQ(snap.dma_calls[kUnmap].failed, 70u);
+    EXPECT_EQ(snap.dma_latency_ns[kUnmap].count, 70u);
+    EXPECT_EQ(snap.bad_batch + snap.bad_kind, 0u);
+}
+
+TEST(EngineTracer, DmaBatchClaimingMoreThanTheLimitCountsTheRestAsLost) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
+
+    ASSERT_OK(a.fixture.command("dma_batch_count 70"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.dma_calls[kMap].ok, 64u);
+    EXPECT_EQ(snap.bad_batch, 6u);
+}
+
+TEST(EngineTracer, UnreadableDmaBatchIsCountedLostNotMisread) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
+
+    ASSERT_OK(a.fixture.command("dma_batch_unreadable 9"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.dma_calls[kMap].total() + snap.dma_calls[kUnmap].total(), 0u);
+    EXPECT_EQ(snap.bad_batch, 9u);
+}
+
+TEST(EngineTracer, DmaRecordWithUnknownOpIsDroppedAndCounted) {
+    COIOMMU_REQUIRE_BPF();
+    ASSERT_OK_AND_ASSIGN(auto a, attach_to_fixture(EngineDmaProbes::Yes));
+
+    ASSERT_OK(a.fixture.command("dma_bad_op 3"));
+
+    ASSERT_OK_AND_ASSIGN(auto snap, a.tracer.snapshot());
+    EXPECT_EQ(snap.bad_kind, 3u);
+    EXPECT_EQ(snap.dma_calls[kMap].total() + snap.dma_calls[kUnmap].total(), 0u);
 }
 
 TEST(EngineTracer, UnpinScansAreCountedWithDurations) {
