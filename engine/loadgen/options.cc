@@ -1,80 +1,289 @@
 #include "engine/loadgen/options.h"
 
 #include <cerrno>
-#include <charconv>
-#include <cmath>
-#include <cstdlib>
+#include <span>
 #include <string>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "engine/base/cli.h"
+#include "engine/base/cli_values.h"
+#include "engine/base/quantity.h"
 #include "engine/loadgen/guest_layout.h"
 
 namespace coiommu::loadgen {
 namespace {
 
 using std::chrono::nanoseconds;
+using namespace std::chrono_literals;
 
 template <class... Args>
 coiommu::unexpected<Error> bad(fmt::format_string<Args...> f, Args&&... args) {
     return make_error(EINVAL, fmt::format(f, std::forward<Args>(args)...));
 }
 
-std::optional<uint64_t> parse_u64(std::string_view v) {
-    uint64_t out = 0;
-    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
-    if (v.empty() || ec != std::errc{} || end != v.data() + v.size()) return std::nullopt;
-    return out;
+constexpr workers::Variant kAllVariants[] = {workers::Variant::Fast, workers::Variant::Seed};
+constexpr BackendKind kAllBackends[] = {BackendKind::Fake, BackendKind::Null, BackendKind::Vfio};
+constexpr FakeLatency kAllLatencies[] = {FakeLatency::Typical, FakeLatency::None};
+
+constexpr uint64_t kMaxLifetimeOps = 65535;
+constexpr nanoseconds kMinDuration = 100ms;
+constexpr nanoseconds kMaxDuration = 24h;  // also the longest timed --lifetime and --balloon-interval
+constexpr nanoseconds kMaxThink = 1000s;
+constexpr nanoseconds kMinBalloonInterval = 1ms;
+constexpr double kMaxRate = 1e9;
+constexpr double kMaxZipfS = 100;
+
+// The name of an option value in the table ("ring", "seed", "vfio"): the to_string of
+// loadgen:: and, by ADL, of workers::.
+constexpr auto kNameOf = [](auto v) { return to_string(v); };
+
+template <class T, size_t N>
+std::span<const T> all(const T (&values)[N]) {
+    return std::span<const T>(values);
 }
 
-// A finite, non-negative decimal ("0.5", "2", "1e3").
-std::optional<double> parse_double(std::string_view v) {
-    if (v.empty() || v.size() > 64) return std::nullopt;
-    const std::string s(v);
-    char* end = nullptr;
-    errno = 0;
-    const double d = std::strtod(s.c_str(), &end);
-    if (errno != 0 || end != s.c_str() + s.size() || !std::isfinite(d) || d < 0) return std::nullopt;
-    return d;
+constexpr std::string_view kDescription =
+    "Emulates a guest's CoIOMMU driver on N vCPU threads doing DMA maps over a workload, against the pin\n"
+    "engine in this process (or a running coiommud: --connect), and reports pin throughput, latency and\n"
+    "pinned memory. With several engines/strategies/workloads it runs each cell of the matrix with the\n"
+    "same seed and compares them.";
+
+constexpr std::string_view kFooter =
+    "Durations: 500ms, 1.5s, 2m, 250us (a bare number is seconds; microseconds for --think-us).\n"
+    "Sizes: 4096, 64K, 1.5G, 512MiB (binary units). Lists: comma-separated, each item at most once.\n"
+    "Exit status: 0 all runs passed; 1 a run failed (safety invariant or a final check) or could not\n"
+    "be set up; 2 bad command line.\n\n"
+    "ENGINE OPTIONS (--engine-opts name=value,...; each name at most once; the load generator's\n"
+    "defaults):\n";
+
+// --ram: a size (the shared grammar) that the guest layout can hold.
+CLI::Option* add_ram(CLI::App& app, uint64_t& out) {
+    const CLI::Validator guest_ram(
+        [](std::string& text) -> std::string {
+            auto n = parse_size("--ram", text);
+            if (!n) return "";  // malformed: add_size's parse says why
+            if (*n >= kMinRamBytes && *n <= kMaxRamBytes && (*n & (kPageSize - 1)) == 0) return "";
+            return fmt::format("'{}' is not a multiple of 4K between {} and {}", text, format_size(kMinRamBytes),
+                               format_size(kMaxRamBytes));
+        },
+        "", "guest RAM");
+    const std::string help =
+        fmt::format("guest RAM, a multiple of 4K, {}..{}", format_size(kMinRamBytes), format_size(kMaxRamBytes));
+    return cli::add_size(app, "--ram", out, help)->check(cli::kValueWord)->check(guest_ram);
 }
 
-std::vector<std::string_view> split(std::string_view s) {
-    std::vector<std::string_view> out;
-    while (true) {
-        const auto comma = s.find(',');
-        out.push_back(s.substr(0, comma));
-        if (comma == std::string_view::npos) break;
-        s.remove_prefix(comma + 1);
-    }
-    return out;
-}
-
-template <class T, class ParseOne>
-Result<std::vector<T>> parse_list(std::string_view flag, std::string_view v, std::string_view allowed, ParseOne one) {
-    std::vector<T> out;
-    for (std::string_view item : split(v)) {
-        auto x = one(item);
-        if (!x) return bad("{}: '{}' is not one of {}", flag, item, allowed);
-        for (const T& seen : out) {
-            if (seen == *x) return bad("{}: '{}' is listed twice", flag, item);
+// --lifetime N|T: a bare integer is an operation count, a number with a unit is a time.
+CLI::Option* add_lifetime(CLI::App& app, Lifetime& out) {
+    auto parse = [&out](const std::string& text) {
+        const bool bare = !text.empty() && text.back() >= '0' && text.back() <= '9';
+        if (bare && parse_u64("--lifetime", text)) {
+            auto n = parse_u64_in("--lifetime", text, 0, kMaxLifetimeOps);
+            if (!n) throw CLI::ValidationError(n.error().context);
+            out = Lifetime{*n, 0ns};
+            return;
         }
-        out.push_back(*x);
+        auto t = parse_duration("--lifetime", text, BareUnit::Seconds);
+        if (bare || !t || t->count() == 0) {
+            throw CLI::ValidationError(
+                fmt::format("--lifetime: '{}' is neither an operation count nor a time such as 50us", text));
+        }
+        if (*t > kMaxDuration) {
+            throw CLI::ValidationError(
+                fmt::format("--lifetime: '{}' is longer than {}", text, format_duration(kMaxDuration)));
+        }
+        out = Lifetime{0, *t};
+    };
+    const std::string help = fmt::format(
+        "hold each buffer for N later operations (0..{}; 0 = unmap\n"
+        "right after the DMA), or for a time T such as 50us or 2ms",
+        kMaxLifetimeOps);
+    auto* opt = app.add_option_function<std::string>("--lifetime", parse, help);
+    opt->type_name("N|T")->default_str(out.timed() ? format_duration(out.time) : std::to_string(out.ops));
+    return opt->check(cli::kValueWord);
+}
+
+CLI::Option* add_log_level(CLI::App& app, log::Level& out) {
+    auto parse = [&out](const std::string& text) {
+        if (!log::parse_level(text, &out)) {
+            throw CLI::ValidationError(fmt::format("--log-level: '{}' is not one of debug|info|warn|error|off", text));
+        }
+    };
+    auto* opt =
+        app.add_option_function<std::string>("--log-level", parse, "level of the engine's log (and ours) on stderr");
+    opt->type_name("debug|info|warn|error|off")->default_str(std::string(log::level_name(out)));
+    return opt->check(cli::kValueWord);
+}
+
+void add_workload_options(CLI::App& app, LoadOptions& o) {
+    const std::string g = "workload";
+    cli::add_list(app, "--workload", o.workloads, all(kAllWorkloads), kNameOf, "the workloads")->group(g);
+    cli::add_integer(app, "--vcpus", o.vcpus, 1, kMaxVcpusFlag, "emulated vCPU threads")->group(g);
+    add_ram(app, o.ram_bytes)->group(g);
+    cli::add_integer(app, "--buffer-pages", o.buffer_pages, 1, kMaxBufferPages, "pages per DMA buffer")->group(g);
+    add_lifetime(app, o.lifetime)->group(g);
+    cli::add_duration_in(app, "--think-us", o.think, BareUnit::Microseconds, 0ns, kMaxThink,
+                         "pause after each operation, per vCPU (a bare number\nis microseconds)")
+        ->group(g);
+    cli::add_decimal(app, "--rate", o.rate, 0, kMaxRate, "target operations/s over all vCPUs (instead of\n--think-us)")
+        ->default_str("")
+        ->group(g);
+    cli::add_duration_in(app, "--duration", o.duration, BareUnit::Seconds, kMinDuration, kMaxDuration,
+                         "length of each run (a bare number is seconds)")
+        ->group(g);
+    cli::add_integer(app, "--seed", o.seed, 0, UINT64_MAX, "seed of every random choice")->group(g);
+    cli::add_decimal(app, "--zipf-s", o.zipf_s, 0, kMaxZipfS, "Zipf exponent of the zipf workload")->group(g);
+    cli::add_integer(app, "--ring-buffers", o.ring_buffers, 1, uint64_t{1} << 20,
+                     "buffers per vCPU ring (ring workload)")
+        ->group(g);
+    cli::add_integer(app, "--balloon-pages", o.balloon_pages, 1, uint64_t{1} << 24,
+                     "pages per balloon inflation (balloon, mix)")
+        ->group(g);
+    cli::add_duration_in(app, "--balloon-interval", o.balloon_interval, BareUnit::Seconds, kMinBalloonInterval,
+                         kMaxDuration, "time between balloon inflations")
+        ->group(g);
+}
+
+void add_compare_options(CLI::App& app, LoadOptions& o) {
+    const std::string g = "what to compare";
+    cli::add_list(app, "--engine", o.engines, all(kAllVariants), kNameOf,
+                  "the pin engines of the coiommu strategy: fast (the\n"
+                  "throughput engine), seed (crosvm's serial algorithm)")
+        ->group(g);
+    cli::add_list(app, "--strategy", o.strategies, all(kAllStrategies), kNameOf,
+                  "the strategies:\n"
+                  "  coiommu: CoIOMMU DTT + precise pin requests, lazy unpinning\n"
+                  "  strict:  virtio-iommu, a MAP/UNMAP request per DMA map/unmap\n"
+                  "  static:  all guest RAM mapped up front")
+        ->group(g);
+    cli::add_switch(app, "--compare", "shorthand for --engine fast,seed\n--strategy coiommu,strict,static")->group(g);
+    cli::add_text(app, "--engine-opts", o.engine_opts, "K=V[,K=V..]",
+                  "engine options, as coiommud's --engine (ENGINE OPTIONS below);\n"
+                  "a variant= must agree with --engine")
+        ->group(g);
+}
+
+void add_backend_options(CLI::App& app, LoadOptions& o) {
+    const std::string g = "DMA backend";
+    cli::add_choice(app, "--backend", o.backend, all(kAllBackends), kNameOf,
+                    "fake: a model of a VFIO type1 container; null: accepts\n"
+                    "every map; vfio: a real container (--vfio-group)")
+        ->group(g);
+    cli::add_choice(app, "--latency", o.latency, all(kAllLatencies), kNameOf, "latency model of the fake backend")
+        ->group(g);
+    cli::add_integer(app, "--entry-limit", o.entry_limit, 1, uint64_t{1} << 32,
+                     "dma_entry_limit of the fake/null container")
+        ->group(g);
+    cli::add_text(app, "--vfio-group", o.vfio_group, "PATH", "the VFIO group of --backend vfio, e.g. /dev/vfio/12")
+        ->group(g);
+    cli::add_text(app, "--connect", o.connect_path, "SOCKET",
+                  "drive a running coiommud at SOCKET as a VMM would (guest\n"
+                  "RAM memfds, trigger eventfds, BAR0 writes, balloon requests\n"
+                  "over its protocol) instead of an in-process engine. The\n"
+                  "daemon's engine serves, on its fake (--latency,\n"
+                  "--entry-limit) or null backend. Only the coiommu strategy;\n"
+                  "not with --backend vfio, --engine, --compare, --engine-opts.\n"
+                  "The safety invariant is checked through the daemon's\n"
+                  "QueryMapped (fake backend; skipped with null)")
+        ->group(g);
+}
+
+void add_output_options(CLI::App& app, LoadOptions& o) {
+    const std::string g = "output";
+    cli::add_text(app, "--json", o.json_path, "FILE", "every figure of every run as JSON")->group(g);
+    cli::add_text(app, "--plot", o.plot_path, "FILE.png",
+                  "pinned memory and latency over time, comparison bars (gnuplot)")
+        ->group(g);
+    cli::add_switch(app, "--progress", o.progress, "progress line once a second even when stdout is not a TTY")
+        ->group(g);
+    cli::add_switch(app, "--quiet", o.quiet, "no progress line and no summary")->group(g);
+    cli::add_switch(app, "--table", o.table_only, "only the comparison table (no per-run summaries)")->group(g);
+    add_log_level(app, o.log_level)->group(g);
+}
+
+// The option table. -h ends the parse where it appears; -V comes next: the callbacks run in the
+// order of the table, so --version answers before any other value is parsed.
+void build_table(CLI::App& app, LoadOptions& o) {
+    app.name("coiommu-load");
+    app.description(std::string(kDescription));
+    app.footer(fmt::format("{}{}", kFooter, workers::engine_options_help(default_engine_config())));
+    app.get_formatter()->column_width(34);
+    cli::add_help(app);
+    cli::add_version(app, "coiommu-load");
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last one wins
+    add_workload_options(app, o);
+    add_compare_options(app, o);
+    add_backend_options(app, o);
+    add_output_options(app, o);
+}
+
+// ---- the combinations the table cannot say -------------------------------------------------------
+
+bool given(const CLI::App& app, const std::string& name) { return app.count(name) > 0; }
+
+Status apply_compare(const CLI::App& app, LoadOptions& o) {
+    if (given(app, "--think-us") && given(app, "--rate")) return bad("--think-us and --rate exclude each other");
+    if (!given(app, "--compare")) return ok();
+    if (given(app, "--engine") || given(app, "--strategy")) {
+        return bad("--compare sets --engine and --strategy; give one or the other");
     }
-    return out;
+    o.engines.assign(std::begin(kAllVariants), std::end(kAllVariants));
+    o.strategies.assign(std::begin(kAllStrategies), std::end(kAllStrategies));
+    return ok();
 }
 
-std::optional<workers::Variant> parse_variant(std::string_view v) {
-    if (v == "fast") return workers::Variant::Fast;
-    if (v == "seed") return workers::Variant::Seed;
-    return std::nullopt;
+Status check_backend(const CLI::App& app, const LoadOptions& o) {
+    if (o.backend == BackendKind::Vfio && o.vfio_group.empty()) {
+        return bad("--backend vfio needs --vfio-group /dev/vfio/N");
+    }
+    if (o.backend != BackendKind::Vfio && !o.vfio_group.empty()) return bad("--vfio-group is only for --backend vfio");
+    if (o.backend != BackendKind::Fake && given(app, "--latency")) return bad("--latency is only for --backend fake");
+    return ok();
 }
 
-template <class T>
-Result<T> ranged(std::string_view flag, std::string_view v, uint64_t lo, uint64_t hi) {
-    auto n = parse_u64(v);
-    if (!n) return bad("{}: '{}' is not an unsigned integer", flag, v);
-    if (*n < lo || *n > hi) return bad("{}: {} is outside {}..{}", flag, *n, lo, hi);
-    return static_cast<T>(*n);
+Status check_connect(const CLI::App& app, const LoadOptions& o) {
+    if (o.connect_path.empty()) return ok();
+    if (o.backend == BackendKind::Vfio) return bad("--connect and --backend vfio exclude each other");
+    if (given(app, "--compare") || given(app, "--engine")) {
+        return bad("--connect: the daemon's engine serves; --engine and --compare do not apply");
+    }
+    if (!o.engine_opts.empty()) return bad("--connect: the daemon's engine serves; --engine-opts does not apply");
+    for (StrategyKind s : o.strategies) {
+        if (s != StrategyKind::Coiommu) return bad("--connect runs the coiommu strategy only");
+    }
+    return ok();
+}
+
+// --engine-opts over the load defaults. The engine of each run is --engine's (run_once sets the
+// variant per cell), so a variant= there is redundant when it names the one engine --engine runs
+// and refused otherwise, rather than silently overridden. Whether the string sets variant= is
+// read off the parser, not the text: parsed over a fast and over a seed base, the variants agree
+// only when the string chose one.
+Status apply_engine_opts(LoadOptions& o) {
+    if (o.engine_opts.empty()) return ok();
+    workers::EngineConfig base = default_engine_config();
+    base.variant = workers::Variant::Fast;
+    auto over_fast = workers::parse_engine_options(o.engine_opts, base);
+    base.variant = workers::Variant::Seed;
+    auto over_seed = workers::parse_engine_options(o.engine_opts, base);
+    if (!over_fast) return bad("--engine-opts: {}", over_fast.error().context);
+    if (!over_seed) return bad("--engine-opts: {}", over_seed.error().context);
+    const workers::Variant chosen = over_fast->variant;
+    if (chosen == over_seed->variant && o.engines != std::vector<workers::Variant>{chosen}) {
+        std::string engines;
+        for (workers::Variant e : o.engines) engines += fmt::format("{}{}", engines.empty() ? "" : ",", to_string(e));
+        return bad("--engine-opts: variant={} contradicts the engines run ({}); choose them with --engine",
+                   to_string(chosen), engines);
+    }
+    o.engine = *over_fast;
+    return ok();
+}
+
+Status check_output(const LoadOptions& o) {
+    if (o.progress && o.quiet) return bad("--progress and --quiet exclude each other");
+    if (o.table_only && o.quiet) return bad("--table and --quiet exclude each other");
+    return ok();
 }
 
 }  // namespace
@@ -123,380 +332,35 @@ std::vector<RunSpec> expand_matrix(const LoadOptions& o) {
     return out;
 }
 
-std::optional<uint64_t> parse_size(std::string_view text) {
-    if (text.empty()) return std::nullopt;
-    uint64_t mult = 1;
-    switch (text.back()) {
-        case 'K':
-        case 'k': mult = uint64_t{1} << 10; break;
-        case 'M':
-        case 'm': mult = uint64_t{1} << 20; break;
-        case 'G':
-        case 'g': mult = uint64_t{1} << 30; break;
-        case 'T':
-        case 't': mult = uint64_t{1} << 40; break;
-        default: break;
+Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
+    ParsedCli out;
+    CLI::App app;
+    build_table(app, out.options);
+    std::vector<std::string> words{"coiommu-load"};
+    words.insert(words.end(), args.begin(), args.end());
+    std::vector<const char*> argv;
+    for (const std::string& w : words) argv.push_back(w.c_str());
+    COIOMMU_ASSIGN_OR_RETURN(const cli::Request request,
+                             cli::parse_quietly(app, static_cast<int>(argv.size()), argv.data()));
+    switch (request) {
+        case cli::Request::Help: out.action = CliAction::Help; return out;
+        case cli::Request::Version: out.action = CliAction::Version; return out;
+        case cli::Request::Run: break;
     }
-    if (mult != 1) text.remove_suffix(1);
-    auto n = parse_u64(text);
-    uint64_t out = 0;
-    if (!n || __builtin_mul_overflow(*n, mult, &out)) return std::nullopt;
+    LoadOptions& o = out.options;
+    COIOMMU_TRY(apply_compare(app, o));
+    COIOMMU_TRY(check_backend(app, o));
+    COIOMMU_TRY(check_connect(app, o));
+    COIOMMU_TRY(apply_engine_opts(o));
+    COIOMMU_TRY(check_output(o));
     return out;
-}
-
-std::optional<nanoseconds> parse_seconds(std::string_view text) {
-    struct Suffix {
-        std::string_view text;
-        double ns;
-    };
-    static constexpr Suffix kSuffixes[] = {{"ns", 1.0}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}};
-    double unit = 1e9;
-    for (const Suffix& s : kSuffixes) {
-        if (text.size() > s.text.size() && text.ends_with(s.text)) {
-            text.remove_suffix(s.text.size());
-            unit = s.ns;
-            break;
-        }
-    }
-    auto d = parse_double(text);
-    if (!d) return std::nullopt;
-    const double ns = *d * unit;
-    if (ns > 1e18) return std::nullopt;
-    return nanoseconds{static_cast<int64_t>(std::llround(ns))};
 }
 
 std::string usage() {
-    return R"(usage: coiommu-load [options]
-
-Emulates a guest's CoIOMMU driver on N vCPU threads doing DMA maps over a workload, against the
-pin engine in this process, and reports pin throughput, latency and pinned memory. With several
-engines/strategies/workloads it runs each cell of the matrix with the same seed and compares them.
-
-workload
-  --workload W[,W..]     stream|ring|zipf|random|balloon|mix               (default mix)
-  --vcpus N              emulated vCPU threads, 1..256                    (default 2)
-  --ram SIZE             guest RAM, e.g. 256M, 4G                          (default 1G)
-  --buffer-pages B       pages per DMA buffer, 1..4096                     (default 16)
-  --lifetime N|T         hold each buffer for N later operations, or a time
-                         such as 50us / 2ms (0 = unmap right after the DMA) (default 4)
-  --think-us T           pause T us after each operation, per vCPU         (default 0)
-  --rate R               target operations/s over all vCPUs (instead of --think-us)
-  --duration S           seconds per run, e.g. 5, 0.5, 500ms               (default 5)
-  --seed N               seed of every random choice                       (default 1)
-  --zipf-s S             Zipf exponent of the zipf workload (> 0)          (default 1.1)
-  --ring-buffers N       buffers per vCPU ring (ring workload)             (default 64)
-  --balloon-pages N      pages per balloon inflation (balloon, mix)        (default 1024)
-  --balloon-interval T   time between balloon inflations                   (default 100ms)
-
-what to compare
-  --engine E[,E..]       fast|seed: the pin engine of the coiommu strategy (default fast)
-  --strategy S[,S..]     coiommu|strict|static                             (default coiommu)
-                           coiommu: CoIOMMU DTT + precise pin requests, lazy unpinning
-                           strict:  virtio-iommu, one MAP/UNMAP request per DMA map/unmap
-                           static:  all guest RAM mapped up front
-  --compare              shorthand for --engine fast,seed --strategy coiommu,strict,static
-  --engine-opts K=V,..   engine options (workers=, coalesce=, spin_budget=, unpin_policy=,
-                         unpin_interval=, unpin_limit=, unpin_gen_threshold=, extent_store=,
-                         max_batch_pages=); default unpin_policy=lru,unpin_interval=1s
-
-DMA backend
-  --backend B            fake|null|vfio                                    (default fake)
-  --latency L            fake backend latency model: typical|none          (default typical)
-  --entry-limit N        dma_entry_limit of the fake/null container        (default 65535)
-  --vfio-group PATH      the VFIO group for --backend vfio, e.g. /dev/vfio/12
-  --connect SOCKET       drive a running coiommud at SOCKET as a VMM would (guest RAM memfds,
-                         trigger eventfds, BAR0 writes, balloon requests over its protocol)
-                         instead of an in-process engine; the daemon's engine serves, on its
-                         fake (--latency, --entry-limit) or null backend. Only the coiommu
-                         strategy; not with --backend vfio, --engine, --compare, --engine-opts.
-                         The safety invariant is checked through the daemon's QueryMapped
-                         (fake backend; skipped with null)
-
-output
-  --json FILE            every figure of every run as JSON
-  --plot FILE.png        pinned memory and latency over time, comparison bars (gnuplot)
-  --progress             progress line once a second even when stdout is not a TTY
-  --quiet                no progress line and no summary
-  --table                only the comparison table (no per-run summaries)
-  --log-level L          debug|info|warn|error|off for the engine's log on stderr (default warn)
-  --help                 this text
-  --version              print the version and git revision
-
-Exit status: 0 all runs passed; 1 a run failed (safety invariant or a final check) or could not
-be set up; 2 bad command line.
-)";
-}
-
-Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
-    ParsedCli out;
-    LoadOptions& o = out.options;
-    bool think_set = false, rate_set = false, compare = false, engines_set = false, strategies_set = false;
-    bool latency_set = false;
-    for (std::size_t i = 0; i < args.size(); ++i) {
-        std::string_view flag = args[i];
-        std::string_view value;
-        bool inline_value = false;
-        if (const auto eq = flag.find('='); flag.starts_with("--") && eq != std::string_view::npos) {
-            value = flag.substr(eq + 1);
-            flag = flag.substr(0, eq);
-            inline_value = true;
-        }
-        auto need = [&]() -> Result<std::string_view> {
-            if (inline_value) return value;
-            if (i + 1 >= args.size()) return bad("{} needs a value", flag);
-            return args[++i];
-        };
-        auto take = [&](auto&& apply) -> Status {
-            auto v = need();
-            if (!v) return coiommu::unexpected(v.error());
-            return apply(*v);
-        };
-        auto no_value = [&]() -> Status {
-            if (inline_value) return bad("{} takes no value", flag);
-            return ok();
-        };
-        Status st = ok();
-        if (flag == "--help" || flag == "-h") {
-            out.action = CliAction::Help;
-            return out;
-        } else if (flag == "--version") {
-            out.action = CliAction::Version;
-            return out;
-        } else if (flag == "--vcpus") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = ranged<uint32_t>(flag, v, 1, kMaxVcpusFlag);
-                if (!n) return coiommu::unexpected(n.error());
-                o.vcpus = *n;
-                return ok();
-            });
-        } else if (flag == "--ram") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = parse_size(v);
-                if (!n) return bad("--ram: '{}' is not a size (e.g. 512M, 4G)", v);
-                o.ram_bytes = *n;
-                return ok();
-            });
-        } else if (flag == "--workload") {
-            st = take([&](std::string_view v) -> Status {
-                auto l = parse_list<WorkloadKind>(flag, v, "stream|ring|zipf|random|balloon|mix", parse_workload);
-                if (!l) return coiommu::unexpected(l.error());
-                o.workloads = std::move(*l);
-                return ok();
-            });
-        } else if (flag == "--buffer-pages") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = ranged<uint32_t>(flag, v, 1, kMaxBufferPages);
-                if (!n) return coiommu::unexpected(n.error());
-                o.buffer_pages = *n;
-                return ok();
-            });
-        } else if (flag == "--lifetime") {
-            st = take([&](std::string_view v) -> Status {
-                if (auto n = parse_u64(v)) {
-                    if (*n > 65535) return bad("--lifetime: {} operations is more than 65535", *n);
-                    o.lifetime = Lifetime{*n, nanoseconds{0}};
-                    return ok();
-                }
-                auto t = parse_seconds(v);
-                if (!t || t->count() == 0 || (v.back() >= '0' && v.back() <= '9')) {
-                    return bad("--lifetime: '{}' is neither an operation count nor a time such as 50us", v);
-                }
-                o.lifetime = Lifetime{0, *t};
-                return ok();
-            });
-        } else if (flag == "--think-us") {
-            st = take([&](std::string_view v) -> Status {
-                auto d = parse_double(v);
-                if (!d || *d > 1e9) return bad("--think-us: '{}' is not a number of microseconds", v);
-                o.think = nanoseconds{static_cast<int64_t>(std::llround(*d * 1e3))};
-                think_set = true;
-                return ok();
-            });
-        } else if (flag == "--rate") {
-            st = take([&](std::string_view v) -> Status {
-                auto d = parse_double(v);
-                if (!d || *d <= 0 || *d > 1e9) return bad("--rate: '{}' is not a positive operations/s", v);
-                o.rate = *d;
-                rate_set = true;
-                return ok();
-            });
-        } else if (flag == "--duration") {
-            st = take([&](std::string_view v) -> Status {
-                auto t = parse_seconds(v);
-                if (!t || t->count() < 100'000'000 || *t > std::chrono::hours(24)) {
-                    return bad("--duration: '{}' must be a time between 0.1 s and 24 h (e.g. 5, 0.5, 500ms)", v);
-                }
-                o.duration = *t;
-                return ok();
-            });
-        } else if (flag == "--seed") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = parse_u64(v);
-                if (!n) return bad("--seed: '{}' is not an unsigned integer", v);
-                o.seed = *n;
-                return ok();
-            });
-        } else if (flag == "--engine") {
-            st = take([&](std::string_view v) -> Status {
-                auto l = parse_list<workers::Variant>(flag, v, "fast|seed", parse_variant);
-                if (!l) return coiommu::unexpected(l.error());
-                o.engines = std::move(*l);
-                engines_set = true;
-                return ok();
-            });
-        } else if (flag == "--strategy") {
-            st = take([&](std::string_view v) -> Status {
-                auto l = parse_list<StrategyKind>(flag, v, "coiommu|strict|static", parse_strategy);
-                if (!l) return coiommu::unexpected(l.error());
-                o.strategies = std::move(*l);
-                strategies_set = true;
-                return ok();
-            });
-        } else if (flag == "--compare") {
-            st = no_value();
-            compare = true;
-        } else if (flag == "--backend") {
-            st = take([&](std::string_view v) -> Status {
-                if (v == "fake")
-                    o.backend = BackendKind::Fake;
-                else if (v == "null")
-                    o.backend = BackendKind::Null;
-                else if (v == "vfio")
-                    o.backend = BackendKind::Vfio;
-                else
-                    return bad("--backend: '{}' is not one of fake|null|vfio", v);
-                return ok();
-            });
-        } else if (flag == "--vfio-group") {
-            st = take([&](std::string_view v) -> Status {
-                if (v.empty()) return bad("--vfio-group needs a path such as /dev/vfio/12");
-                o.vfio_group = std::string(v);
-                return ok();
-            });
-        } else if (flag == "--connect") {
-            st = take([&](std::string_view v) -> Status {
-                if (v.empty()) return bad("--connect needs the daemon's socket path");
-                o.connect_path = std::string(v);
-                return ok();
-            });
-        } else if (flag == "--engine-opts") {
-            st = take([&](std::string_view v) -> Status {
-                if (v.find("variant") != std::string_view::npos) {
-                    return bad("--engine-opts: choose the engine with --engine fast|seed, not variant=");
-                }
-                auto cfg = workers::parse_engine_options(v, default_engine_config());
-                if (!cfg) return bad("--engine-opts: {}", cfg.error().context);
-                o.engine = *cfg;
-                o.engine_opts = std::string(v);
-                return ok();
-            });
-        } else if (flag == "--latency") {
-            st = take([&](std::string_view v) -> Status {
-                if (v == "typical")
-                    o.latency = FakeLatency::Typical;
-                else if (v == "none")
-                    o.latency = FakeLatency::None;
-                else
-                    return bad("--latency: '{}' is not one of typical|none", v);
-                latency_set = true;
-                return ok();
-            });
-        } else if (flag == "--entry-limit") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = ranged<uint64_t>(flag, v, 1, uint64_t{1} << 32);
-                if (!n) return coiommu::unexpected(n.error());
-                o.entry_limit = *n;
-                return ok();
-            });
-        } else if (flag == "--zipf-s") {
-            st = take([&](std::string_view v) -> Status {
-                auto d = parse_double(v);
-                if (!d || *d <= 0 || *d > 100) return bad("--zipf-s: '{}' must be a number in (0, 100]", v);
-                o.zipf_s = *d;
-                return ok();
-            });
-        } else if (flag == "--ring-buffers") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = ranged<uint32_t>(flag, v, 1, 1u << 20);
-                if (!n) return coiommu::unexpected(n.error());
-                o.ring_buffers = *n;
-                return ok();
-            });
-        } else if (flag == "--balloon-pages") {
-            st = take([&](std::string_view v) -> Status {
-                auto n = ranged<uint32_t>(flag, v, 1, 1u << 24);
-                if (!n) return coiommu::unexpected(n.error());
-                o.balloon_pages = *n;
-                return ok();
-            });
-        } else if (flag == "--balloon-interval") {
-            st = take([&](std::string_view v) -> Status {
-                auto t = parse_seconds(v);
-                if (!t || t->count() < 1'000'000)
-                    return bad("--balloon-interval: '{}' must be a time of 1ms or more", v);
-                o.balloon_interval = *t;
-                return ok();
-            });
-        } else if (flag == "--json") {
-            st = take([&](std::string_view v) -> Status {
-                if (v.empty()) return bad("--json needs a file name");
-                o.json_path = std::string(v);
-                return ok();
-            });
-        } else if (flag == "--plot") {
-            st = take([&](std::string_view v) -> Status {
-                if (v.empty()) return bad("--plot needs a file name");
-                o.plot_path = std::string(v);
-                return ok();
-            });
-        } else if (flag == "--log-level") {
-            st = take([&](std::string_view v) -> Status {
-                if (!log::parse_level(v, &o.log_level)) {
-                    return bad("--log-level: '{}' is not one of debug|info|warn|error|off", v);
-                }
-                return ok();
-            });
-        } else if (flag == "--table") {
-            st = no_value();
-            o.table_only = true;
-        } else if (flag == "--progress") {
-            st = no_value();
-            o.progress = true;
-        } else if (flag == "--quiet") {
-            st = no_value();
-            o.quiet = true;
-        } else {
-            return bad("unknown option '{}'", args[i]);
-        }
-        if (!st) return coiommu::unexpected(st.error());
-    }
-    if (think_set && rate_set) return bad("--think-us and --rate exclude each other");
-    if (compare) {
-        if (engines_set || strategies_set) return bad("--compare sets --engine and --strategy; give one or the other");
-        o.engines = {workers::Variant::Fast, workers::Variant::Seed};
-        o.strategies = {StrategyKind::Coiommu, StrategyKind::Strict, StrategyKind::Static};
-    }
-    if (o.backend == BackendKind::Vfio && o.vfio_group.empty()) {
-        return bad("--backend vfio needs --vfio-group /dev/vfio/N");
-    }
-    if (o.backend != BackendKind::Vfio && !o.vfio_group.empty()) return bad("--vfio-group is only for --backend vfio");
-    if (o.backend != BackendKind::Fake && latency_set) return bad("--latency is only for --backend fake");
-    if (!o.connect_path.empty()) {
-        if (o.backend == BackendKind::Vfio) return bad("--connect and --backend vfio exclude each other");
-        if (compare || engines_set)
-            return bad("--connect: the daemon's engine serves; --engine and --compare do not apply");
-        if (!o.engine_opts.empty()) return bad("--connect: the daemon's engine serves; --engine-opts does not apply");
-        for (StrategyKind s : o.strategies) {
-            if (s != StrategyKind::Coiommu) return bad("--connect runs the coiommu strategy only");
-        }
-    }
-    if (o.progress && o.quiet) return bad("--progress and --quiet exclude each other");
-    if (o.table_only && o.quiet) return bad("--table and --quiet exclude each other");
-    if (o.ram_bytes < kMinRamBytes || o.ram_bytes > kMaxRamBytes || (o.ram_bytes & (kPageSize - 1)) != 0) {
-        return bad("--ram: {} bytes must be a multiple of 4K between {} MiB and {} GiB", o.ram_bytes,
-                   kMinRamBytes >> 20, kMaxRamBytes >> 30);
-    }
-    return out;
+    LoadOptions defaults;
+    CLI::App app;
+    build_table(app, defaults);
+    return app.help();
 }
 
 }  // namespace coiommu::loadgen

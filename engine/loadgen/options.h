@@ -1,15 +1,15 @@
 // coiommu-load's options and command line.
 //
-// Every list flag (--engine, --strategy, --workload) takes comma-separated values; the run
-// matrix is workloads x strategies x engines, where the engine only varies the coiommu strategy
-// (strict and static do not use a pin engine). All runs of one invocation use the same seed.
+// Every list flag (--engine, --strategy, --workload) takes comma-separated values, each at most
+// once; the run matrix is workloads x strategies x engines, where the engine only varies the
+// coiommu strategy (strict and static do not use a pin engine). All runs of one invocation use
+// the same seed.
 //
 // Thread-safety: plain values and pure functions.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,16 +98,16 @@ struct ParsedCli {
     LoadOptions options;
 };
 
-// Parses argv[1..]. Errors (EINVAL) carry a message for the user: unknown flag, missing or
-// malformed value, out-of-range value, conflicting flags (--think-us with --rate; variant= in
-// --engine-opts, which --engine decides), --backend vfio without --vfio-group, --connect with
-// --backend vfio, a strict/static strategy, --engine, --compare or --engine-opts (the daemon's engine).
+// Parses argv[1..] through the option table (one CLI11 App; durations and sizes in the grammar of
+// engine/base/quantity.h). -h/--help and -V/--version are actions for the caller to print; they
+// answer even when another option is wrong (not where a value belongs). Errors (EINVAL) carry a
+// message for the user naming the flag: an unknown flag (with the closest known one, "did you
+// mean '--duration'?"), a missing, malformed or out-of-range value, a value that is itself an
+// option ("--json --help"), conflicting flags (--think-us with --rate; a variant= in --engine-opts
+// other than the --engine it runs), --backend vfio without --vfio-group, --connect with --backend
+// vfio, a strict/static strategy, --engine, --compare or --engine-opts (the daemon's engine).
 [[nodiscard]] Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args);
+// The --help text: the option table with each flag's range and default.
 [[nodiscard]] std::string usage();
-
-// Parses "1G", "512M", "64K", "4096" (bytes; binary units). nullopt when malformed or overflowing.
-[[nodiscard]] std::optional<uint64_t> parse_size(std::string_view text);
-// Parses "5", "0.5", "500ms", "2s", "100us" (a bare number is seconds). nullopt when malformed.
-[[nodiscard]] std::optional<std::chrono::nanoseconds> parse_seconds(std::string_view text);
 
 }  // namespace coiommu::loadgen

@@ -62,7 +62,28 @@ Exit run_binary(const std::string& args) {
 TEST(CoiommuLoadBinary, HelpExitsZeroWithUsage) {
     const Exit e = run_binary("--help");
     EXPECT_EQ(e.code, 0);
-    EXPECT_NE(e.out.find("usage: coiommu-load"), std::string::npos);
+    EXPECT_NE(e.out.find("Usage: coiommu-load"), std::string::npos) << e.out;  // CLI11's capital
+}
+
+TEST(CoiommuLoadBinary, VersionExitsZeroWithTheVersionLine) {
+    const Exit e = run_binary("-V");
+    EXPECT_EQ(e.code, 0);
+    EXPECT_EQ(e.out.rfind("coiommu-load ", 0), 0u) << e.out;
+}
+
+TEST(CoiommuLoadBinary, AMistypedFlagExitsTwoWithASuggestion) {
+    const Exit e = run_binary("--duraton 1");
+    EXPECT_EQ(e.code, 2);
+    EXPECT_NE(e.err.find("did you mean '--duration'?"), std::string::npos) << e.err;
+    EXPECT_TRUE(e.out.empty());
+}
+
+TEST(CoiommuLoadBinary, HelpWhereAFileNameBelongsExitsTwoAndWritesNothing) {
+    TempDir dir;
+    const Exit e = run_binary("--duration 0.2 --json --help");
+    EXPECT_EQ(e.code, 2);
+    EXPECT_NE(e.err.find("--json"), std::string::npos) << e.err;
+    EXPECT_FALSE(std::filesystem::exists("--help"));
 }
 
 TEST(CoiommuLoadBinary, UnknownFlagExitsTwoWithAMessage) {
