@@ -1,7 +1,7 @@
 // coiommu-trace: biolatency-style view of VFIO DMA map/unmap latency (ioctl tracepoints) and,
 // with --engine, of the engine's own request/DMA/unpin-scan latencies (USDT probes).
 //
-//   coiommu-trace [options] [interval [count]]
+//   coiommu-trace [options] [interval [count]]      (the command line: cli/trace_options.h)
 //
 // Prints per-op log2 histograms every interval (or once at Ctrl-C), calls by result class and
 // bytes requested. Histograms are interval deltas computed from monotonic map snapshots; the
@@ -11,13 +11,11 @@
 // BPF and process metrics at http://ADDR/metrics while tracing, for hosts whose VMM (crosvm,
 // QEMU) runs without the coiommu engine. This is the composition root of that exporter: the
 // BPF collector (bpf/metrics) and the generic exporter (exporter/) are wired here.
-#include <getopt.h>
 #include <poll.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -25,6 +23,7 @@
 #include <cstring>
 #include <ctime>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,10 +32,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bpf/cli/trace_options.h"
 #include "bpf/cli/unit_hist.h"
 #include "bpf/loader/tracing.h"
 #include "engine/base/log.h"
-#include "engine/base/version.h"
 #ifdef COIOMMU_TRACE_EXPORTER
 #include "bpf/metrics/bpf_collector.h"
 #include "bpf/metrics/bpf_tracing_source.h"
@@ -53,191 +52,6 @@ using Clock = std::chrono::steady_clock;
 volatile std::sig_atomic_t g_stop = 0;
 
 void on_signal(int) { g_stop = 1; }
-
-constexpr const char* kUsage = R"(usage: coiommu-trace [options] [interval [count]]
-
-Summarise VFIO DMA map/unmap ioctl latency (VFIO type1 MAP_DMA/UNMAP_DMA and iommufd
-IOAS_MAP/IOAS_UNMAP) as log2 histograms, for every process or one pid (crosvm, QEMU or the
-coiommu engine). Without an interval, prints once on Ctrl-C.
-
-options:
-  -p, --pid PID          trace only this process
-  -u, --microseconds     histograms in microseconds, biolatency's integer rows (default:
-                         nanoseconds); a ns slot straddling a row goes to its upper bound's row
-  -m, --milliseconds     histograms in milliseconds, likewise
-      --slow-us N        also stream every call that took >= N microseconds
-  -j, --json             one JSON object per interval (and per slow event) on stdout
-      --engine BIN|PID   also attach to the engine's USDT probes (binary path, or pid):
-                         request latency, pages per request, unpin scans (one probe hit
-                         per request, ~0.8 us each)
-      --engine-dma       with --engine: also the per-DMA-call probes (one more hit per call)
-      --kernel-hooks     also try the fentry hooks inside vfio_iommu_type1
-      --pin              pin the maps under <pin-root>/v2/ and keep them after exit
-      --pin-temp         pin the maps while running, remove them on exit
-      --pin-root DIR     pin root (default /sys/fs/bpf/coiommu)
-      --stats            enable BPF run time accounting and print per-program cost
-      --exporter ADDR    also serve Prometheus metrics at http://ADDR/metrics (e.g.
-                         127.0.0.1:9465; port 0 picks a free port, printed on stderr)
-  -T, --timestamp        print a timestamp with each interval
-  -v, --verbose          debug logging (libbpf and verifier messages)
-  -h, --help             this text
-  -V, --version          print the version and git revision
-
-Needs root or CAP_BPF+CAP_PERFMON (and CAP_SYS_ADMIN to mount tracefs/bpffs if missing).
-examples:
-  coiommu-trace 1 10              10 one-second histograms of every process's DMA ioctls
-  coiommu-trace -p $(pidof crosvm) -u --slow-us 500
-  coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v2/
-  coiommu-trace --exporter 127.0.0.1:9465 --stats --slow-us 1000
-                                  Prometheus exporter for a crosvm/QEMU host (Ctrl-C ends)
-)";
-
-struct Unit {
-    std::string_view name = "ns";
-    uint64_t ns_per_unit = 1;  // 1: the histogram's own unit (ns, or pages)
-};
-
-struct Args {
-    uint32_t pid = 0;
-    Unit unit;
-    std::optional<uint64_t> slow_us;
-    bool json = false;
-    std::optional<std::string> engine;
-    bool engine_dma = false;
-    bool kernel_hooks = false;
-    std::optional<Keep> pin;
-    std::string pin_root{kDefaultPinRoot};
-    bool stats = false;
-    std::optional<std::string> exporter;  // listen address
-    bool timestamp = false;
-    bool verbose = false;
-    std::optional<double> interval_s;
-    uint64_t count = 0;  // 0: until interrupted
-};
-
-template <class T>
-bool parse_number(std::string_view text, T* out) {
-    const auto* end = text.data() + text.size();
-    const auto r = std::from_chars(text.data(), end, *out);
-    return r.ec == std::errc{} && r.ptr == end;
-}
-
-bool parse_interval(std::string_view text, double* out) {
-    // Integers only via from_chars for portability of GCC 12's floating from_chars; allow "0.5".
-    std::string s(text);
-    char* end = nullptr;
-    errno = 0;
-    const double v = std::strtod(s.c_str(), &end);
-    if (errno != 0 || end != s.c_str() + s.size() || !(v > 0)) return false;
-    *out = v;
-    return true;
-}
-
-// Returns nullopt after printing the reason (or help) when parsing fails or help was asked.
-std::optional<Args> parse_args(int argc, char** argv, int* exit_code) {
-    enum LongOnly { kSlowUs = 256, kEngine, kEngineDma, kKernelHooks, kPin, kPinTemp, kPinRoot, kStats, kExporter };
-    static const option kOptions[] = {
-        {"pid", required_argument, nullptr, 'p'},
-        {"microseconds", no_argument, nullptr, 'u'},
-        {"milliseconds", no_argument, nullptr, 'm'},
-        {"json", no_argument, nullptr, 'j'},
-        {"timestamp", no_argument, nullptr, 'T'},
-        {"verbose", no_argument, nullptr, 'v'},
-        {"help", no_argument, nullptr, 'h'},
-        {"version", no_argument, nullptr, 'V'},
-        {"slow-us", required_argument, nullptr, kSlowUs},
-        {"engine", required_argument, nullptr, kEngine},
-        {"engine-dma", no_argument, nullptr, kEngineDma},
-        {"kernel-hooks", no_argument, nullptr, kKernelHooks},
-        {"pin", no_argument, nullptr, kPin},
-        {"pin-temp", no_argument, nullptr, kPinTemp},
-        {"pin-root", required_argument, nullptr, kPinRoot},
-        {"stats", no_argument, nullptr, kStats},
-        {"exporter", required_argument, nullptr, kExporter},
-        {nullptr, 0, nullptr, 0},
-    };
-    Args a;
-    *exit_code = 2;
-    int c = 0;
-    while ((c = getopt_long(argc, argv, "p:umjTvhV", kOptions, nullptr)) != -1) {
-        switch (c) {
-            case 'p':
-                if (!parse_number(optarg, &a.pid) || a.pid == 0) {
-                    fmt::print(stderr, "coiommu-trace: invalid pid '{}'\n", optarg);
-                    return std::nullopt;
-                }
-                break;
-            case 'u': a.unit = {"us", 1000}; break;
-            case 'm': a.unit = {"ms", 1000000}; break;
-            case 'j': a.json = true; break;
-            case 'T': a.timestamp = true; break;
-            case 'v': a.verbose = true; break;
-            case 'h':
-                fmt::print("{}", kUsage);
-                *exit_code = 0;
-                return std::nullopt;
-            case 'V':
-                fmt::print("{}\n", version_line("coiommu-trace"));
-                *exit_code = 0;
-                return std::nullopt;
-            case kSlowUs: {
-                uint64_t v = 0;
-                if (!parse_number(optarg, &v)) {
-                    fmt::print(stderr, "coiommu-trace: invalid --slow-us '{}'\n", optarg);
-                    return std::nullopt;
-                }
-                a.slow_us = v;
-                break;
-            }
-            case kEngine: a.engine = optarg; break;
-            case kEngineDma: a.engine_dma = true; break;
-            case kKernelHooks: a.kernel_hooks = true; break;
-            case kPin: a.pin = Keep::Yes; break;
-            case kPinTemp: a.pin = Keep::No; break;
-            case kPinRoot: a.pin_root = optarg; break;
-            case kStats: a.stats = true; break;
-            case kExporter:
-#ifdef COIOMMU_TRACE_EXPORTER
-                if (auto addr = exporter::parse_listen_address(optarg); !addr) {
-                    fmt::print(stderr, "coiommu-trace: --exporter: {}\n", addr.error().message());
-                    return std::nullopt;
-                }
-                a.exporter = optarg;
-                break;
-#else
-                fmt::print(stderr, "coiommu-trace: built without the Prometheus exporter (COIOMMU_EXPORTER=OFF)\n");
-                return std::nullopt;
-#endif
-            default: fmt::print(stderr, "{}", kUsage); return std::nullopt;
-        }
-    }
-    if (a.engine_dma && !a.engine) {
-        fmt::print(stderr, "coiommu-trace: --engine-dma needs --engine\n");
-        return std::nullopt;
-    }
-    if (optind < argc) {
-        double v = 0;
-        if (!parse_interval(argv[optind], &v)) {
-            fmt::print(stderr, "coiommu-trace: invalid interval '{}'\n", argv[optind]);
-            return std::nullopt;
-        }
-        a.interval_s = v;
-        ++optind;
-    }
-    if (optind < argc) {
-        if (!parse_number(argv[optind], &a.count) || a.count == 0) {
-            fmt::print(stderr, "coiommu-trace: invalid count '{}'\n", argv[optind]);
-            return std::nullopt;
-        }
-        ++optind;
-    }
-    if (optind < argc) {
-        fmt::print(stderr, "coiommu-trace: unexpected argument '{}'\n{}", argv[optind], kUsage);
-        return std::nullopt;
-    }
-    *exit_code = 0;
-    return a;
-}
 
 std::string now_hms() {
     const std::time_t t = std::time(nullptr);
@@ -490,7 +304,7 @@ void print_programs_text(const std::vector<ProgramInfo>& programs) {
 }
 
 struct Reporter {
-    const Args& args;
+    const TraceArgs& args;
     Tracing& tracing;
     TelemetrySnapshot prev;
     Clock::time_point prev_time;
@@ -526,7 +340,7 @@ struct Reporter {
     }
 };
 
-void print_slow(const SlowEvent& ev, const Args& args) {
+void print_slow(const SlowEvent& ev, const TraceArgs& args) {
     if (args.json) {
         Json ev_json = {{"event", "slow"}};
         if (args.timestamp) ev_json["timestamp"] = now_iso8601();
@@ -548,124 +362,130 @@ void print_slow(const SlowEvent& ev, const Args& args) {
     std::fflush(stdout);
 }
 
-int run(const Args& args) {
-    log::set_level(args.verbose ? log::Level::Debug : log::Level::Warn);
-
+// The loader's options for the command line; the --engine target must exist (exit 1 otherwise).
+Result<TracingOptions> tracing_options(const TraceArgs& args) {
     TracingOptions opts;
     opts.vfio_dma.target_tgid = args.pid;
-    if (args.slow_us) opts.vfio_dma.slow_threshold = std::chrono::microseconds(*args.slow_us);
+    opts.vfio_dma.slow_threshold = args.slow;
     if (args.engine) {
-        auto target = EngineTarget::parse(*args.engine);
-        if (!target) {
-            fmt::print(stderr, "coiommu-trace: --engine: {}\n", target.error().message());
-            return 1;
-        }
-        opts.engine = *target;
+        COIOMMU_ASSIGN_OR_RETURN(EngineTarget target, EngineTarget::parse(*args.engine), "--engine");
+        opts.engine = target;
         opts.engine->dma = args.engine_dma ? EngineDmaProbes::Yes : EngineDmaProbes::No;
     }
     opts.kernel_hooks = args.kernel_hooks ? TryKernelHooks::Yes : TryKernelHooks::No;
     if (args.pin) opts.pin = PinOptions{args.pin_root, *args.pin};
     opts.run_time = args.stats ? CollectRunTime::Yes : CollectRunTime::No;
+    return opts;
+}
 
-    auto tracing = Tracing::start(opts);
-    if (!tracing) {
-        fmt::print(stderr, "coiommu-trace: {}\n", tracing.error().message());
-        return 1;
-    }
-
+void stop_on_sigint_and_sigterm() {
     struct sigaction sa {};
     sa.sa_handler = on_signal;  // no SA_RESTART: waits return EINTR
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
+}
 
-    // The baseline comes before the "Tracing" line: whatever happens after it is reported.
-    auto first = tracing->snapshot();
-    if (!first) {
-        fmt::print(stderr, "coiommu-trace: {}\n", first.error().message());
-        return 1;
-    }
-    Reporter reporter{args, *tracing, std::move(*first), Clock::now()};
-
-    if (args.kernel_hooks) fmt::print(stderr, "kernel hooks (vfio_kern): {}\n", tracing->kernel_hooks_status());
-    if (auto* eng = tracing->engine()) {
+// What attached, on stderr, before the "Tracing" line.
+void print_attached(const TraceArgs& args, Tracing& tracing) {
+    if (args.kernel_hooks) fmt::print(stderr, "kernel hooks (vfio_kern): {}\n", tracing.kernel_hooks_status());
+    if (auto* eng = tracing.engine()) {
         std::string probes;
         for (const auto& p : eng->attached_probes()) probes += (probes.empty() ? "" : ",") + p;
         fmt::print(stderr, "engine USDT probes attached: {}\n", probes);
     }
-    for (const auto& p : tracing->pinned_paths()) fmt::print(stderr, "pinned {}\n", p);
+    for (const auto& p : tracing.pinned_paths()) fmt::print(stderr, "pinned {}\n", p);
+}
 
 #ifdef COIOMMU_TRACE_EXPORTER
-    // Declared after `tracing`: destroyed (civetweb threads joined) before the tracer it reads.
+// --exporter: the BPF and process collectors served while tracing. Declared after the Tracing it
+// reads, so that it is destroyed (civetweb threads joined) first.
+struct MetricsEndpoint {
     exporter::SlowEventCounter slow_events;
     std::optional<exporter::Exposer> exposer;
-    if (args.exporter) {
-        auto set = std::make_shared<exporter::CollectorSet>();
-        auto st = set->add("bpf", std::make_shared<exporter::BpfCollector>(
-                                      exporter::tracing_source(*tracing, &slow_events, opts.vfio_dma.slow_threshold)));
-        if (st) st = set->add("process", std::make_shared<exporter::ProcessCollector>());
-        if (!st) {
-            fmt::print(stderr, "coiommu-trace: exporter: {}\n", st.error().message());
-            return 1;
-        }
-        auto started = exporter::Exposer::start({.address = *args.exporter});
-        if (!started) {
-            fmt::print(stderr, "coiommu-trace: exporter: {}\n", started.error().message());
-            return 1;
-        }
-        exposer.emplace(std::move(*started));
-        if (auto reg = exposer->register_collectable(set); !reg) {
-            fmt::print(stderr, "coiommu-trace: exporter: {}\n", reg.error().message());
-            return 1;
-        }
-        fmt::print(stderr, "exporter listening on {} ({})\n", exposer->address(), exposer->url());
-    }
-    const auto count_event = [&slow_events](const SlowEvent&) { slow_events.add(); };
-#else
-    const auto count_event = [](const SlowEvent&) {};
-#endif
-    fmt::print(stderr, "Tracing VFIO DMA ioctls of {}... Hit Ctrl-C to end.\n",
-               args.pid ? fmt::format("pid {}", args.pid) : std::string("all processes"));
 
-    const auto on_event = [&args, &count_event](const SlowEvent& ev) {
-        count_event(ev);
-        print_slow(ev, args);
-    };
+    Status start(const std::string& address, Tracing& tracing, std::optional<std::chrono::nanoseconds> slow) {
+        auto set = std::make_shared<exporter::CollectorSet>();
+        COIOMMU_TRY(set->add("bpf", std::make_shared<exporter::BpfCollector>(
+                                        exporter::tracing_source(tracing, &slow_events, slow))),
+                    "exporter");
+        COIOMMU_TRY(set->add("process", std::make_shared<exporter::ProcessCollector>()), "exporter");
+        COIOMMU_ASSIGN_OR_RETURN(auto started, exporter::Exposer::start({.address = address}), "exporter");
+        exposer.emplace(std::move(started));
+        COIOMMU_TRY(exposer->register_collectable(set), "exporter");
+        fmt::print(stderr, "exporter listening on {} ({})\n", exposer->address(), exposer->url());
+        return ok();
+    }
+    void count(const SlowEvent& /*ev*/) { slow_events.add(); }
+};
+#else
+struct MetricsEndpoint {
+    void count(const SlowEvent& /*ev*/) {}
+};
+#endif
+
+// Reports every interval until `count` reports or a signal; then, when interrupted, what the
+// last (partial) interval saw, like biolatency.
+template <class OnEvent>
+Status trace_until_done(const TraceArgs& args, Tracing& tracing, Reporter& reporter, const OnEvent& on_event) {
     const auto interval =
-        args.interval_s ? std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(*args.interval_s))
-                        : Clock::duration::max();
-    auto next = args.interval_s ? Clock::now() + interval : Clock::time_point::max();
+        args.interval ? std::chrono::duration_cast<Clock::duration>(*args.interval) : Clock::duration::max();
+    auto next = args.interval ? Clock::now() + interval : Clock::time_point::max();
     uint64_t printed = 0;
     while (g_stop == 0) {
         const auto now = Clock::now();
         if (now >= next) {
-            if (auto st = reporter.report(); !st) {
-                fmt::print(stderr, "coiommu-trace: {}\n", st.error().message());
-                return 1;
-            }
-            if (args.count != 0 && ++printed >= args.count) return 0;
+            COIOMMU_TRY(reporter.report());
+            if (args.count != 0 && ++printed >= args.count) return ok();
             next += interval;
             continue;
         }
         const auto wait = std::min<Clock::duration>(next - now, std::chrono::milliseconds(200));
         const auto wait_ms = std::max<int64_t>(1, std::chrono::ceil<std::chrono::milliseconds>(wait).count());
-        if (args.slow_us) {
-            auto n = tracing->vfio_dma().poll_slow_events(std::chrono::milliseconds(wait_ms), on_event);
-            if (!n && n.error().code != EINTR) {
-                fmt::print(stderr, "coiommu-trace: {}\n", n.error().message());
-                return 1;
-            }
+        if (args.slow) {
+            auto n = tracing.vfio_dma().poll_slow_events(std::chrono::milliseconds(wait_ms), on_event);
+            if (!n && n.error().code != EINTR) return coiommu::unexpected(n.error());
         } else {
             (void)::poll(nullptr, 0, static_cast<int>(wait_ms));
         }
     }
-    // Interrupted: report what the last (partial) interval saw, like biolatency.
-    if (args.slow_us) (void)tracing->vfio_dma().poll_slow_events(std::chrono::milliseconds(0), on_event);
-    if (auto st = reporter.report(); !st) {
-        fmt::print(stderr, "coiommu-trace: {}\n", st.error().message());
-        return 1;
-    }
-    return 0;
+    if (args.slow) (void)tracing.vfio_dma().poll_slow_events(std::chrono::milliseconds(0), on_event);
+    return reporter.report();
+}
+
+Status run(const TraceArgs& args) {
+    log::set_level(args.verbose ? log::Level::Debug : log::Level::Warn);
+    COIOMMU_ASSIGN_OR_RETURN(const TracingOptions opts, tracing_options(args));
+    COIOMMU_ASSIGN_OR_RETURN(auto tracing, Tracing::start(opts));
+    stop_on_sigint_and_sigterm();
+
+    // The baseline comes before the "Tracing" line: whatever happens after it is reported.
+    COIOMMU_ASSIGN_OR_RETURN(auto first, tracing.snapshot());
+    Reporter reporter{args, tracing, std::move(first), Clock::now()};
+    print_attached(args, tracing);
+
+    MetricsEndpoint metrics;
+#ifdef COIOMMU_TRACE_EXPORTER
+    if (args.exporter) COIOMMU_TRY(metrics.start(*args.exporter, tracing, opts.vfio_dma.slow_threshold));
+#endif
+    fmt::print(stderr, "Tracing VFIO DMA ioctls of {}... Hit Ctrl-C to end.\n",
+               args.pid ? fmt::format("pid {}", args.pid) : std::string("all processes"));
+    const auto on_event = [&args, &metrics](const SlowEvent& ev) {
+        metrics.count(ev);
+        print_slow(ev, args);
+    };
+    return trace_until_done(args, tracing, reporter, on_event);
+}
+
+AddressCheck exporter_address_check() {
+#ifdef COIOMMU_TRACE_EXPORTER
+    return [](std::string_view address) -> Status {
+        COIOMMU_TRY(exporter::parse_listen_address(address));
+        return ok();
+    };
+#else
+    return {};
+#endif
 }
 
 }  // namespace
@@ -673,10 +493,17 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
     try {
-        int exit_code = 0;
-        auto args = coiommu::bpf::parse_args(argc, argv, &exit_code);
-        if (!args) return exit_code;
-        return coiommu::bpf::run(*args);
+        auto parsed = coiommu::bpf::parse_trace_args(argc, argv, coiommu::bpf::exporter_address_check());
+        if (!parsed) {
+            fmt::print(stderr, "coiommu-trace: {}\nTry 'coiommu-trace --help'.\n", parsed.error().context);
+            return 2;
+        }
+        if (parsed->action == coiommu::cli::Parsed::Exited) return 0;
+        if (auto st = coiommu::bpf::run(parsed->args); !st) {
+            fmt::print(stderr, "coiommu-trace: {}\n", st.error().message());
+            return 1;
+        }
+        return 0;
     } catch (const std::exception& e) {  // fmt's output errors, allocation failure
         std::fprintf(stderr, "coiommu-trace: %s\n", e.what());
         return 1;
