@@ -79,7 +79,8 @@ void add_what_options(CLI::App& app, TraceArgs& a, Table& t) {
                                  "request latency, pages per request, unpin scans (one probe hit per\n"
                                  "batch of request records)");
     cli::add_switch(app, "--engine-dma", a.engine_dma,
-                    "with --engine: also the per-DMA-call probes (one more hit per call)")
+                    "with --engine: also the engine's DMA map/unmap calls (one more probe\n"
+                    "hit per batch of up to 64 call records)")
         ->needs(t.engine_opt);
     cli::add_switch(app, "--kernel-hooks", a.kernel_hooks, "also try the fentry hooks inside vfio_iommu_type1");
 }
