@@ -38,17 +38,14 @@ Result<AddMapResult> BasicMemoryMapper::add_map(const MappingInfo& map) {
     // The only candidate for an overlap is the mapping with the greatest start below the new
     // end: mappings never overlap, so an earlier one ends before it starts.
     auto it = maps_.lower_bound(raw(*end));
-    if (it != maps_.begin()) {
-        const MappingInfo& prev = std::prev(it)->second;
-        if (raw(prev.iova) + prev.size > raw(map.iova)) return AddMapResult::OverlapFailure;
-    }
+    if (it != maps_.begin() && std::prev(it).tag() > raw(map.iova)) return AddMapResult::OverlapFailure;
     if (maps_.size() >= max_mappings_) {
         return make_error(ENOSPC, fmt::format("mapping limit of {} reached", max_mappings_));
     }
-    try {
-        maps_.emplace_hint(it, raw(map.iova), map);
-    } catch (const std::bad_alloc&) {  // the engine throws nothing: report it
-        return make_error(ENOMEM, "add_map: out of memory");
+    // No mapping starts in [iova, end) (it would overlap), so `it` is where iova belongs; the
+    // only error left is ENOMEM, and the map is then unchanged.
+    if (auto st = maps_.insert(it, raw(map.iova), raw(*end), map); !st) {
+        return coiommu::unexpected(with_context(st.error(), "add_map"));
     }
     return AddMapResult::Ok;
 }
@@ -67,11 +64,10 @@ Result<RemoveMapResult> BasicMemoryMapper::remove_map(Iova iova, uint64_t size) 
     auto first = last_excl;
     while (first != maps_.begin()) {
         const auto prev = std::prev(first);
-        const MappingInfo& m = prev->second;
-        const uint64_t m_end = raw(m.iova) + m.size;
+        const uint64_t m_end = prev.tag();
         if (m_end <= start) break;  // entirely below the range: done
         // It starts below the range end; it must also lie wholly inside the range.
-        if (raw(m.iova) < start || m_end > raw(*end)) return RemoveMapResult::overlap_failure();
+        if (prev.key() < start || m_end > raw(*end)) return RemoveMapResult::overlap_failure();
         first = prev;
     }
     maps_.erase(first, last_excl);
@@ -150,7 +146,7 @@ Result<std::vector<MemRegion>> BasicMemoryMapper::export_impl(Iova iova, uint64_
     auto it = maps_.lower_bound(raw(*end));
     while (it != maps_.begin()) {
         --it;
-        const MappingInfo& m = it->second;
+        const MappingInfo& m = *it;
         const uint64_t m_start = raw(m.iova);
         if (covered_from > m_start + m.size) break;  // a hole below covered_from
         const uint64_t len = covered_from - std::max(m_start, start);
