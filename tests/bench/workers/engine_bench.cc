@@ -195,8 +195,8 @@ void BM_FakeDefaults(benchmark::State& s) {
     EngineConfig cfg;
     cfg.variant = s.range(1) == 0 ? Variant::Fast : Variant::Seed;
     contiguous_batches(s, cfg, BackendKind::FakeLatency, s.range(0));
-    s.SetLabel(fmt::format("{} defaults: workers={} spin={}ns", to_string(cfg.variant),
-                           workers::effective_workers(cfg), workers::effective_spin_budget(cfg).count()));
+    s.SetLabel(fmt::format("{} defaults: workers={} spin={}ns", to_string(cfg.variant), workers::effective_workers(cfg),
+                           workers::effective_spin_budget(cfg).count()));
 }
 BENCHMARK(BM_FakeDefaults)->Args({64, 0})->Args({64, 1})->Args({1, 0})->Args({1, 1})->UseRealTime();
 BENCHMARK(BM_FakeBatchedPin)->Args({64, 1, 1, 0})->Args({64, 0, 1, 50})->Args({64, 0, 0, 50})->UseRealTime();
