@@ -8,18 +8,26 @@
 #
 # usage: scripts/bench.sh [--duration S] [--backend fake|null] [--json FILE] [--plot FILE.png]
 #                         [-- any other coiommu-load flags]
+#        scripts/bench.sh table [--rounds N] [--conditions idle,busy] [--json FILE] [--figures ...]
+#                         the engine's performance table (scripts/perf.py: interleaved rounds of
+#                         separate processes, idle and busy, a JSON record of the run)
+#        scripts/bench.sh compare OLD.json NEW.json     two such records, figure by figure
 # env:   BUILD_DIR (default build/release: the release preset), JOBS (build jobs, default nproc)
 #
 # Builds coiommu-load with the release preset first (incremental: a no-op when up to date).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+  table) shift; exec python3 scripts/perf.py run "$@" ;;
+  compare) shift; exec python3 scripts/perf.py compare "$@" ;;
+esac
 
 DURATION=2
 BACKEND=fake
 JSON=""
 PLOT=""
 EXTRA=()
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=${2:?--duration needs a value}; shift 2 ;;
