@@ -1,17 +1,24 @@
 // BasicMemoryMapper and ViommuDevice costs against the number of live mappings n.
 //
 //   BM_AddRemove/n        add_map + remove_map of one 4 KiB mapping at a random free slot
+//   BM_AddRemoveShuffled/n  the same, the n live mappings added in random order (scattered
+//                         allocations: the "10^6 live mappings" case)
 //   BM_Export/n/k         export_range + release of a range spanning k mappings (random start)
 //   BM_DeviceMapUnmap/n   the same add/remove pair as guest MAP + UNMAP requests through
 //                         ViommuDevice::handle (decode, domain lookup, mapper, tail)
+//   BM_DependentLoad/mib  one load whose address the previous one gave, in a random cycle
+//                         through mib MiB: what a cache miss costs on this machine at that
+//                         working-set size (the yardstick for the n = 10^6 cases)
 //
 // Expected shape: O(log n) for add/remove, O(log n + k) for export; growth beyond that between
 // n = 10^3 and 10^6 is cache misses of a tree that no longer fits in cache.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -41,10 +48,18 @@ void fill_sparse(BasicMemoryMapper& m, uint64_t n) {
     }
 }
 
-void BM_AddRemove(benchmark::State& state) {
-    const auto n = static_cast<uint64_t>(state.range(0));
-    BasicMemoryMapper m(~uint64_t{0});
-    fill_sparse(m, n);
+// fill_sparse's mappings, added in a random order.
+void fill_sparse_shuffled(BasicMemoryMapper& m, uint64_t n) {
+    std::vector<uint64_t> order(n);
+    std::iota(order.begin(), order.end(), uint64_t{0});
+    std::shuffle(order.begin(), order.end(), std::mt19937_64(4));
+    for (uint64_t i : order) {
+        const uint64_t iova = 2 * i * kPage;
+        if (!m.add_map(MappingInfo{Iova{iova}, Gpa{iova}, kPage, Prot::ReadWrite})) std::abort();
+    }
+}
+
+void add_remove_loop(benchmark::State& state, BasicMemoryMapper& m, uint64_t n) {
     const auto slots = random_slots(n, 1);
     size_t k = 0;
     for (auto _ : state) {
@@ -55,6 +70,20 @@ void BM_AddRemove(benchmark::State& state) {
         benchmark::DoNotOptimize(removed);
     }
     state.counters["live"] = static_cast<double>(m.size());
+}
+
+void BM_AddRemove(benchmark::State& state) {
+    const auto n = static_cast<uint64_t>(state.range(0));
+    BasicMemoryMapper m(~uint64_t{0});
+    fill_sparse(m, n);
+    add_remove_loop(state, m, n);
+}
+
+void BM_AddRemoveShuffled(benchmark::State& state) {
+    const auto n = static_cast<uint64_t>(state.range(0));
+    BasicMemoryMapper m(~uint64_t{0});
+    fill_sparse_shuffled(m, n);
+    add_remove_loop(state, m, n);
 }
 
 void BM_Export(benchmark::State& state) {
@@ -146,6 +175,21 @@ void BM_DeviceMapUnmap(benchmark::State& state) {
     if (mapper->size() != n) state.SkipWithError("mapping count drifted");
 }
 
+void BM_DependentLoad(benchmark::State& state) {
+    const size_t lines = static_cast<size_t>(state.range(0)) << 20 >> 6;
+    constexpr size_t kWords = 64 / sizeof(uint64_t);
+    std::vector<uint64_t> order(lines);
+    std::iota(order.begin(), order.end(), uint64_t{0});
+    std::shuffle(order.begin(), order.end(), std::mt19937_64(5));
+    std::vector<uint64_t> next(lines * kWords);  // one link per cache line: line order[i] -> order[i + 1]
+    for (size_t i = 0; i < lines; ++i) next[order[i] * kWords] = order[(i + 1) % lines] * kWords;
+    uint64_t at = order[0] * kWords;
+    for (auto _ : state) {
+        at = next[at];
+        benchmark::DoNotOptimize(at);
+    }
+}
+
 void Sizes(benchmark::internal::Benchmark* b) {
     for (int64_t n : {1000, 10000, 100000, 1000000}) b->Arg(n);
 }
@@ -156,8 +200,10 @@ void SizesAndSpans(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_AddRemove)->Apply(Sizes);
+BENCHMARK(BM_AddRemoveShuffled)->Apply(Sizes);
 BENCHMARK(BM_Export)->Apply(SizesAndSpans);
 BENCHMARK(BM_DeviceMapUnmap)->Apply(Sizes);
+BENCHMARK(BM_DependentLoad)->Arg(1)->Arg(4)->Arg(16)->Arg(64);
 
 }  // namespace
 }  // namespace coiommu::viommu
