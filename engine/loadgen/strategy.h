@@ -5,9 +5,11 @@
 //            decrements map counts (lazy unpinning by the engine). IOVA = GPA.
 //   strict   virtio-iommu in strict mode: every buffer map is a MAP request and every unmap an
 //            UNMAP request (wire bytes, through a ViommuQueue to a ViommuDevice whose one endpoint
-//            is attached to one domain backed by a VfioMapper on the DMA backend). The guest's
-//            IOVA allocator gives each outstanding buffer its own IOVA slot. Pinned memory =
-//            mapped bytes.
+//            is attached to one domain backed by a VfioMapper on the DMA backend), one request
+//            per kick: the run driver maps and unmaps one buffer at a time, each behind its own
+//            safety check, so there is nothing to batch (the queue's device drains whatever the
+//            vCPUs post meanwhile). The guest's IOVA allocator gives each outstanding buffer its
+//            own IOVA slot. Pinned memory = mapped bytes.
 //   static   all guest RAM is mapped with one DMA map per RAM region at setup (what a VMM does
 //            without a vIOMMU); buffer maps and unmaps cost nothing. IOVA = GPA.
 //

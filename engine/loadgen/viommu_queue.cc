@@ -60,49 +60,100 @@ void ViommuQueue::run() {
         }
         if (stopping_.load(std::memory_order_acquire)) return;
         wakeups_.add();
-        // A vCPU posts before it kicks, so every mailbox posted before this read is seen by this
-        // scan; one posted during the scan has kicked again and is seen by the next one.
-        for (Mailbox& m : mailboxes_) {
-            if (m.state.load(std::memory_order_acquire) == kPosted) serve(m);
-        }
+        // A vCPU posts before it kicks, so every mailbox posted before the read is seen by the
+        // first pass. Draining until a pass finds nothing takes, in this wake, what was posted
+        // behind the scan; a post after the last pass has kicked after the read above, so the
+        // next read returns (its batch may already be served: that wake finds nothing).
+        while (serve_posted() != 0) {}
     }
 }
 
-void ViommuQueue::serve(Mailbox& m) {
-    m.writable.fill(std::byte{0});
-    auto used = dev_.handle(std::span<const std::byte>(m.request.data(), m.request_len), m.writable);
-    if (!used) {
-        m.error = used.error().code != 0 ? used.error().code : EIO;
-    } else if (*used < sizeof(viommu::wire::ReqTail) || *used > m.writable.size()) {
-        m.error = EPROTO;
-    } else {
-        m.error = 0;
-        m.status = static_cast<uint8_t>(m.writable[*used - sizeof(viommu::wire::ReqTail)]);
+std::size_t ViommuQueue::serve_posted() {
+    std::size_t served = 0;
+    for (Mailbox& m : mailboxes_) {
+        uint32_t posted = kPosted;
+        // Claimed, not just seen: a vCPU whose kick failed takes its batch back with the same CAS.
+        if (m.state.load(std::memory_order_relaxed) != kPosted ||
+            !m.state.compare_exchange_strong(posted, kServing, std::memory_order_acquire)) {
+            continue;
+        }
+        serve(m);
+        ++served;
     }
-    // Release: the reply fields above are visible to the vCPU that sees kDone.
+    return served;
+}
+
+void ViommuQueue::serve(Mailbox& m) {
+    // In order, each to its own completion, as the device consumes a virtqueue's available ring.
+    for (uint32_t i = 0; i < m.count; ++i) {
+        Slot& s = m.slots[i];
+        writable_.fill(std::byte{0});
+        auto used = dev_.handle(std::span<const std::byte>(s.request.data(), s.len), writable_);
+        if (!used) {
+            s.completion = Completion{used.error().code != 0 ? used.error().code : EIO, 0};
+        } else if (*used < sizeof(viommu::wire::ReqTail) || *used > writable_.size()) {
+            s.completion = Completion{EPROTO, 0};
+        } else {
+            s.completion = Completion{0, static_cast<uint8_t>(writable_[*used - sizeof(viommu::wire::ReqTail)])};
+        }
+    }
+    served_.add(m.count);
+    // Release: the completions above (and served_) are visible to the vCPU that sees kDone.
     m.state.store(kDone, std::memory_order_release);
 }
 
 Result<uint8_t> ViommuQueue::submit(uint32_t vcpu, std::span<const std::byte> request) {
+    const std::span<const std::byte> one[] = {request};
+    Completion c;
+    COIOMMU_TRY(submit_batch(vcpu, one, std::span<Completion>(&c, 1)));
+    if (c.error != 0) return make_error(c.error, "virtio-iommu request failed");
+    return c.status;
+}
+
+Status ViommuQueue::submit_batch(uint32_t vcpu, std::span<const std::span<const std::byte>> requests,
+                                 std::span<Completion> completions) {
     if (vcpu >= mailboxes_.size()) return make_error(EINVAL, fmt::format("viommu queue: no mailbox for vcpu {}", vcpu));
-    if (request.size() > kMaxRequestBytes) return make_error(EINVAL, "viommu queue: request too large");
+    if (requests.empty() || requests.size() > kMaxBatch) {
+        return make_error(EINVAL,
+                          fmt::format("viommu queue: a batch of {} requests (1..{})", requests.size(), kMaxBatch));
+    }
+    if (completions.size() < requests.size()) {
+        return make_error(EINVAL, "viommu queue: fewer completions than requests");
+    }
+    for (const auto& r : requests) {
+        if (r.size() > kMaxRequestBytes) return make_error(EINVAL, "viommu queue: request too large");
+    }
     if (stopping_.load(std::memory_order_acquire)) return make_error(ECANCELED, "viommu queue: stopped");
     Mailbox& m = mailboxes_[vcpu];
     if (m.state.load(std::memory_order_acquire) != kIdle) {
         return make_error(EBUSY, fmt::format("viommu queue: vcpu {} has a request in flight", vcpu));
     }
-    std::memcpy(m.request.data(), request.data(), request.size());
-    m.request_len = static_cast<uint32_t>(request.size());
-    // Release: the device thread that sees kPosted sees the request bytes.
-    m.state.store(kPosted, std::memory_order_release);
-    kicks_.add();
-    if (auto st = kick_.signal(); !st) {
-        m.state.store(kIdle, std::memory_order_relaxed);
-        return coiommu::unexpected(with_context(st.error(), "viommu queue kick"));
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+        std::memcpy(m.slots[i].request.data(), requests[i].data(), requests[i].size());
+        m.slots[i].len = static_cast<uint32_t>(requests[i].size());
     }
+    m.count = static_cast<uint32_t>(requests.size());
+    // Release: the device thread that sees kPosted sees the requests.
+    m.state.store(kPosted, std::memory_order_release);
+    if (auto st = kick_.signal(); !st) {
+        // A drain may have claimed the batch already: then it is served, wait for it.
+        uint32_t posted = kPosted;
+        if (m.state.compare_exchange_strong(posted, kIdle, std::memory_order_acq_rel)) {
+            return coiommu::unexpected(with_context(st.error(), "viommu queue kick"));
+        }
+    } else {
+        kicks_.add();
+    }
+    COIOMMU_TRY(wait_done(vcpu, m));
+    for (std::size_t i = 0; i < requests.size(); ++i) completions[i] = m.slots[i].completion;
+    m.state.store(kIdle, std::memory_order_relaxed);
+    return ok();
+}
+
+Status ViommuQueue::wait_done(uint32_t vcpu, const Mailbox& m) const {
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
     for (uint32_t i = 1;; ++i) {
-        if (m.state.load(std::memory_order_acquire) == kDone) break;
+        if (m.state.load(std::memory_order_acquire) == kDone) return ok();
         if ((i & 63) == 0) {
             if (std::chrono::steady_clock::now() >= deadline) {
                 return make_error(ETIMEDOUT, fmt::format("viommu queue: vcpu {} request timed out", vcpu));
@@ -111,11 +162,6 @@ Result<uint8_t> ViommuQueue::submit(uint32_t vcpu, std::span<const std::byte> re
         }
         cpu_relax();
     }
-    const int err = m.error;
-    const uint8_t status = m.status;
-    m.state.store(kIdle, std::memory_order_relaxed);
-    if (err != 0) return make_error(err, "virtio-iommu request failed");
-    return status;
 }
 
 }  // namespace coiommu::loadgen
