@@ -1,5 +1,6 @@
-// coiommu-trace: biolatency-style view of VFIO DMA map/unmap latency (ioctl tracepoints) and,
-// with --engine, of the engine's own request/DMA/unpin-scan latencies (USDT probes).
+// coiommu-trace: biolatency-style view of VFIO DMA map/unmap latency (the vfio_dma program, on the
+// VFIO ioctl handlers or the ioctl syscall tracepoints: --vfio-mode) and, with --engine, of the
+// engine's own request/DMA/unpin-scan latencies (USDT probes).
 //
 //   coiommu-trace [options] [interval [count]]      (the command line: cli/trace_options.h)
 //
@@ -145,7 +146,9 @@ std::string avg(const Log2Hist& h, const Unit& unit) {
     return fmt::format("{} {}", format_bound(h.sum / h.count, unit), unit.name);
 }
 
-void print_vfio_text(const VfioDmaSnapshot& d, const Unit& unit) {
+// `mode` first: in fentry mode ioctls that never reach a VFIO handler are not counted at all.
+void print_vfio_text(const VfioDmaSnapshot& d, VfioDmaMode mode, const Unit& unit) {
+    fmt::print("\nvfio_dma mode = {}\n", mode_name(mode));
     bool any = false;
     for (size_t i = 0; i < kVfioOpCount; ++i) {
         const auto op = static_cast<VfioOp>(i);
@@ -160,7 +163,7 @@ void print_vfio_text(const VfioDmaSnapshot& d, const Unit& unit) {
         fmt::print("), {} bytes, avg {}\n", c.bytes, avg(h, unit));
         print_hist(h, unit.name, unit);
     }
-    if (!any) fmt::print("\nno VFIO DMA map/unmap calls\n");
+    if (!any) fmt::print("no VFIO DMA map/unmap calls\n");
     const auto& dr = d.drops;
     if (dr.inflight_full + dr.ringbuf_full + dr.read_fault != 0) {
         fmt::print("lost: {} calls (in-flight map full), {} slow events (ring buffer full), {} unreadable structs\n",
@@ -222,7 +225,7 @@ Json json_hist(const Log2Hist& h, const Log2Hist& total) {
             {"buckets", std::move(buckets)}};
 }
 
-Json json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total) {
+Json json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total, VfioDmaMode mode) {
     Json ops = Json::object();
     for (size_t i = 0; i < kVfioOpCount; ++i) {
         const auto op = static_cast<VfioOp>(i);
@@ -238,7 +241,8 @@ Json json_vfio(const VfioDmaSnapshot& d, const VfioDmaSnapshot& total) {
             {"bytes", c.bytes},
             {"since_start", {{"count", total.calls_of(op).total()}, {"bytes", total.calls_of(op).bytes}}}};
     }
-    return {{"ops", std::move(ops)},
+    return {{"mode", mode_name(mode)},
+            {"ops", std::move(ops)},
             {"drops",
              {{"inflight_full", d.drops.inflight_full},
               {"ringbuf_full", d.drops.ringbuf_full},
@@ -323,13 +327,13 @@ struct Reporter {
             if (args.timestamp) line["timestamp"] = now_iso8601();
             line["interval_s"] = elapsed;
             line["unit"] = "ns";
-            line["vfio_dma"] = json_vfio(dv, snap->vfio_dma);
+            line["vfio_dma"] = json_vfio(dv, snap->vfio_dma, tracing.vfio_dma().mode());
             if (de) line["engine"] = json_engine(*de, *snap->engine);
             if (args.stats) line["programs"] = json_programs(snap->programs);
             print_json_line(line);
         } else {
             if (args.timestamp) fmt::print("\n{}\n", now_hms());
-            print_vfio_text(dv, args.unit);
+            print_vfio_text(dv, tracing.vfio_dma().mode(), args.unit);
             if (de) print_engine_text(*de, args.unit);
             if (args.stats) print_programs_text(snap->programs);
         }
@@ -367,6 +371,7 @@ Result<TracingOptions> tracing_options(const TraceArgs& args) {
     TracingOptions opts;
     opts.vfio_dma.target_tgid = args.pid;
     opts.vfio_dma.slow_threshold = args.slow;
+    opts.vfio_dma.mode = args.vfio_mode;
     if (args.engine) {
         COIOMMU_ASSIGN_OR_RETURN(EngineTarget target, EngineTarget::parse(*args.engine), "--engine");
         opts.engine = target;
@@ -378,6 +383,17 @@ Result<TracingOptions> tracing_options(const TraceArgs& args) {
     return opts;
 }
 
+// --vfio-mode fentry never falls back: when fentry is what failed ("fentry not available: <reason>",
+// vfio_dma_tracer.h), the message names the option too.
+Result<Tracing> start_tracing(const TracingOptions& opts) {
+    auto tracing = Tracing::start(opts);
+    if (!tracing && opts.vfio_dma.mode == VfioDmaMode::Fentry &&
+        tracing.error().context.find("fentry not available: ") != std::string::npos) {
+        return coiommu::unexpected(with_context(tracing.error(), "--vfio-mode fentry"));
+    }
+    return tracing;
+}
+
 void stop_on_sigint_and_sigterm() {
     struct sigaction sa {};
     sa.sa_handler = on_signal;  // no SA_RESTART: waits return EINTR
@@ -386,8 +402,11 @@ void stop_on_sigint_and_sigterm() {
     sigaction(SIGTERM, &sa, nullptr);
 }
 
-// What attached, on stderr, before the "Tracing" line.
+// What attached, on stderr, before the "Tracing" line; first the vfio_dma mode, and after a
+// fallback why fentry was not used.
 void print_attached(const TraceArgs& args, Tracing& tracing) {
+    fmt::print(stderr, "vfio_dma: {} mode, {}\n", mode_name(tracing.vfio_dma().mode()),
+               tracing.vfio_dma().mode_detail());
     if (args.kernel_hooks) fmt::print(stderr, "kernel hooks (vfio_kern): {}\n", tracing.kernel_hooks_status());
     if (auto* eng = tracing.engine()) {
         std::string probes;
@@ -456,7 +475,7 @@ Status trace_until_done(const TraceArgs& args, Tracing& tracing, Reporter& repor
 Status run(const TraceArgs& args) {
     log::set_level(args.verbose ? log::Level::Debug : log::Level::Warn);
     COIOMMU_ASSIGN_OR_RETURN(const TracingOptions opts, tracing_options(args));
-    COIOMMU_ASSIGN_OR_RETURN(auto tracing, Tracing::start(opts));
+    COIOMMU_ASSIGN_OR_RETURN(auto tracing, start_tracing(opts));
     stop_on_sigint_and_sigterm();
 
     // The baseline comes before the "Tracing" line: whatever happens after it is reported.

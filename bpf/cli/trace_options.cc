@@ -1,5 +1,7 @@
 #include "bpf/cli/trace_options.h"
 
+#include <array>
+#include <span>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +14,8 @@ namespace coiommu::bpf {
 namespace {
 
 using std::chrono::nanoseconds;
+
+constexpr std::array kVfioModes{VfioDmaMode::Auto, VfioDmaMode::Fentry, VfioDmaMode::Tracepoint};
 
 constexpr std::string_view kDescription =
     "Summarise VFIO DMA map/unmap ioctl latency (VFIO type1 MAP_DMA/UNMAP_DMA and iommufd\n"
@@ -27,6 +31,7 @@ constexpr std::string_view kFooter =
     "  coiommu-trace 1 10              10 one-second histograms of every process's DMA ioctls\n"
     "  coiommu-trace -p $(pidof crosvm) -u --slow-us 500\n"
     "  coiommu-trace --pin --json 5    JSON every 5 s; maps stay in /sys/fs/bpf/coiommu/v2/\n"
+
     "  coiommu-trace --exporter 127.0.0.1:9465 --stats --slow-us 1000\n"
     "                                  Prometheus exporter for a crosvm/QEMU host (Ctrl-C ends)";
 
@@ -83,6 +88,13 @@ void add_what_options(CLI::App& app, TraceArgs& a, Table& t) {
                     "hit per batch of up to 64 call records)")
         ->needs(t.engine_opt);
     cli::add_switch(app, "--kernel-hooks", a.kernel_hooks, "also try the fentry hooks inside vfio_iommu_type1");
+    cli::add_choice(app, "--vfio-mode", a.vfio_mode, std::span<const VfioDmaMode>(kVfioModes), mode_name,
+                    "the hooks of the DMA ioctls: fentry (fentry/fexit on the VFIO\n"
+                    "type1 and iommufd ioctl handlers: only VFIO calls pay; fails where\n"
+                    "the kernel or its loaded modules do not allow it), tracepoint\n"
+                    "(sys_enter/sys_exit of every ioctl: also sees ioctls on other\n"
+                    "files), auto (fentry where possible, else tracepoint; stderr says\n"
+                    "which and why)");
 }
 
 void add_output_options(CLI::App& app, TraceArgs& a, Table& t, const AddressCheck& exporter) {

@@ -18,6 +18,7 @@
 #include <string_view>
 
 #include "bpf/loader/pin.h"
+#include "bpf/loader/vfio_dma_tracer.h"
 #include "engine/base/cli.h"
 #include "engine/base/result.h"
 
@@ -46,7 +47,8 @@ struct TraceArgs {
     std::optional<std::string> engine;  // --engine BIN|PID
     bool engine_dma = false;
     bool kernel_hooks = false;
-    std::optional<Keep> pin;  // --pin (Keep::Yes) or --pin-temp (Keep::No)
+    VfioDmaMode vfio_mode = VfioDmaMode::Auto;  // --vfio-mode: the hooks of the vfio_dma program
+    std::optional<Keep> pin;                    // --pin (Keep::Yes) or --pin-temp (Keep::No)
     std::string pin_root{kDefaultPinRoot};
     bool stats = false;
     std::optional<std::string> exporter;  // --exporter listen address
@@ -67,8 +69,8 @@ struct ParsedTrace {
 
 // Parses argv (argv[0] is the program). Errors (EINVAL) carry the message for the user, naming
 // the option or argument: an unknown option (with the closest known one), a missing, malformed or
-// out-of-range value, an address `exporter` refuses, --engine-dma without --engine, an argument
-// too many.
+// out-of-range value, a --vfio-mode that is not one of auto|fentry|tracepoint, an address
+// `exporter` refuses, --engine-dma without --engine, an argument too many.
 [[nodiscard]] Result<ParsedTrace> parse_trace_args(int argc, const char* const* argv, const AddressCheck& exporter);
 
 // The --help text.

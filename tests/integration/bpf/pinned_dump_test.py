@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """coiommu-trace --pin, then bpftool -j map dump pinned and scripts/bpf-latency.sh, compared.
 
-1. Runs `coiommu-trace --pin --json -p <this pid> 0.2` under a private pin root, issues N real
-   VFIO_IOMMU_MAP_DMA and M UNMAP_DMA ioctls on /dev/null (ENOTTY, but the tracepoints fire),
+1. Runs `coiommu-trace --vfio-mode tracepoint --pin --json -p <this pid> 0.2` under a private pin
+   root, issues N real VFIO_IOMMU_MAP_DMA and M UNMAP_DMA ioctls on /dev/null (ENOTTY, but the
+   syscall tracepoints fire; in fentry mode, on a host with VFIO, no VFIO handler would see them),
    reads the CLI's JSON intervals, stops it with SIGINT.
 2. The pins must survive the CLI (--pin keeps them); `bpftool -j map dump pinned` of the
    histogram and calls maps, summed over CPUs, must equal what the CLI reported (counts, sum,
@@ -165,7 +166,8 @@ def remove_root(root):
 
 
 def kept_pins_scenario(args, root):
-    cmd = [args.trace, "--pin", "--pin-root", root, "--json", "-p", str(os.getpid()), "0.2"]
+    cmd = [args.trace, "--vfio-mode", "tracepoint", "--pin", "--pin-root", root, "--json", "-p", str(os.getpid()),
+           "0.2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = LineReader(proc.stdout), LineReader(proc.stderr)
@@ -184,6 +186,7 @@ def kept_pins_scenario(args, root):
     check(len(lines) > 0, "coiommu-trace printed JSON intervals")
     if not lines:
         return
+    check(all(o["vfio_dma"]["mode"] == "tracepoint" for o in lines), "every JSON interval names the tracepoint mode")
     last = lines[-1]["vfio_dma"]["ops"]
     cli_map, cli_unmap = last["vfio_map_dma"], last["vfio_unmap_dma"]
     check(cli_map["since_start"]["count"] == N_MAP,
@@ -227,7 +230,7 @@ def kept_pins_scenario(args, root):
 
 
 def temp_pins_scenario(args, root):
-    cmd = [args.trace, "--pin-temp", "--pin-root", root, "-p", str(os.getpid())]
+    cmd = [args.trace, "--vfio-mode", "tracepoint", "--pin-temp", "--pin-root", root, "-p", str(os.getpid())]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out_reader, err = LineReader(proc.stdout), LineReader(proc.stderr)
@@ -243,6 +246,7 @@ def temp_pins_scenario(args, root):
             proc.wait()
     check(proc.returncode == 0, f"coiommu-trace exits 0 on SIGTERM (got {proc.returncode})")
     check(f"op = vfio_map_dma: {N_MAP} calls" in out, "the final text report shows the calls")
+    check("vfio_dma mode = tracepoint\n" in out, "the final text report names the mode")
     check(not os.path.exists(os.path.join(root, "v2")), "--pin-temp removes its pins on exit")
 
 

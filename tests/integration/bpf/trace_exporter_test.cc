@@ -1,6 +1,7 @@
 // coiommu-trace --exporter ADDR end to end: the standalone BPF exporter for crosvm/QEMU hosts. The
 // test starts the real CLI on an ephemeral loopback port tracing this process, issues VFIO and
-// iommufd map/unmap ioctls on /dev/null (they fail with ENOTTY, but the syscall tracepoints fire),
+// iommufd map/unmap ioctls on /dev/null (they fail with ENOTTY, but the syscall tracepoints fire:
+// hence --vfio-mode tracepoint, as fentry mode on a VFIO host never sees an ioctl on /dev/null),
 // scrapes /metrics and checks the counts, the histograms and `promtool check metrics`.
 // Needs root or CAP_BPF+CAP_PERFMON; skips with the reason otherwise.
 #include <fcntl.h>
@@ -140,8 +141,8 @@ class TraceExporter : public ::testing::Test {
 protected:
     void SetUp() override {
         if (auto st = bpf::check_bpf_privileges(); !st) GTEST_SKIP() << st.error().message();
-        ASSERT_OK(
-            trace_.start({"-p", std::to_string(::getpid()), "--stats", "--slow-us", "0", "--exporter", "127.0.0.1:0"}));
+        ASSERT_OK(trace_.start({"--vfio-mode", "tracepoint", "-p", std::to_string(::getpid()), "--stats", "--slow-us",
+                                "0", "--exporter", "127.0.0.1:0"}));
         ASSERT_OK_AND_ASSIGN(address_, trace_.wait_for(std::regex(R"(^exporter listening on (\S+))"), 20s));
         ASSERT_OK(trace_.wait_for(std::regex(R"(^(Tracing) VFIO DMA)"), 5s));
         port_ = static_cast<uint16_t>(std::stoi(address_.substr(address_.rfind(':') + 1)));

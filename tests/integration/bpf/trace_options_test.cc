@@ -53,6 +53,7 @@ TEST(TraceArgs, DefaultsTraceEveryProcessUntilInterrupted) {
     EXPECT_FALSE(a.slow.has_value());
     EXPECT_FALSE(a.pin.has_value());
     EXPECT_EQ(a.pin_root, kDefaultPinRoot);
+    EXPECT_EQ(a.vfio_mode, VfioDmaMode::Auto);
 }
 
 TEST(TraceArgs, IntervalAndCountArePositional) {
@@ -112,6 +113,13 @@ TEST(TraceArgs, EngineAndItsDmaProbes) {
     EXPECT_TRUE(a.engine_dma);
 }
 
+TEST(TraceArgs, VfioModeIsOneOfAutoFentryTracepoint) {
+    EXPECT_EQ(args({"--vfio-mode", "auto"}).vfio_mode, VfioDmaMode::Auto);
+    EXPECT_EQ(args({"--vfio-mode", "fentry"}).vfio_mode, VfioDmaMode::Fentry);
+    EXPECT_EQ(args({"--vfio-mode=tracepoint"}).vfio_mode, VfioDmaMode::Tracepoint);
+    EXPECT_EQ(args({"--vfio-mode", "fentry", "--vfio-mode", "tracepoint"}).vfio_mode, VfioDmaMode::Tracepoint);
+}
+
 TEST(TraceArgs, ExporterAddressGoesThroughTheCheck) {
     EXPECT_EQ(args({"--exporter", "127.0.0.1:0"}).exporter, "127.0.0.1:0");
     const AddressCheck refuse = [](std::string_view a) { return Status(make_error(EINVAL, fmt::format("bad {}", a))); };
@@ -145,6 +153,14 @@ TEST(TraceArgsErrors, MistypedOptionSuggestsTheClosest) {
     EXPECT_EQ(message({"--timestmp"}), "unknown option '--timestmp' (did you mean '--timestamp'?)");
 }
 
+TEST(TraceArgsErrors, AnUnknownVfioModeListsTheChoices) {
+    EXPECT_EQ(message({"--vfio-mode", "kprobe"}), "--vfio-mode: 'kprobe' is not one of auto|fentry|tracepoint");
+    EXPECT_EQ(message({"--vfio-mode", "Fentry"}), "--vfio-mode: 'Fentry' is not one of auto|fentry|tracepoint");
+    const std::string missing = message({"--vfio-mode"});
+    EXPECT_EQ(missing.rfind("--vfio-mode: ", 0), 0u) << missing;
+    EXPECT_NE(missing.find("auto|fentry|tracepoint"), std::string::npos) << missing;
+}
+
 TEST(TraceArgsErrors, AnOptionIsNotTheEnginesValue) {
     EXPECT_EQ(message({"--engine", "--json"}), "--engine: needs a value, got the option '--json'");
 }
@@ -158,6 +174,7 @@ TEST(TraceArgs, HelpAndVersionPrintAndExit) {
     ASSERT_OK(h);
     EXPECT_EQ(h->action, cli::Parsed::Exited);
     EXPECT_NE(help.find("--slow-us"), std::string::npos);
+    EXPECT_NE(help.find("--vfio-mode auto|fentry|tracepoint"), std::string::npos) << help;
     EXPECT_EQ(help, trace_usage());
 
     ::testing::internal::CaptureStdout();
@@ -190,6 +207,13 @@ TEST(TraceArgs, TheDocumentedInvocationsParse) {
              {"--pin", "--pin-root", "/tmp/r", "--json", "-p", "4242", "0.2"},
              {"--pin-temp", "--pin-root", "/tmp/r", "-p", "4242"},
              {"-p", "4242", "--stats", "--slow-us", "0", "--exporter", "127.0.0.1:0"},
+             {"--vfio-mode", "tracepoint", "-p", "4242", "--stats", "--slow-us", "0", "--exporter", "127.0.0.1:0"},
+             {"--vfio-mode", "tracepoint", "--pin", "--pin-root", "/tmp/r", "--json", "-p", "4242", "0.2"},
+             {"--vfio-mode", "tracepoint", "--pin-temp", "--pin-root", "/tmp/r", "-p", "4242"},
+             {"--vfio-mode", "fentry", "--json", "-p", "4242", "0.1", "1"},
+             {"--vfio-mode", "tracepoint", "--json", "--stats", "-p", "4242", "0.1", "1"},
+             {"--vfio-mode", "tracepoint", "-p", "4242", "0.1", "1"},
+             {"--vfio-mode", "tracepoint", "-p", "4242", "1"},
          }) {
         std::vector<const char*> argv{"coiommu-trace"};
         for (const auto& w : words) argv.push_back(w.c_str());
@@ -218,7 +242,7 @@ Exit run_trace(const std::string& args) {
 }
 
 TEST(TraceBinary, ABadCommandLineExitsTwoNamingTheFlag) {
-    for (const char* bad : {"--bogus", "--slow-us lots", "-p 0", "--engine-dma", "1 2 3"}) {
+    for (const char* bad : {"--bogus", "--slow-us lots", "-p 0", "--engine-dma", "1 2 3", "--vfio-mode kprobe"}) {
         SCOPED_TRACE(bad);
         const Exit e = run_trace(bad);
         EXPECT_EQ(e.code, 2) << e.err;
@@ -227,6 +251,7 @@ TEST(TraceBinary, ABadCommandLineExitsTwoNamingTheFlag) {
     }
     EXPECT_NE(run_trace("--slow-us lots").err.find("--slow-us"), std::string::npos);
     EXPECT_NE(run_trace("--microsecnds").err.find("did you mean '--microseconds'"), std::string::npos);
+    EXPECT_NE(run_trace("--vfio-mode kprobe").err.find("not one of auto|fentry|tracepoint"), std::string::npos);
 }
 
 TEST(TraceBinary, HelpAndVersionExitZero) {
