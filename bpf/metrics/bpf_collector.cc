@@ -25,10 +25,12 @@ void vfio_dma_families(const BpfScrape& in, std::vector<MetricFamily>& out) {
     const bpf::VfioDmaSnapshot& v = in.telemetry.vfio_dma;
     MetricFamily duration = histogram_family(
         "coiommu_bpf_dma_duration_seconds",
-        "Kernel-observed latency of VFIO DMA map/unmap ioctls (sys_enter to sys_exit of ioctl), by op.");
+        "Kernel-observed latency of VFIO DMA map/unmap calls, fentry/fexit of the VFIO ioctl handler or "
+        "sys_enter/exit of ioctl, by op.");
     MetricFamily calls =
         counter_family("coiommu_bpf_dma_calls_total",
-                       "VFIO DMA map/unmap ioctls seen by the kernel tracepoints, by op and result class.");
+                       "VFIO DMA map/unmap calls seen by the kernel hooks (VFIO ioctl handler or ioctl syscall), by "
+                       "op and result class.");
     MetricFamily bytes = counter_family("coiommu_bpf_dma_bytes_total",
                                         "Bytes named by VFIO DMA map/unmap ioctls (the size/length argument), by op.");
     for (std::size_t i = 0; i < bpf::kVfioOpCount; ++i) {
@@ -53,7 +55,7 @@ void vfio_dma_families(const BpfScrape& in, std::vector<MetricFamily>& out) {
     out.push_back(std::move(read_faults));
 
     MetricFamily in_flight = gauge_family("coiommu_bpf_dma_calls_in_flight",
-                                          "VFIO DMA ioctls between sys_enter and sys_exit at scrape time.");
+                                          "VFIO DMA calls between their entry and exit hooks at scrape time.");
     add_gauge(in_flight, d(v.inflight_entries));
     out.push_back(std::move(in_flight));
     MetricFamily in_flight_limit = gauge_family(
