@@ -299,9 +299,11 @@ BPF_OPS = 'op=~"map|ioas_map"'
 BPF_UNOPS = 'op=~"unmap|ioas_unmap"'
 
 KERNEL = [
-    row("VFIO DMA ioctl latency (syscall tracepoints)"),
+    row("VFIO DMA ioctl latency (VFIO handler fentry or syscall tracepoints)"),
     heatmap("Map latency", "Distribution over time of the latency of VFIO_IOMMU_MAP_DMA and iommufd IOAS_MAP "
-            "ioctls, sys_enter to sys_exit (coiommu_bpf_dma_duration_seconds buckets).",
+            "ioctls: fentry to fexit of the VFIO ioctl handler, or sys_enter to sys_exit of the ioctl in "
+            "tracepoint mode (coiommu_bpf_program_info's attach label says which; "
+            "coiommu_bpf_dma_duration_seconds buckets).",
             heat("coiommu_bpf_dma_duration_seconds", BPF_OPS)),
     heatmap("Unmap latency", "Distribution over time of the latency of VFIO_IOMMU_UNMAP_DMA and iommufd "
             "IOAS_UNMAP ioctls (coiommu_bpf_dma_duration_seconds buckets).",
@@ -326,8 +328,8 @@ KERNEL = [
     timeseries("Events lost", "Observations the BPF programs could not record per second, by the map that was "
                "full; CoiommuBpfEventsLost fires on any.", "ops",
                [target(f"sum by (map) ({rate('coiommu_bpf_events_lost_total')})", "{{map}}")], w=8),
-    timeseries("Calls in flight", "Ioctls between sys_enter and sys_exit at scrape time "
-               "(coiommu_bpf_dma_calls_in_flight).", "short",
+    timeseries("Calls in flight", "Ioctls between their entry and exit hooks (fentry/fexit, or sys_enter/sys_exit "
+               "in tracepoint mode) at scrape time (coiommu_bpf_dma_calls_in_flight).", "short",
                [target(f"sum by (instance) (coiommu_bpf_dma_calls_in_flight{sel()})", "{{instance}}")], w=8),
     row("BPF program health"),
     single("stat", "Programs attached", "Whether each BPF program is attached to its hook "
@@ -351,8 +353,9 @@ KERNEL = [
                                                         "1": {"text": "ok", "color": "green"}}}]),
     row("Engine through its USDT probes (when attached)"),
     timeseries("DMA map p99: engine vs kernel", "99th percentile DMA map latency as the engines of the selected "
-               "VMs measured it (their own coiommu_dma_call_duration_seconds; the per-call USDT probes are off by "
-               "default) and as the kernel saw the MAP_DMA ioctls of the whole process (syscall tracepoints).", "s",
+               "VMs measured it (their own coiommu_dma_call_duration_seconds, not a USDT probe: the loader never "
+               "attaches the per-call ones) and as the kernel saw the MAP_DMA ioctls of the whole process (the "
+               "vfio_dma program, fentry or tracepoint mode).", "s",
                [target(quantile(0.99, "coiommu_dma_call_duration_seconds", [], 'op="map"'), "engine"),
                 target(quantile(0.99, "coiommu_bpf_dma_duration_seconds", [], 'op="map"'), "kernel (ioctl)")]),
     timeseries("Engine request latency p99 (USDT)", "99th percentile pin request latency by kind from the "
@@ -467,7 +470,8 @@ DASHBOARDS = {
         ["coiommu", "vfio"], OVERVIEW, "coiommu_build_info", [link("coiommu / Kernel view", "coiommu-kernel")]),
     "grafana/coiommu-kernel.json": dashboard(
         "coiommu-kernel", "coiommu / Kernel view",
-        "VFIO DMA map/unmap ioctls as the kernel sees them (BPF on the ioctl syscall tracepoints): latency "
+        "VFIO DMA map/unmap ioctls as the kernel sees them (BPF fentry on the VFIO ioctl handlers, or the ioctl "
+        "syscall tracepoints: coiommu-trace --vfio-mode): latency "
         "heatmaps and p99 by op, result classes, slow events, BPF program health. Served by the engine with the "
         "tracer attached, or by coiommu-trace --exporter on crosvm/QEMU hosts.",
         ["coiommu", "vfio", "bpf"], KERNEL, "coiommu_bpf_program_info", [link("coiommu / Overview", "coiommu-overview")]),
