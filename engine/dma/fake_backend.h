@@ -93,9 +93,15 @@ public:
     [[nodiscard]] Result<MapOutcome> map(Iova iova, Hva hva, uint64_t size, Prot prot) override;
     [[nodiscard]] Result<uint64_t> unmap(Iova iova, uint64_t size) override;
     [[nodiscard]] Result<ContainerInfo> info() const override;
-    [[nodiscard]] uint64_t live_entries() const override { return live_.load(std::memory_order_relaxed); }
+    [[nodiscard]] uint64_t live_entries() const override {
+        live_queries_.fetch_add(1, std::memory_order_relaxed);
+        return live_.load(std::memory_order_relaxed);
+    }
     [[nodiscard]] uint64_t entry_limit() const override { return cfg_.entry_limit; }
     [[nodiscard]] std::string_view name() const override { return "fake"; }
+    // How often live_entries() was asked. On a real container each ask is a GET_INFO ioctl, so
+    // tests use this to keep the query off the pin and unpin paths.
+    [[nodiscard]] uint64_t live_entries_queries() const { return live_queries_.load(std::memory_order_relaxed); }
 
 private:
     struct NthFault {
@@ -128,6 +134,7 @@ private:
     std::vector<NthFault> nth_faults_;
     std::function<int(Op, Iova, uint64_t)> fault_pred_;
     std::atomic<uint64_t> live_{0};  // == maps_.size(), readable without the mutex
+    mutable std::atomic<uint64_t> live_queries_{0};
 };
 
 }  // namespace coiommu::dma

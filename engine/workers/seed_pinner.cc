@@ -241,7 +241,8 @@ void SeedPinner::record(telemetry::StatsShard& s, RequestKind kind, const Tally&
         s.dma_calls[telemetry::DmaOp::Map].add(calls);
         s.dma_bytes[telemetry::DmaOp::Map].add(t.newly * kPageSize);
         if (t.map_failed + t.no_space != 0) s.dma_call_failures[telemetry::DmaOp::Map].add(t.map_failed + t.no_space);
-        stats_.gauges().dma_entries.set(backend_.live_entries());
+        // dma_entries: refreshed by Engine::stats() and each LRU tick, not per request (a GET_INFO
+        // ioctl on VFIO; crosvm does not keep the figure at all).
     }
     if (t.newly != 0) stats_.gauges().pinned_pages.add(t.newly);
     s.pages_per_request.observe(t.pages);

@@ -152,7 +152,8 @@ UnpinResult ExtentUnpinner::unpin_locked_extent(Gfn head, uint32_t len, core::Fo
     env_.extents.erase(head, len);
     env_.stats.pages_unpinned.add(len);
     env_.gauges.pinned_pages.sub(len);
-    env_.gauges.dma_entries.set(env_.backend.live_entries());
+    // dma_entries: refreshed once per scan and by Engine::stats(), not per extent (one GET_INFO
+    // ioctl per call on VFIO).
     return UnpinResult::Unpinned;
 }
 
@@ -220,6 +221,7 @@ void ExtentUnpinner::tick() {
     env_.stats.unpin_scans[ScanKind::Lru].add();
     env_.stats.unpin_scan_duration_ns[ScanKind::Lru].observe(dur);
     env_.gauges.last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    if (n_old + n_new != 0) env_.gauges.dma_entries.set(env_.backend.live_entries());
     unmap_trace(env_.session).flush();
     COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Lru, examined, n_old + n_new, dur);
 }
@@ -294,6 +296,7 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
     env_.stats.unpin_scan_duration_ns[ScanKind::Balloon].observe(dur);
     env_.stats.balloon_requests[result].add();
     env_.gauges.last_unpin_run_unix_ns.set(telemetry::unix_time_ns());
+    if (unpinned != 0) env_.gauges.dma_entries.set(env_.backend.live_entries());
     unmap_trace(env_.session).flush();
     COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Balloon, examined, unpinned, dur);
     return result;

@@ -132,6 +132,7 @@ public:
     [[nodiscard]] bool pinned(Gfn g) const { return builder_->pinned(g); }
     [[nodiscard]] bool mapped(Gfn g) const { return backend_->is_mapped(Iova{raw(g) << kPageShift}, kPageSize); }
     [[nodiscard]] uint64_t map_calls() const { return backend_->counters().map_calls.load(); }
+    [[nodiscard]] uint64_t live_entries_queries() const { return backend_->live_entries_queries(); }
     [[nodiscard]] uint64_t unmap_calls() const { return backend_->counters().unmap_calls.load(); }
     [[nodiscard]] uint64_t mapped_pages() const {
         uint64_t n = 0;
