@@ -182,10 +182,12 @@ void add_backend_options(CLI::App& app, LoadOptions& o) {
                   "RAM memfds, trigger eventfds, BAR0 writes, balloon requests\n"
                   "over its protocol) instead of an in-process engine. The\n"
                   "daemon's engine serves, on its fake (--latency,\n"
-                  "--entry-limit) or null backend. Only the coiommu strategy;\n"
-                  "not with --backend vfio, --engine, --compare, --engine-opts.\n"
+                  "--entry-limit) or null backend, or on a real container:\n"
+                  "with --backend vfio we set up the container of\n"
+                  "--vfio-group (type1v2) and hand it over. Only the coiommu\n"
+                  "strategy; not with --engine, --compare, --engine-opts.\n"
                   "The safety invariant is checked through the daemon's\n"
-                  "QueryMapped (fake backend; skipped with null)")
+                  "QueryMapped (fake backend; skipped otherwise)")
         ->group(g);
 }
 
@@ -244,7 +246,6 @@ Status check_backend(const CLI::App& app, const LoadOptions& o) {
 
 Status check_connect(const CLI::App& app, const LoadOptions& o) {
     if (o.connect_path.empty()) return ok();
-    if (o.backend == BackendKind::Vfio) return bad("--connect and --backend vfio exclude each other");
     if (given(app, "--compare") || given(app, "--engine")) {
         return bad("--connect: the daemon's engine serves; --engine and --compare do not apply");
     }

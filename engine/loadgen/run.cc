@@ -496,11 +496,13 @@ struct Backend {
 
 Result<Backend> make_backend(const LoadOptions& o) {
     Backend b;
-    if (!o.connect_path.empty()) {
+    if (!o.connect_path.empty() && o.backend != BackendKind::Vfio) {
         // The daemon's backend serves; this one only keeps the run's references valid (unused).
         b.own = std::make_unique<dma::NullBackend>(o.entry_limit);
         return b;
     }
+    // --connect --backend vfio: we are the VMM. We set the container up and keep it (and the
+    // group) for the whole run; the daemon gets a duplicate of the container fd and maps on it.
     switch (o.backend) {
         case BackendKind::Fake: {
             dma::FakeConfig cfg;
@@ -532,6 +534,15 @@ Result<Backend> make_backend(const LoadOptions& o) {
     return make_error(EINVAL, "unknown backend");
 }
 
+RemoteBackend remote_backend(BackendKind k) {
+    switch (k) {
+        case BackendKind::Null: return RemoteBackend::Null;
+        case BackendKind::Vfio: return RemoteBackend::Vfio;
+        case BackendKind::Fake: break;
+    }
+    return RemoteBackend::Fake;
+}
+
 // `remote` is set to the SocketLink when --connect serves the coiommu strategy (owned by the strategy).
 Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunSpec& spec, const StrategyEnv& env,
                                                 SocketLink** remote) {
@@ -542,7 +553,13 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
                 sc.socket_path = o.connect_path;
                 sc.vcpus = o.vcpus;
                 sc.endpoints = {kEndpointBdf};
-                sc.backend = o.backend == BackendKind::Null ? RemoteBackend::Null : RemoteBackend::Fake;
+                sc.backend = remote_backend(o.backend);
+                if (sc.backend == RemoteBackend::Vfio) {
+                    // make_backend opened the VMM's container for --backend vfio.
+                    const auto* vfio = dynamic_cast<const dma::VfioBackend*>(env.backend);
+                    if (vfio == nullptr) return make_error(EINVAL, "--connect --backend vfio: no container");
+                    sc.vfio_container_fd = vfio->container_fd();
+                }
                 sc.latency = o.latency == FakeLatency::Typical ? daemon::proto::FakeLatency::Typical
                                                                : daemon::proto::FakeLatency::None;
                 sc.entry_limit = o.entry_limit;
@@ -1089,6 +1106,14 @@ void Run::teardown() {
                                                      "({} pages unpinned)",
                                                      info->dma_entries_after, info->pages_unpinned)
                                        : std::string("the daemon did not answer Close")});
+        if (o_.backend == BackendKind::Vfio) {
+            // The VMM's own view of its container: every entry the daemon made is gone again.
+            const uint64_t left = backend_.own->live_entries();
+            r_.checks.push_back(Check{"container_back_to_initial", left == 0,
+                                      fmt::format("the VMM's container has {} entries more than at setup "
+                                                  "(DMA_AVAIL)",
+                                                  left)});
+        }
     } else {
         const uint64_t left = backend_.own->live_entries();
         r_.checks.push_back(

@@ -1,5 +1,8 @@
 #include "engine/loadgen/socket_link.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
+
 #include <cerrno>
 
 #include <fmt/format.h>
@@ -9,6 +12,20 @@
 namespace coiommu::loadgen {
 namespace {
 constexpr const char* kLog = "loadgen";
+
+Result<daemon::BackendInfo> choose_backend(daemon::Client& c, const SocketLinkConfig& cfg) {
+    switch (cfg.backend) {
+        case RemoteBackend::Null: return c.set_backend_null(cfg.entry_limit);
+        case RemoteBackend::Fake: return c.set_backend_fake(daemon::FakeBackendSpec{cfg.latency, cfg.entry_limit});
+        case RemoteBackend::Vfio: {
+            // The daemon gets its own descriptor of the same container; ours stays the VMM's.
+            UniqueFd dup(::fcntl(cfg.vfio_container_fd, F_DUPFD_CLOEXEC, 0));
+            if (!dup) return make_error(errno, "duplicating the VFIO container fd");
+            return c.set_backend_vfio(std::move(dup), cfg.entry_limit);
+        }
+    }
+    return make_error(EINVAL, "unknown remote backend");
+}
 }  // namespace
 
 Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, const SocketLinkConfig& cfg) {
@@ -21,9 +38,7 @@ Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, c
     auto dev = c.set_topology(cfg.vcpus, cfg.endpoints);
     if (!dev) return coiommu::unexpected(with_context(dev.error(), where));
     link->dev_ = std::move(*dev);
-    auto backend = cfg.backend == RemoteBackend::Null
-                       ? c.set_backend_null(cfg.entry_limit)
-                       : c.set_backend_fake(daemon::FakeBackendSpec{cfg.latency, cfg.entry_limit});
+    auto backend = choose_backend(c, cfg);
     if (!backend) return coiommu::unexpected(with_context(backend.error(), where));
     link->backend_ = *backend;
     link->can_query_ =
@@ -85,6 +100,15 @@ void SocketLink::shutdown() {
         return;
     }
     close_info_ = *info;
+}
+
+void SocketLink::disconnect() {
+    std::lock_guard lock(close_mu_);
+    if (closed_) return;
+    closed_ = true;
+    // shutdown(2), not close(2): the daemon sees end of stream, and the descriptor stays valid
+    // for any thread still inside a call (which then fails with EPIPE).
+    ::shutdown(client_->fd(), SHUT_RDWR);
 }
 
 std::optional<daemon::CloseInfo> SocketLink::close_info() const {

@@ -1,9 +1,9 @@
 // SocketLink: a VmLink served by a running coiommud over its Unix socket (engine/daemon/PROTOCOL.md),
 // the load generator's `--connect SOCKET` transport. The load generator is the VMM: it hands the
 // daemon the guest RAM memfds, asks for the device (the notifymap and topologymap come back as
-// memfds), chooses the daemon's fake or null backend, creates the per-vCPU trigger eventfds and
-// hands them over, then forwards BAR0 accesses, balloon requests and statistics queries. The
-// engine (and its configuration) is the daemon's.
+// memfds), chooses the daemon's fake or null backend or hands it a real VFIO container (set up
+// by the VMM: groups attached, type1v2 set), creates the per-vCPU trigger eventfds and hands them over, then forwards
+// BAR0 accesses, balloon requests and statistics queries. The engine (and its configuration) is the daemon's.
 //
 // Lifetime: `mem` is only read during create() (its memfds are sent; the daemon maps them itself).
 // Thread-safety: VmLink's (the client serialises requests; one in flight per connection).
@@ -24,7 +24,7 @@
 
 namespace coiommu::loadgen {
 
-enum class RemoteBackend : uint8_t { Fake, Null };
+enum class RemoteBackend : uint8_t { Fake, Null, Vfio };
 
 struct SocketLinkConfig {
     std::string socket_path;
@@ -33,13 +33,17 @@ struct SocketLinkConfig {
     RemoteBackend backend = RemoteBackend::Fake;
     daemon::proto::FakeLatency latency = daemon::proto::FakeLatency::Typical;
     uint64_t entry_limit = 0;  // 0: the daemon's default
+    // RemoteBackend::Vfio: the VMM's container (borrowed; a duplicate goes to the daemon, the VMM
+    // keeps its own descriptor and its groups, as a VMM does).
+    int vfio_container_fd = -1;
 };
 
 class SocketLink final : public VmLink {
 public:
     // Connects, sends the guest memory, the topology, the backend choice and the triggers.
-    // Errors: Client's (connect errno, the daemon's Error replies); EPROTO when the daemon does not
-    // run the engine after every trigger was handed over.
+    // Errors: Client's (connect errno, the daemon's Error replies); EBADF for RemoteBackend::Vfio
+    // without a container fd (dup's errno); EPROTO when the daemon does not run the engine after
+    // every trigger was handed over.
     [[nodiscard]] static Result<std::unique_ptr<SocketLink>> create(const GuestMemory& mem,
                                                                     const SocketLinkConfig& cfg);
     ~SocketLink() override;
@@ -58,6 +62,10 @@ public:
     [[nodiscard]] std::string engine_description() const override;
     // Closes the session (the daemon stops the engine, which unmaps everything). Idempotent.
     void shutdown() override;
+    // Drops the connection without Close, as a VMM that died would (the daemon sees EOF and
+    // tears the session down on its own). Later calls fail (EPIPE); shutdown() does nothing.
+    // Idempotent.
+    void disconnect();
 
     // The statistics with the daemon's backend and device counters. Errors: the transport's.
     [[nodiscard]] Result<daemon::RemoteStats> remote_stats();

@@ -320,8 +320,16 @@ TEST(CliConnect, RefusesTheInProcessEngineOptions) {
               std::string::npos);
     EXPECT_NE(message({"--connect", "/run/c.sock", "--strategy", "coiommu,static"}).find("coiommu strategy only"),
               std::string::npos);
-    EXPECT_NE(message({"--connect", "/run/c.sock", "--backend", "vfio", "--vfio-group", "/dev/vfio/1"}).find("exclude"),
-              std::string::npos);
+}
+
+TEST(CliConnect, HandsTheDaemonARealContainerWithBackendVfio) {
+    const LoadOptions o = options({"--connect", "/run/c.sock", "--backend", "vfio", "--vfio-group", "/dev/vfio/1"});
+    EXPECT_EQ(o.backend, BackendKind::Vfio);
+    EXPECT_EQ(o.vfio_group, "/dev/vfio/1");
+}
+
+TEST(CliConnect, BackendVfioStillNeedsItsGroup) {
+    EXPECT_NE(message({"--connect", "/run/c.sock", "--backend", "vfio"}).find("--vfio-group"), std::string::npos);
 }
 
 TEST(CliConnect, TakesTheDaemonsBackendOptions) {
