@@ -8,9 +8,11 @@
 #   VFIO_BDF=<edu bdf>  VFIO_GROUP=/dev/vfio/<group>
 # in the environment. See engine/README.md, "Real VFIO in a QEMU guest" (what was measured, and the pitfalls).
 #
-# usage: scripts/vfio-vm-test.sh [--prepare] TEST_BINARY [ARGS...]
-#   --prepare   only download and cache the guest kernel and modules, then exit
-#   TEST_BINARY static or dynamic (its ldd libraries are copied into the initramfs)
+# usage: scripts/vfio-vm-test.sh [--prepare] [--with PROGRAM]... TEST_BINARY [ARGS...]
+#   --prepare       only download and cache the guest kernel and modules, then exit
+#   --with PROGRAM  also copy PROGRAM (and its ldd libraries) into the guest as /opt/bin/<name>;
+#                   the test finds it there (VFIO_VM_BINDIR=/opt/bin, also on PATH). Repeatable.
+#   TEST_BINARY     static or dynamic (its ldd libraries are copied into the initramfs)
 #
 # env:
 #   VFIO_VM_WORK  cache dir for the extracted kernel (default ${XDG_CACHE_HOME:-$HOME/.cache}/coiommu-vfio-vm)
@@ -28,6 +30,11 @@ set -euo pipefail
 
 PREPARE=0
 if [ "${1:-}" = "--prepare" ]; then PREPARE=1; shift; fi
+WITH=()
+while [ "${1:-}" = "--with" ]; do
+  [ $# -ge 2 ] || { echo "vfio-vm: --with needs a program" >&2; exit 2; }
+  WITH+=("$2"); shift 2
+done
 if [ "$PREPARE" = 0 ] && [ $# -lt 1 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2
@@ -133,16 +140,26 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/coiommu-vfio-vm.XXXXXX")
 cleanup() { if [ "${KEEP_RUN:-0}" = 1 ]; then log "run dir kept: $RUN"; else rm -rf "$RUN"; fi; }
 trap cleanup EXIT
 S=$RUN/initramfs
-mkdir -p "$S"/{bin,proc,sys,dev,tmp,lib/modules}
+mkdir -p "$S"/{bin,proc,sys,dev,tmp,lib/modules,opt/bin}
 cp "$BUSYBOX" "$S/bin/busybox"
 cp "$KDIR"/modules/*.ko "$S/lib/modules/"
+copy_libs() {
+  if ldd "$1" >/dev/null 2>&1; then
+    local lib
+    for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
+      [ -e "$S$lib" ] && continue
+      mkdir -p "$S$(dirname "$lib")"
+      cp -L "$lib" "$S$lib"
+    done
+  fi
+}
 cp "$TEST" "$S/test"
-if ldd "$TEST" >/dev/null 2>&1; then
-  for lib in $(ldd "$TEST" | grep -o '/[^ ]*'); do
-    mkdir -p "$S$(dirname "$lib")"
-    cp -L "$lib" "$S$lib"
-  done
-fi
+copy_libs "$TEST"
+for prog in "${WITH[@]}"; do
+  [ -f "$prog" ] && [ -x "$prog" ] || die 97 "--with $prog: not found or not executable"
+  cp "$prog" "$S/opt/bin/$(basename "$prog")"
+  copy_libs "$prog"
+done
 : >"$S/test.args"
 for a in "$@"; do printf '%s\n' "$a" >>"$S/test.args"; done
 loads=""
@@ -151,7 +168,7 @@ for m in $MODS; do loads="$loads $(basename "$m")"; done
 cat >"$S/init" <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin
+export PATH=/bin:/opt/bin VFIO_VM_BINDIR=/opt/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 exec </dev/console >/dev/console 2>&1
