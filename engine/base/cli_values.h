@@ -3,7 +3,7 @@
 // positive decimals, one-of choices, comma-separated lists, switches, text, and a --help that
 // wins over a bad option. Each kind parses
 // with the grammar of engine/base/quantity.h and reports "<flag>: <what is wrong>", e.g.
-// "--vcpus: 0 is outside 1..256", "--backend: 'iommufd' is not one of fake|null|vfio".
+// "--vcpus: 0 is outside 1..256", "--backend: 'type2' is not one of fake|null|vfio|iommufd".
 //
 // Every value option refuses an empty value and a value that is itself an option: CLI11 2.1
 // takes the next word as the value whatever it is, so "--json --help" would otherwise write a
@@ -158,7 +158,7 @@ template <class T, class NameOf>
     return out;
 }
 
-// One of `all`, by the name `name_of` gives it: "--backend: 'iommufd' is not one of fake|null|vfio".
+// One of `all`, by the name `name_of` gives it: "--backend: 'type2' is not one of fake|null|vfio|iommufd".
 template <class T, class NameOf>
 CLI::Option* add_choice(CLI::App& app, const std::string& names, T& out, std::span<const T> all, NameOf name_of,
                         const std::string& help) {

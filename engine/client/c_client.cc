@@ -45,6 +45,8 @@ static_assert(COIOMMU_CLIENT_FEATURE_VFIO_BACKEND == coiommu::daemon::proto::kFe
 static_assert(COIOMMU_CLIENT_FEATURE_FAKE_BACKEND == coiommu::daemon::proto::kFeatureFakeBackend);
 static_assert(COIOMMU_CLIENT_FEATURE_NULL_BACKEND == coiommu::daemon::proto::kFeatureNullBackend);
 static_assert(COIOMMU_CLIENT_FEATURE_QUERY_MAPPED == coiommu::daemon::proto::kFeatureQueryMapped);
+static_assert(COIOMMU_CLIENT_FEATURE_IOMMUFD_BACKEND == coiommu::daemon::proto::kFeatureIommufdBackend);
+static_assert(COIOMMU_CLIENT_PROTOCOL_MINOR == coiommu::daemon::proto::kMinorVersion);
 static_assert(COIOMMU_CLIENT_FEATURES_ALL == coiommu::daemon::proto::kAllFeatures);
 static_assert(COIOMMU_CLIENT_MAX_REGIONS == coiommu::daemon::proto::kMaxRegions);
 static_assert(COIOMMU_CLIENT_MAX_BALLOON_RANGES == coiommu::daemon::proto::kMaxBalloonRanges);
@@ -172,6 +174,7 @@ void fill_hello(const coiommu::daemon::HelloInfo& h, coiommu_client_hello* out) 
     if (out == nullptr) return;
     *out = coiommu_client_hello{};
     out->version = h.version;
+    out->minor = h.minor;
     out->session_id = h.session_id;
     out->features = h.features;
     out->max_message_size = h.max_message_size;
@@ -324,6 +327,15 @@ COIOMMU_CLIENT_API int coiommu_client_set_backend_vfio(coiommu_client* c, int co
         COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
         COIOMMU_ASSIGN_OR_RETURN(auto container, dup_fd(container_fd, "VFIO container"));
         return fill_backend(client->set_backend_vfio(std::move(container), entry_limit), info);
+    });
+}
+
+COIOMMU_CLIENT_API int coiommu_client_set_backend_iommufd(coiommu_client* c, int iommufd, uint32_t ioas_id,
+                                                          coiommu_client_backend_info* info) {
+    return call(c, "coiommu_client_set_backend_iommufd", [&](coiommu_client& h) -> Status {
+        COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
+        COIOMMU_ASSIGN_OR_RETURN(auto fd, dup_fd(iommufd, "iommufd"));
+        return fill_backend(client->set_backend_iommufd(std::move(fd), ioas_id), info);
     });
 }
 

@@ -126,7 +126,7 @@ Result<HelloInfo> Client::hello(std::string_view name, uint64_t features) {
     if (!m) return coiommu::unexpected(m.error());
     auto rep = read_wire<proto::HelloRep>(m->payload);
     if (!rep) return make_error(EBADMSG, "Hello: short reply");
-    hello_ = HelloInfo{rep->version, rep->features, rep->session_id, rep->max_message_size};
+    hello_ = HelloInfo{rep->version, rep->minor, rep->features, rep->session_id, rep->max_message_size};
     return hello_;
 }
 
@@ -179,7 +179,7 @@ Result<BackendInfo> Client::set_backend(const proto::SetBackendReq& req, std::sp
 Result<BackendInfo> Client::set_backend_fake(const FakeBackendSpec& spec) {
     proto::SetBackendReq req;
     req.kind = static_cast<uint32_t>(proto::BackendKind::Fake);
-    req.latency = static_cast<uint32_t>(spec.latency);
+    req.param = static_cast<uint32_t>(spec.latency);
     req.entry_limit = spec.entry_limit;
     return set_backend(req, {});
 }
@@ -197,6 +197,18 @@ Result<BackendInfo> Client::set_backend_vfio(UniqueFd container, uint64_t entry_
     req.entry_limit = entry_limit;
     const int fd = container.get();
     return set_backend(req, std::span<const int>(&fd, 1));  // `container` closes here; the daemon has a dup
+}
+
+Result<BackendInfo> Client::set_backend_iommufd(UniqueFd iommufd, uint32_t ioas_id) {
+    if ((hello_.features & proto::kFeatureIommufdBackend) == 0) {
+        return make_error(ENOTSUP,
+                          fmt::format("coiommud (protocol 1.{}) does not offer the iommufd backend", hello_.minor));
+    }
+    proto::SetBackendReq req;
+    req.kind = static_cast<uint32_t>(proto::BackendKind::Iommufd);
+    req.param = ioas_id;
+    const int fd = iommufd.get();
+    return set_backend(req, std::span<const int>(&fd, 1));  // `iommufd` closes here; the daemon has a dup
 }
 
 Result<bool> Client::set_triggers(std::span<const int> eventfds) {

@@ -42,6 +42,7 @@ namespace coiommu::daemon {
 
 struct HelloInfo {
     uint16_t version = 0;
+    uint16_t minor = 0;  // proto::kMinorVersion of the daemon (0: before minor versions)
     uint64_t features = 0;
     uint32_t session_id = 0;
     uint32_t max_message_size = 0;
@@ -98,6 +99,10 @@ public:
     [[nodiscard]] Result<BackendInfo> set_backend_null(uint64_t entry_limit = 0);
     // `container` is a VFIO container with its groups attached and its IOMMU type set.
     [[nodiscard]] Result<BackendInfo> set_backend_vfio(UniqueFd container, uint64_t entry_limit = 0);
+    // `iommufd` is the VMM's /dev/iommu fd and `ioas_id` an IOAS in it with the devices attached
+    // (protocol 1.1). Errors: ENOTSUP when the daemon does not offer kFeatureIommufdBackend (an
+    // older daemon, or --backends without iommufd); the daemon's Error (ENOENT: no such IOAS).
+    [[nodiscard]] Result<BackendInfo> set_backend_iommufd(UniqueFd iommufd, uint32_t ioas_id);
     // Sends the per-vCPU trigger eventfds (in chunks of kMaxFdsPerMessage). Returns whether the
     // daemon is now running the engine (true once every vCPU has its trigger).
     [[nodiscard]] Result<bool> set_triggers(std::span<const int> eventfds);

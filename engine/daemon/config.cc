@@ -135,8 +135,8 @@ Status set_engine(DaemonConfig& cfg, std::string_view what, std::string_view val
 Status set_backends(DaemonConfig& cfg, std::string_view what, std::string_view value) {
     std::vector<std::string> backends;
     for (auto item : split_list(value)) {
-        if (item != "vfio" && item != "fake" && item != "null") {
-            return make_error(EINVAL, fmt::format("{}: unknown backend '{}' (vfio, fake, null)", what, item));
+        if (item != "vfio" && item != "iommufd" && item != "fake" && item != "null") {
+            return make_error(EINVAL, fmt::format("{}: unknown backend '{}' (vfio, iommufd, fake, null)", what, item));
         }
         backends.emplace_back(item);
     }
@@ -216,7 +216,7 @@ constexpr Key kKeys[] = {
     {"engine", "--engine,--engine-opts", "OPTS", kService,
      "the pin engine's options, name=value,... (ENGINE OPTIONS\nbelow); default: the engine defaults", set_engine,
      [](const DaemonConfig& c) { return c.engine_opts; }},
-    {"backends", "", "LIST", kService, "the DMA backends VMMs may choose: vfio, fake, null", set_backends,
+    {"backends", "", "LIST", kService, "the DMA backends VMMs may choose: vfio, iommufd, fake, null", set_backends,
      [](const DaemonConfig& c) { return join(c.backends); }},
     {"max_guest_memory", "", "SIZE", kService, "the highest guest-physical address a VM may register, 1M..256T",
      set_max_guest_memory, [](const DaemonConfig& c) { return format_size(c.max_guest_memory); }},
@@ -291,6 +291,7 @@ uint64_t features_for(const std::vector<std::string>& backends) {
     uint64_t f = 0;
     for (const auto& b : backends) {
         if (b == "vfio") f |= proto::kFeatureVfioBackend;
+        if (b == "iommufd") f |= proto::kFeatureIommufdBackend;
         if (b == "fake") f |= proto::kFeatureFakeBackend | proto::kFeatureQueryMapped;
         if (b == "null") f |= proto::kFeatureNullBackend;
     }

@@ -11,7 +11,7 @@
 //   setup_timeout       time a VMM has to reach Running              10s
 //   io_timeout          time a reply may wait for the VMM to read    5s
 //   engine              engine options (workers/config.h)            engine defaults
-//   backends            DMA backends VMMs may choose                 vfio,fake,null
+//   backends            DMA backends VMMs may choose                 vfio,iommufd,fake,null
 //   max_guest_memory    highest guest-physical address a VM may use  1T
 //   metrics_address     Prometheus endpoint, or `none`               127.0.0.1:9464
 //   tracing             auto (attach BPF if permitted) | off         auto
@@ -60,7 +60,7 @@ struct DaemonConfig {
     std::chrono::milliseconds io_timeout{5'000};
     std::string engine_opts;  // as given; parsed into `engine` by finalize()
     workers::EngineConfig engine;
-    std::vector<std::string> backends{"vfio", "fake", "null"};
+    std::vector<std::string> backends{"vfio", "iommufd", "fake", "null"};
     uint64_t max_guest_memory = uint64_t{1} << 40;
     std::string metrics_address = "127.0.0.1:9464";  // "none": no exporter
     TracingMode tracing = TracingMode::Auto;

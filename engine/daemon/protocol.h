@@ -28,6 +28,10 @@ static_assert(std::endian::native == std::endian::little,
 
 inline constexpr uint32_t kMagic = 0x4d4f4943;  // bytes "CIOM"
 inline constexpr uint16_t kVersion = 1;
+// Additions within version 1 that change no existing layout (PROTOCOL.md, "Versioning"). The
+// daemon reports its minor in HelloRep; a VMM uses an addition only when the minor and the
+// feature bit say so. 1: the iommufd backend (SetBackend kind 4, kFeatureIommufdBackend).
+inline constexpr uint16_t kMinorVersion = 1;
 // Bound on one datagram (header + payload). A bigger one is truncated by the kernel and refused.
 inline constexpr std::size_t kMaxMessageSize = 64 * 1024;
 // Bound on the fds of one message (the kernel's SCM_MAX_FD is 253).
@@ -76,9 +80,10 @@ inline constexpr std::size_t kMaxPayload = kMaxMessageSize - sizeof(Header);
 inline constexpr uint64_t kFeatureVfioBackend = 1u << 0;
 inline constexpr uint64_t kFeatureFakeBackend = 1u << 1;
 inline constexpr uint64_t kFeatureNullBackend = 1u << 2;
-inline constexpr uint64_t kFeatureQueryMapped = 1u << 3;  // QueryMapped (fake backend only)
+inline constexpr uint64_t kFeatureQueryMapped = 1u << 3;     // QueryMapped (fake backend only)
+inline constexpr uint64_t kFeatureIommufdBackend = 1u << 4;  // minor 1
 inline constexpr uint64_t kAllFeatures =
-    kFeatureVfioBackend | kFeatureFakeBackend | kFeatureNullBackend | kFeatureQueryMapped;
+    kFeatureVfioBackend | kFeatureFakeBackend | kFeatureNullBackend | kFeatureQueryMapped | kFeatureIommufdBackend;
 
 // --- Hello (0 fds) -------------------------------------------------------------------------------
 struct HelloReq {
@@ -91,8 +96,8 @@ struct HelloReq {
 static_assert(sizeof(HelloReq) == 48);
 
 struct HelloRep {
-    uint16_t version = kVersion;  // chosen
-    uint16_t pad0 = 0;
+    uint16_t version = kVersion;     // chosen
+    uint16_t minor = kMinorVersion;  // 0 from daemons before minor versions existed (was padding)
     uint32_t max_message_size = kMaxMessageSize;
     uint64_t features = 0;  // offered (requested & supported & allowed by configuration)
     uint32_t max_fds = kMaxFdsPerMessage;
@@ -130,18 +135,19 @@ struct SetTopologyRep {
 };
 static_assert(sizeof(SetTopologyRep) == 16);
 
-// --- SetBackend (1 fd for vfio: the container, IOMMU type already set; else 0) ------------------
-enum class BackendKind : uint32_t { Vfio = 1, Fake = 2, Null = 3 };
+// --- SetBackend (1 fd for vfio: the container, IOMMU type already set; 1 fd for iommufd: the
+// iommufd, whose IOAS `param` names; else 0) ----------------------------------------------------
+enum class BackendKind : uint32_t { Vfio = 1, Fake = 2, Null = 3, Iommufd = 4 };
 enum class FakeLatency : uint32_t { None = 0, Typical = 1 };
 struct SetBackendReq {
     uint32_t kind = 0;         // BackendKind
-    uint32_t latency = 0;      // FakeLatency (fake only; else 0)
-    uint64_t entry_limit = 0;  // 0: default (fake/null 65535; vfio: the kernel's)
+    uint32_t param = 0;        // fake: FakeLatency; iommufd: the IOAS id (non-zero); else 0
+    uint64_t entry_limit = 0;  // 0: default (fake/null 65535; vfio: the kernel's); iommufd: 0
 };
 static_assert(sizeof(SetBackendReq) == 16);
 struct SetBackendRep {
     uint64_t entry_limit = 0;
-    char name[16]{};  // "vfio", "fake", "null"
+    char name[16]{};  // "vfio", "iommufd", "fake", "null"
 };
 static_assert(sizeof(SetBackendRep) == 24);
 

@@ -12,6 +12,7 @@
 #include "engine/base/log.h"
 #include "engine/core/spec.h"
 #include "engine/dma/fake_backend.h"
+#include "engine/dma/iommufd_backend.h"
 #include "engine/dma/null_backend.h"
 #include "engine/dma/vfio_backend.h"
 
@@ -257,7 +258,7 @@ Reply Session::on_set_backend(Message& m) {
         return error_reply(kType, EBADMSG, "SetBackend: malformed payload", true);
     }
     const auto kind = static_cast<proto::BackendKind>(req->kind);
-    const std::size_t want_fds = kind == proto::BackendKind::Vfio ? 1 : 0;
+    const std::size_t want_fds = kind == proto::BackendKind::Vfio || kind == proto::BackendKind::Iommufd ? 1 : 0;
     if (m.fds.size() != want_fds) {
         return error_reply(kType, EBADMSG,
                            fmt::format("SetBackend: kind {} needs {} fds, got {}", req->kind, want_fds, m.fds.size()),
@@ -277,15 +278,26 @@ Reply Session::on_set_backend(Message& m) {
             backend_ = std::move(*b);
             break;
         }
+        case proto::BackendKind::Iommufd: {
+            if ((features_ & proto::kFeatureIommufdBackend) == 0) return refuse("iommufd");
+            if (req->param == 0 || req->entry_limit != 0) {
+                return error_reply(kType, EINVAL, "SetBackend: iommufd needs an IOAS id and takes no entry limit",
+                                   true);
+            }
+            auto b = dma::IommufdBackend::adopt(std::move(m.fds[0]), req->param);
+            if (!b) return error_reply(kType, with_context(b.error(), "SetBackend iommufd"), true);
+            backend_ = std::move(*b);
+            break;
+        }
         case proto::BackendKind::Fake: {
             if ((features_ & proto::kFeatureFakeBackend) == 0) return refuse("fake");
-            if (req->latency > static_cast<uint32_t>(proto::FakeLatency::Typical)) {
-                return error_reply(kType, EINVAL, fmt::format("SetBackend: unknown latency model {}", req->latency),
+            if (req->param > static_cast<uint32_t>(proto::FakeLatency::Typical)) {
+                return error_reply(kType, EINVAL, fmt::format("SetBackend: unknown latency model {}", req->param),
                                    true);
             }
             dma::FakeConfig fc;
             if (req->entry_limit != 0) fc.entry_limit = req->entry_limit;
-            if (req->latency == static_cast<uint32_t>(proto::FakeLatency::Typical)) {
+            if (req->param == static_cast<uint32_t>(proto::FakeLatency::Typical)) {
                 fc.latency = dma::LatencyModel::typical();
             }
             auto fake = std::make_unique<dma::FakeBackend>(fc);
@@ -295,7 +307,7 @@ Reply Session::on_set_backend(Message& m) {
         }
         case proto::BackendKind::Null: {
             if ((features_ & proto::kFeatureNullBackend) == 0) return refuse("null");
-            if (req->latency != 0) return error_reply(kType, EINVAL, "SetBackend: null takes no latency model", true);
+            if (req->param != 0) return error_reply(kType, EINVAL, "SetBackend: null takes no latency model", true);
             backend_ = std::make_unique<dma::NullBackend>(req->entry_limit != 0 ? req->entry_limit : 65535);
             break;
         }

@@ -24,7 +24,7 @@ coiommu::unexpected<Error> bad(fmt::format_string<Args...> f, Args&&... args) {
 }
 
 constexpr workers::Variant kAllVariants[] = {workers::Variant::Fast, workers::Variant::Seed};
-constexpr BackendKind kAllBackends[] = {BackendKind::Fake, BackendKind::Null, BackendKind::Vfio};
+constexpr BackendKind kAllBackends[] = {BackendKind::Fake, BackendKind::Null, BackendKind::Vfio, BackendKind::Iommufd};
 constexpr FakeLatency kAllLatencies[] = {FakeLatency::Typical, FakeLatency::None};
 
 constexpr uint64_t kMaxLifetimeOps = 65535;
@@ -168,7 +168,8 @@ void add_backend_options(CLI::App& app, LoadOptions& o) {
     const std::string g = "DMA backend";
     cli::add_choice(app, "--backend", o.backend, all(kAllBackends), kNameOf,
                     "fake: a model of a VFIO type1 container; null: accepts\n"
-                    "every map; vfio: a real container (--vfio-group)")
+                    "every map; vfio: a real type1 container (--vfio-group);\n"
+                    "iommufd: a real IOAS of /dev/iommu (--vfio-device)")
         ->group(g);
     cli::add_choice(app, "--latency", o.latency, all(kAllLatencies), kNameOf, "latency model of the fake backend")
         ->group(g);
@@ -176,6 +177,9 @@ void add_backend_options(CLI::App& app, LoadOptions& o) {
                      "dma_entry_limit of the fake/null container")
         ->group(g);
     cli::add_text(app, "--vfio-group", o.vfio_group, "PATH", "the VFIO group of --backend vfio, e.g. /dev/vfio/12")
+        ->group(g);
+    cli::add_text(app, "--vfio-device", o.vfio_device, "PATH",
+                  "the VFIO device cdev of --backend iommufd, e.g.\n/dev/vfio/devices/vfio0 (Linux >= 6.6)")
         ->group(g);
     cli::add_text(app, "--connect", o.connect_path, "SOCKET",
                   "drive a running coiommud at SOCKET as a VMM would (guest\n"
@@ -240,6 +244,12 @@ Status check_backend(const CLI::App& app, const LoadOptions& o) {
         return bad("--backend vfio needs --vfio-group /dev/vfio/N");
     }
     if (o.backend != BackendKind::Vfio && !o.vfio_group.empty()) return bad("--vfio-group is only for --backend vfio");
+    if (o.backend == BackendKind::Iommufd && o.vfio_device.empty()) {
+        return bad("--backend iommufd needs --vfio-device /dev/vfio/devices/vfioN");
+    }
+    if (o.backend != BackendKind::Iommufd && !o.vfio_device.empty()) {
+        return bad("--vfio-device is only for --backend iommufd");
+    }
     if (o.backend != BackendKind::Fake && given(app, "--latency")) return bad("--latency is only for --backend fake");
     return ok();
 }
@@ -294,6 +304,7 @@ std::string_view to_string(BackendKind k) {
         case BackendKind::Fake: return "fake";
         case BackendKind::Null: return "null";
         case BackendKind::Vfio: return "vfio";
+        case BackendKind::Iommufd: return "iommufd";
     }
     return "?";
 }

@@ -22,7 +22,7 @@
 
 namespace coiommu::loadgen {
 
-enum class BackendKind : uint8_t { Fake, Null, Vfio };
+enum class BackendKind : uint8_t { Fake, Null, Vfio, Iommufd };
 [[nodiscard]] std::string_view to_string(BackendKind k);
 enum class FakeLatency : uint8_t { Typical, None };
 [[nodiscard]] std::string_view to_string(FakeLatency l);
@@ -52,7 +52,8 @@ struct LoadOptions {
     std::vector<workers::Variant> engines{workers::Variant::Fast};
     std::vector<StrategyKind> strategies{StrategyKind::Coiommu};
     BackendKind backend = BackendKind::Fake;
-    std::string vfio_group;  // --backend vfio: /dev/vfio/N
+    std::string vfio_group;   // --backend vfio: /dev/vfio/N
+    std::string vfio_device;  // --backend iommufd: /dev/vfio/devices/vfioN
     // --connect: a running coiommud serves the coiommu strategy (its engine, its fake or null
     // backend); empty: the engine runs in this process.
     std::string connect_path;

@@ -63,6 +63,7 @@ Json options_json(const LoadOptions& o) {
     j["strategies"] = join_names(o.strategies);
     j["backend"] = to_string(o.backend);
     j["vfio_group"] = o.vfio_group;
+    j["vfio_device"] = o.vfio_device;
     j["connect"] = o.connect_path;
     j["engine_opts"] = o.engine_opts;
     j["engine_config"] = workers::to_string(o.engine);

@@ -39,6 +39,7 @@
 #include "engine/base/log.h"
 #include "engine/dma/fake_backend.h"
 #include "engine/dma/null_backend.h"
+#include "engine/dma/iommufd_backend.h"
 #include "engine/dma/vfio_backend.h"
 #include "engine/loadgen/guest_layout.h"
 #include "engine/loadgen/in_process_link.h"
@@ -489,6 +490,18 @@ void balloon_loop(RunCtx& ctx, BalloonStats& out) {
 
 // ---- setup helpers ----------------------------------------------------------------------------------
 
+// Pinned pages count against RLIMIT_MEMLOCK (crosvm raises it by the guest RAM size); with
+// --connect the daemon pins, but a VMM raises it all the same.
+void raise_memlock(uint64_t ram_bytes) {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return;
+    const rlimit want{RLIM_INFINITY, RLIM_INFINITY};
+    const rlimit enough{lim.rlim_cur + ram_bytes, std::max<rlim_t>(lim.rlim_max, lim.rlim_cur + ram_bytes)};
+    if (::setrlimit(RLIMIT_MEMLOCK, &want) != 0 && ::setrlimit(RLIMIT_MEMLOCK, &enough) != 0) {
+        CLOG_WARN(kLog, "cannot raise RLIMIT_MEMLOCK by the guest RAM size: {}", std::strerror(errno));
+    }
+}
+
 struct Backend {
     std::unique_ptr<dma::DmaBackend> own;
     dma::FakeBackend* fake = nullptr;
@@ -496,13 +509,16 @@ struct Backend {
 
 Result<Backend> make_backend(const LoadOptions& o) {
     Backend b;
-    if (!o.connect_path.empty() && o.backend != BackendKind::Vfio) {
+    const bool real = o.backend == BackendKind::Vfio || o.backend == BackendKind::Iommufd;
+    if (!o.connect_path.empty() && !real) {
         // The daemon's backend serves; this one only keeps the run's references valid (unused).
         b.own = std::make_unique<dma::NullBackend>(o.entry_limit);
         return b;
     }
-    // --connect --backend vfio: we are the VMM. We set the container up and keep it (and the
-    // group) for the whole run; the daemon gets a duplicate of the container fd and maps on it.
+    // --connect --backend vfio|iommufd: we are the VMM. We set the container (or the IOAS) up and
+    // keep it (and the group or device) for the whole run; the daemon gets a duplicate of the
+    // container fd (or of the iommufd, with the IOAS id) and maps on it.
+    if (real) raise_memlock(o.ram_bytes);
     switch (o.backend) {
         case BackendKind::Fake: {
             dma::FakeConfig cfg;
@@ -515,18 +531,14 @@ Result<Backend> make_backend(const LoadOptions& o) {
         }
         case BackendKind::Null: b.own = std::make_unique<dma::NullBackend>(o.entry_limit); return b;
         case BackendKind::Vfio: {
-            // Pinned pages count against RLIMIT_MEMLOCK (crosvm raises it by the guest RAM size).
-            rlimit lim{};
-            if (::getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
-                const rlimit want{RLIM_INFINITY, RLIM_INFINITY};
-                const rlimit enough{lim.rlim_cur + o.ram_bytes,
-                                    std::max<rlim_t>(lim.rlim_max, lim.rlim_cur + o.ram_bytes)};
-                if (::setrlimit(RLIMIT_MEMLOCK, &want) != 0 && ::setrlimit(RLIMIT_MEMLOCK, &enough) != 0) {
-                    CLOG_WARN(kLog, "cannot raise RLIMIT_MEMLOCK by the guest RAM size: {}", std::strerror(errno));
-                }
-            }
             auto v = dma::VfioBackend::open_group(o.vfio_group);
             if (!v) return coiommu::unexpected(with_context(v.error(), fmt::format("vfio group {}", o.vfio_group)));
+            b.own = std::move(*v);
+            return b;
+        }
+        case BackendKind::Iommufd: {
+            auto v = dma::IommufdBackend::open_device(o.vfio_device);
+            if (!v) return coiommu::unexpected(with_context(v.error(), fmt::format("vfio device {}", o.vfio_device)));
             b.own = std::move(*v);
             return b;
         }
@@ -538,6 +550,7 @@ RemoteBackend remote_backend(BackendKind k) {
     switch (k) {
         case BackendKind::Null: return RemoteBackend::Null;
         case BackendKind::Vfio: return RemoteBackend::Vfio;
+        case BackendKind::Iommufd: return RemoteBackend::Iommufd;
         case BackendKind::Fake: break;
     }
     return RemoteBackend::Fake;
@@ -559,6 +572,11 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
                     const auto* vfio = dynamic_cast<const dma::VfioBackend*>(env.backend);
                     if (vfio == nullptr) return make_error(EINVAL, "--connect --backend vfio: no container");
                     sc.vfio_container_fd = vfio->container_fd();
+                } else if (sc.backend == RemoteBackend::Iommufd) {
+                    const auto* iommufd = dynamic_cast<const dma::IommufdBackend*>(env.backend);
+                    if (iommufd == nullptr) return make_error(EINVAL, "--connect --backend iommufd: no IOAS");
+                    sc.iommufd = iommufd->iommufd();
+                    sc.ioas_id = iommufd->ioas_id();
                 }
                 sc.latency = o.latency == FakeLatency::Typical ? daemon::proto::FakeLatency::Typical
                                                                : daemon::proto::FakeLatency::None;
@@ -1107,7 +1125,8 @@ void Run::teardown() {
                                                      info->dma_entries_after, info->pages_unpinned)
                                        : std::string("the daemon did not answer Close")});
         if (o_.backend == BackendKind::Vfio) {
-            // The VMM's own view of its container: every entry the daemon made is gone again.
+            // The VMM's own view of its container (type1: DMA_AVAIL; iommufd has no such count):
+            // every entry the daemon made is gone again.
             const uint64_t left = backend_.own->live_entries();
             r_.checks.push_back(Check{"container_back_to_initial", left == 0,
                                       fmt::format("the VMM's container has {} entries more than at setup "

@@ -23,6 +23,11 @@ Result<daemon::BackendInfo> choose_backend(daemon::Client& c, const SocketLinkCo
             if (!dup) return make_error(errno, "duplicating the VFIO container fd");
             return c.set_backend_vfio(std::move(dup), cfg.entry_limit);
         }
+        case RemoteBackend::Iommufd: {
+            UniqueFd dup(::fcntl(cfg.iommufd, F_DUPFD_CLOEXEC, 0));
+            if (!dup) return make_error(errno, "duplicating the iommufd");
+            return c.set_backend_iommufd(std::move(dup), cfg.ioas_id);
+        }
     }
     return make_error(EINVAL, "unknown remote backend");
 }

@@ -24,7 +24,7 @@
 
 namespace coiommu::loadgen {
 
-enum class RemoteBackend : uint8_t { Fake, Null, Vfio };
+enum class RemoteBackend : uint8_t { Fake, Null, Vfio, Iommufd };
 
 struct SocketLinkConfig {
     std::string socket_path;
@@ -36,6 +36,9 @@ struct SocketLinkConfig {
     // RemoteBackend::Vfio: the VMM's container (borrowed; a duplicate goes to the daemon, the VMM
     // keeps its own descriptor and its groups, as a VMM does).
     int vfio_container_fd = -1;
+    // RemoteBackend::Iommufd: the VMM's iommufd (borrowed, duplicated as above) and its IOAS.
+    int iommufd = -1;
+    uint32_t ioas_id = 0;
 };
 
 class SocketLink final : public VmLink {

@@ -129,9 +129,17 @@ TEST(LoadConnect, NullBackendRunSaysTheInvariantIsSkipped) {
     EXPECT_EQ(d.terminate(), 0);
 }
 
-TEST(LoadConnect, ConnectWithVfioOrAnotherStrategyIsABadCommandLine) {
+// --connect --backend vfio: coiommu-load is the VMM and opens the group itself, before it talks
+// to the daemon; a group that does not exist fails the run (not the command line), naming it.
+TEST(LoadConnect, ConnectWithVfioOpensTheVmmsGroupFirst) {
     ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
-    EXPECT_EQ(run_load(d.dir(), "--connect " + d.socket() + " --backend vfio --vfio-group /dev/vfio/1").code, 2);
+    const Exit e = run_load(d.dir(), "--connect " + d.socket() + " --backend vfio --vfio-group /nonexistent/vfio/1");
+    EXPECT_EQ(e.code, 1);
+    EXPECT_NE(e.err.find("/nonexistent/vfio/1"), std::string::npos) << e.err;
+}
+
+TEST(LoadConnect, ConnectWithAnotherStrategyOrTheInProcessEngineIsABadCommandLine) {
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
     const Exit strict = run_load(d.dir(), "--connect " + d.socket() + " --strategy strict");
     EXPECT_EQ(strict.code, 2);
     EXPECT_NE(strict.err.find("coiommu strategy only"), std::string::npos) << strict.err;

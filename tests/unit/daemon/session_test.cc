@@ -445,6 +445,69 @@ TEST_F(SessionTest, VfioBackendWithANonContainerFdIsRefused) {
     expect_closed();
 }
 
+// ---- the iommufd backend (protocol 1.1) -------------------------------------------------------
+
+TEST_F(SessionTest, HelloReportsMinorVersionOneWithTheIommufdFeature) {
+    start();
+    ASSERT_OK_AND_ASSIGN(auto h, client_->hello("a", proto::kAllFeatures));
+    EXPECT_EQ(h.version, 1);
+    EXPECT_EQ(h.minor, 1);
+    EXPECT_NE(h.features & proto::kFeatureIommufdBackend, 0u);
+}
+
+TEST_F(SessionTest, IommufdBackendNotAllowedByPolicyIsRefusedByTheClient) {
+    SessionPolicy p;
+    p.features = proto::kFeatureVfioBackend;
+    start(p);
+    ASSERT_OK(client_->hello("a", proto::kAllFeatures));
+    setup_memory();
+    const uint16_t bdf = kBdf;
+    ASSERT_OK(client_->set_topology(1, std::span<const uint16_t>(&bdf, 1)));
+    ASSERT_OK_AND_ASSIGN(auto ev, EventFd::create());
+    // Not offered in Hello: the client does not send it at all.
+    EXPECT_ERR(client_->set_backend_iommufd(UniqueFd(::dup(ev.fd())), 1), ENOTSUP);
+}
+
+TEST_F(SessionTest, IommufdBackendNotAllowedByPolicyIsRefusedByTheDaemon) {
+    SessionPolicy p;
+    p.features = proto::kFeatureVfioBackend;
+    start(p);
+    ASSERT_OK(client_->hello("a", proto::kAllFeatures));
+    setup_memory();
+    const uint16_t bdf = kBdf;
+    ASSERT_OK(client_->set_topology(1, std::span<const uint16_t>(&bdf, 1)));
+    ASSERT_OK_AND_ASSIGN(auto ev, EventFd::create());
+    proto::SetBackendReq req;
+    req.kind = static_cast<uint32_t>(proto::BackendKind::Iommufd);
+    req.param = 1;
+    const int fd = ev.fd();
+    EXPECT_ERR(client_->call(MsgType::SetBackend, as_bytes_of(req), std::span<const int>(&fd, 1)), EPERM);
+    expect_closed();
+}
+
+TEST_F(SessionTest, IommufdBackendWithoutAnIoasIdIsRefused) {
+    start();
+    ASSERT_OK(client_->hello("a", proto::kAllFeatures));
+    setup_memory();
+    const uint16_t bdf = kBdf;
+    ASSERT_OK(client_->set_topology(1, std::span<const uint16_t>(&bdf, 1)));
+    ASSERT_OK_AND_ASSIGN(auto ev, EventFd::create());
+    EXPECT_ERR(client_->set_backend_iommufd(UniqueFd(::dup(ev.fd())), 0), EINVAL);
+    expect_closed();
+}
+
+TEST_F(SessionTest, IommufdBackendWithANonIommufdFdIsRefusedWithTheKernelsErrno) {
+    start();
+    ASSERT_OK(client_->hello("a", proto::kAllFeatures));
+    setup_memory();
+    const uint16_t bdf = kBdf;
+    ASSERT_OK(client_->set_topology(1, std::span<const uint16_t>(&bdf, 1)));
+    ASSERT_OK_AND_ASSIGN(auto ev, EventFd::create());
+    // IOMMU_IOAS_IOVA_RANGES on an eventfd: ENOTTY.
+    EXPECT_ERR(client_->set_backend_iommufd(UniqueFd(::dup(ev.fd())), 1), ENOTTY);
+    expect_closed();
+}
+
 TEST_F(SessionTest, UnknownBackendKindIsRefused) {
     start();
     ASSERT_OK(client_->hello("a", proto::kAllFeatures));

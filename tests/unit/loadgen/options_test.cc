@@ -147,7 +147,7 @@ TEST(CliErrors, UnknownStrategy) {
 }
 
 TEST(CliErrors, UnknownBackend) {
-    EXPECT_NE(message({"--backend", "iommufd"}).find("fake|null|vfio"), std::string::npos);
+    EXPECT_NE(message({"--backend", "type2"}).find("fake|null|vfio|iommufd"), std::string::npos);
 }
 
 TEST(CliErrors, ThinkAndRateExcludeEachOther) {
@@ -288,7 +288,7 @@ TEST(Cli, HelpShowsEachFlagsRangeAndDefault) {
     EXPECT_NE(u.find("1..256"), std::string::npos);
     EXPECT_NE(u.find("--duration DURATION=5s"), std::string::npos);
     EXPECT_NE(u.find("--ram SIZE=1G"), std::string::npos);
-    EXPECT_NE(u.find("--backend fake|null|vfio=fake"), std::string::npos);
+    EXPECT_NE(u.find("--backend fake|null|vfio|iommufd=fake"), std::string::npos);
 }
 
 // ---- --engine-opts and variant= ------------------------------------------------------------------
@@ -326,6 +326,19 @@ TEST(CliConnect, HandsTheDaemonARealContainerWithBackendVfio) {
     const LoadOptions o = options({"--connect", "/run/c.sock", "--backend", "vfio", "--vfio-group", "/dev/vfio/1"});
     EXPECT_EQ(o.backend, BackendKind::Vfio);
     EXPECT_EQ(o.vfio_group, "/dev/vfio/1");
+}
+
+TEST(CliConnect, HandsTheDaemonAnIommufdWithBackendIommufd) {
+    const LoadOptions o =
+        options({"--connect", "/run/c.sock", "--backend", "iommufd", "--vfio-device", "/dev/vfio/devices/vfio0"});
+    EXPECT_EQ(o.backend, BackendKind::Iommufd);
+    EXPECT_EQ(o.vfio_device, "/dev/vfio/devices/vfio0");
+}
+
+TEST(CliBackend, IommufdNeedsItsDeviceAndTheDeviceNeedsIommufd) {
+    EXPECT_NE(message({"--backend", "iommufd"}).find("--vfio-device"), std::string::npos);
+    EXPECT_NE(message({"--vfio-device", "/dev/vfio/devices/vfio0"}).find("only for --backend iommufd"),
+              std::string::npos);
 }
 
 TEST(CliConnect, BackendVfioStillNeedsItsGroup) {

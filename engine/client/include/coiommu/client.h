@@ -63,6 +63,8 @@ extern "C" {
 
 /* The wire protocol version this library speaks (coiommu_client_hello.version). */
 #define COIOMMU_CLIENT_PROTOCOL_VERSION 1
+/* The additions within it this library knows (1: the iommufd backend). */
+#define COIOMMU_CLIENT_PROTOCOL_MINOR 1
 
 /* The version of the library loaded at run time, encoded as COIOMMU_CLIENT_VERSION. A program
  * built against this header runs with any library of the same major version and a minor version
@@ -75,8 +77,9 @@ COIOMMU_CLIENT_API uint32_t coiommu_client_version(void);
 #define COIOMMU_CLIENT_FEATURE_VFIO_BACKEND 0x1ull
 #define COIOMMU_CLIENT_FEATURE_FAKE_BACKEND 0x2ull
 #define COIOMMU_CLIENT_FEATURE_NULL_BACKEND 0x4ull
-#define COIOMMU_CLIENT_FEATURE_QUERY_MAPPED 0x8ull /* coiommu_client_query_mapped (fake backend) */
-#define COIOMMU_CLIENT_FEATURES_ALL 0xfull
+#define COIOMMU_CLIENT_FEATURE_QUERY_MAPPED 0x8ull     /* coiommu_client_query_mapped (fake backend) */
+#define COIOMMU_CLIENT_FEATURE_IOMMUFD_BACKEND 0x10ull /* protocol minor 1 */
+#define COIOMMU_CLIENT_FEATURES_ALL 0x1full
 
 #define COIOMMU_CLIENT_MAX_REGIONS 64          /* regions per coiommu_client_set_memory */
 #define COIOMMU_CLIENT_MAX_VCPUS 1024          /* vCPUs (notify slots, triggers) */
@@ -118,8 +121,8 @@ COIOMMU_CLIENT_API uint32_t coiommu_client_version(void);
 struct coiommu_client;
 
 struct coiommu_client_hello {
-    uint16_t version; /* protocol version the daemon chose */
-    uint16_t reserved0;
+    uint16_t version;          /* protocol version the daemon chose */
+    uint16_t minor;            /* the daemon's additions within it (COIOMMU_CLIENT_PROTOCOL_MINOR; 0: older) */
     uint32_t session_id;       /* the daemon's id of this session (in its logs and metrics) */
     uint64_t features;         /* COIOMMU_CLIENT_FEATURE_* bits offered */
     uint32_t max_message_size; /* bytes per datagram */
@@ -248,6 +251,11 @@ COIOMMU_CLIENT_API int coiommu_client_set_topology(struct coiommu_client* c, uin
  * that backend; the kernel's errno of the daemon's VFIO_IOMMU_GET_INFO. */
 COIOMMU_CLIENT_API int coiommu_client_set_backend_vfio(struct coiommu_client* c, int container_fd, uint64_t entry_limit,
                                                        struct coiommu_client_backend_info* info);
+/* iommufd (protocol minor 1, symbol node COIOMMU_CLIENT_0.2): iommufd (borrowed) is the VMM's
+ * /dev/iommu fd and ioas_id an IOAS in it with the devices attached. Errors: -ENOTSUP when the
+ * daemon does not offer COIOMMU_CLIENT_FEATURE_IOMMUFD_BACKEND; -ENOENT when the IOAS does not exist. */
+COIOMMU_CLIENT_API int coiommu_client_set_backend_iommufd(struct coiommu_client* c, int iommufd, uint32_t ioas_id,
+                                                          struct coiommu_client_backend_info* info);
 COIOMMU_CLIENT_API int coiommu_client_set_backend_fake(struct coiommu_client* c,
                                                        enum coiommu_client_fake_latency latency, uint64_t entry_limit,
                                                        struct coiommu_client_backend_info* info);
