@@ -5,6 +5,7 @@
 // Thread-safety: none; one thread drives the device at a time.
 #pragma once
 
+#include <fcntl.h>
 #include <linux/pci_regs.h>
 #include <linux/vfio.h>
 #include <sys/ioctl.h>
@@ -45,23 +46,17 @@ public:
         Edu edu;
         edu.fd_ = UniqueFd(::ioctl(group_fd, VFIO_GROUP_GET_DEVICE_FD, bdf.c_str()));
         if (!edu.fd_) return make_error(errno, "VFIO_GROUP_GET_DEVICE_FD " + bdf);
-        vfio_region_info bar0{};
-        bar0.argsz = sizeof(bar0);
-        bar0.index = VFIO_PCI_BAR0_REGION_INDEX;
-        if (::ioctl(edu.fd_.get(), VFIO_DEVICE_GET_REGION_INFO, &bar0) < 0) return make_error(errno, "BAR0 info");
-        edu.bar0_ = bar0.offset;
-        vfio_region_info cfg{};
-        cfg.argsz = sizeof(cfg);
-        cfg.index = VFIO_PCI_CONFIG_REGION_INDEX;
-        if (::ioctl(edu.fd_.get(), VFIO_DEVICE_GET_REGION_INFO, &cfg) < 0) return make_error(errno, "config info");
-        uint16_t cmd = 0;
-        if (::pread(edu.fd_.get(), &cmd, sizeof(cmd), static_cast<off_t>(cfg.offset + PCI_COMMAND)) != sizeof(cmd)) {
-            return make_error(errno, "read PCI_COMMAND");
-        }
-        cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-        if (::pwrite(edu.fd_.get(), &cmd, sizeof(cmd), static_cast<off_t>(cfg.offset + PCI_COMMAND)) != sizeof(cmd)) {
-            return make_error(errno, "write PCI_COMMAND");
-        }
+        COIOMMU_TRY(edu.enable());
+        return edu;
+    }
+
+    // The same from a device fd the caller already has (the VFIO cdev bound to an iommufd):
+    // duplicated, the caller keeps its own.
+    static Result<Edu> from_device(int device_fd) {
+        Edu edu;
+        edu.fd_ = UniqueFd(::fcntl(device_fd, F_DUPFD_CLOEXEC, 0));
+        if (!edu.fd_) return make_error(errno, "dup of the edu device fd");
+        COIOMMU_TRY(edu.enable());
         return edu;
     }
 
@@ -92,6 +87,29 @@ public:
     }
 
 private:
+    // BAR0's offset in the device fd; memory decoding and bus mastering on (vfio-pci leaves bus
+    // mastering off).
+    Status enable() {
+        vfio_region_info bar0{};
+        bar0.argsz = sizeof(bar0);
+        bar0.index = VFIO_PCI_BAR0_REGION_INDEX;
+        if (::ioctl(fd_.get(), VFIO_DEVICE_GET_REGION_INFO, &bar0) < 0) return make_error(errno, "BAR0 info");
+        bar0_ = bar0.offset;
+        vfio_region_info cfg{};
+        cfg.argsz = sizeof(cfg);
+        cfg.index = VFIO_PCI_CONFIG_REGION_INDEX;
+        if (::ioctl(fd_.get(), VFIO_DEVICE_GET_REGION_INFO, &cfg) < 0) return make_error(errno, "config info");
+        uint16_t cmd = 0;
+        if (::pread(fd_.get(), &cmd, sizeof(cmd), static_cast<off_t>(cfg.offset + PCI_COMMAND)) != sizeof(cmd)) {
+            return make_error(errno, "read PCI_COMMAND");
+        }
+        cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+        if (::pwrite(fd_.get(), &cmd, sizeof(cmd), static_cast<off_t>(cfg.offset + PCI_COMMAND)) != sizeof(cmd)) {
+            return make_error(errno, "write PCI_COMMAND");
+        }
+        return ok();
+    }
+
     UniqueFd fd_;
     uint64_t bar0_ = 0;
 };

@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -32,6 +33,7 @@
 #include <fmt/format.h>
 
 #include "engine/base/unique_fd.h"
+#include "engine/dma/iommufd_backend.h"
 #include "engine/dma/vfio_backend.h"
 #include "engine/guest/guest_memory.h"
 #include "engine/loadgen/guest_layout.h"
@@ -60,6 +62,7 @@ constexpr uint16_t kEndpoint = 0x0018;
 
 struct VmEnv {
     std::string group, bdf, coiommud;
+    std::string cdev;  // the edu device's VFIO cdev: only on the guest kernel with iommufd
 };
 
 std::optional<VmEnv> vm_env() {
@@ -67,7 +70,20 @@ std::optional<VmEnv> vm_env() {
     const char* bdf = std::getenv("VFIO_BDF");
     const char* bindir = std::getenv("VFIO_VM_BINDIR");
     if (group == nullptr || bdf == nullptr || bindir == nullptr) return std::nullopt;
-    return VmEnv{group, bdf, std::string(bindir) + "/coiommud"};
+    const char* cdev = std::getenv("VFIO_CDEV");
+    return VmEnv{group, bdf, std::string(bindir) + "/coiommud", cdev != nullptr ? cdev : ""};
+}
+
+// What the VMM hands the daemon: a type1 container, or an iommufd with an IOAS.
+enum class Iommu : uint8_t { Type1, Iommufd };
+
+struct Case {
+    std::string variant;  // fast, seed
+    Iommu iommu = Iommu::Type1;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& p) {
+    return p.param.variant + (p.param.iommu == Iommu::Type1 ? "_type1" : "_iommufd");
 }
 
 // DMAR write faults the guest kernel logged for `iova` so far ("DMAR: [DMA Write ...] Request device
@@ -112,12 +128,16 @@ void report(const std::string& line) {
     std::fflush(stdout);
 }
 
-class EngineOnType1Vm : public ::testing::TestWithParam<std::string> {
+class EngineOnRealIommuVm : public ::testing::TestWithParam<Case> {
 protected:
     void SetUp() override {
         auto env = vm_env();
         if (!env) GTEST_SKIP() << "VFIO_GROUP/VFIO_BDF/VFIO_VM_BINDIR not set: run inside scripts/vfio-vm-test.sh";
         env_ = *env;
+        if (iommufd() && env_.cdev.empty()) {
+            GTEST_SKIP() << "VFIO_CDEV not set: the iommufd cases run on the guest kernel with iommufd "
+                            "(scripts/vfio-vm-test.sh --kernel iommufd)";
+        }
         const std::array<RegionSpec, 1> ram{{{Gpa{0}, kRamBytes}}};
         ASSERT_OK_AND_ASSIGN(mem_, GuestMemory::create(ram));
         ASSERT_OK_AND_ASSIGN(auto layout, GuestLayout::compute(kRamBytes, kVcpus, kBufferPages));
@@ -141,10 +161,21 @@ protected:
                   "--metrics-address", "none",
                   "--backends",        "vfio",
                   "--log-level",       "warn",
-                  "--engine",          "variant=" + GetParam() + ",unpin_policy=lru,unpin_interval=100ms"};
+                  "--engine",          "variant=" + GetParam().variant + ",unpin_policy=lru,unpin_interval=100ms"};
         ASSERT_OK_AND_ASSIGN(auto d, DaemonProcess::start(std::move(dir), std::move(o)));
         daemon_.emplace(std::move(d));
 
+        if (iommufd()) {
+            ASSERT_NO_FATAL_FAILURE(start_iommufd_vmm());
+        } else {
+            ASSERT_NO_FATAL_FAILURE(start_type1_vmm(entry_limit));
+        }
+        ASSERT_NO_FATAL_FAILURE(start_guest());
+    }
+
+    [[nodiscard]] bool iommufd() const { return GetParam().iommu == Iommu::Iommufd; }
+
+    void start_type1_vmm(std::optional<uint64_t> entry_limit) {
         // The kernel samples dma_entry_limit when the container gets its IOMMU.
         std::optional<uint64_t> saved;
         if (entry_limit) {
@@ -161,20 +192,37 @@ protected:
         initial_avail_ = *info.caps.dma_avail;
         ASSERT_OK_AND_ASSIGN(auto edu, Edu::open(vmm_->group_fd(), env_.bdf));
         edu_.emplace(std::move(edu));
+    }
 
+    // As QEMU >= 9.0 does: the device cdev bound to an iommufd, an IOAS, the device attached.
+    void start_iommufd_vmm() {
+        auto ioas = dma::IommufdBackend::open_device(env_.cdev);
+        ASSERT_OK(ioas);
+        ioas_ = std::move(*ioas);
+        ASSERT_OK_AND_ASSIGN(auto edu, Edu::from_device(ioas_->device_fd()));
+        edu_.emplace(std::move(edu));
+    }
+
+    void start_guest() {
         SocketLinkConfig sc;
         sc.socket_path = daemon_->socket();
         sc.vcpus = kVcpus;
         sc.endpoints = {kEndpoint};
-        sc.backend = RemoteBackend::Vfio;
-        sc.vfio_container_fd = vmm_->container_fd();
+        if (iommufd()) {
+            sc.backend = RemoteBackend::Iommufd;
+            sc.iommufd = ioas_->iommufd();
+            sc.ioas_id = ioas_->ioas_id();
+        } else {
+            sc.backend = RemoteBackend::Vfio;
+            sc.vfio_container_fd = vmm_->container_fd();
+        }
         ASSERT_OK_AND_ASSIGN(auto link, SocketLink::create(mem_, sc));
         link_ = link.get();
-        ASSERT_EQ(link_->backend_info().name, "vfio");
+        ASSERT_EQ(link_->backend_info().name, iommufd() ? "iommufd" : "vfio");
         StrategyEnv se;
         se.mem = &mem_;
         se.layout = &layout_;
-        se.backend = vmm_.get();
+        se.backend = iommufd() ? static_cast<dma::DmaBackend*>(ioas_.get()) : vmm_.get();
         se.vcpus = kVcpus;
         se.max_outstanding = 8;
         se.max_buffer_pages = kBufferPages;
@@ -185,11 +233,40 @@ protected:
         }
     }
 
-    // Entries the daemon holds in the VMM's container now: the DMA_AVAIL it lost since setup.
+    // Mappings the daemon holds now. type1: the DMA_AVAIL the VMM's container lost since setup;
+    // iommufd has no such count: the daemon's own (its backend's) while the session is up.
     uint64_t container_entries() const {
+        if (iommufd()) {
+            auto s = link_->remote_stats();
+            return s ? s->snapshot.gauges.dma_entries : ~uint64_t{0};
+        }
         auto info = vmm_->query_info();
         if (!info || !info->caps.dma_avail) return ~uint64_t{0};
         return initial_avail_ - *info->caps.dma_avail;
+    }
+
+    // Whether the VMM's container or IOAS is as it was at setup, as far as the VMM can tell without
+    // the daemon. type1: DMA_AVAIL is back; iommufd: none of `probes` (pages the daemon mapped)
+    // is mapped any more (a map of each at its IOVA succeeds instead of EEXIST, and is undone).
+    bool nothing_left(std::span<const Gfn> probes) {
+        if (!iommufd()) return container_entries() == 0;
+        for (Gfn g : probes) {
+            const Iova iova{raw(g) << kPageShift};
+            auto r =
+                ioas_->map(iova, mem_.translate(Gpa{raw(iova)}, kPageSize).value(), kPageSize, dma::Prot::ReadWrite);
+            if (!r || *r != dma::MapOutcome::Mapped) return false;
+            if (!ioas_->unmap_exact(iova, kPageSize)) return false;
+        }
+        return true;
+    }
+
+    bool wait_for_nothing_left(std::span<const Gfn> probes, std::chrono::milliseconds limit) {
+        const auto end = std::chrono::steady_clock::now() + limit;
+        while (!nothing_left(probes)) {
+            if (std::chrono::steady_clock::now() >= end) return false;
+            std::this_thread::sleep_for(20ms);
+        }
+        return true;
     }
 
     bool wait_for_entries(uint64_t want, std::chrono::milliseconds limit) const {
@@ -218,6 +295,16 @@ protected:
     }
     bool unmap(uint32_t vcpu, Buffer buf, Iova iova) { return !vcpus_[vcpu]->unmap(buf, iova).has_value(); }
 
+    // Maps (and keeps) 8 buffers of 3 pages on vCPU 0; every page, or nothing on a failure.
+    std::vector<Gfn> map_some() {
+        std::vector<Gfn> pages;
+        for (uint64_t b = 0; b < 8; ++b) {
+            if (!map(0, Buffer{Gfn{b * 32}, 3})) return {};
+            for (uint64_t i = 0; i < 3; ++i) pages.push_back(Gfn{b * 32 + i});
+        }
+        return pages;
+    }
+
     // edu copies `src` (a guest page filled with a fresh pattern) into its buffer, then the
     // buffer to `dst_iova`. The source is mapped through the engine by the oracle vCPU first.
     // Returns the pattern's first byte, or nullopt when the source could not be read.
@@ -236,7 +323,8 @@ protected:
     GuestMemory mem_;
     GuestLayout layout_;
     std::optional<DaemonProcess> daemon_;
-    std::unique_ptr<dma::VfioBackend> vmm_;
+    std::unique_ptr<dma::VfioBackend> vmm_;      // type1: the VMM's container (and group)
+    std::unique_ptr<dma::IommufdBackend> ioas_;  // iommufd: the VMM's iommufd, IOAS and device
     std::optional<Edu> edu_;
     uint64_t initial_avail_ = 0;
     SocketLink* link_ = nullptr;  // owned by strategy_
@@ -246,7 +334,7 @@ protected:
 
 // Two vCPUs map and unmap random buffers while the oracle vCPU, at random moments, maps a random
 // page, has edu DMA a fresh pattern into it and reads it back from guest memory.
-TEST_P(EngineOnType1Vm, DeviceDmaLandsInEveryPageTheGuestWasToldIsPinned) {
+TEST_P(EngineOnRealIommuVm, DeviceDmaLandsInEveryPageTheGuestWasToldIsPinned) {
     ASSERT_NO_FATAL_FAILURE(start_session());
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> load_maps{0}, load_failures{0};
@@ -294,9 +382,9 @@ TEST_P(EngineOnType1Vm, DeviceDmaLandsInEveryPageTheGuestWasToldIsPinned) {
     }
     stop.store(true);
     for (auto& t : load) t.join();
-    report(GetParam() + ": " + std::to_string(landed) + "/" + std::to_string(kChecks) +
-           " device DMAs landed in pinned pages; load maps " + std::to_string(load_maps.load()) +
-           ", max container entries " + std::to_string(max_entries));
+    report(GetParam().variant + (iommufd() ? " iommufd" : " type1") + ": " + std::to_string(landed) + "/" +
+           std::to_string(kChecks) + " device DMAs landed in pinned pages; load maps " +
+           std::to_string(load_maps.load()) + ", max container entries " + std::to_string(max_entries));
     EXPECT_EQ(landed, kChecks);
     EXPECT_GT(load_maps.load(), 0u);
     EXPECT_EQ(load_failures.load(), 0u);
@@ -304,7 +392,7 @@ TEST_P(EngineOnType1Vm, DeviceDmaLandsInEveryPageTheGuestWasToldIsPinned) {
 }
 
 // After a balloon request took a page back, the IOMMU must drop the device's write to it.
-TEST_P(EngineOnType1Vm, DmaToAPageTheBalloonTookBackIsBlocked) {
+TEST_P(EngineOnRealIommuVm, DmaToAPageTheBalloonTookBackIsBlocked) {
     ASSERT_NO_FATAL_FAILURE(start_session());
     const Gfn src{100}, dst{200}, control{300};
     auto iova = map(kOracle, Buffer{dst, 1});
@@ -330,7 +418,7 @@ TEST_P(EngineOnType1Vm, DmaToAPageTheBalloonTookBackIsBlocked) {
 }
 
 // After the LRU unpinned an idle page, the IOMMU must drop the device's write to it.
-TEST_P(EngineOnType1Vm, DmaToAPageTheLruUnpinnedIsBlocked) {
+TEST_P(EngineOnRealIommuVm, DmaToAPageTheLruUnpinnedIsBlocked) {
     ASSERT_NO_FATAL_FAILURE(start_session());
     const Gfn src{100}, dst{200};
     ASSERT_TRUE(load_pattern(src, 2).has_value());  // src is unmapped again: idle like dst
@@ -350,36 +438,40 @@ TEST_P(EngineOnType1Vm, DmaToAPageTheLruUnpinnedIsBlocked) {
     EXPECT_EQ(page(dst)[Edu::kXfer - 1], std::byte{0xee});
 }
 
-// Teardown in its three forms leaves the VMM's container as it was at setup.
-TEST_P(EngineOnType1Vm, CloseLeavesTheContainerWithItsInitialDmaAvail) {
+// Teardown in its three forms leaves the VMM's container (or IOAS) as it was at setup.
+TEST_P(EngineOnRealIommuVm, CloseLeavesTheContainerAsItWas) {
     ASSERT_NO_FATAL_FAILURE(start_session());
-    for (uint64_t g = 0; g < 8; ++g) ASSERT_TRUE(map(0, Buffer{Gfn{g * 32}, 3}).has_value());
+    const auto pages = map_some();
+    ASSERT_FALSE(pages.empty());
     ASSERT_GT(container_entries(), 0u);
     link_->shutdown();
     ASSERT_TRUE(link_->close_info().has_value());
     EXPECT_EQ(link_->close_info()->dma_entries_after, 0u);
-    EXPECT_EQ(container_entries(), 0u);
+    EXPECT_TRUE(nothing_left(pages));
 }
 
-TEST_P(EngineOnType1Vm, SigtermLeavesTheContainerWithItsInitialDmaAvail) {
+TEST_P(EngineOnRealIommuVm, SigtermLeavesTheContainerAsItWas) {
     ASSERT_NO_FATAL_FAILURE(start_session());
-    for (uint64_t g = 0; g < 8; ++g) ASSERT_TRUE(map(0, Buffer{Gfn{g * 32}, 3}).has_value());
+    const auto pages = map_some();
+    ASSERT_FALSE(pages.empty());
     ASSERT_GT(container_entries(), 0u);
     EXPECT_EQ(daemon_->terminate(), std::optional<int>(0));
-    EXPECT_EQ(container_entries(), 0u);
+    EXPECT_TRUE(nothing_left(pages));
 }
 
-TEST_P(EngineOnType1Vm, VmmDisconnectLeavesTheContainerWithItsInitialDmaAvail) {
+TEST_P(EngineOnRealIommuVm, VmmDisconnectLeavesTheContainerAsItWas) {
     ASSERT_NO_FATAL_FAILURE(start_session());
-    for (uint64_t g = 0; g < 8; ++g) ASSERT_TRUE(map(0, Buffer{Gfn{g * 32}, 3}).has_value());
+    const auto pages = map_some();
+    ASSERT_FALSE(pages.empty());
     ASSERT_GT(container_entries(), 0u);
     link_->disconnect();
-    EXPECT_TRUE(wait_for_entries(0, 5s)) << container_entries() << " entries left after the VMM went away";
+    EXPECT_TRUE(wait_for_nothing_left(pages, 5s)) << "mappings left after the VMM went away";
 }
 
 // With the container's entry limit lowered, pins past it fail with ENOSPC: the guest sees PINNED
 // clear (its map fails), the engine counts the failure, nothing is mapped past the limit.
-TEST_P(EngineOnType1Vm, PinsPastALoweredEntryLimitFailCleanly) {
+TEST_P(EngineOnRealIommuVm, PinsPastALoweredEntryLimitFailCleanly) {
+    if (iommufd()) GTEST_SKIP() << "iommufd has no entry limit (its capacity case: IommufdVm in iommufd_vmtest.cc)";
     constexpr uint64_t kLimit = 20;
     ASSERT_NO_FATAL_FAILURE(start_session(kLimit));
     uint64_t mapped = 0, refused = 0;
@@ -398,15 +490,17 @@ TEST_P(EngineOnType1Vm, PinsPastALoweredEntryLimitFailCleanly) {
     EXPECT_EQ(stats.snapshot.gauges.pinned_pages, kLimit);
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, EngineOnType1Vm, ::testing::Values("fast", "seed"),
-                         [](const auto& p) { return p.param; });
+INSTANTIATE_TEST_SUITE_P(Type1, EngineOnRealIommuVm,
+                         ::testing::Values(Case{"fast", Iommu::Type1}, Case{"seed", Iommu::Type1}), case_name);
+INSTANTIATE_TEST_SUITE_P(Iommufd, EngineOnRealIommuVm,
+                         ::testing::Values(Case{"fast", Iommu::Iommufd}, Case{"seed", Iommu::Iommufd}), case_name);
 
 // ---- coalesced extents (the fast engine) ----------------------------------------------------------
 
-class ExtentsOnType1Vm : public EngineOnType1Vm {};
+class ExtentsOnRealIommuVm : public EngineOnRealIommuVm {};
 
 // A contiguous 16-page request is one type1 mapping; device DMA reaches each of its pages.
-TEST_P(ExtentsOnType1Vm, AContiguousBatchIsOneMapping) {
+TEST_P(ExtentsOnRealIommuVm, AContiguousBatchIsOneMapping) {
     ASSERT_NO_FATAL_FAILURE(start_session());
     const Buffer b{Gfn{64}, 16};
     auto iova = map(0, b);
@@ -421,7 +515,7 @@ TEST_P(ExtentsOnType1Vm, AContiguousBatchIsOneMapping) {
 // Ballooning one page of an extent whose other page is still mapped by the guest is refused by
 // the engine (an unmap that bisects a type1 mapping would fail with EINVAL in the kernel); once
 // the guest lets go, the extent is unmapped whole and DMA to any of its pages is blocked.
-TEST_P(ExtentsOnType1Vm, AnExtentIsUnpinnedWholeOrNotAtAll) {
+TEST_P(ExtentsOnRealIommuVm, AnExtentIsUnpinnedWholeOrNotAtAll) {
     ASSERT_NO_FATAL_FAILURE(start_session());
     const Buffer whole{Gfn{64}, 16};
     const Buffer member{Gfn{72}, 1};
@@ -452,7 +546,8 @@ TEST_P(ExtentsOnType1Vm, AnExtentIsUnpinnedWholeOrNotAtAll) {
     EXPECT_EQ(page(Gfn{64 + 12})[0], std::byte{0xee}) << "DMA reached a page of the unmapped extent";
 }
 
-INSTANTIATE_TEST_SUITE_P(Fast, ExtentsOnType1Vm, ::testing::Values("fast"), [](const auto& p) { return p.param; });
+INSTANTIATE_TEST_SUITE_P(Fast, ExtentsOnRealIommuVm,
+                         ::testing::Values(Case{"fast", Iommu::Type1}, Case{"fast", Iommu::Iommufd}), case_name);
 
 }  // namespace
 }  // namespace coiommu::loadgen
