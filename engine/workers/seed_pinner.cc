@@ -250,6 +250,15 @@ void SeedPinner::record(telemetry::StatsShard& s, RequestKind kind, const Tally&
 
 // ---- unpinning --------------------------------------------------------------------------------
 
+// Inside the gated unit that unmapped the page, so that once park() (the guest's PARK_UNPIN, or
+// the load generator's quiesce) returns, the gauge agrees with the backend: counted after the
+// unit, an unmap could be visible in the backend while the gauge still had the page.
+void SeedPinner::count_unpinned() {
+    unpin_stats_->pages_unpinned.add();
+    unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
+    stats_.gauges().pinned_pages.sub();
+}
+
 uint64_t SeedPinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined) {
     std::vector<Entry> requeue_new, requeue_old;
     uint64_t unpinned = 0;
@@ -266,7 +275,9 @@ uint64_t SeedPinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* exam
             if (q.empty()) return std::nullopt;
             const Entry e = q.front();
             q.pop_front();
-            return std::pair{e, core::unpin_page(ctx_, walker, Gfn{e.gfn}, core::Force::No)};
+            const UnpinResult res = core::unpin_page(ctx_, walker, Gfn{e.gfn}, core::Force::No);
+            if (res == UnpinResult::Unpinned) count_unpinned();
+            return std::pair{e, res};
         });
         if (!r) {
             unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
@@ -277,12 +288,7 @@ uint64_t SeedPinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* exam
         ++*examined;
         unpin_stats_->unpin_attempts[res].add();
         switch (res) {
-            case UnpinResult::Unpinned:
-                ++unpinned;
-                unpin_stats_->pages_unpinned.add();
-                unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
-                stats_.gauges().pinned_pages.sub();
-                break;
+            case UnpinResult::Unpinned: ++unpinned; break;  // counted inside the unit
             case UnpinResult::NotPinned: break;
             case UnpinResult::NotUnpinned:
                 if (cfg_.unpin_gen_threshold == 0) break;  // crosvm's quirk: dropped from tracking
@@ -338,7 +344,10 @@ telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges) {
             for (;;) {
                 r = gate_.run_unit([&] {
                     std::lock_guard lock(mu_);
-                    return walker ? core::unpin_page(ctx_, *walker, Gfn{g}, core::Force::Yes) : UnpinResult::NotPinned;
+                    const UnpinResult res =
+                        walker ? core::unpin_page(ctx_, *walker, Gfn{g}, core::Force::Yes) : UnpinResult::NotPinned;
+                    if (res == UnpinResult::Unpinned) count_unpinned();
+                    return res;
                 });
                 if (r) break;
                 unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
@@ -351,10 +360,7 @@ telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges) {
             }
             unpin_stats_->unpin_attempts[*r].add();
             if (*r == UnpinResult::Unpinned) {
-                ++unpinned;
-                unpin_stats_->pages_unpinned.add();
-                unpin_stats_->dma_calls[telemetry::DmaOp::Unmap].add();
-                stats_.gauges().pinned_pages.sub();
+                ++unpinned;  // counted inside the unit
             } else if (*r != UnpinResult::NotPinned) {
                 CLOG_ERROR(kLog, "force unpin failed by {} at gfn {:#x}", core::to_string(*r), g);
                 result = telemetry::BalloonResult::Failed;

@@ -78,6 +78,8 @@ private:
     // UnpinStrategy
     void tick() override;
     [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) override;
+    // One unpinned page's counts (unpin stats, pinned gauge). Called inside the gated unit.
+    void count_unpinned();
     uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);
 
     EngineConfig cfg_;
