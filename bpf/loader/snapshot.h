@@ -43,19 +43,19 @@ struct Log2Hist {
     void add(const Log2Hist& other);
 };
 
-// ---- vfio_dma (syscall tracepoints) ----
+// ---- vfio_dma (fentry/fexit on the VFIO and iommufd ioctl handlers, or the ioctl syscall tracepoints) ----
 
 enum class VfioOp : uint32_t { VfioMap = 0, VfioUnmap = 1, IoasMap = 2, IoasUnmap = 3 };
 inline constexpr size_t kVfioOpCount = 4;
 // "vfio_map_dma", "vfio_unmap_dma", "ioas_map", "ioas_unmap".
 [[nodiscard]] std::string_view op_name(VfioOp op);
 
-// Result class of a call, from the syscall's return value.
+// Result class of a call, from its return value (the ioctl handler's or the syscall's).
 enum class ResultClass : uint32_t { Ok = 0, Eexist, Enospc, Enomem, Einval, Other };
 inline constexpr size_t kResultClassCount = 6;
 // "ok", "eexist", "enospc", "enomem", "einval", "other".
 [[nodiscard]] std::string_view result_name(ResultClass r);
-// The class of a syscall return value (0 or -errno): what the BPF program counts.
+// The class of an ioctl return value (0 or -errno): what the BPF program counts.
 [[nodiscard]] ResultClass classify_return(int64_t ret);
 
 struct VfioCalls {
@@ -77,7 +77,7 @@ struct VfioDmaSnapshot {
     std::array<Log2Hist, kVfioOpCount> latency_ns{};  // indexed by VfioOp
     std::array<VfioCalls, kVfioOpCount> calls{};
     VfioDmaDrops drops;
-    uint64_t inflight_entries = 0;  // calls currently between sys_enter and sys_exit
+    uint64_t inflight_entries = 0;  // calls currently between their enter and exit hooks
     uint64_t inflight_max_entries = 0;
 
     [[nodiscard]] const Log2Hist& latency(VfioOp op) const { return latency_ns[static_cast<size_t>(op)]; }
@@ -87,7 +87,7 @@ struct VfioDmaSnapshot {
 
 // A call slower than the threshold (ring buffer event).
 struct SlowEvent {
-    uint64_t ts_ns = 0;  // CLOCK_MONOTONIC at syscall exit
+    uint64_t ts_ns = 0;  // CLOCK_MONOTONIC at the exit hook (fexit or sys_exit_ioctl)
     uint64_t latency_ns = 0;
     uint64_t iova = 0;
     uint64_t size = 0;

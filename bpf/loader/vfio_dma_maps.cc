@@ -27,8 +27,9 @@ Status read_hists(int fd, std::array<Log2Hist, N>& out, const char* what) {
     return ok();
 }
 
-// Slots whose call is between sys_enter and sys_exit (start_ns != 0). Walks at most
-// max_entries keys; a key evicted meanwhile (ENOENT on lookup) is skipped.
+// Slots whose call is between its enter and exit hook (fentry/fexit of the VFIO or iommufd ioctl
+// handler, or sys_enter/sys_exit_ioctl): start_ns != 0. Walks at most max_entries keys; a key
+// evicted meanwhile (ENOENT on lookup) is skipped.
 Result<uint64_t> count_inflight(int fd) {
     uint64_t key = 0, next = 0, n = 0;
     const uint64_t* prev = nullptr;
