@@ -5,11 +5,14 @@
 //     100 ms) behind the CoiommuDevice, driven by GuestDriver vCPU threads mapping and unmapping
 //     buffers, and a balloon request every 300 ms (tests/unit/exporter/engine_vm.h, Mixed load);
 //   - when this process may load BPF (and unless --no-bpf): bpf::Tracing with the vfio_dma
-//     program on this process, the engine USDT program on this binary and pid, and run-time
-//     stats; a thread takes the slow events off the ring buffer;
+//     program on this process in tracepoint mode, the engine USDT program on this binary and pid,
+//     and run-time stats; a thread takes the slow events off the ring buffer;
 //   - a side thread issuing VFIO_IOMMU_MAP_DMA/UNMAP_DMA and iommufd IOAS_MAP/UNMAP ioctls on
 //     /dev/null: they fail with ENOTTY, but the syscall tracepoints fire, so the kernel-view panels
-//     have data on a host without VFIO (the engine itself uses the fake backend, no ioctls);
+//     have data on a host without VFIO (the engine itself uses the fake backend, no ioctls). Hence
+//     Tracepoint mode, not Auto: where fentry attaches (tracing programs allowed, VFIO loaded) it
+//     hooks only the VFIO and iommufd ioctl handlers, which an ioctl on /dev/null never reaches,
+//     and the kernel-view panels would stay empty;
 //   - EngineCollector (the one VM named "load-vm") + ProcessCollector (+ BpfCollector) at --address.
 //
 // Prints "listening HOST:PORT" on stdout once serving, then "bpf attached" or "bpf off: <why>",
@@ -186,6 +189,7 @@ int main(int argc, char** argv) {
     } else {
         topts.vfio_dma.target_tgid = static_cast<uint32_t>(::getpid());
         topts.vfio_dma.slow_threshold = std::chrono::nanoseconds(args.slow_ns);
+        topts.vfio_dma.mode = bpf::VfioDmaMode::Tracepoint;  // the /dev/null ioctls (top comment)
         topts.run_time = bpf::CollectRunTime::Yes;
         auto target = bpf::EngineTarget::parse(std::to_string(::getpid()));
         if (target) topts.engine = *target;
