@@ -367,6 +367,8 @@ TEST(Cli, TheDocumentedInvocationsParse) {
               "--latency", "none", "--quiet", "--json", "out.json"},
              {"--connect", "/tmp/c.sock", "--backend", "null", "--duration", "0.5", "--ram", "128M", "--workload",
               "ring", "--quiet", "--json", "out.json"},
+             {"--connect", "/run/coiommu/coiommud.sock", "--backend", "vfio", "--vfio-group", "/dev/vfio/12"},
+             {"--backend", "iommufd", "--vfio-device", "/dev/vfio/devices/vfio0"},
          }) {
         auto p = parse_cli(args);
         EXPECT_TRUE(p.has_value()) << args.front() << ": " << (p ? "" : p.error().context);
