@@ -6,6 +6,10 @@
 //    and a counter instead of a panic;
 //  - crosvm's 2022 backend starts the workers as soon as root and level are both written; like
 //    upstream we start them on ACTIVATE only (writes to root/level just record the values);
+//  - upstream ignores ACTIVATE while dtt_root or dtt_level is 0, so a vCPU that already wrote its
+//    slot spins until its timeout; we start the engine anyway (it fails every request on the
+//    invalid DTT, PINNED clear), and an ACTIVATE we must refuse (no engine, engine cannot start)
+//    completes every written slot with nothing pinned;
 //  - the topologymap is sealed with F_SEAL_FUTURE_WRITE after it is written, so the read-only
 //    guest mapping is enforced by the kernel rather than by the VMM's flags alone.
 #include "engine/device/device.h"
@@ -207,16 +211,21 @@ void CoiommuDevice::write_command(uint64_t value) {
                 CLOG_INFO(kLog, "ACTIVATE: already active");
                 return;
             }
-            if (dtt_root_ == 0 || dtt_level_ == 0 || engine_ == nullptr) {
+            // A missing or invalid dtt_root/dtt_level is the engine's to judge: it starts and fails
+            // every request on the walk (PINNED clear), as for a level above 7. Refusing here would
+            // leave every vCPU that already wrote its slot spinning.
+            if (engine_ == nullptr) {
                 counters_.activate_refused.fetch_add(1, std::memory_order_relaxed);
-                CLOG_ERROR_RL(kLog, "ACTIVATE refused: dtt_root {:#x} dtt_level {} engine {}", dtt_root_, dtt_level_,
-                              engine_ != nullptr ? "attached" : "missing");
+                CLOG_ERROR_RL(kLog, "ACTIVATE refused: no engine attached (dtt_root {:#x} dtt_level {})", dtt_root_,
+                              dtt_level_);
+                complete_pending_slots();
                 return;
             }
             auto st = engine_->activate(Gpa{dtt_root_}, dtt_level_);
             if (!st) {
                 counters_.activate_refused.fetch_add(1, std::memory_order_relaxed);
                 CLOG_ERROR(kLog, "ACTIVATE: the engine did not start: {}", st.error().message());
+                complete_pending_slots();
                 return;
             }
             active_ = true;
@@ -249,6 +258,19 @@ void CoiommuDevice::write_command(uint64_t value) {
             counters_.ignored_commands.fetch_add(1, std::memory_order_relaxed);
             CLOG_WARN_RL(kLog, "unknown command {:#x}: ignored", value);
             return;
+    }
+}
+
+// Precondition: mu_ held. Nothing will serve the requests already written: complete them with
+// nothing pinned (the guest re-reads PINNED, finds it clear and fails its map) instead of leaving
+// the vCPUs spinning until their 5 s timeout.
+void CoiommuDevice::complete_pending_slots() {
+    for (uint32_t v = 0; v < vcpus_; ++v) {
+        // Safety: v < vcpus_ <= 1024: inside the notifymap mapping, 8-byte aligned. Acquire load to
+        // skip empty slots; release store as every completion (nothing was pinned).
+        if (slot(v).load(std::memory_order_acquire) == 0) continue;
+        slot(v).store(0, std::memory_order_release);
+        counters_.trigger_completed.fetch_add(1, std::memory_order_relaxed);
     }
 }
 

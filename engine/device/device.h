@@ -17,8 +17,11 @@
 //  - reads: only dtt_root / cmd / dtt_level, 8-byte aligned, len 8; cmd always reads 0. Anything
 //    else is logged (rate-limited), counted in bad_mmio_accesses, and leaves `data` untouched.
 //  - writes below 0x18: 8-byte aligned, len 8, else logged and ignored. dtt_root and dtt_level are
-//    write-once (accepted only while 0). cmd: ACTIVATE calls EngineControl::activate() once, when
-//    both dtt_root and dtt_level are set (refused and counted otherwise); DEACTIVATE is refused
+//    write-once (accepted only while 0). cmd: ACTIVATE calls EngineControl::activate() once,
+//    whatever dtt_root and dtt_level hold (the engine fails every request on an invalid DTT, a
+//    level never written included); it is refused and counted only without an engine or when the
+//    engine cannot start, and then every slot already written is completed with nothing pinned,
+//    so no vCPU is left spinning; DEACTIVATE is refused
 //    (logged, counted; the device stays as it is: crosvm panics here); PARK_UNPIN increments the
 //    park count (refused at kMaxParkDepth) and parks the unpinner on 0 -> 1; UNPARK_UNPIN
 //    decrements it (logged when already 0) and unparks on 1 -> 0; other values are ignored.
@@ -85,9 +88,9 @@ struct DeviceConfig {
 class EngineControl {
 public:
     virtual ~EngineControl() = default;
-    // ACTIVATE with dtt_root and dtt_level set. Starts pinning. A DTT the engine finds invalid is
-    // not an error here (the engine completes every request with an error, as crosvm's workers
-    // do); an Error means the engine could not start (threads, fds) and the device stays inactive.
+    // ACTIVATE with the dtt_root and dtt_level the guest wrote (either may be 0). Starts pinning. A DTT the engine
+    // finds invalid is not an error here (the engine completes every request with an error, as crosvm's workers do); an
+    // Error means the engine could not start (threads, fds) and the device stays inactive.
     [[nodiscard]] virtual Status activate(Gpa dtt_root, uint64_t dtt_level) = 0;
     // Stops unpinning (LRU scans and balloon requests wait) until unpark_unpin(). Returns once no
     // unpin touches the DTT any more. May be called before activate().
@@ -99,7 +102,7 @@ public:
 struct DeviceCounters {
     std::atomic<uint64_t> bad_mmio_accesses{0};  // wrong offset/size/alignment, reads or writes
     std::atomic<uint64_t> ignored_commands{0};   // unknown cmd values
-    std::atomic<uint64_t> activate_refused{0};   // ACTIVATE without root/level, or engine error
+    std::atomic<uint64_t> activate_refused{0};   // ACTIVATE without an engine, or engine error
     std::atomic<uint64_t> deactivate_refused{0};
     std::atomic<uint64_t> park_overflows{0};        // PARK_UNPIN at kMaxParkDepth
     std::atomic<uint64_t> unpark_underflows{0};     // UNPARK_UNPIN at park count 0
@@ -162,6 +165,7 @@ private:
 
     void write_register(uint64_t index, uint64_t value);
     void write_command(uint64_t value);
+    void complete_pending_slots();
     void write_trigger(uint64_t offset, std::size_t len);
 
     uint32_t vcpus_ = 0;

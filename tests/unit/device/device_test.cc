@@ -282,15 +282,17 @@ TEST(CoiommuDevice, SecondActivateDoesNotRestartTheEngine) {
     EXPECT_EQ(engine.activations, 1);
 }
 
-TEST(CoiommuDevice, ActivateWithoutLevelIsRefused) {
+// A level never written (0) is an invalid DTT like a level above 7: the engine starts and fails
+// every request on the walk, so no vCPU is left spinning (it used to be refused here).
+TEST(CoiommuDevice, ActivateWithoutLevelStartsTheEngineWhichJudgesTheDtt) {
     auto dev = make_device();
     RecordingEngine engine;
     dev->set_engine(&engine);
     write_u64(*dev, core::kRegDttRoot, kRoot);
     command(*dev, core::Command::Activate);
-    EXPECT_EQ(engine.activations, 0);
-    EXPECT_FALSE(dev->active());
-    EXPECT_EQ(dev->counters().activate_refused.load(), 1u);
+    EXPECT_EQ(engine.activations, 1);
+    EXPECT_TRUE(dev->active());
+    EXPECT_EQ(dev->counters().activate_refused.load(), 0u);
 }
 
 TEST(CoiommuDevice, ActivateWithoutAnEngineIsRefused) {
@@ -300,6 +302,27 @@ TEST(CoiommuDevice, ActivateWithoutAnEngineIsRefused) {
     command(*dev, core::Command::Activate);
     EXPECT_FALSE(dev->active());
     EXPECT_EQ(dev->counters().activate_refused.load(), 1u);
+}
+
+TEST(CoiommuDevice, RefusedActivateCompletesTheSlotsAlreadyWritten) {
+    auto dev = make_device();
+    dev->slot(0).store(0x1234'0018, std::memory_order_release);  // a request written before ACTIVATE
+    write_u64(*dev, core::kRegDttRoot, kRoot);
+    write_u64(*dev, core::kRegDttLevel, kLevel);
+    command(*dev, core::Command::Activate);  // no engine: refused
+    EXPECT_EQ(dev->slot(0).load(std::memory_order_acquire), 0u) << "the vCPU would spin until its timeout";
+}
+
+TEST(CoiommuDevice, ActivateTheEngineFailsCompletesTheSlotsAlreadyWritten) {
+    auto dev = make_device();
+    RecordingEngine engine;
+    engine.fail_activate = true;
+    dev->set_engine(&engine);
+    dev->slot(0).store(0x1234'0018, std::memory_order_release);
+    write_u64(*dev, core::kRegDttRoot, kRoot);
+    write_u64(*dev, core::kRegDttLevel, kLevel);
+    command(*dev, core::Command::Activate);
+    EXPECT_EQ(dev->slot(0).load(std::memory_order_acquire), 0u);
 }
 
 TEST(CoiommuDevice, ActivateThatTheEngineFailsLeavesTheDeviceInactiveAndRetryable) {

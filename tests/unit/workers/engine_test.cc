@@ -229,6 +229,20 @@ TEST(EngineBadGuest, InvalidDttRootCompletesRequestsWithAnError) {
     EXPECT_EQ(vm.map_calls(), 0u);
 }
 
+// The guest never wrote dtt_level: ACTIVATE still starts the engine, which completes every request
+// with PINNED clear (before: ACTIVATE was refused and the request spun until the guest's timeout).
+TEST(EngineBadGuest, DttLevelZeroCompletesRequestsWithAnError) {
+    VmOptions o;
+    o.activate = false;
+    o.guest_timeout = std::chrono::milliseconds(2000);
+    EmulatedVm vm(o);
+    vm.write_reg(core::kRegDttRoot, raw(vm.guest().root()));
+    vm.command(core::Command::Activate);
+    ASSERT_TRUE(vm.device().active());
+    EXPECT_ERR(vm.map_range(0, 0, 1), EFAULT);  // served with PINNED clear, not ETIMEDOUT
+    EXPECT_GE(vm.stats().totals.pin_failures[telemetry::PinFailureReason::InvalidRequest], 1u);
+}
+
 TEST(EngineBadGuest, DttLevelBeyondSevenCompletesRequestsWithAnError) {
     VmOptions o;
     o.activate = false;
