@@ -11,7 +11,7 @@
  *   coiommu_client_connect(c, "/run/coiommu/coiommud.sock", "my-vmm", COIOMMU_CLIENT_FEATURES_ALL, &hello);
  *   coiommu_client_set_memory(c, regions, n);                 guest RAM memfds (F_SEAL_SHRINK) + GPAs
  *   coiommu_client_set_topology(c, vcpus, bdfs, m, &notifymap_fd, &topologymap_fd);   BAR2 / BAR4
- *   coiommu_client_set_backend_vfio(c, container_fd, 0, &backend);     or _fake / _null
+ *   coiommu_client_set_backend_vfio(c, container_fd, 0, &backend);     or _iommufd, _fake, _null
  *   coiommu_client_set_triggers(c, eventfds, vcpus, &running);         the BAR0 + 0x18 + i ioeventfds
  *   ... forward BAR0 traps: coiommu_client_mmio_write / coiommu_client_mmio_read
  *   ... balloon: coiommu_client_balloon_unpin      statistics: coiommu_client_get_stats
@@ -30,7 +30,8 @@
  *  - A NULL handle or a NULL required pointer is -EINVAL. The library never raises SIGPIPE, never
  *    writes to stdout/stderr and never throws across this boundary.
  *
- * ABI: symbols are versioned (node COIOMMU_CLIENT_0.1); structs are fixed for soname
+ * ABI: symbols are versioned (node COIOMMU_CLIENT_0.1; coiommu_client_set_backend_iommufd, added
+ * with protocol minor 1, in COIOMMU_CLIENT_0.2); structs are fixed for soname
  * libcoiommu-client.so.0, except coiommu_client_stats, which only grows at its end (callers pass
  * sizeof). Reserved and flags fields must be 0.
  */
@@ -139,8 +140,8 @@ struct coiommu_client_region {
 };
 
 struct coiommu_client_backend_info {
-    uint64_t entry_limit; /* DMA mappings the backend allows */
-    char name[16];        /* "vfio", "fake" or "null", NUL-terminated */
+    uint64_t entry_limit; /* DMA mappings the backend allows (iommufd: 4294967295, no limit) */
+    char name[16];        /* "vfio", "iommufd", "fake" or "null", NUL-terminated */
 };
 
 enum coiommu_client_fake_latency {
