@@ -20,6 +20,9 @@ PACKAGES=(
   prometheus-cpp-dev prometheus curl
   # VFIO-in-QEMU harness (the guest kernel .deb is downloaded, never installed)
   qemu-system-x86 busybox-static cpio xz-utils kmod
+  # its iommufd guest kernel, built by scripts/guest-kernel.sh (linux-source-6.12 is in
+  # bookworm-security; dwarves is pahole, for BTF)
+  bc bison flex libssl-dev dwarves linux-source-6.12
   # load generator plots
   gnuplot-nox
   # the Debian package: built with cpack, checked with lintian, units with systemd-analyze
