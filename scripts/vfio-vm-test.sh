@@ -3,13 +3,19 @@
 #
 # The host kernel here has no VFIO and its /dev/kvm is PVM (a stock kernel hangs under it), so
 # the guest runs under TCG: a stock Debian kernel (downloaded with apt-get download, never
-# installed) on q35 with an emulated Intel VT-d and QEMU's `edu` PCI device. /init loads the vfio
-# modules, binds edu to vfio-pci and runs the test as root with
-#   VFIO_BDF=<edu bdf>  VFIO_GROUP=/dev/vfio/<group>
+# installed), or with --kernel iommufd one built by scripts/guest-kernel.sh, on q35 with an
+# emulated Intel VT-d and QEMU's `edu` PCI device. /init loads the vfio modules (the iommufd
+# kernel has them built in), binds edu to vfio-pci and runs the test as root with
+#   VFIO_BDF=<edu bdf>  VFIO_GROUP=/dev/vfio/<group>  VFIO_KERNEL=debian|iommufd
+# and, with --kernel iommufd, VFIO_CDEV=/dev/vfio/devices/vfio<N> (edu's device cdev)
 # in the environment. See engine/README.md, "Real VFIO in a QEMU guest" (what was measured, and the pitfalls).
 #
-# usage: scripts/vfio-vm-test.sh [--prepare] [--with PROGRAM]... TEST_BINARY [ARGS...]
-#   --prepare       only download and cache the guest kernel and modules, then exit
+# usage: scripts/vfio-vm-test.sh [--prepare] [--kernel debian|iommufd] [--with PROGRAM]... TEST_BINARY [ARGS...]
+#   --prepare       only download (or build) and cache the guest kernel and modules, then exit
+#   --kernel K      debian (default): Debian 12's stock 6.1 kernel and its vfio modules.
+#                   iommufd: a 6.12 kernel built once by scripts/guest-kernel.sh from Debian's
+#                   linux-source-6.12, everything built in: the type1 container on /dev/vfio/vfio
+#                   plus /dev/iommu and the VFIO device cdev (/dev/vfio/devices/vfioN).
 #   --with PROGRAM  also copy PROGRAM (and its ldd libraries) into the guest as /opt/bin/<name>;
 #                   the test finds it there (VFIO_VM_BINDIR=/opt/bin, also on PATH). Repeatable.
 #   TEST_BINARY     static or dynamic (its ldd libraries are copied into the initramfs)
@@ -24,16 +30,24 @@
 #   KEEP_RUN=1    keep the per-run dir (initramfs, serial.log) and print its path
 #
 # exit status: the test program's exit status inside the guest, or
-#   97 setup failed (no kernel, no edu device, no vfio group)   98 gtest ran no test or skipped one
+#   97 setup failed (no kernel, no edu device, no vfio group; iommufd: no /dev/iommu or cdev)   98 gtest ran no test or skipped one
 #   99 the guest printed no result                              124 QEMU_TIMEOUT hit
 set -euo pipefail
 
 PREPARE=0
-if [ "${1:-}" = "--prepare" ]; then PREPARE=1; shift; fi
+KERNEL=debian
 WITH=()
-while [ "${1:-}" = "--with" ]; do
-  [ $# -ge 2 ] || { echo "vfio-vm: --with needs a program" >&2; exit 2; }
-  WITH+=("$2"); shift 2
+while :; do
+  case "${1:-}" in
+    --prepare) PREPARE=1; shift ;;
+    --kernel)
+      case "${2:-}" in debian | iommufd) KERNEL=$2 ;; *) echo "vfio-vm: --kernel debian|iommufd" >&2; exit 2 ;; esac
+      shift 2 ;;
+    --with)
+      [ $# -ge 2 ] || { echo "vfio-vm: --with needs a program" >&2; exit 2; }
+      WITH+=("$2"); shift 2 ;;
+    *) break ;;
+  esac
 done
 if [ "$PREPARE" = 0 ] && [ $# -lt 1 ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -53,7 +67,8 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then die 97 "$BUSYBOX is dynamic; install bus
 
 mkdir -p "$WORK"
 
-# ---- 1. guest kernel: vmlinuz + the vfio modules, extracted once per kernel version -----------
+# ---- 1. guest kernel: Debian vmlinuz + vfio modules extracted once per version, or the iommufd
+#         bzImage of scripts/guest-kernel.sh ------------------------------------------------------
 # Load order (from the 6.1 modules.dep; the .deb ships none). Modules a kernel does not have
 # (vfio_virqfd is folded into vfio from 6.2; iommufd is new in 6.2) are skipped.
 MODS="virt/lib/irqbypass drivers/iommu/iommufd/iommufd drivers/vfio/vfio drivers/vfio/vfio_iommu_type1
@@ -63,24 +78,9 @@ resolve_kpkg() {
   apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
 }
 
-KPKG=${KPKG:-$(resolve_kpkg)}
-if [ -z "$KPKG" ]; then
-  if [ "$(id -u)" = 0 ]; then
-    log "apt-cache knows no linux-image-amd64; running apt-get update"
-    apt-get update -qq || true
-    KPKG=$(resolve_kpkg)
-  fi
-fi
-newest_cached() { ls -1d "$WORK"/*/.complete 2>/dev/null | sort -V | tail -n1 | xargs -r dirname | xargs -r basename; }
-if [ -z "$KPKG" ]; then
-  # Offline rerun: fall back to the newest kernel already in the cache.
-  KVER=$(newest_cached)
-  [ -n "$KVER" ] || die 97 "cannot resolve the linux-image-amd64 dependency and nothing is cached in $WORK"
-  log "using cached kernel $KVER (apt could not resolve linux-image-amd64)"
-else
-  KVER=${KPKG#linux-image-}
-fi
-KDIR=$WORK/$KVER
+# Debian kernels only (their dirs are named by kernel release): the iommufd-* dirs of
+# scripts/guest-kernel.sh hold a bzImage and no modules.
+newest_cached() { ls -1d "$WORK"/[0-9]*/.complete 2>/dev/null | sort -V | tail -n1 | xargs -r dirname | xargs -r basename; }
 
 fetch_kernel() {
   local tmp
@@ -115,18 +115,50 @@ fetch_kernel() {
   touch "$KDIR/.complete"
 }
 
-if [ ! -f "$KDIR/.complete" ]; then
-  exec 9>"$WORK/lock"
-  flock 9  # another run may be extracting the same kernel
-  if [ ! -f "$KDIR/.complete" ] && ! fetch_kernel; then
-    # The mirror moved on (old ABIs leave it) or is unreachable: use what the cache has.
-    KVER=$(newest_cached)
-    [ -n "$KVER" ] || die 97 "could not fetch kernel package $KPKG and nothing is cached in $WORK"
-    KDIR=$WORK/$KVER
-    log "could not fetch $KPKG; using cached kernel $KVER"
+# Sets KVER and KDIR: the cached Debian kernel, downloaded and extracted first if needed.
+debian_kernel() {
+  KPKG=${KPKG:-$(resolve_kpkg)}
+  if [ -z "$KPKG" ]; then
+    if [ "$(id -u)" = 0 ]; then
+      log "apt-cache knows no linux-image-amd64; running apt-get update"
+      apt-get update -qq || true
+      KPKG=$(resolve_kpkg)
+    fi
   fi
-  flock -u 9
-  exec 9>&-
+  if [ -z "$KPKG" ]; then
+    # Offline rerun: fall back to the newest kernel already in the cache.
+    KVER=$(newest_cached)
+    [ -n "$KVER" ] || die 97 "cannot resolve the linux-image-amd64 dependency and nothing is cached in $WORK"
+    log "using cached kernel $KVER (apt could not resolve linux-image-amd64)"
+  else
+    KVER=${KPKG#linux-image-}
+  fi
+  KDIR=$WORK/$KVER
+
+  if [ ! -f "$KDIR/.complete" ]; then
+    exec 9>"$WORK/lock"
+    flock 9  # another run may be extracting the same kernel
+    if [ ! -f "$KDIR/.complete" ] && ! fetch_kernel; then
+      # The mirror moved on (old ABIs leave it) or is unreachable: use what the cache has.
+      KVER=$(newest_cached)
+      [ -n "$KVER" ] || die 97 "could not fetch kernel package $KPKG and nothing is cached in $WORK"
+      KDIR=$WORK/$KVER
+      log "could not fetch $KPKG; using cached kernel $KVER"
+    fi
+    flock -u 9
+    exec 9>&-
+  fi
+}
+
+if [ "$KERNEL" = iommufd ]; then
+  # Everything is built in: nothing to insmod.
+  MODS=""
+  KIMG=$("$(dirname "$0")/guest-kernel.sh") || die 97 "scripts/guest-kernel.sh could not provide the iommufd kernel"
+  KDIR=$(dirname "$KIMG")
+  KVER=$(basename "$KDIR")
+else
+  debian_kernel
+  KIMG=$KDIR/vmlinuz
 fi
 if [ "$PREPARE" = 1 ]; then
   log "kernel $KVER ready in $KDIR"
@@ -142,7 +174,7 @@ trap cleanup EXIT
 S=$RUN/initramfs
 mkdir -p "$S"/{bin,proc,sys,dev,tmp,lib/modules,opt/bin}
 cp "$BUSYBOX" "$S/bin/busybox"
-cp "$KDIR"/modules/*.ko "$S/lib/modules/"
+if [ -n "$MODS" ]; then cp "$KDIR"/modules/*.ko "$S/lib/modules/"; fi
 copy_libs() {
   if ldd "$1" >/dev/null 2>&1; then
     local lib
@@ -164,6 +196,19 @@ done
 for a in "$@"; do printf '%s\n' "$a" >>"$S/test.args"; done
 loads=""
 for m in $MODS; do loads="$loads $(basename "$m")"; done
+# The iommufd kernel's extra devices: /dev/iommu and edu's VFIO device cdev (its vfioN is listed
+# under the device's vfio-dev/ in sysfs). Pasted into /init below.
+kernel_init=""
+if [ "$KERNEL" = iommufd ]; then
+  kernel_init=$(cat <<'KINIT'
+[ -c /dev/iommu ] || { echo "INIT no /dev/iommu: the kernel has no IOMMUFD"; result 97; }
+CDEV=$(ls /sys/bus/pci/devices/$BDF/vfio-dev 2>/dev/null | head -n1)
+[ -n "$CDEV" ] && [ -c /dev/vfio/devices/$CDEV ] || { echo "INIT no vfio device cdev for $BDF"; result 97; }
+export VFIO_CDEV=/dev/vfio/devices/$CDEV
+echo "INIT iommufd: /dev/iommu cdev $VFIO_CDEV"
+KINIT
+)
+fi
 
 cat >"$S/init" <<INIT
 #!/bin/busybox sh
@@ -194,7 +239,8 @@ echo vfio-pci > /sys/bus/pci/devices/\$BDF/driver_override
 echo \$BDF > /sys/bus/pci/drivers_probe
 GROUP=\$(readlink /sys/bus/pci/devices/\$BDF/iommu_group)
 [ -n "\$GROUP" ] && [ -c /dev/vfio/\${GROUP##*/} ] || { echo "INIT no vfio group for \$BDF"; result 97; }
-export VFIO_BDF=\$BDF VFIO_GROUP=/dev/vfio/\${GROUP##*/} GTEST_COLOR=no
+export VFIO_BDF=\$BDF VFIO_GROUP=/dev/vfio/\${GROUP##*/} VFIO_KERNEL=$KERNEL GTEST_COLOR=no
+$kernel_init
 echo "INIT \$BDF -> \$(readlink /sys/bus/pci/devices/\$BDF/driver) group \$VFIO_GROUP uptime=\$(cut -d' ' -f1 /proc/uptime)"
 # Keep kernel messages (expected DMAR faults) off the console while the test prints; they are
 # dumped from dmesg afterwards.
@@ -223,7 +269,7 @@ timeout --kill-after=10 "${QEMU_TIMEOUT:-300}" qemu-system-x86_64 -no-user-confi
   -machine q35,kernel-irqchip=split \
   -device intel-iommu,intremap=on,caching-mode=on \
   -device edu \
-  -kernel "$KDIR/vmlinuz" -initrd "$RUN/initramfs.cpio.gz" \
+  -kernel "$KIMG" -initrd "$RUN/initramfs.cpio.gz" \
   -append "console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet" \
   -display none -serial stdio -monitor none -no-reboot </dev/null 2>&1 | tr -d '\r' | tee "$LOG"
 qrc=${PIPESTATUS[0]}
