@@ -109,6 +109,10 @@ Status VcpuDriver::notify(uint64_t value) {
         // set before are visible to the re-read that follows.
         if (slot.load(std::memory_order_acquire) == 0) return ok();
         if ((i & 63) == 0) {
+            if (drv_->cfg_.abort != nullptr && drv_->cfg_.abort->load(std::memory_order_relaxed)) {
+                return make_error(ECANCELED,
+                                  fmt::format("vcpu {}: notify {:#x} abandoned: the host went away", cfg_.vcpu, value));
+            }
             if (std::chrono::steady_clock::now() >= deadline) {
                 return make_error(ETIMEDOUT, fmt::format("vcpu {}: notify {:#x} timed out", cfg_.vcpu, value));
             }

@@ -70,6 +70,9 @@ struct GuestDriverConfig {
     // instead of a write to the vCPU's trigger eventfd.
     std::function<void(uint32_t vcpu)> trap_trigger;
     std::chrono::nanoseconds timeout = std::chrono::seconds(5);  // the driver's spin timeout
+    // When set and true, a spinning notify gives up at once with ECANCELED (the host went away:
+    // nothing will complete the slot). Borrowed; read with relaxed loads while spinning.
+    const std::atomic<bool>* abort = nullptr;
 };
 
 struct VcpuConfig {
@@ -121,7 +124,7 @@ public:
 
     // The raw notify (sync_notify): EBUSY "unexpected busy" when the slot is not empty; write the
     // value, trigger, spin until the slot is 0. ETIMEDOUT after the timeout (the slot is left as is,
-    // as the driver does).
+    // as the driver does); ECANCELED when GuestDriverConfig::abort became true.
     [[nodiscard]] Status notify(uint64_t value);
     // A pin request for `gfns` (single when one gfn, else a batch) with the given BDF.
     // Errors: E2BIG when they exceed the batch buffer; notify()'s.

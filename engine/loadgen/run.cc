@@ -280,6 +280,9 @@ struct RunCtx {
     SocketLink* remote = nullptr;    // --connect: the daemon serves (its backend is the oracle)
     std::atomic<bool> go{false};
     std::atomic<bool> stop{false};
+
+    // --connect: the daemon went away; nothing would serve the guest any more.
+    [[nodiscard]] bool host_lost() const { return remote != nullptr && remote->lost(); }
 };
 
 class VcpuRunner {
@@ -295,7 +298,7 @@ public:
         const uint64_t think_ns = static_cast<uint64_t>(ctx_.o.think.count());
         const uint64_t interval_ns = ctx_.o.rate > 0 ? static_cast<uint64_t>(1e9 * ctx_.o.vcpus / ctx_.o.rate) : 0;
         uint64_t next_at = monotonic_ns();
-        while (!ctx_.stop.load(std::memory_order_relaxed)) {
+        while (!ctx_.stop.load(std::memory_order_relaxed) && !ctx_.host_lost()) {
             if (interval_ns != 0) {
                 next_at += interval_ns;
                 const uint64_t now = monotonic_ns();
@@ -384,6 +387,7 @@ private:
             v_.invariant_checks.add();
             auto mapped = ctx_.remote->query_mapped(iova, size);
             if (mapped && *mapped) return;
+            if (!mapped && ctx_.remote->lost()) return;  // unknown, not violated: the run stops
             if (!mapped) {
                 CLOG_ERROR_RL(kLog, "invariant check: QueryMapped: {}", mapped.error().message());
             }
@@ -446,7 +450,7 @@ void balloon_loop(RunCtx& ctx, BalloonStats& out) {
     const bool checkable = (ctx.oracle != nullptr || remote_checkable) && ctx.spec.strategy == StrategyKind::Coiommu;
     while (!ctx.go.load(std::memory_order_acquire)) ::sched_yield();
     uint64_t next_at = monotonic_ns() + interval;
-    while (!ctx.stop.load(std::memory_order_relaxed)) {
+    while (!ctx.stop.load(std::memory_order_relaxed) && !ctx.host_lost()) {
         if (monotonic_ns() < next_at) {
             sleep_ns(std::min<uint64_t>(next_at - monotonic_ns(), 10'000'000));
             continue;
@@ -580,7 +584,9 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
                 }
                 sc.latency = o.latency == FakeLatency::Typical ? daemon::proto::FakeLatency::Typical
                                                                : daemon::proto::FakeLatency::None;
-                sc.entry_limit = o.entry_limit;
+                // --entry-limit is the fake/null container's; a real one has the kernel's.
+                sc.entry_limit =
+                    sc.backend == RemoteBackend::Fake || sc.backend == RemoteBackend::Null ? o.entry_limit : 0;
                 auto link = SocketLink::create(*env.mem, sc);
                 if (!link) return coiommu::unexpected(link.error());
                 *remote = link->get();
@@ -760,6 +766,11 @@ public:
     void totals();
     void cross_checks();
     void teardown();
+    // --connect: the daemon went away during the run.
+    [[nodiscard]] bool host_lost() const { return ctx_ && ctx_->host_lost(); }
+    // Instead of totals/checks/teardown when host_lost(): the guest's own figures and one failed
+    // check that says what happened (every other figure would need the daemon).
+    void report_host_lost();
     [[nodiscard]] RunResult take() { return std::move(r_); }
 
 private:
@@ -917,14 +928,14 @@ void Run::drive() {
     const uint64_t end = start + static_cast<uint64_t>(o_.duration.count());
     uint64_t next = start + kSampleNs;
     uint64_t tick = 0;
-    while (next <= end && !cancelled()) {
+    while (next <= end && !cancelled() && !ctx_->host_lost()) {
         wait_until(next);
         Sample s = sampler_->take(monotonic_ns(), start);
         if (++tick % kSamplesPerProgress == 0) print_progress(control_, r_.label, s, sampler_->progress());
         r_.timeline.push_back(s);
         next += kSampleNs;
     }
-    if (!cancelled()) wait_until(end);
+    if (!cancelled() && !ctx_->host_lost()) wait_until(end);
     ctx_->stop.store(true);
     const uint64_t stopped = monotonic_ns();
     r_.duration_s = static_cast<double>(stopped - start) * 1e-9;
@@ -1157,6 +1168,18 @@ LatencySummary LatencySummary::of(const LogLinearSnapshot& s) {
     return l;
 }
 
+void Run::report_host_lost() {
+    guest_totals();
+    r_.checks.clear();
+    r_.checks.push_back(Check{"daemon_stayed_up", false,
+                              fmt::format("coiommud at {} went away {:.1f} s into the run ({}); the run stopped "
+                                          "(a session cannot be resumed yet)",
+                                          o_.connect_path, r_.duration_s, remote_->lost_reason())});
+    CLOG_ERROR(kLog, "{}: {}", r_.label, r_.checks.back().detail);
+    strategy_->shutdown();  // nothing to close: the link knows it is lost
+    r_.process_cpu_s = process_cpu_s() - cpu_at_start_;
+}
+
 bool RunResult::passed() const {
     if (invariant_violations != 0 || balloon_violations != 0) return false;
     return std::all_of(checks.begin(), checks.end(), [](const Check& c) { return c.passed; });
@@ -1166,6 +1189,10 @@ Result<RunResult> run_once(const LoadOptions& o, const RunSpec& spec, const RunC
     Run run(o, spec, control);
     COIOMMU_TRY(run.setup());
     run.drive();
+    if (run.host_lost()) {
+        run.report_host_lost();
+        return run.take();
+    }
     run.totals();
     run.cross_checks();
     run.teardown();

@@ -64,31 +64,51 @@ Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, c
 
 SocketLink::~SocketLink() { shutdown(); }
 
-Status SocketLink::mmio_write(uint64_t offset, std::span<const std::byte> data) {
-    return client_->mmio_write(offset, data);
+template <class R>
+R SocketLink::watch(R r) {
+    if (r) return r;
+    const int err = r.error().code;
+    if (err != EPIPE && err != ECONNRESET && err != ENOTCONN) return r;
+    std::lock_guard lock(lost_mu_);
+    if (!lost_.load(std::memory_order_relaxed)) {
+        lost_reason_ = r.error().message();
+        lost_.store(true, std::memory_order_relaxed);
+    }
+    return r;
 }
 
-Status SocketLink::mmio_read(uint64_t offset, std::span<std::byte> data) { return client_->mmio_read(offset, data); }
+std::string SocketLink::lost_reason() const {
+    std::lock_guard lock(lost_mu_);
+    return lost_reason_;
+}
+
+Status SocketLink::mmio_write(uint64_t offset, std::span<const std::byte> data) {
+    return watch(client_->mmio_write(offset, data));
+}
+
+Status SocketLink::mmio_read(uint64_t offset, std::span<std::byte> data) {
+    return watch(client_->mmio_read(offset, data));
+}
 
 Result<bool> SocketLink::active() {
-    auto s = client_->stats();
+    auto s = watch(client_->stats());
     if (!s) return coiommu::unexpected(s.error());
     return s->head.active != 0;
 }
 
 Result<telemetry::BalloonResult> SocketLink::balloon_unpin(std::span<const workers::GfnRange> ranges) {
-    return client_->balloon_unpin(ranges);
+    return watch(client_->balloon_unpin(ranges));
 }
 
 Result<telemetry::StatsSnapshot> SocketLink::stats() {
-    auto s = client_->stats();
+    auto s = watch(client_->stats());
     if (!s) return coiommu::unexpected(s.error());
     return std::move(s->snapshot);
 }
 
-Result<daemon::RemoteStats> SocketLink::remote_stats() { return client_->stats(); }
+Result<daemon::RemoteStats> SocketLink::remote_stats() { return watch(client_->stats()); }
 
-Result<bool> SocketLink::query_mapped(Iova iova, uint64_t size) { return client_->query_mapped(iova, size); }
+Result<bool> SocketLink::query_mapped(Iova iova, uint64_t size) { return watch(client_->query_mapped(iova, size)); }
 
 std::string SocketLink::engine_description() const {
     return fmt::format("coiommud at {} (session {}, backend {})", cfg_.socket_path, client_->hello_info().session_id,
@@ -99,6 +119,7 @@ void SocketLink::shutdown() {
     std::lock_guard lock(close_mu_);
     if (closed_) return;
     closed_ = true;
+    if (lost()) return;  // nobody to say Close to
     auto info = client_->close();
     if (!info) {
         CLOG_WARN(kLog, "closing the coiommud session: {}", info.error().message());
@@ -111,6 +132,11 @@ void SocketLink::disconnect() {
     std::lock_guard lock(close_mu_);
     if (closed_) return;
     closed_ = true;
+    {
+        std::lock_guard lost_lock(lost_mu_);
+        if (!lost_.load(std::memory_order_relaxed)) lost_reason_ = "disconnected by the VMM";
+        lost_.store(true, std::memory_order_relaxed);
+    }
     // shutdown(2), not close(2): the daemon sees end of stream, and the descriptor stays valid
     // for any thread still inside a call (which then fails with EPIPE).
     ::shutdown(client_->fd(), SHUT_RDWR);

@@ -9,6 +9,7 @@
 // Thread-safety: VmLink's (the client serialises requests; one in flight per connection).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -80,12 +81,26 @@ public:
     [[nodiscard]] std::optional<daemon::CloseInfo> close_info() const;
     [[nodiscard]] const daemon::BackendInfo& backend_info() const { return backend_; }
 
+    // The daemon went away: a call failed with EPIPE, ECONNRESET or ENOTCONN (or the connection was
+    // dropped by disconnect()). Every later call fails the same way.
+    [[nodiscard]] const std::atomic<bool>* lost_flag() const override { return &lost_; }
+    [[nodiscard]] bool lost() const { return lost_.load(std::memory_order_relaxed); }
+    // The first such error, "" while not lost.
+    [[nodiscard]] std::string lost_reason() const;
+
 private:
     SocketLink(SocketLinkConfig cfg, std::unique_ptr<daemon::Client> client)
         : cfg_(std::move(cfg)), client_(std::move(client)) {}
 
     SocketLinkConfig cfg_;
     std::unique_ptr<daemon::Client> client_;
+    // Marks the link lost when `r` failed because the connection is gone; returns `r`.
+    template <class R>
+    R watch(R r);
+
+    std::atomic<bool> lost_{false};
+    mutable std::mutex lost_mu_;
+    std::string lost_reason_;  // under lost_mu_
     daemon::DeviceMemfds dev_;
     daemon::BackendInfo backend_;
     std::vector<EventFd> triggers_;

@@ -110,6 +110,7 @@ public:
         gcfg.notifymap_fd = s->link_->notifymap_fd();
         for (uint32_t i = 0; i < env.vcpus; ++i) gcfg.trigger_fds.push_back(s->link_->trigger_fd(i));
         gcfg.timeout = env.timeout;
+        gcfg.abort = s->link_->lost_flag();  // a dead daemon completes nothing: do not spin on it
         auto drv = emulator::GuestDriver::create(std::move(gcfg));
         if (!drv) return coiommu::unexpected(with_context(drv.error(), "guest: driver"));
         s->driver_ = std::move(*drv);

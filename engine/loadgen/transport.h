@@ -52,6 +52,9 @@ public:
     [[nodiscard]] virtual Result<telemetry::StatsSnapshot> stats() = 0;
     // "variant=fast,workers=1,..." of the serving engine, for reports.
     [[nodiscard]] virtual std::string engine_description() const = 0;
+    // True once whatever serves this link is gone for good (a socket link: the daemon's end of the
+    // connection failed); nullptr for links that cannot lose their host. Read with relaxed loads.
+    [[nodiscard]] virtual const std::atomic<bool>* lost_flag() const { return nullptr; }
 
     // Stops serving: the engine stops and unmaps everything it mapped (in-process), or the
     // session closes (socket). Idempotent.

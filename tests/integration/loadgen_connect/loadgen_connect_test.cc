@@ -6,10 +6,13 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/expect.h"
@@ -145,6 +148,32 @@ TEST(LoadConnect, ConnectWithAnotherStrategyOrTheInProcessEngineIsABadCommandLin
     EXPECT_NE(strict.err.find("coiommu strategy only"), std::string::npos) << strict.err;
     EXPECT_EQ(run_load(d.dir(), "--connect " + d.socket() + " --compare").code, 2);
     EXPECT_EQ(run_load(d.dir(), "--connect").code, 2);
+}
+
+// A daemon killed mid-run (kill -9: no Close, no reply) ends the run at once with one clear error
+// and a non-zero exit: the guest does not spin on a slot nobody will complete, and transport
+// errors are not counted as safety-invariant violations (before: the run went on to its end and
+// counted every failed QueryMapped as a violation).
+TEST(LoadConnect, ADaemonKilledMidRunEndsTheRunAtOnceWithOneClearError) {
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    std::thread killer([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+        (void)d.signal(SIGKILL);
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const Exit e = run_load(d.dir(), "--connect " + d.socket() + " --duration 20 --quiet --json " + d.path("r.json"));
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    killer.join();
+    EXPECT_EQ(e.code, 1);
+    EXPECT_LT(s, 8.0) << "the run should stop when the daemon goes, not at --duration 20";
+    EXPECT_NE(e.err.find("went away"), std::string::npos) << e.err;
+    EXPECT_EQ(e.err.find("SAFETY INVARIANT VIOLATED"), std::string::npos) << e.err;
+    auto doc = test::JsonParser::parse(slurp(d.path("r.json")));
+    ASSERT_TRUE(doc.has_value()) << "the JSON report does not parse";
+    const JsonValue& run = (*doc)["runs"].array().at(0);
+    const JsonValue* up = find_check(run, "daemon_stayed_up");
+    ASSERT_NE(up, nullptr);
+    EXPECT_FALSE((*up)["passed"].boolean());
 }
 
 TEST(LoadConnect, NoDaemonOnTheSocketFailsTheRunWithExit1) {
