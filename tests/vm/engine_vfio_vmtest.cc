@@ -159,7 +159,7 @@ protected:
         o.args = {"--socket",          o.socket,
                   "--tracing",         "off",
                   "--metrics-address", "none",
-                  "--backends",        "vfio",
+                  "--backends",        "vfio,iommufd",
                   "--log-level",       "warn",
                   "--engine",          "variant=" + GetParam().variant + ",unpin_policy=lru,unpin_interval=100ms"};
         ASSERT_OK_AND_ASSIGN(auto d, DaemonProcess::start(std::move(dir), std::move(o)));
