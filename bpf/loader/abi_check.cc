@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "bpf/abi/engine.h"
+#include "bpf/abi/iommu_core.h"
 #include "bpf/abi/vfio_dma.h"
 #include "bpf/abi/vfio_kern.h"
 #include "bpf/loader/snapshot.h"
@@ -62,5 +63,22 @@ static_assert(static_cast<uint32_t>(telemetry::DmaRecordOp::Map) == static_cast<
 static_assert(static_cast<uint32_t>(telemetry::DmaRecordOp::Unmap) == static_cast<uint32_t>(telemetry::DmaOp::Unmap));
 
 static_assert(COIOMMU_VK_FN_COUNT == kKernFnCount);
+static_assert(COIOMMU_VK_HOOK_COUNT == kKernHookCount);
+static_assert(COIOMMU_VK_HOOK_DO_MAP == static_cast<int>(KernHook::DoMap));
+static_assert(COIOMMU_VK_HOOK_DO_UNMAP == static_cast<int>(KernHook::DoUnmap));
+static_assert(static_cast<int>(COIOMMU_VK_HOOK_DO_MAP) == static_cast<int>(COIOMMU_VK_DO_MAP));
+static_assert(static_cast<int>(COIOMMU_VK_HOOK_DO_UNMAP) == static_cast<int>(COIOMMU_VK_DO_UNMAP));
+static_assert(COIOMMU_VK_HOOK_PIN_REMOTE == static_cast<int>(KernHook::PinPagesRemote));
+static_assert(COIOMMU_VK_HOOK_REMOVE_DMA == static_cast<int>(KernHook::RemoveDma));
+static_assert(sizeof(coiommu_vk_calls) == 3 * 8);
+static_assert(offsetof(coiommu_vk_calls, bytes) == 2 * 8);
+
+static_assert(COIOMMU_IOMMU_OP_COUNT == kIommuOpCount);
+static_assert(COIOMMU_IOMMU_MAP == static_cast<int>(IommuOp::Map));
+static_assert(COIOMMU_IOMMU_UNMAP == static_cast<int>(IommuOp::Unmap));
+static_assert(sizeof(coiommu_iommu_calls) == 4 * 8);
+static_assert(offsetof(coiommu_iommu_calls, bytes) == 8);
+static_assert(offsetof(coiommu_iommu_calls, requested) == 2 * 8);
+static_assert(offsetof(coiommu_iommu_calls, short_calls) == 3 * 8);
 
 }  // namespace coiommu::bpf

@@ -149,6 +149,48 @@ std::string_view kern_fn_name(size_t fn) {
     return fn < std::size(kNames) ? kNames[fn] : "unknown";
 }
 
+std::string_view kern_hook_name(KernHook hook) {
+    switch (hook) {
+        case KernHook::DoMap: return "vfio_dma_do_map";
+        case KernHook::DoUnmap: return "vfio_dma_do_unmap";
+        case KernHook::PinPagesRemote: return "vfio_pin_pages_remote";
+        case KernHook::RemoveDma: return "vfio_remove_dma";
+    }
+    return "unknown";
+}
+
+VfioKernCalls VfioKernCalls::delta_since(const VfioKernCalls& prev) const {
+    return VfioKernCalls{sat_sub(ok, prev.ok), sat_sub(failed, prev.failed), sat_sub(bytes, prev.bytes)};
+}
+
+VfioKernSnapshot VfioKernSnapshot::delta_since(const VfioKernSnapshot& prev) const {
+    VfioKernSnapshot d;
+    d.latency_ns =
+        zip(latency_ns, prev.latency_ns, [](const Log2Hist& a, const Log2Hist& b) { return a.delta_since(b); });
+    d.calls = zip(calls, prev.calls, [](const VfioKernCalls& a, const VfioKernCalls& b) { return a.delta_since(b); });
+    return d;
+}
+
+std::string_view iommu_op_name(IommuOp op) {
+    switch (op) {
+        case IommuOp::Map: return "map";
+        case IommuOp::Unmap: return "unmap";
+    }
+    return "unknown";
+}
+
+IommuCalls IommuCalls::delta_since(const IommuCalls& prev) const {
+    return IommuCalls{sat_sub(calls, prev.calls), sat_sub(bytes, prev.bytes), sat_sub(requested, prev.requested),
+                      sat_sub(short_calls, prev.short_calls)};
+}
+
+IommuCoreSnapshot IommuCoreSnapshot::delta_since(const IommuCoreSnapshot& prev) const {
+    IommuCoreSnapshot d;
+    d.calls = zip(calls, prev.calls, [](const IommuCalls& a, const IommuCalls& b) { return a.delta_since(b); });
+    d.pages = zip(pages, prev.pages, [](const Log2Hist& a, const Log2Hist& b) { return a.delta_since(b); });
+    return d;
+}
+
 EngineSnapshot EngineSnapshot::delta_since(const EngineSnapshot& prev) const {
     EngineSnapshot d;
     for (size_t i = 0; i < kEngineRequestKinds; ++i) {

@@ -142,11 +142,56 @@ struct EngineSnapshot {
 
 // ---- vfio_kern (optional fentry) ----
 
-inline constexpr size_t kKernFnCount = 2;  // vfio_dma_do_map, vfio_dma_do_unmap
+inline constexpr size_t kKernFnCount = 2;  // timed: vfio_dma_do_map, vfio_dma_do_unmap
 [[nodiscard]] std::string_view kern_fn_name(size_t fn);
+
+// Every hooked function (the first two are the timed ones, same index).
+enum class KernHook : uint32_t { DoMap = 0, DoUnmap = 1, PinPagesRemote = 2, RemoveDma = 3 };
+inline constexpr size_t kKernHookCount = 4;
+// The kernel function: "vfio_dma_do_map", "vfio_dma_do_unmap", "vfio_pin_pages_remote",
+// "vfio_remove_dma".
+[[nodiscard]] std::string_view kern_hook_name(KernHook hook);
+
+// Calls of one hooked function (bytes of the ok ones: bpf/abi/vfio_kern.h says which size).
+struct VfioKernCalls {
+    uint64_t ok = 0;
+    uint64_t failed = 0;
+    uint64_t bytes = 0;
+
+    [[nodiscard]] uint64_t total() const { return ok + failed; }
+    [[nodiscard]] VfioKernCalls delta_since(const VfioKernCalls& prev) const;
+};
 
 struct VfioKernSnapshot {
     std::array<Log2Hist, kKernFnCount> latency_ns{};
+    std::array<VfioKernCalls, kKernHookCount> calls{};  // indexed by KernHook; 0 where not hooked
+
+    [[nodiscard]] const VfioKernCalls& calls_of(KernHook h) const { return calls[static_cast<size_t>(h)]; }
+    [[nodiscard]] VfioKernSnapshot delta_since(const VfioKernSnapshot& prev) const;
+};
+
+// ---- iommu_core (iommu:map / iommu:unmap tracepoints) ----
+
+enum class IommuOp : uint32_t { Map = 0, Unmap = 1 };
+inline constexpr size_t kIommuOpCount = 2;
+[[nodiscard]] std::string_view iommu_op_name(IommuOp op);  // "map", "unmap"
+
+struct IommuCalls {
+    uint64_t calls = 0;
+    uint64_t bytes = 0;        // map: mapped; unmap: what the IOMMU driver reports unmapped
+    uint64_t requested = 0;    // the callers' sizes (map: == bytes)
+    uint64_t short_calls = 0;  // unmaps that unmapped less than requested
+
+    [[nodiscard]] IommuCalls delta_since(const IommuCalls& prev) const;
+};
+
+struct IommuCoreSnapshot {
+    std::array<IommuCalls, kIommuOpCount> calls{};  // indexed by IommuOp
+    std::array<Log2Hist, kIommuOpCount> pages{};    // 4 KiB pages per call (bytes >> 12)
+
+    [[nodiscard]] const IommuCalls& calls_of(IommuOp op) const { return calls[static_cast<size_t>(op)]; }
+    [[nodiscard]] const Log2Hist& pages_of(IommuOp op) const { return pages[static_cast<size_t>(op)]; }
+    [[nodiscard]] IommuCoreSnapshot delta_since(const IommuCoreSnapshot& prev) const;
 };
 
 // ---- program self-metrics (coiommu_bpf_program_info / _attached / run time) ----

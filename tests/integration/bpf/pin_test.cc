@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "bpf/loader/iommu_core_tracer.h"
 #include "bpf/loader/pinned_maps.h"
 #include "bpf/loader/stats.h"
 #include "bpf/loader/tracing.h"
@@ -141,11 +142,36 @@ TEST(VfioKernTracer, EitherAttachesOrSaysWhyNot) {
         ASSERT_OK_AND_ASSIGN(auto snap, kern->snapshot());
         EXPECT_EQ(snap.latency_ns[0].count, snap.latency_ns[0].total());
         ASSERT_OK_AND_ASSIGN(auto programs, kern->programs());
-        EXPECT_EQ(programs.size(), 4u);
+        // Two programs for each of do_map/do_unmap, one for each of the inner two.
+        size_t want = 0;
+        for (KernHook h : {KernHook::DoMap, KernHook::DoUnmap}) want += kern->hooked(h) ? 2 : 0;
+        for (KernHook h : {KernHook::PinPagesRemote, KernHook::RemoveDma}) want += kern->hooked(h) ? 1 : 0;
+        EXPECT_EQ(programs.size(), want) << kern->detail();
+        for (const auto& p : programs) EXPECT_TRUE(p.attached) << p.program;
     } else {
         EXPECT_EQ(kern.error().context.rfind("not available: ", 0), 0u) << kern.error().context;
         EXPECT_GT(kern.error().context.size(), std::string("not available: ").size());
     }
+}
+
+// Plain tracepoints: wherever the kernel has the iommu events the program loads, fentry or not.
+TEST(IommuCoreTracer, AttachesBothTracepointsWhereTheKernelHasTheIommuEvents) {
+    COIOMMU_REQUIRE_BPF();
+    auto core = IommuCoreTracer::start();
+    if (::access("/sys/kernel/tracing/events/iommu/map", F_OK) != 0 &&
+        ::access("/sys/kernel/debug/tracing/events/iommu/map", F_OK) != 0) {
+        ASSERT_FALSE(core.has_value());
+        EXPECT_EQ(core.error().context.rfind("not available: ", 0), 0u) << core.error().context;
+        return;
+    }
+    ASSERT_TRUE(core.has_value()) << core.error().message();
+    ASSERT_OK_AND_ASSIGN(auto programs, core->programs());
+    ASSERT_EQ(programs.size(), 2u);
+    for (const auto& p : programs) {
+        EXPECT_EQ(p.attach, "tracepoint") << p.program;
+        EXPECT_TRUE(p.attached) << p.program;
+    }
+    EXPECT_OK(core->snapshot());
 }
 
 using TracingTest = PinRoot;
@@ -166,7 +192,7 @@ TEST_F(TracingTest, SnapshotCombinesEveryAttachedTracer) {
     EXPECT_EQ(snap.vfio_dma.latency(VfioOp::VfioMap).count, 1u);
     ASSERT_TRUE(snap.engine.has_value());
     EXPECT_EQ(snap.kern.has_value(), tracing.kernel_hooks() != nullptr);
-    EXPECT_GE(snap.programs.size(), 6u);  // 2 tracepoint + 4 usdt (+ 4 fentry where allowed)
+    EXPECT_GE(snap.programs.size(), 6u);  // 2 tracepoint + 4 usdt (+ the vk fentry hooks where allowed)
     EXPECT_NE(tracing.kernel_hooks_status(), "not requested");
     EXPECT_EQ(tracing.pinned_paths().size(), 4u + 8u);
     ASSERT_OK_AND_ASSIGN(auto pinned, PinnedMaps::open(root_));
