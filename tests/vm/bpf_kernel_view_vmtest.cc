@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -50,6 +51,7 @@
 #include "engine/workers/park_gate.h"
 #include "engine/workers/unpinner.h"
 #include "tests/testing/expect.h"
+#include "tests/vm/pin_path.h"
 
 namespace coiommu::workers {
 namespace {
@@ -62,12 +64,11 @@ using bpf::VfioDmaTracer;
 using bpf::VfioKernTracer;
 using bpf::VfioOp;
 using telemetry::DmaOp;
+using coiommu::testing::PinPath;
+using coiommu::testing::PinPathLayout;
 
-constexpr uint16_t kBdf = 0x0018;
 constexpr uint64_t kRamBytes = uint64_t{16} << 20;  // 4096 gfns from GPA 0 (IOVA = GPA)
-constexpr uint64_t kPoolPages = 64;                 // DTT pages at the top of RAM
 constexpr uint64_t kBatchGfn = 0x800;               // the PinPageInfo buffer
-constexpr uint64_t kMaxBatch = 64;
 
 // The workload, in three request shapes:
 //   4 batch requests of 64 contiguous pages, each coalesced into one DMA call   4 calls, 256 pages
@@ -90,97 +91,20 @@ std::vector<Gfn> workload_gfns() {
     return out;
 }
 
-// The fast pin path on this thread over the real container (p7_vmtest.cc's, with the batch page
-// list taken as given and the engine's statistics exposed).
-class PinPath {
-public:
-    static Result<std::unique_ptr<PinPath>> create(dma::DmaBackend& backend) {
-        std::unique_ptr<PinPath> p(new PinPath());
-        const RegionSpec ram{Gpa{0}, kRamBytes};
-        COIOMMU_ASSIGN_OR_RETURN(p->mem_, GuestMemory::create({&ram, 1}));
-        emulator::GuestDttConfig cfg;
-        cfg.levels = 4;
-        cfg.pool_base = Gpa{kRamBytes - kPoolPages * kPageSize};
-        cfg.pool_pages = kPoolPages;
-        cfg.ncpus = 1;
-        COIOMMU_ASSIGN_OR_RETURN(p->dtt_, emulator::GuestDtt::create(p->mem_, cfg));
-        for (const Gfn g : workload_gfns()) COIOMMU_TRY(p->dtt_->mark(g));  // the guest DMA-maps them
-        const uint64_t gfns = p->mem_.gfn_span();
-        COIOMMU_ASSIGN_OR_RETURN(p->table_, core::PinTable::create(gfns));
-        COIOMMU_ASSIGN_OR_RETURN(p->extents_, ExtentMap::create(gfns, ExtentStoreKind::Flat));
-        COIOMMU_ASSIGN_OR_RETURN(p->handoff_, ExtentHandoff::create(gfns));
-        p->env_ = std::make_unique<PinEnv>(PinEnv{p->mem_,
-                                                  backend,
-                                                  *p->table_,
-                                                  *p->extents_,
-                                                  *p->handoff_,
-                                                  p->endpoints_,
-                                                  p->stats_.gauges(),
-                                                  core::RequestLimits{kMaxBatch},
-                                                  Coalesce::On,
-                                                  0,
-                                                  /*track_extents=*/false,
-                                                  {}});
-        COIOMMU_ASSIGN_OR_RETURN(p->arena_,
-                                 VcpuArena::create(0, GuestAtomicU64(&p->slot_), -1, kMaxBatch, p->stats_.shard(0)));
-        COIOMMU_ASSIGN_OR_RETURN(p->arena_->walker,
-                                 core::DttWalker::create(p->mem_, p->dtt_->dtt_root(), p->dtt_->levels()));
-        const UnpinEnv uenv{
-            p->mem_, backend, *p->table_, *p->extents_, *p->handoff_, p->stats_.gauges(), p->stats_.add_shard(), 0};
-        COIOMMU_ASSIGN_OR_RETURN(p->unpinner_, ExtentUnpinner::create(uenv, p->arena_->walker, {}, p->gate_));
-        return p;
-    }
+// The served pages lie in [kMarkFirst, kMarkEnd): the DTT has their leaf tables.
+constexpr uint64_t kMarkFirst = kRunFirst, kMarkEnd = kSingleFirst + kSingleStride * kSingles;
+const PinPathLayout kLayout{kRamBytes, kMarkFirst, kMarkEnd - kMarkFirst, kBatchGfn};
 
-    bool single(Gfn gfn) { return serve((raw(gfn) << 16) | kBdf).result == 0; }
-    bool batch(const std::vector<Gfn>& gfns) {
-        core::PinPageInfo info{};
-        info.bdf = kBdf;
-        info.nr_pages = gfns.size();
-        if (!mem_.write_obj(batch_gpa(), info)) return false;
-        for (size_t i = 0; i < gfns.size(); ++i) {
-            if (!mem_.write_obj(offset(batch_gpa(), 16 + 8 * i), raw(gfns[i]))) return false;
-        }
-        return serve(raw(batch_gpa()) | core::kPinPagesInBatch).result == 0;
-    }
-    // The whole workload above; false when a request left a page unpinned.
-    bool pin_workload() {
-        const std::vector<Gfn> all = workload_gfns();
-        bool ok = true;
-        for (uint64_t r = 0; r < kRuns; ++r) {
-            const auto first = all.begin() + static_cast<std::ptrdiff_t>(r * kRunPages);
-            ok &= batch(std::vector<Gfn>(first, first + kRunPages));
-        }
-        const auto sparse = all.begin() + static_cast<std::ptrdiff_t>(kRuns * kRunPages);
-        ok &= batch(std::vector<Gfn>(sparse, sparse + kSparsePages));
-        for (auto it = sparse + kSparsePages; it != all.end(); ++it) ok &= single(*it);
-        return ok;
-    }
-    // The engine unmaps everything it mapped, one call per extent.
-    uint64_t unmap_all() { return unpinner_->teardown(); }
-    [[nodiscard]] telemetry::ShardTotals totals() const { return stats_.snapshot().totals; }
-
-private:
-    PinPath() : endpoints_(std::vector<uint16_t>{kBdf}), stats_(1) {}
-    static Gpa batch_gpa() { return Gpa{kBatchGfn << kPageShift}; }
-    ServeReport serve(uint64_t value) {
-        slot_ = value;
-        return serve_request(*env_, *arena_, value, telemetry::monotonic_ns(), trace_);
-    }
-
-    GuestMemory mem_;
-    std::unique_ptr<emulator::GuestDtt> dtt_;
-    std::optional<core::PinTable> table_;
-    std::optional<ExtentMap> extents_;
-    std::optional<ExtentHandoff> handoff_;
-    core::EndpointSet endpoints_;
-    telemetry::StatsRegistry stats_;
-    std::unique_ptr<PinEnv> env_;
-    uint64_t slot_ = 0;
-    std::unique_ptr<VcpuArena> arena_;
-    telemetry::RequestTraceBatch trace_{0};
-    ParkGate gate_;
-    std::unique_ptr<ExtentUnpinner> unpinner_;
-};
+// The whole workload above through the engine's pin path; false when a request left a page unpinned.
+bool pin_workload(PinPath& path) {
+    const std::vector<Gfn> all = workload_gfns();
+    const std::span<const Gfn> gfns(all);
+    bool ok = true;
+    for (uint64_t r = 0; r < kRuns; ++r) ok &= path.batch(gfns.subspan(r * kRunPages, kRunPages));
+    ok &= path.batch(gfns.subspan(kRuns * kRunPages, kSparsePages));
+    for (const Gfn g : gfns.subspan(kRuns * kRunPages + kSparsePages)) ok &= path.single(g);
+    return ok;
+}
 
 struct Count {
     uint64_t calls = 0;
@@ -218,7 +142,7 @@ protected:
 
     void open_container() {
         ASSERT_OK_AND_ASSIGN(backend_, dma::VfioBackend::open_group(group_));
-        ASSERT_OK_AND_ASSIGN(path_, PinPath::create(*backend_));
+        ASSERT_OK_AND_ASSIGN(path_, PinPath::create(*backend_, kLayout));
     }
     // Destroys the container without an unmap: the group is detached, then the container closed.
     // The backend's last counters are kept for read_views().
@@ -338,7 +262,7 @@ TEST_P(BpfKernelViewVm, EveryLayerCountsTheEnginesMapsAndTheirBytes) {
     const std::optional<Views> before = read_views();
     ASSERT_TRUE(before.has_value());
 
-    ASSERT_TRUE(path_->pin_workload());
+    ASSERT_TRUE(pin_workload(*path_));
 
     const std::optional<Views> after = read_views();
     ASSERT_TRUE(after.has_value());
@@ -355,7 +279,7 @@ TEST_P(BpfKernelViewVm, EveryLayerCountsTheEnginesMapsAndTheirBytes) {
 TEST_P(BpfKernelViewVm, ClosingTheContainerUnmapsWhatNoIoctlLayerSees) {
     ASSERT_NO_FATAL_FAILURE(open_container());
     ASSERT_NO_FATAL_FAILURE(start_tracers());
-    ASSERT_TRUE(path_->pin_workload());
+    ASSERT_TRUE(pin_workload(*path_));
     const std::optional<Views> pinned = read_views();
     ASSERT_TRUE(pinned.has_value());
 
@@ -386,11 +310,11 @@ TEST_P(BpfKernelViewVm, ClosingTheContainerUnmapsWhatNoIoctlLayerSees) {
 TEST_P(BpfKernelViewVm, ExplicitUnmapsAreSeenByEveryLayerAndCloseFindsNothingLeft) {
     ASSERT_NO_FATAL_FAILURE(open_container());
     ASSERT_NO_FATAL_FAILURE(start_tracers());
-    ASSERT_TRUE(path_->pin_workload());
+    ASSERT_TRUE(pin_workload(*path_));
     const std::optional<Views> pinned = read_views();
     ASSERT_TRUE(pinned.has_value());
 
-    ASSERT_EQ(path_->unmap_all(), kPages);
+    ASSERT_EQ(path_->reset(), kPages);
 
     const std::optional<Views> unmapped = read_views();
     ASSERT_TRUE(unmapped.has_value());

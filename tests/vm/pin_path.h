@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "engine/core/pin_table.h"
@@ -94,6 +95,17 @@ public:
         }
         return serve(raw(batch_gpa()) | core::kPinPagesInBatch).result == 0;
     }
+    // One batch request for exactly `gfns` (any order, gaps allowed).
+    bool batch(std::span<const Gfn> gfns) {
+        core::PinPageInfo info{};
+        info.bdf = kPinPathBdf;
+        info.nr_pages = gfns.size();
+        if (!mem_.write_obj(batch_gpa(), info)) return false;
+        for (size_t i = 0; i < gfns.size(); ++i) {
+            if (!mem_.write_obj(offset(batch_gpa(), 16 + 8 * i), raw(gfns[i]))) return false;
+        }
+        return serve(raw(batch_gpa()) | core::kPinPagesInBatch).result == 0;
+    }
     // Unmaps everything the path mapped (untimed).
     uint64_t reset() { return unpinner_->teardown(); }
     [[nodiscard]] const GuestMemory& mem() const { return mem_; }
@@ -101,6 +113,7 @@ public:
     [[nodiscard]] bool pinned(Gfn gfn) const { return dtt_->pinned(gfn); }
     // The engine's statistics of the requests served.
     [[nodiscard]] telemetry::StatsSnapshot stats() const { return stats_.snapshot(); }
+    [[nodiscard]] telemetry::ShardTotals totals() const { return stats_.snapshot().totals; }
 
 private:
     PinPath(dma::DmaBackend& backend, const PinPathLayout& layout)
