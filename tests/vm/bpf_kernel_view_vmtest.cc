@@ -63,9 +63,9 @@ using bpf::VfioDmaMode;
 using bpf::VfioDmaTracer;
 using bpf::VfioKernTracer;
 using bpf::VfioOp;
-using telemetry::DmaOp;
 using coiommu::testing::PinPath;
 using coiommu::testing::PinPathLayout;
+using telemetry::DmaOp;
 
 constexpr uint64_t kRamBytes = uint64_t{16} << 20;  // 4096 gfns from GPA 0 (IOVA = GPA)
 constexpr uint64_t kBatchGfn = 0x800;               // the PinPageInfo buffer
