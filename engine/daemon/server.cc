@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "engine/base/log.h"
+#include "engine/base/quantity.h"
 #include "engine/daemon/client.h"
 
 namespace coiommu::daemon {
@@ -21,10 +22,20 @@ namespace {
 
 constexpr std::string_view kLog = "server";
 
-// Refuses a connection with an Error message the peer can read, then closes it.
-void refuse(UniqueFd sock, int code, std::string_view why, std::chrono::milliseconds timeout) {
+// epoll tokens: the listener, the stop event; every waiting connection has its own above these.
+constexpr uint64_t kListenToken = 0;
+constexpr uint64_t kStopToken = 1;
+// The accept thread wakes at least this often: finished sessions are reaped even when nobody
+// connects.
+constexpr std::chrono::milliseconds kIdleWake{200};
+constexpr int kMaxEvents = 64;
+
+// Refuses a connection with an Error message the peer can read, then closes it. Never waits: the
+// accept thread must not stall on one peer (a fresh socket's send buffer has room for one Error).
+void refuse(UniqueFd sock, int code, std::string_view why) {
     const auto payload = encode_error(code, 0, why);
-    (void)send_message(sock.get(), static_cast<uint16_t>(proto::MsgType::Error), 0, payload, {}, timeout);
+    (void)send_message(sock.get(), static_cast<uint16_t>(proto::MsgType::Error), 0, payload, {},
+                       std::chrono::milliseconds(0));
 }
 
 Result<UniqueFd> bind_listener(const std::string& path) {
@@ -93,6 +104,8 @@ void merge_snapshot(telemetry::StatsSnapshot& into, const telemetry::StatsSnapsh
 
 Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
     if (options.max_sessions == 0) return make_error(EINVAL, "max_sessions must be at least 1");
+    if (options.max_pending == 0) return make_error(EINVAL, "max_pending must be at least 1");
+    if (options.hello_timeout.count() <= 0) return make_error(EINVAL, "hello_timeout must be above 0");
     if (options.allowed_uids.empty()) options.allowed_uids.push_back(::geteuid());
     std::unique_ptr<Server> s(new Server(std::move(options)));
     if (s->opts_.inherited_listener) {
@@ -111,9 +124,24 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
         return coiommu::unexpected(with_context(ev.error(), "stop event"));
     }
     s->stop_ev_ = std::move(*ev);
+    s->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+    if (!s->epoll_) return make_error(errno, "epoll_create1");
+    COIOMMU_TRY(s->watch(s->listen_.get(), kListenToken, EPOLLIN, EPOLL_CTL_ADD), "listener");
+    COIOMMU_TRY(s->watch(s->stop_ev_.fd(), kStopToken, EPOLLIN, EPOLL_CTL_ADD), "stop event");
     s->acceptor_ = std::thread([srv = s.get()] { srv->accept_loop(); });
-    CLOG_INFO(kLog, "listening on {} (max {} sessions)", s->opts_.socket_path, s->opts_.max_sessions);
+    CLOG_INFO(kLog, "listening on {} (max {} sessions, {} per uid; max {} waiting {} for Hello)", s->opts_.socket_path,
+              s->opts_.max_sessions,
+              s->opts_.max_sessions_per_uid == 0 ? "no cap" : std::to_string(s->opts_.max_sessions_per_uid),
+              s->opts_.max_pending, format_duration(s->opts_.hello_timeout));
     return s;
+}
+
+Status Server::watch(int fd, uint64_t token, uint32_t events, int op) {
+    epoll_event e{};
+    e.events = events;
+    e.data.u64 = token;
+    if (::epoll_ctl(epoll_.get(), op, fd, &e) != 0) return make_error(errno, "epoll_ctl");
+    return ok();
 }
 
 Server::~Server() { stop(); }
@@ -123,6 +151,8 @@ void Server::stop() {
     if (stopped_.exchange(true)) return;
     if (stop_ev_.valid()) (void)stop_ev_.signal();  // the acceptor and every session watch it
     if (acceptor_.joinable()) acceptor_.join();
+    pending_.clear();  // the acceptor's, and it is gone: their peers see end of stream
+    pending_count_.store(0, std::memory_order_relaxed);
     reap(true);
     if (listen_) {
         // Only a socket this server bound (a failed start must not remove someone else's file).
@@ -133,93 +163,203 @@ void Server::stop() {
 }
 
 void Server::accept_loop() {
-    UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
-    if (!ep) {
-        CLOG_ERROR(kLog, "epoll_create1: {}", std::strerror(errno));
-        return;
-    }
-    epoll_event e{};
-    e.events = EPOLLIN;
-    e.data.u32 = 0;
-    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, listen_.get(), &e) != 0) {
-        CLOG_ERROR(kLog, "epoll_ctl: {}", std::strerror(errno));
-        return;
-    }
-    e.data.u32 = 1;
-    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, stop_ev_.fd(), &e) != 0) {
-        CLOG_ERROR(kLog, "epoll_ctl: {}", std::strerror(errno));
-        return;
-    }
+    epoll_event events[kMaxEvents];
     for (;;) {
-        epoll_event events[2];
-        // The timeout lets finished sessions be reaped even when nobody connects.
-        const int n = ::epoll_wait(ep.get(), events, 2, 200);
+        const int n = ::epoll_wait(epoll_.get(), events, kMaxEvents, wait_ms(Clock::now()));
         const int err = errno;
         if (n < 0 && err != EINTR) {
             CLOG_ERROR(kLog, "epoll_wait: {}", std::strerror(err));
             return;
         }
-        bool stop = false;
+        bool listener_ready = false;
         for (int i = 0; i < n; ++i) {
-            if (events[i].data.u32 == 1) stop = true;
+            if (events[i].data.u64 == kStopToken) return;
+            if (events[i].data.u64 == kListenToken) listener_ready = true;
         }
-        if (stop) return;
+        // The connections that spoke first: the backlog's newcomers could otherwise evict them.
         for (int i = 0; i < n; ++i) {
-            if (events[i].data.u32 == 0) accept_one();
+            if (events[i].data.u64 > kStopToken) on_readable(events[i].data.u64);
         }
+        if (listener_ready) accept_all();
+        expire_pending(Clock::now());
         reap(false);
     }
 }
 
-void Server::accept_one() {
+int Server::wait_ms(Clock::time_point now) const {
+    Clock::time_point wake = now + kIdleWake;
+    // The oldest waiting connection has the earliest deadline (every one gets hello_timeout).
+    if (!pending_.empty()) wake = std::min(wake, pending_.begin()->second.deadline);
+    // Rounded up: a wake-up just before the deadline would only have to wait again.
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(wake - now);
+    return static_cast<int>(std::max<int64_t>(left.count(), 0));
+}
+
+void Server::accept_all() {
     // Drain the backlog: a flood of connections is handled in one wake-up.
     for (;;) {
         UniqueFd sock(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-        if (!sock) {
-            const int err = errno;
-            if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR) return;
-            // EMFILE/ENFILE: out of fds. Log (rate-limited) and retry on the next wake-up.
-            CLOG_ERROR_RL(kLog, "accept: {}", std::strerror(err));
-            return;
-        }
-        ucred cred{};
-        socklen_t len = sizeof cred;
-        if (::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-            CLOG_WARN_RL(kLog, "SO_PEERCRED: {}", std::strerror(errno));
+        if (sock) {
+            on_accepted(std::move(sock));
             continue;
         }
-        const auto& allowed = opts_.allowed_uids;
-        if (std::find(allowed.begin(), allowed.end(), cred.uid) == allowed.end()) {
-            counters_.refused_credentials.fetch_add(1, std::memory_order_relaxed);
-            CLOG_WARN_RL(kLog, "refused pid {} uid {}: not in allowed_uids", cred.pid, cred.uid);
-            refuse(std::move(sock), EACCES, "uid not allowed by this coiommud", opts_.limits.io_timeout);
-            continue;
+        const int err = errno;
+        if (err == EINTR || err == ECONNABORTED) continue;
+        if (err == EAGAIN || err == EWOULDBLOCK) return;
+        // EMFILE/ENFILE: out of fds. Log (rate-limited) and retry on the next wake-up.
+        CLOG_ERROR_RL(kLog, "accept: {}", std::strerror(err));
+        return;
+    }
+}
+
+void Server::on_accepted(UniqueFd sock) {
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        CLOG_WARN_RL(kLog, "SO_PEERCRED: {}", std::strerror(errno));
+        return;
+    }
+    const auto& allowed = opts_.allowed_uids;
+    if (std::find(allowed.begin(), allowed.end(), cred.uid) == allowed.end()) {
+        counters_.refused_credentials.fetch_add(1, std::memory_order_relaxed);
+        CLOG_WARN_RL(kLog, "refused pid {} uid {}: not in allowed_uids", cred.pid, cred.uid);
+        refuse(std::move(sock), EACCES, "uid not allowed by this coiommud");
+        return;
+    }
+    if (pending_.size() >= opts_.max_pending) evict_oldest_pending();
+    const uint64_t token = next_token_++;
+    if (auto st = watch(sock.get(), token, EPOLLIN, EPOLL_CTL_ADD); !st) {
+        CLOG_WARN_RL(kLog, "pid {}: {}", cred.pid, st.error().message());
+        refuse(std::move(sock), st.error().code, "coiommud cannot watch this connection");
+        return;
+    }
+    pending_.emplace(token, Pending{std::move(sock), cred.uid, cred.pid, Clock::now() + opts_.hello_timeout});
+    pending_count_.store(static_cast<uint32_t>(pending_.size()), std::memory_order_relaxed);
+}
+
+void Server::evict_oldest_pending() {
+    // The oldest has waited longest without a word: a VMM says Hello right after it connects.
+    const auto oldest = pending_.begin();
+    if (admit(oldest) == Admitted::Handled) return;  // it has spoken after all
+    Pending p = take_pending(oldest);
+    counters_.evicted_pending.fetch_add(1, std::memory_order_relaxed);
+    CLOG_WARN_RL(kLog, "pid {} uid {}: closed without Hello: {} connections wait (max_pending)", p.pid, p.uid,
+                 opts_.max_pending);
+    refuse(std::move(p.sock), EBUSY,
+           fmt::format("{} connections are waiting for Hello (max_pending); this, the oldest, is closed",
+                       opts_.max_pending));
+}
+
+void Server::on_readable(uint64_t token) {
+    const auto it = pending_.find(token);
+    if (it == pending_.end()) return;  // admitted or evicted earlier in this wake-up
+    (void)admit(it);
+}
+
+Server::Pending Server::take_pending(std::map<uint64_t, Pending>::iterator it) {
+    Pending p = std::move(it->second);
+    // Before the fd changes hands: a session's socket left in this epoll set would wake it forever.
+    (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, p.sock.get(), nullptr);
+    pending_.erase(it);
+    pending_count_.store(static_cast<uint32_t>(pending_.size()), std::memory_order_relaxed);
+    return p;
+}
+
+// Takes the first message of a waiting connection if it has sent one: a Hello within the bounds
+// starts a session; anything else (or a Hello beyond them) gets its Error and the connection closes.
+Server::Admitted Server::admit(std::map<uint64_t, Pending>::iterator it) {
+    auto in = recv_message(it->second.sock.get(), buf_);
+    if (!in && (in.error().code == EAGAIN || in.error().code == EWOULDBLOCK)) return Admitted::NothingYet;
+    Pending p = take_pending(it);
+    if (!in) {
+        counters_.bad_handshakes.fetch_add(1, std::memory_order_relaxed);
+        CLOG_WARN_RL(kLog, "pid {}: first message: {}", p.pid, in.error().message());
+        if (in.error().code != ECONNRESET) refuse(std::move(p.sock), in.error().code, in.error().message());
+        return Admitted::Handled;
+    }
+    if (!*in) return Admitted::Handled;  // closed without a word
+    Message& m = **in;
+    if (m.header.type == static_cast<uint16_t>(proto::MsgType::Hello)) {
+        if (const std::string_view why = capacity_refusal(p); !why.empty()) {
+            refuse(std::move(p.sock), EBUSY, why);
+            return Admitted::Handled;
         }
+    }
+    start_session(std::move(p), m);
+    return Admitted::Handled;
+}
+
+std::string_view Server::capacity_refusal(const Pending& p) {
+    std::lock_guard lock(mu_);
+    if (sessions_.size() >= opts_.max_sessions) {
+        counters_.refused_busy.fetch_add(1, std::memory_order_relaxed);
+        CLOG_WARN_RL(kLog, "refused pid {}: {} sessions already (max_sessions)", p.pid, sessions_.size());
+        return "coiommud serves its maximum number of sessions";
+    }
+    if (opts_.max_sessions_per_uid == 0) return {};
+    const auto of_uid =
+        std::count_if(sessions_.begin(), sessions_.end(), [&](const auto& e) { return e->uid == p.uid; });
+    if (static_cast<uint64_t>(of_uid) < opts_.max_sessions_per_uid) return {};
+    counters_.refused_uid_busy.fetch_add(1, std::memory_order_relaxed);
+    CLOG_WARN_RL(kLog, "refused pid {}: uid {} has {} sessions already (max_sessions_per_uid)", p.pid, p.uid, of_uid);
+    return "coiommud serves the maximum number of sessions per uid for this uid (max_sessions_per_uid)";
+}
+
+// Answers the Hello here, on the accept thread; the session's thread takes the session over from
+// then on (starting the thread orders the two). The entry is listed before the reply goes out, so
+// a VMM that has its Hello reply is counted in session_count().
+void Server::start_session(Pending p, Message& hello) {
+    auto entry = std::make_unique<Entry>();
+    const uint32_t id = next_id_++;
+    entry->session = std::make_unique<Session>(id, opts_.policy);
+    const Reply reply = entry->session->handle(hello);
+    const auto no_wait = std::chrono::milliseconds(0);
+    if (reply.type == static_cast<uint16_t>(proto::MsgType::Error)) {
+        // Every Error before Hello closes (Session::handle: close_after).
+        (void)send_message(p.sock.get(), reply.type, hello.header.seq, reply.payload, {}, no_wait);
+        counters_.bad_handshakes.fetch_add(1, std::memory_order_relaxed);
+        auto d = decode_error(reply.payload);
+        CLOG_WARN_RL(kLog, "pid {}: closed before Hello: {}", p.pid, d ? d->text : std::string("error"));
+        return;
+    }
+    entry->sock = std::move(p.sock);
+    entry->uid = p.uid;
+    Entry* raw_entry = entry.get();
+    {
         std::lock_guard lock(mu_);
-        if (sessions_.size() >= opts_.max_sessions) {
-            counters_.refused_busy.fetch_add(1, std::memory_order_relaxed);
-            CLOG_WARN_RL(kLog, "refused pid {}: {} sessions already (max_sessions)", cred.pid, sessions_.size());
-            refuse(std::move(sock), EBUSY, "coiommud serves its maximum number of sessions",
-                   std::chrono::milliseconds(100));
-            continue;
-        }
-        auto entry = std::make_unique<Entry>();
-        const uint32_t id = next_id_++;
-        entry->session = std::make_unique<Session>(id, opts_.policy);
-        entry->sock = std::move(sock);
-        Entry* raw_entry = entry.get();
-        counters_.accepted.fetch_add(1, std::memory_order_relaxed);
-        CLOG_INFO(kLog, "session {}: connected (pid {}, uid {})", id, cred.pid, cred.uid);
-        entry->thread = std::thread([this, raw_entry] {
-            const SessionEnd end = serve(*raw_entry->session, raw_entry->sock.get(), stop_ev_.fd(), opts_.limits);
-            if (end != SessionEnd::Closed && end != SessionEnd::Stopped && end != SessionEnd::PeerGone) {
-                counters_.sessions_failed.fetch_add(1, std::memory_order_relaxed);
-            }
-            CLOG_INFO(kLog, "session {}: ended ({})", raw_entry->session->id(), to_string(end));
-            raw_entry->sock.reset();  // the VMM sees end of stream now, not at the next reap
-            raw_entry->done.store(true, std::memory_order_release);
-        });
         sessions_.push_back(std::move(entry));
+    }
+    auto sent = send_message(raw_entry->sock.get(), reply.type, hello.header.seq, reply.payload, reply.fds, no_wait);
+    if (!sent) {
+        CLOG_WARN_RL(kLog, "session {}: Hello reply not sent: {}", id, sent.error().message());
+        raw_entry->sock.reset();
+        raw_entry->done.store(true, std::memory_order_release);  // reaped like a session that ended
+        return;
+    }
+    counters_.accepted.fetch_add(1, std::memory_order_relaxed);
+    CLOG_INFO(kLog, "session {}: connected (pid {}, uid {})", id, p.pid, p.uid);
+    // Only this thread and stop() (after joining this thread) touch `thread`.
+    raw_entry->thread = std::thread([this, raw_entry] {
+        const SessionEnd end = serve(*raw_entry->session, raw_entry->sock.get(), stop_ev_.fd(), opts_.limits);
+        if (end != SessionEnd::Closed && end != SessionEnd::Stopped && end != SessionEnd::PeerGone) {
+            counters_.sessions_failed.fetch_add(1, std::memory_order_relaxed);
+        }
+        CLOG_INFO(kLog, "session {}: ended ({})", raw_entry->session->id(), to_string(end));
+        raw_entry->sock.reset();  // the VMM sees end of stream now, not at the next reap
+        raw_entry->done.store(true, std::memory_order_release);
+    });
+}
+
+void Server::expire_pending(Clock::time_point now) {
+    while (!pending_.empty() && pending_.begin()->second.deadline <= now) {
+        const auto oldest = pending_.begin();
+        if (admit(oldest) == Admitted::Handled) continue;  // it spoke just in time
+        Pending p = take_pending(oldest);
+        counters_.hello_timeouts.fetch_add(1, std::memory_order_relaxed);
+        CLOG_WARN_RL(kLog, "pid {} uid {}: no Hello within {}: closed", p.pid, p.uid,
+                     format_duration(opts_.hello_timeout));
+        refuse(std::move(p.sock), ETIMEDOUT,
+               fmt::format("no Hello within {} (hello_timeout)", format_duration(opts_.hello_timeout)));
     }
 }
 

@@ -1,20 +1,30 @@
-// The daemon's listener: a Unix SOCK_SEQPACKET socket, one Session per accepted VMM, each on its
-// own thread (a slow or stuck VMM blocks only its own session).
+// The daemon's listener: a Unix SOCK_SEQPACKET socket, one Session per VMM past Hello, each on
+// its own thread (a slow or stuck VMM blocks only its own session).
 //
 //  - The socket is created mode 0600 (umask during bind, then chmod); a stale socket file left by
 //    a dead daemon is replaced, a live one (something answers connect) is EADDRINUSE.
 //  - Every connection's peer credentials (SO_PEERCRED) are checked against allowed_uids; others
 //    get an Error (EACCES) and are closed at once.
-//  - At most max_sessions sessions: one more gets an Error (EBUSY) and is closed (flood bound).
-//  - Statistics: sessions() lists every session past Hello with its VM name and snapshot (the
+//  - Handshake: a connection waits for its Hello in a pool of at most max_pending connections,
+//    held by the accept thread (no thread, no session, no session slot). A Hello must come within
+//    hello_timeout (else an Error ETIMEDOUT, then close); a new connection into a full pool evicts
+//    the oldest one there (an Error EBUSY), so idle connections cannot lock VMMs out: a VMM that
+//    says Hello at once leaves the pool within microseconds, and an attacker has to keep opening
+//    max_pending connections faster than a VMM's connect-to-Hello time to push one out. A first
+//    message that is not a well-formed Hello gets its Error there, and no session.
+//  - Sessions: a Hello is answered by a session only while fewer than max_sessions sessions exist
+//    and fewer than max_sessions_per_uid (0: no such cap) of the peer's uid; otherwise an Error
+//    (EBUSY, the text naming which bound) and close. setup_timeout runs from the Hello.
+//  - Statistics: sessions() lists every session with its VM name and snapshot (the
 //    live engine's, or its final totals once it has torn down), and `ended` holds the final totals
 //    of the sessions that ended and were reaped: a session's totals move from its entry to `ended`
 //    in one step, so the sum over sessions never goes backwards. At most max_sessions entries
 //    (a session holds its slot until it is reaped). The exporter labels each entry's series with
 //    its VM name (exporter/METRICS.md, the vm label). aggregate() is the sum of all of that, with
 //    gauges summed over the running sessions and active_sessions = the session count.
-//  - stop(): stops accepting, tells every session to end (each tears down: its engine unmaps
-//    everything), joins every thread, removes the socket file. Idempotent; the destructor calls it.
+//  - stop(): stops accepting, closes the waiting connections, tells every session to end (each
+//    tears down: its engine unmaps everything), joins every thread, removes the socket file.
+//    Idempotent; the destructor calls it.
 //
 // Thread-safety: every method may be called from any thread.
 #pragma once
@@ -25,8 +35,10 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +58,9 @@ struct ServerOptions {
     UniqueFd inherited_listener;
     std::vector<uid_t> allowed_uids;  // empty: only this process's effective uid
     uint32_t max_sessions = 64;
+    uint32_t max_sessions_per_uid = 0;              // sessions of one uid; 0: only max_sessions
+    uint32_t max_pending = 64;                      // connections waiting for their Hello
+    std::chrono::milliseconds hello_timeout{1000};  // from accept to the Hello
     SessionLimits limits;
     SessionPolicy policy;
 };
@@ -60,21 +75,26 @@ struct SessionSnapshot {
 struct SessionSnapshots {
     std::vector<SessionSnapshot> sessions;  // sessions past Hello, by ascending session_id
     telemetry::ShardTotals ended{};         // final totals of the reaped sessions
-    uint32_t active_sessions = 0;           // every session, including those before Hello
+    uint32_t active_sessions = 0;           // every session (connections before Hello are none)
 };
 
 struct ServerCounters {
-    std::atomic<uint64_t> accepted{0};
+    std::atomic<uint64_t> accepted{0};  // sessions started (a Hello answered)
     std::atomic<uint64_t> refused_credentials{0};
-    std::atomic<uint64_t> refused_busy{0};
+    std::atomic<uint64_t> refused_busy{0};      // max_sessions reached
+    std::atomic<uint64_t> refused_uid_busy{0};  // max_sessions_per_uid reached
+    std::atomic<uint64_t> evicted_pending{0};   // pushed out of a full pending pool
+    std::atomic<uint64_t> hello_timeouts{0};
+    std::atomic<uint64_t> bad_handshakes{0};  // a first message that was not a valid Hello
     std::atomic<uint64_t> sessions_ended{0};
     std::atomic<uint64_t> sessions_failed{0};  // ended by a protocol error, timeout or I/O error
 };
 
 class Server {
 public:
-    // Binds, listens and starts the accept thread. Errors: EINVAL (empty path, max_sessions 0),
-    // ENAMETOOLONG, EADDRINUSE (a daemon already serves the path), errno of socket/bind/listen.
+    // Binds, listens and starts the accept thread. Errors: EINVAL (empty path, max_sessions,
+    // max_pending or hello_timeout 0), ENAMETOOLONG, EADDRINUSE (a daemon already serves the path),
+    // errno of socket/bind/listen or of epoll.
     [[nodiscard]] static Result<std::unique_ptr<Server>> start(ServerOptions options);
     ~Server();
     Server(const Server&) = delete;
@@ -85,26 +105,58 @@ public:
     [[nodiscard]] SessionSnapshots sessions() const;
     [[nodiscard]] telemetry::StatsSnapshot aggregate() const;
     [[nodiscard]] uint32_t session_count() const;
+    // Connections accepted and waiting for their Hello.
+    [[nodiscard]] uint32_t pending_count() const { return pending_count_.load(std::memory_order_relaxed); }
     [[nodiscard]] const ServerCounters& counters() const { return counters_; }
     [[nodiscard]] const std::string& socket_path() const { return opts_.socket_path; }
 
 private:
+    using Clock = std::chrono::steady_clock;
+
     struct Entry {
         std::unique_ptr<Session> session;
         UniqueFd sock;
+        uid_t uid = 0;
         std::thread thread;
         std::atomic<bool> done{false};
     };
+    // A connection before its Hello.
+    struct Pending {
+        UniqueFd sock;
+        uid_t uid = 0;
+        pid_t pid = 0;
+        Clock::time_point deadline;
+    };
+    enum class Admitted : uint8_t { Handled, NothingYet };
 
     explicit Server(ServerOptions options) : opts_(std::move(options)) {}
+    [[nodiscard]] Status watch(int fd, uint64_t token, uint32_t events, int op);
     void accept_loop();
-    void accept_one();
+    [[nodiscard]] int wait_ms(Clock::time_point now) const;
+    void accept_all();
+    void on_accepted(UniqueFd sock);
+    void on_readable(uint64_t token);
+    void evict_oldest_pending();
+    [[nodiscard]] Admitted admit(std::map<uint64_t, Pending>::iterator it);
+    [[nodiscard]] Pending take_pending(std::map<uint64_t, Pending>::iterator it);
+    [[nodiscard]] std::string_view capacity_refusal(const Pending& p);
+    void start_session(Pending p, Message& hello);
+    void expire_pending(Clock::time_point now);
     void reap(bool all);
 
     ServerOptions opts_;
     UniqueFd listen_;
     bool owns_socket_file_ = true;  // false for a socket-activated listener
     EventFd stop_ev_;
+
+    // The accept thread's own (no lock): its epoll set, the connections before Hello by the order
+    // they came in (keys are epoll tokens, never reused).
+    UniqueFd epoll_;
+    std::map<uint64_t, Pending> pending_;
+    uint64_t next_token_ = 2;  // 0: the listener, 1: the stop event
+    std::vector<std::byte> buf_;
+    std::atomic<uint32_t> pending_count_{0};
+
     std::thread acceptor_;
     std::atomic<bool> stopped_{false};
     std::mutex stop_mu_;

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,8 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include "engine/daemon/client.h"
 #include "engine/daemon/emulated_vm.h"
@@ -78,6 +81,17 @@ protected:
         return p();
     }
 
+    // A connection that says nothing: it waits for the daemon's verdict.
+    std::vector<UniqueFd> idle_connections(int n) {
+        std::vector<UniqueFd> out;
+        for (int i = 0; i < n; ++i) {
+            auto fd = connect_seqpacket(path_);
+            EXPECT_TRUE(fd) << fd.error().message();
+            if (fd) out.push_back(std::move(*fd));
+        }
+        return out;
+    }
+
     std::string dir_, path_;
     std::size_t fds_before_ = 0;
     std::unique_ptr<Server> server_;
@@ -139,6 +153,146 @@ TEST_F(ServerTest, SessionsBeyondTheMaximumAreRefusedWithEbusy) {
     a.reset();
     ASSERT_TRUE(eventually([&] { return server_->session_count() == 1; }));
     EXPECT_OK(Client::connect(path_, "d"));
+}
+
+// What the daemon sent on a connection that never said anything, and whether it closed it then.
+struct Verdict {
+    DecodedError error;
+    bool closed_after = false;
+};
+
+Result<Verdict> verdict(UniqueFd sock, milliseconds limit) {
+    auto c = Client::adopt(std::move(sock));
+    c->set_timeout(limit);
+    COIOMMU_ASSIGN_OR_RETURN(auto first, c->receive());
+    if (!first) return make_error(ECONNRESET, "closed without an Error");
+    if (first->header.type != static_cast<uint16_t>(proto::MsgType::Error)) return make_error(EPROTO, "not an Error");
+    Verdict v;
+    COIOMMU_ASSIGN_OR_RETURN(v.error, decode_error(first->payload));
+    auto end = c->receive();
+    v.closed_after = end && !*end;
+    return v;
+}
+
+TEST_F(ServerTest, IdleConnectionsTakeNoSessionSlot) {
+    start(options());  // max_sessions 64
+    auto idle = idle_connections(64);
+    ASSERT_OK_AND_ASSIGN(auto vmm, Client::connect(path_, "real"));
+    EXPECT_EQ(server_->session_count(), 1u);
+    EXPECT_OK(vmm->close());
+}
+
+TEST_F(ServerTest, ConnectionWithoutHelloIsClosedAfterTheHelloTimeout) {
+    auto o = options();  // setup_timeout 2 s
+    o.hello_timeout = milliseconds(200);
+    start(std::move(o));
+    auto idle = idle_connections(1);
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSERT_OK_AND_ASSIGN(auto v, verdict(std::move(idle[0]), milliseconds(1500)));
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_EQ(v.error.code, ETIMEDOUT) << v.error.text;
+    EXPECT_NE(v.error.text.find("Hello"), std::string::npos) << v.error.text;
+    EXPECT_TRUE(v.closed_after);
+    EXPECT_GE(waited, milliseconds(150));
+    EXPECT_LT(waited, milliseconds(1000));
+}
+
+TEST_F(ServerTest, FullPendingPoolEvictsItsOldestConnection) {
+    auto o = options();
+    o.max_pending = 4;
+    o.hello_timeout = milliseconds(5000);
+    start(std::move(o));
+    auto idle = idle_connections(5);
+    ASSERT_OK_AND_ASSIGN(auto v, verdict(std::move(idle[0]), milliseconds(1000)));
+    EXPECT_EQ(v.error.code, EBUSY);
+    EXPECT_NE(v.error.text.find("waiting for Hello"), std::string::npos) << v.error.text;
+    EXPECT_TRUE(v.closed_after);
+    // The newest four still wait, and a VMM that says Hello at once is served.
+    ASSERT_OK_AND_ASSIGN(auto vmm, Client::connect(path_, "prompt"));
+    EXPECT_OK(vmm->close());
+}
+
+TEST_F(ServerTest, UidAtItsSessionCapIsRefusedWithEbusy) {
+    auto o = options();
+    o.max_sessions = 8;
+    o.max_sessions_per_uid = 2;
+    start(std::move(o));
+    ASSERT_OK_AND_ASSIGN(auto a, Client::connect(path_, "a"));
+    ASSERT_OK_AND_ASSIGN(auto b, Client::connect(path_, "b"));
+    auto c = Client::connect(path_, "c");
+    EXPECT_ERR(c, EBUSY);
+    if (!c) {
+        EXPECT_NE(c.error().message().find("per uid"), std::string::npos) << c.error().message();
+    }
+    EXPECT_EQ(server_->session_count(), 2u);
+    ASSERT_OK(a->close());
+    ASSERT_TRUE(eventually([&] { return server_->session_count() == 1; }));
+    EXPECT_OK(Client::connect(path_, "d"));
+}
+
+// A socket connected to `path` by a child running as `uid` (SO_PEERCRED is taken at connect).
+Result<UniqueFd> connect_as(const std::string& path, uid_t uid) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof addr.sun_path - 1));
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) return make_error(errno, "socketpair");
+    UniqueFd parent_end(pair[0]), child_end(pair[1]);
+    const pid_t pid = ::fork();
+    if (pid < 0) return make_error(errno, "fork");
+    if (pid == 0) {  // system calls only until _exit
+        if (::setresgid(uid, uid, uid) != 0 || ::setresuid(uid, uid, uid) != 0) ::_exit(1);
+        const int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) ::_exit(2);
+        char byte = 0;
+        iovec iov{&byte, 1};
+        alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
+        msghdr mh{};
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        if (!attach_fds(mh, control, std::span<const int>(&fd, 1))) ::_exit(3);
+        ::_exit(::sendmsg(child_end.get(), &mh, 0) == 1 ? 0 : 4);
+    }
+    child_end.reset();
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        return make_error(EPERM, fmt::format("child as uid {} failed: status {:#x}", uid, status));
+    }
+    char byte = 0;
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    if (::recvmsg(parent_end.get(), &mh, MSG_CMSG_CLOEXEC) != 1) return make_error(errno, "recvmsg");
+    const cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+    if (cm == nullptr || cm->cmsg_type != SCM_RIGHTS) return make_error(EBADMSG, "no fd from the child");
+    int fd = -1;
+    std::memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+    return UniqueFd(fd);
+}
+
+TEST_F(ServerTest, AnotherUidGetsInWhileOneIsAtItsCap) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to connect as a second uid";
+    constexpr uid_t kTenant = 4242;
+    auto o = options();
+    o.allowed_uids = {::geteuid(), kTenant};
+    o.max_sessions = 8;
+    o.max_sessions_per_uid = 2;
+    start(std::move(o));
+    // The tenant's connect needs to reach the socket and write to it.
+    ASSERT_EQ(::chmod(dir_.c_str(), 0711), 0);
+    ASSERT_EQ(::chmod(path_.c_str(), 0666), 0);
+    ASSERT_OK_AND_ASSIGN(auto a, Client::connect(path_, "a"));
+    ASSERT_OK_AND_ASSIGN(auto b, Client::connect(path_, "b"));
+    EXPECT_ERR(Client::connect(path_, "c"), EBUSY);
+    ASSERT_OK_AND_ASSIGN(auto sock, connect_as(path_, kTenant));
+    auto tenant = Client::adopt(std::move(sock));
+    EXPECT_OK(tenant->hello("tenant", proto::kAllFeatures));
+    EXPECT_EQ(server_->session_count(), 3u);
 }
 
 TEST_F(ServerTest, FloodOfConnectionsLeavesTheDaemonServing) {
