@@ -124,6 +124,19 @@ Status set_max_sessions(DaemonConfig& cfg, std::string_view what, std::string_vi
     return ok();
 }
 
+// Above max_sessions it caps nothing; that is allowed (the two may be set in either order).
+Status set_max_sessions_per_uid(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64_in(what, value, 0, kMaxSessionsLimit));
+    cfg.max_sessions_per_uid = static_cast<uint32_t>(n);
+    return ok();
+}
+
+Status set_max_pending(DaemonConfig& cfg, std::string_view what, std::string_view value) {
+    COIOMMU_ASSIGN_OR_RETURN(const uint64_t n, parse_u64_in(what, value, 1, kMaxPendingLimit));
+    cfg.max_pending = static_cast<uint32_t>(n);
+    return ok();
+}
+
 // Checked here, over the engine defaults, so that an error names the file's line or the flag;
 // finalize() parses the options again over the mode's defaults.
 Status set_engine(DaemonConfig& cfg, std::string_view what, std::string_view value) {
@@ -207,6 +220,15 @@ constexpr Key kKeys[] = {
      [](const DaemonConfig& c) { return join(c.allowed_uids); }},
     {"max_sessions", "", "N", kService, "concurrent VMs, 1..4096; more are refused with EBUSY", set_max_sessions,
      [](const DaemonConfig& c) { return std::to_string(c.max_sessions); }},
+    {"max_sessions_per_uid", "", "N", kService,
+     "sessions of one uid (SO_PEERCRED), 0..4096; more are refused\nwith EBUSY; 0: no cap but max_sessions",
+     set_max_sessions_per_uid, [](const DaemonConfig& c) { return std::to_string(c.max_sessions_per_uid); }},
+    {"max_pending", "", "N", kService,
+     "connections waiting for their Hello, 1..4096 (they take no\nsession); one more closes the oldest (EBUSY)",
+     set_max_pending, [](const DaemonConfig& c) { return std::to_string(c.max_pending); }},
+    {"hello_timeout", "", "DURATION", kService, "a connection must send its Hello within this; above 0",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) { return set_timeout(what, v, c.hello_timeout); },
+     [](const DaemonConfig& c) { return format_duration(c.hello_timeout); }},
     {"setup_timeout", "", "DURATION", kService, "a VMM must finish setting up its session within this; above 0",
      [](DaemonConfig& c, std::string_view what, std::string_view v) { return set_timeout(what, v, c.setup_timeout); },
      [](const DaemonConfig& c) { return format_duration(c.setup_timeout); }},
@@ -307,6 +329,9 @@ ServerOptions DaemonConfig::server_options() const {
         if (::geteuid() != 0) o.allowed_uids.push_back(0);
     }
     o.max_sessions = max_sessions;
+    o.max_sessions_per_uid = max_sessions_per_uid;
+    o.max_pending = max_pending;
+    o.hello_timeout = hello_timeout;
     o.limits.setup_timeout = setup_timeout;
     o.limits.io_timeout = io_timeout;
     o.policy.engine = engine;

@@ -8,7 +8,10 @@
 //   socket              path of the VMM socket (created 0600)       /run/coiommu/coiommud.sock
 //   allowed_uids        uids whose VMMs may connect (comma list)     this process's uid (+ root)
 //   max_sessions        concurrent VMs                               64
-//   setup_timeout       time a VMM has to reach Running              10s
+//   max_sessions_per_uid concurrent VMs of one uid, 0 = no cap       0
+//   max_pending         connections waiting for their Hello          64
+//   hello_timeout       time a connection has to send Hello          1s
+//   setup_timeout       time a VMM has, from Hello, to reach Running 10s
 //   io_timeout          time a reply may wait for the VMM to read    5s
 //   engine              engine options (workers/config.h)            engine defaults
 //   backends            DMA backends VMMs may choose                 vfio,iommufd,fake,null
@@ -48,6 +51,7 @@ enum class PriorityPrefix : uint8_t { Auto, On, Off };
 
 inline constexpr std::string_view kDefaultSocket = "/run/coiommu/coiommud.sock";
 inline constexpr uint32_t kMaxSessionsLimit = 4096;
+inline constexpr uint32_t kMaxPendingLimit = 4096;
 
 struct DaemonConfig {
     Mode mode = Mode::Service;
@@ -56,6 +60,9 @@ struct DaemonConfig {
     bool socket_activated = false;    // set by coiommud when systemd passed the listening socket
     std::vector<uid_t> allowed_uids;  // empty: this process's effective uid, and root
     uint32_t max_sessions = 64;
+    uint32_t max_sessions_per_uid = 0;  // 0: no cap below max_sessions
+    uint32_t max_pending = 64;
+    std::chrono::milliseconds hello_timeout{1'000};
     std::chrono::milliseconds setup_timeout{10'000};
     std::chrono::milliseconds io_timeout{5'000};
     std::string engine_opts;  // as given; parsed into `engine` by finalize()

@@ -119,6 +119,9 @@ void reload(const std::vector<std::string_view>& args, DaemonConfig& live) {
     differs("socket", next.socket_path != live.socket_path && !live.socket_activated);
     differs("allowed_uids", next.allowed_uids != live.allowed_uids);
     differs("max_sessions", next.max_sessions != live.max_sessions);
+    differs("max_sessions_per_uid", next.max_sessions_per_uid != live.max_sessions_per_uid);
+    differs("max_pending", next.max_pending != live.max_pending);
+    differs("hello_timeout", next.hello_timeout != live.hello_timeout);
     differs("setup_timeout", next.setup_timeout != live.setup_timeout);
     differs("io_timeout", next.io_timeout != live.io_timeout);
     differs("engine", next.engine_opts != live.engine_opts);

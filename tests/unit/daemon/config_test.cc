@@ -293,6 +293,10 @@ TEST(DaemonConfig, EveryKeyIsAFlagAndAFileKeyWithOneGrammar) {
         {"allowed_uids", "root,107", "bob",
          [](const DaemonConfig& c) { return fmt::format("{}", fmt::join(c.allowed_uids, ",")); }},
         {"max_sessions", "7", "4097", [](const DaemonConfig& c) { return std::to_string(c.max_sessions); }},
+        {"max_sessions_per_uid", "4", "4097",
+         [](const DaemonConfig& c) { return std::to_string(c.max_sessions_per_uid); }},
+        {"max_pending", "8", "0", [](const DaemonConfig& c) { return std::to_string(c.max_pending); }},
+        {"hello_timeout", "250ms", "0", [](const DaemonConfig& c) { return std::to_string(c.hello_timeout.count()); }},
         {"setup_timeout", "1.5s", "0", [](const DaemonConfig& c) { return std::to_string(c.setup_timeout.count()); }},
         {"io_timeout", "250ms", "5x", [](const DaemonConfig& c) { return std::to_string(c.io_timeout.count()); }},
         {"engine", "workers=3", "workers=65", [](const DaemonConfig& c) { return std::to_string(c.engine.workers); }},
@@ -343,6 +347,20 @@ TEST(DaemonConfig, BackendsDecideTheOfferedFeatures) {
     EXPECT_EQ(features_for({"fake"}), proto::kFeatureFakeBackend | proto::kFeatureQueryMapped);
     ASSERT_OK_AND_ASSIGN(auto p, parse_args({"--backends", "vfio"}));
     EXPECT_EQ(p.config.server_options().policy.features, proto::kFeatureVfioBackend);
+}
+
+TEST(DaemonConfig, HandshakeBoundsReachTheServer) {
+    ASSERT_OK_AND_ASSIGN(auto d, parse_args({}));
+    const ServerOptions defaults = d.config.server_options();
+    EXPECT_EQ(defaults.max_sessions_per_uid, 0u);  // no per-uid cap unless asked for
+    EXPECT_EQ(defaults.max_pending, 64u);
+    EXPECT_EQ(defaults.hello_timeout, std::chrono::seconds(1));
+    ASSERT_OK_AND_ASSIGN(
+        auto p, parse_args({"--max-sessions-per-uid", "3", "--max-pending", "16", "--hello-timeout", "300ms"}));
+    const ServerOptions o = p.config.server_options();
+    EXPECT_EQ(o.max_sessions_per_uid, 3u);
+    EXPECT_EQ(o.max_pending, 16u);
+    EXPECT_EQ(o.hello_timeout, std::chrono::milliseconds(300));
 }
 
 TEST(DaemonConfig, DefaultAllowedUidsAreThisUserAndRoot) {
