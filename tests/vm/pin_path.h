@@ -44,7 +44,7 @@ class PinPath {
 public:
     // Errors: guest memory, DTT and engine structure creation.
     static Result<std::unique_ptr<PinPath>> create(dma::DmaBackend& backend, const PinPathLayout& layout = {}) {
-        std::unique_ptr<PinPath> p(new PinPath(backend, layout));
+        std::unique_ptr<PinPath> p(new PinPath(layout));
         const RegionSpec ram{Gpa{0}, layout.ram_bytes};
         COIOMMU_ASSIGN_OR_RETURN(p->mem_, GuestMemory::create({&ram, 1}));
         emulator::GuestDttConfig cfg;
@@ -116,15 +116,14 @@ public:
     [[nodiscard]] telemetry::ShardTotals totals() const { return stats_.snapshot().totals; }
 
 private:
-    PinPath(dma::DmaBackend& backend, const PinPathLayout& layout)
-        : backend_(backend), layout_(layout), endpoints_(std::vector<uint16_t>{kPinPathBdf}), stats_(1) {}
+    explicit PinPath(const PinPathLayout& layout)
+        : layout_(layout), endpoints_(std::vector<uint16_t>{kPinPathBdf}), stats_(1) {}
     [[nodiscard]] Gpa batch_gpa() const { return Gpa{layout_.batch_gfn << kPageShift}; }
     workers::ServeReport serve(uint64_t value) {
         slot_ = value;
         return workers::serve_request(*env_, *arena_, value, telemetry::monotonic_ns(), trace_);
     }
 
-    dma::DmaBackend& backend_;
     PinPathLayout layout_;
     GuestMemory mem_;
     std::unique_ptr<emulator::GuestDtt> dtt_;
