@@ -46,7 +46,8 @@ static_assert(COIOMMU_CLIENT_FEATURE_FAKE_BACKEND == coiommu::daemon::proto::kFe
 static_assert(COIOMMU_CLIENT_FEATURE_NULL_BACKEND == coiommu::daemon::proto::kFeatureNullBackend);
 static_assert(COIOMMU_CLIENT_FEATURE_QUERY_MAPPED == coiommu::daemon::proto::kFeatureQueryMapped);
 static_assert(COIOMMU_CLIENT_FEATURE_IOMMUFD_BACKEND == coiommu::daemon::proto::kFeatureIommufdBackend);
-static_assert(COIOMMU_CLIENT_PROTOCOL_MINOR == coiommu::daemon::proto::kMinorVersion);
+// The C ABI knows the additions up to its minor (resumable sessions, minor 2, are C++ only so far).
+static_assert(COIOMMU_CLIENT_PROTOCOL_MINOR <= coiommu::daemon::proto::kMinorVersion);
 static_assert(COIOMMU_CLIENT_FEATURES_ALL == coiommu::daemon::proto::kAllFeatures);
 static_assert(COIOMMU_CLIENT_MAX_REGIONS == coiommu::daemon::proto::kMaxRegions);
 static_assert(COIOMMU_CLIENT_MAX_BALLOON_RANGES == coiommu::daemon::proto::kMaxBalloonRanges);

@@ -44,7 +44,8 @@ PinTable::PinTable(PinTable&& other) noexcept
     : words_(std::exchange(other.words_, nullptr)),
       count_(std::exchange(other.count_, 0)),
       bytes_(std::exchange(other.bytes_, 0)),
-      counters_(std::move(other.counters_)) {}
+      counters_(std::move(other.counters_)),
+      touched_(std::move(other.touched_)) {}
 
 PinTable& PinTable::operator=(PinTable&& other) noexcept {
     if (this != &other) {
@@ -53,6 +54,7 @@ PinTable& PinTable::operator=(PinTable&& other) noexcept {
         count_ = std::exchange(other.count_, 0);
         bytes_ = std::exchange(other.bytes_, 0);
         counters_ = std::move(other.counters_);
+        touched_ = std::move(other.touched_);
     }
     return *this;
 }

@@ -160,9 +160,33 @@ Result<DeviceMemfds> Client::set_topology(uint32_t vcpus, std::span<const uint16
     for (uint16_t bdf : endpoints) append_wire(payload, bdf);
     auto m = call(MsgType::SetTopology, payload);
     if (!m) return coiommu::unexpected(m.error());
-    if (m->fds.size() != 2)
-        return make_error(EBADMSG, fmt::format("SetTopology: {} fds in the reply, 2 expected", m->fds.size()));
-    return DeviceMemfds{std::move(m->fds[0]), std::move(m->fds[1])};
+    const std::size_t want = (hello_.features & proto::kFeatureResume) != 0 ? 3 : 2;
+    if (m->fds.size() != want) {
+        return make_error(EBADMSG, fmt::format("SetTopology: {} fds in the reply, {} expected", m->fds.size(), want));
+    }
+    DeviceMemfds out{std::move(m->fds[0]), std::move(m->fds[1]), {}};
+    if (want == 3) out.record = std::move(m->fds[2]);
+    return out;
+}
+
+Result<ResumeInfo> Client::resume(uint32_t vcpus, std::span<const uint16_t> endpoints, int notifymap, int topologymap,
+                                  int record) {
+    if ((hello_.features & proto::kFeatureResume) == 0) {
+        return make_error(ENOTSUP, "Resume: the daemon does not offer resumable sessions");
+    }
+    if (endpoints.size() > UINT16_MAX) return make_error(EINVAL, "Resume: too many endpoints");
+    std::vector<std::byte> payload;
+    proto::SetTopologyReq req;
+    req.vcpus = vcpus;
+    req.endpoint_count = static_cast<uint16_t>(endpoints.size());
+    append_wire(payload, req);
+    for (uint16_t bdf : endpoints) append_wire(payload, bdf);
+    const int fds[] = {notifymap, topologymap, record};
+    auto m = call(MsgType::Resume, payload, fds);
+    if (!m) return coiommu::unexpected(m.error());
+    auto rep = read_wire<proto::ResumeRep>(m->payload);
+    if (!rep) return make_error(EBADMSG, "Resume: short reply");
+    return ResumeInfo{rep->extents, rep->pages, rep->in_progress, rep->active != 0};
 }
 
 Result<BackendInfo> Client::set_backend(const proto::SetBackendReq& req, std::span<const int> fds) {
@@ -181,6 +205,10 @@ Result<BackendInfo> Client::set_backend_fake(const FakeBackendSpec& spec) {
     req.kind = static_cast<uint32_t>(proto::BackendKind::Fake);
     req.param = static_cast<uint32_t>(spec.latency);
     req.entry_limit = spec.entry_limit;
+    if (spec.shared_state >= 0) {
+        const int fds[] = {spec.shared_state};
+        return set_backend(req, fds);
+    }
     return set_backend(req, {});
 }
 

@@ -51,6 +51,15 @@ struct HelloInfo {
 struct DeviceMemfds {
     UniqueFd notifymap;    // map RW at BAR2
     UniqueFd topologymap;  // sealed; map RO at BAR4
+    UniqueFd record;       // with kFeatureResume: the host record; keep it for resume()
+};
+
+// What the daemon found in the record of a resumed session (proto::ResumeRep).
+struct ResumeInfo {
+    uint64_t extents = 0;
+    uint64_t pages = 0;
+    uint64_t in_progress = 0;
+    bool active = false;
 };
 
 struct BackendInfo {
@@ -60,7 +69,10 @@ struct BackendInfo {
 
 struct FakeBackendSpec {
     proto::FakeLatency latency = proto::FakeLatency::None;
-    uint64_t entry_limit = 0;  // 0: the daemon's default (65535)
+    uint64_t entry_limit = 0;  // 0: the daemon's default (65535); must be 0 with shared_state
+    // With kFeatureResume: a memfd from dma::FakeBackend::create_shared_state (borrowed for the
+    // call) that holds the fake's mappings, so they outlive the daemon as a container's do. -1: none.
+    int shared_state = -1;
 };
 
 struct RemoteStats {
@@ -95,6 +107,14 @@ public:
     // kMaxRegions regions; the daemon's Error (EINVAL for an unsealed memfd, overlap, misalignment).
     [[nodiscard]] Status set_memory(std::span<const RegionLayout> regions);
     [[nodiscard]] Result<DeviceMemfds> set_topology(uint32_t vcpus, std::span<const uint16_t> endpoints);
+    // Resume (kFeatureResume) in place of set_topology, on a new connection to a restarted daemon,
+    // after hello() and set_memory() of the same guest: the same vCPUs and endpoints, and the
+    // three fds set_topology returned (borrowed for the call). Then set_backend_* with the same
+    // container (or fake state) and set_triggers with the same eventfds. Errors: ENOTSUP when the
+    // daemon does not offer kFeatureResume; the daemon's Error (EINVAL: the record or the device
+    // memfds do not match this guest).
+    [[nodiscard]] Result<ResumeInfo> resume(uint32_t vcpus, std::span<const uint16_t> endpoints, int notifymap,
+                                            int topologymap, int record);
     [[nodiscard]] Result<BackendInfo> set_backend_fake(const FakeBackendSpec& spec);
     [[nodiscard]] Result<BackendInfo> set_backend_null(uint64_t entry_limit = 0);
     // `container` is a VFIO container with its groups attached and its IOMMU type set.

@@ -310,7 +310,8 @@ workers::EngineConfig demo_engine_defaults() {
 }
 
 uint64_t features_for(const std::vector<std::string>& backends) {
-    uint64_t f = 0;
+    // Resumable sessions are always offered: a VMM opts in by asking for them in Hello.
+    uint64_t f = proto::kFeatureResume;
     for (const auto& b : backends) {
         if (b == "vfio") f |= proto::kFeatureVfioBackend;
         if (b == "iommufd") f |= proto::kFeatureIommufdBackend;

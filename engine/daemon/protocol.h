@@ -6,10 +6,11 @@
 // must be zero). The VMM sends requests; the daemon answers each one, in order, with either the
 // reply (type | kReplyBit, same seq) or an Error message (same seq).
 //
-// Order: Hello -> SetMemory -> SetTopology -> SetBackend -> SetTriggers (one or more, until every
-// vCPU has its trigger) -> Running: MmioRead / MmioWrite / BalloonUnpin / GetStats / QueryMapped,
-// any number, in any order -> Close. A message out of this order, a malformed one, or one with
-// the wrong number of fds gets an Error reply and the session is closed.
+// Order: Hello -> SetMemory -> SetTopology (or Resume) -> SetBackend -> SetTriggers (one or more,
+// until every vCPU has its trigger) -> Running: MmioRead / MmioWrite / BalloonUnpin / GetStats /
+// QueryMapped, any number, in any order -> Close. Resume (minor 2, kFeatureResume) takes the place
+// of SetTopology when a VMM reconnects to a restarted daemon (PROTOCOL.md, "Resumable sessions"). A message out of this
+// order, a malformed one, or one with the wrong number of fds gets an Error reply and the session is closed.
 //
 // Thread-safety: plain data and constexpr functions.
 #pragma once
@@ -31,7 +32,9 @@ inline constexpr uint16_t kVersion = 1;
 // Additions within version 1 that change no existing layout (PROTOCOL.md, "Versioning"). The
 // daemon reports its minor in HelloRep; a VMM uses an addition only when the minor and the
 // feature bit say so. 1: the iommufd backend (SetBackend kind 4, kFeatureIommufdBackend).
-inline constexpr uint16_t kMinorVersion = 1;
+// 2: resumable sessions (kFeatureResume: the host record fd in SetTopology's reply, Resume, a
+// shared-state fd for the fake backend).
+inline constexpr uint16_t kMinorVersion = 2;
 // Bound on one datagram (header + payload). A bigger one is truncated by the kernel and refused.
 inline constexpr std::size_t kMaxMessageSize = 64 * 1024;
 // Bound on the fds of one message (the kernel's SCM_MAX_FD is 253).
@@ -54,6 +57,7 @@ enum class MsgType : uint16_t {
     GetStats = 9,
     QueryMapped = 10,
     Close = 11,
+    Resume = 12,     // minor 2
     Error = 0x7fff,  // daemon -> VMM only, instead of a reply
 };
 inline constexpr uint16_t kReplyBit = 0x8000;
@@ -84,6 +88,10 @@ inline constexpr uint64_t kFeatureQueryMapped = 1u << 3;     // QueryMapped (fak
 inline constexpr uint64_t kFeatureIommufdBackend = 1u << 4;  // minor 1
 inline constexpr uint64_t kAllFeatures =
     kFeatureVfioBackend | kFeatureFakeBackend | kFeatureNullBackend | kFeatureQueryMapped | kFeatureIommufdBackend;
+// Minor 2: resumable sessions. Opt-in, outside kAllFeatures: a VMM that asks for it must keep the
+// record fd and resume after a daemon restart, because a daemon shutdown then leaves its
+// mappings in place (detach) instead of unmapping them.
+inline constexpr uint64_t kFeatureResume = 1u << 5;
 
 // --- Hello (0 fds) -------------------------------------------------------------------------------
 struct HelloReq {
@@ -128,15 +136,34 @@ struct SetTopologyReq {
     // followed by uint16_t bdf[endpoint_count] (bus << 8 | devfn)
 };
 static_assert(sizeof(SetTopologyReq) == 8);
-// Reply: 2 fds, notifymap (map RW at BAR2) then topologymap (sealed; map RO at BAR4).
+// Reply: 2 fds, notifymap (map RW at BAR2) then topologymap (sealed; map RO at BAR4); with
+// kFeatureResume a third, the host record (keep it, unmapped, for Resume; engine/dma/host_record.h).
 struct SetTopologyRep {
     uint64_t notifymap_size = 0;
     uint64_t topologymap_size = 0;
 };
 static_assert(sizeof(SetTopologyRep) == 16);
 
+// --- Resume (3 fds: the notifymap, the topologymap and the host record of the session being
+// resumed, as SetTopology's reply gave them; only with kFeatureResume) ---------------------------
+// Payload: SetTopologyReq (the same vCPUs and endpoints as the original SetTopology) + BDFs.
+// The daemon validates the record against the guest memory of SetMemory (untrusted input), then
+// continues as after SetTopology: SetBackend (the same container / IOAS / fake state), SetTriggers.
+// When the last trigger arrives it settles the record's in-progress entries against the backend,
+// adopts the mapped extents, restores the device registers and re-serves every vCPU's slot.
+struct ResumeRep {
+    uint64_t extents = 0;      // mapped extents in the record (adopted when the engine starts)
+    uint64_t pages = 0;        // pages in those extents
+    uint64_t in_progress = 0;  // entries a DMA call was under way for (settled when the engine starts)
+    uint32_t active = 0;       // the device had accepted ACTIVATE
+    uint32_t pad = 0;
+};
+static_assert(sizeof(ResumeRep) == 32);
+
 // --- SetBackend (1 fd for vfio: the container, IOMMU type already set; 1 fd for iommufd: the
-// iommufd, whose IOAS `param` names; else 0) ----------------------------------------------------
+// iommufd, whose IOAS `param` names; fake: 0, or with kFeatureResume 1, the memfd that holds its
+// mapping set so that it outlives the daemon like a container (FakeBackend::create_shared_state,
+// its entry limit is the state's); null: 0) ------------------------------------------------------
 enum class BackendKind : uint32_t { Vfio = 1, Fake = 2, Null = 3, Iommufd = 4 };
 enum class FakeLatency : uint32_t { None = 0, Typical = 1 };
 struct SetBackendReq {

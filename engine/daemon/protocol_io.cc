@@ -24,7 +24,8 @@ std::optional<MsgType> request_type(uint16_t raw) {
         case 8:
         case 9:
         case 10:
-        case 11: return static_cast<MsgType>(raw);
+        case 11:
+        case 12: return static_cast<MsgType>(raw);
         default: return std::nullopt;
     }
 }
@@ -42,6 +43,7 @@ std::string_view to_string(MsgType t) {
         case MsgType::GetStats: return "GetStats";
         case MsgType::QueryMapped: return "QueryMapped";
         case MsgType::Close: return "Close";
+        case MsgType::Resume: return "Resume";
         case MsgType::Error: return "Error";
     }
     return "unknown";

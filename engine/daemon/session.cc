@@ -68,6 +68,29 @@ void copy_name(char (&dst)[16], std::string_view name) {
     std::memcpy(dst, name.data(), std::min(name.size(), sizeof dst - 1));
 }
 
+// The guest's RAM as gfn ranges (what a record's extents must lie in).
+std::vector<GfnRange> ram_ranges(const GuestMemory& mem) {
+    std::vector<GfnRange> out;
+    for (const auto& r : mem.regions()) out.push_back(GfnRange{to_gfn(r.base), r.size >> kPageShift});
+    return out;
+}
+
+// Parses the payload SetTopology and Resume share: vCPUs and endpoints.
+Result<device::DeviceConfig> parse_topology(std::string_view what, std::span<const std::byte> payload) {
+    auto req = read_wire<proto::SetTopologyReq>(payload);
+    if (!req || req->pad != 0) return make_error(EBADMSG, fmt::format("{}: malformed payload", what));
+    if (payload.size() != sizeof(proto::SetTopologyReq) + req->endpoint_count * sizeof(uint16_t)) {
+        return make_error(EBADMSG, fmt::format("{}: payload length does not match the endpoint count", what));
+    }
+    if (req->endpoint_count == 0) return make_error(EINVAL, fmt::format("{}: no endpoint", what));
+    device::DeviceConfig cfg;
+    cfg.vcpus = req->vcpus;
+    cfg.endpoints.resize(req->endpoint_count);
+    std::memcpy(cfg.endpoints.data(), payload.data() + sizeof(proto::SetTopologyReq),
+                req->endpoint_count * sizeof(uint16_t));
+    return cfg;
+}
+
 }  // namespace
 
 std::string_view to_string(SessionState s) {
@@ -115,6 +138,9 @@ Reply Session::handle(Message& msg) {
         case MsgType::Hello: in_order = expect(SessionState::AwaitHello); break;
         case MsgType::SetMemory: in_order = expect(SessionState::AwaitMemory); break;
         case MsgType::SetTopology: in_order = expect(SessionState::AwaitTopology); break;
+        case MsgType::Resume:
+            in_order = expect(SessionState::AwaitTopology) && (features_ & proto::kFeatureResume) != 0;
+            break;
         case MsgType::SetBackend: in_order = expect(SessionState::AwaitBackend); break;
         case MsgType::SetTriggers: in_order = expect(SessionState::AwaitTriggers); break;
         case MsgType::MmioRead:
@@ -132,8 +158,8 @@ Reply Session::handle(Message& msg) {
     }
     // Messages that carry no fds by definition refuse any (SetMemory/SetBackend/SetTriggers check
     // their own count).
-    const bool fds_expected =
-        *type == MsgType::SetMemory || *type == MsgType::SetBackend || *type == MsgType::SetTriggers;
+    const bool fds_expected = *type == MsgType::SetMemory || *type == MsgType::SetBackend ||
+                              *type == MsgType::SetTriggers || *type == MsgType::Resume;
     if (!fds_expected && !msg.fds.empty()) {
         return error_reply(*type, EBADMSG,
                            fmt::format("{} carries no fds, got {}", proto::to_string(*type), msg.fds.size()), true);
@@ -142,6 +168,7 @@ Reply Session::handle(Message& msg) {
         case MsgType::Hello: return on_hello(msg);
         case MsgType::SetMemory: return on_set_memory(msg);
         case MsgType::SetTopology: return on_set_topology(msg);
+        case MsgType::Resume: return on_resume(msg);
         case MsgType::SetBackend: return on_set_backend(msg);
         case MsgType::SetTriggers: return on_set_triggers(msg);
         case MsgType::MmioRead: return on_mmio_read(msg);
@@ -227,28 +254,68 @@ Reply Session::on_set_memory(Message& m) {
 
 Reply Session::on_set_topology(const Message& m) {
     constexpr auto kType = MsgType::SetTopology;
-    auto req = read_wire<proto::SetTopologyReq>(m.payload);
-    if (!req || req->pad != 0) return error_reply(kType, EBADMSG, "SetTopology: malformed payload", true);
-    if (m.payload.size() != sizeof(proto::SetTopologyReq) + req->endpoint_count * sizeof(uint16_t)) {
-        return error_reply(kType, EBADMSG, "SetTopology: payload length does not match the endpoint count", true);
-    }
-    if (req->endpoint_count == 0) return error_reply(kType, EINVAL, "SetTopology: no endpoint", true);
-    device::DeviceConfig cfg;
-    cfg.vcpus = req->vcpus;
-    cfg.endpoints.resize(req->endpoint_count);
-    std::memcpy(cfg.endpoints.data(), m.payload.data() + sizeof(proto::SetTopologyReq),
-                req->endpoint_count * sizeof(uint16_t));
-    auto dev = device::CoiommuDevice::create(cfg);
+    auto cfg = parse_topology("SetTopology", m.payload);
+    if (!cfg) return error_reply(kType, cfg.error(), true);
+    auto dev = device::CoiommuDevice::create(*cfg);
     if (!dev) return error_reply(kType, with_context(dev.error(), "SetTopology"), true);
+    if ((features_ & proto::kFeatureResume) != 0) {
+        auto rec = dma::HostRecord::create(mem_->gfn_span());
+        if (!rec) return error_reply(kType, with_context(rec.error(), "SetTopology"), true);
+        record_ = std::make_unique<dma::HostRecord>(std::move(*rec));
+    }
     device_ = std::move(*dev);
     set_state(SessionState::AwaitBackend);
-    CLOG_INFO(kLog, "session {}: {} vCPUs, {} endpoints", id_, cfg.vcpus, cfg.endpoints.size());
+    CLOG_INFO(kLog, "session {}: {} vCPUs, {} endpoints{}", id_, cfg->vcpus, cfg->endpoints.size(),
+              record_ ? ", resumable" : "");
     proto::SetTopologyRep rep;
     rep.notifymap_size = core::kNotifymapSize;
     rep.topologymap_size = core::kTopologymapSize;
     Reply r = ok_reply(kType, rep);
     r.fds = {device_->notifymap_fd(), device_->topologymap_fd()};
+    if (record_) r.fds.push_back(record_->fd());
     return r;
+}
+
+Reply Session::on_resume(Message& m) {
+    constexpr auto kType = MsgType::Resume;
+    if (m.fds.size() != 3) {
+        return error_reply(kType, EBADMSG,
+                           fmt::format("Resume: needs 3 fds (notifymap, topologymap, record), got {}", m.fds.size()),
+                           true);
+    }
+    auto cfg = parse_topology("Resume", m.payload);
+    if (!cfg) return error_reply(kType, cfg.error(), true);
+    auto dev = device::CoiommuDevice::adopt(*cfg, std::move(m.fds[0]), std::move(m.fds[1]));
+    if (!dev) return error_reply(kType, with_context(dev.error(), "Resume"), true);
+    auto rec = dma::HostRecord::adopt(std::move(m.fds[2]), mem_->gfn_span());
+    if (!rec) return error_reply(kType, with_context(rec.error(), "Resume"), true);
+    // Validate now, against this guest's RAM, so a forged record is refused before any backend
+    // call; the settling itself waits for the backend (resume_engine).
+    auto extents = rec->extents(ram_ranges(*mem_));
+    if (!extents) return error_reply(kType, with_context(extents.error(), "Resume"), true);
+    const dma::RecordedDevice d = rec->device();
+    if (d.active == 0 && d.dtt_level == 0 && d.dtt_root == 0 && !extents->empty()) {
+        return error_reply(kType, EINVAL, "Resume: the record has mappings but no device registers", true);
+    }
+    proto::ResumeRep rep;
+    for (const auto& e : *extents) {
+        if (e.state == dma::RecordState::Mapped) {
+            ++rep.extents;
+            rep.pages += e.pages;
+        } else {
+            ++rep.in_progress;
+        }
+    }
+    rep.active = d.active != 0 ? 1 : 0;
+    device_ = std::move(*dev);
+    device_->restore({Gpa{d.dtt_root}, d.dtt_level, d.active != 0, d.park_count});
+    record_ = std::make_unique<dma::HostRecord>(std::move(*rec));
+    resumed_ = true;
+    set_state(SessionState::AwaitBackend);
+    CLOG_INFO(kLog, "session {}: resuming {} vCPUs, {} endpoints: {} extents ({} pages) mapped, {} in progress{}", id_,
+              cfg->vcpus, cfg->endpoints.size(), rep.extents, rep.pages, rep.in_progress,
+              rep.active != 0 ? ", active" : "");
+    return ok_reply(kType, rep);
 }
 
 Reply Session::on_set_backend(Message& m) {
@@ -258,7 +325,9 @@ Reply Session::on_set_backend(Message& m) {
         return error_reply(kType, EBADMSG, "SetBackend: malformed payload", true);
     }
     const auto kind = static_cast<proto::BackendKind>(req->kind);
-    const std::size_t want_fds = kind == proto::BackendKind::Vfio || kind == proto::BackendKind::Iommufd ? 1 : 0;
+    std::size_t want_fds = kind == proto::BackendKind::Vfio || kind == proto::BackendKind::Iommufd ? 1 : 0;
+    // A resumable fake keeps its mapping set in the VMM's memfd, as a container outlives us.
+    if (kind == proto::BackendKind::Fake && (features_ & proto::kFeatureResume) != 0 && m.fds.size() == 1) want_fds = 1;
     if (m.fds.size() != want_fds) {
         return error_reply(kType, EBADMSG,
                            fmt::format("SetBackend: kind {} needs {} fds, got {}", req->kind, want_fds, m.fds.size()),
@@ -300,7 +369,18 @@ Reply Session::on_set_backend(Message& m) {
             if (req->param == static_cast<uint32_t>(proto::FakeLatency::Typical)) {
                 fc.latency = dma::LatencyModel::typical();
             }
-            auto fake = std::make_unique<dma::FakeBackend>(fc);
+            std::unique_ptr<dma::FakeBackend> fake;
+            if (m.fds.size() == 1) {
+                if (req->entry_limit != 0) {
+                    return error_reply(kType, EINVAL, "SetBackend: a shared fake takes its entry limit from its state",
+                                       true);
+                }
+                auto attached = dma::FakeBackend::attach(fc, std::move(m.fds[0]));
+                if (!attached) return error_reply(kType, with_context(attached.error(), "SetBackend fake"), true);
+                fake = std::move(*attached);
+            } else {
+                fake = std::make_unique<dma::FakeBackend>(fc);
+            }
             fake_ = fake.get();
             backend_ = std::move(fake);
             break;
@@ -313,6 +393,7 @@ Reply Session::on_set_backend(Message& m) {
         }
         default: return error_reply(kType, EINVAL, fmt::format("SetBackend: unknown backend kind {}", req->kind), true);
     }
+    if (record_) recording_ = std::make_unique<dma::RecordingBackend>(*backend_, *record_);
     set_state(SessionState::AwaitTriggers);
     CLOG_INFO(kLog, "session {}: backend {} (entry limit {})", id_, backend_->name(), backend_->entry_limit());
     proto::SetBackendRep rep;
@@ -361,7 +442,7 @@ Reply Session::on_set_triggers(Message& m) {
 }
 
 Status Session::start_engine() {
-    workers::EngineDeps deps = workers::device_deps(*device_, *mem_, *backend_);
+    workers::EngineDeps deps = workers::device_deps(*device_, *mem_, engine_backend());
     // The engine waits on the VMM's eventfds (the KVM ioeventfds), not on the device's own.
     deps.trigger_fds.clear();
     for (const EventFd& t : triggers_) deps.trigger_fds.push_back(t.fd());
@@ -374,10 +455,38 @@ Status Session::start_engine() {
         engine_ = std::move(*engine);
         engine_->registry().gauges().guest_ram_bytes.set(mem_->total_bytes());
         engine_->registry().gauges().vcpus.set(device_->vcpus());
-        device_->set_engine(engine_.get());
     }
+    if (resumed_) {
+        if (auto st = resume_engine(); !st) {
+            std::lock_guard lock(engine_mu_);
+            engine_.reset();
+            return st;
+        }
+    }
+    device_->set_engine(engine_.get());
     set_state(SessionState::Running);
     CLOG_INFO(kLog, "session {}: running ({})", id_, workers::to_string(cfg));
+    if (resumed_) {
+        // A request a vCPU wrote before the crash is still in its slot, and its trigger was
+        // consumed by the dead daemon (or is still pending): signal every vCPU once so the
+        // engine looks at every slot. An empty slot costs a spurious-trigger count, no more.
+        for (const EventFd& t : triggers_) (void)t.signal();
+    }
+    return ok();
+}
+
+Status Session::resume_engine() {
+    // Settle against the backend itself: the in-progress entries are freed by reconcile.
+    COIOMMU_ASSIGN_OR_RETURN(auto rep, dma::reconcile(*record_, *backend_, ram_ranges(*mem_)));
+    std::vector<GfnRange> extents;
+    extents.reserve(rep.adopted.size());
+    for (const auto& e : rep.adopted) extents.push_back(GfnRange{e.head, e.pages});
+    CLOG_INFO(kLog, "session {}: resume settled {} in-progress entries ({} bytes unmapped); adopting {} extents", id_,
+              rep.rolled_back, rep.rolled_back_bytes, extents.size());
+    COIOMMU_TRY(engine_->inherit(std::move(extents)));
+    const auto regs = device_->registers();
+    if (regs.park_count != 0) engine_->park_unpin();
+    if (regs.active) COIOMMU_TRY(engine_->activate(regs.dtt_root, regs.dtt_level), "resume: activate");
     return ok();
 }
 
@@ -416,9 +525,25 @@ Reply Session::on_mmio_write(const Message& m) {
         }
         return empty_reply(kType);
     }
+    if (record_ && req->offset < core::kRegTriggerBase && m.header.seq <= record_->device().last_mmio_seq) {
+        // Applied before the daemon restarted; the VMM re-sent it because it saw no reply.
+        return empty_reply(kType);
+    }
     device_->mmio_write(req->offset,
                         std::span<const std::byte>(reinterpret_cast<const std::byte*>(req->data), req->len));
+    if (record_ && req->offset < core::kRegTriggerBase) save_device(m.header.seq);
     return empty_reply(kType);
+}
+
+void Session::save_device(uint64_t seq) {
+    const auto regs = device_->registers();
+    dma::RecordedDevice d;
+    d.dtt_root = raw(regs.dtt_root);
+    d.dtt_level = regs.dtt_level;
+    d.park_count = regs.park_count;
+    d.active = regs.active ? 1 : 0;
+    d.last_mmio_seq = seq;
+    record_->set_device(d);
 }
 
 Reply Session::on_balloon(const Message& m) {
@@ -509,20 +634,23 @@ Reply Session::on_close(const Message& m) {
     constexpr auto kType = MsgType::Close;
     if (!m.payload.empty()) return error_reply(kType, EBADMSG, "Close: takes no payload", true);
     proto::CloseRep rep;
-    rep.pages_unpinned = teardown_keep_backend_count(&rep.dma_entries_after);
+    rep.pages_unpinned = release(Mappings::Unmap, &rep.dma_entries_after);
     Reply r = ok_reply(kType, rep);
     r.close_after = true;
     return r;
 }
 
-uint64_t Session::teardown() { return teardown_keep_backend_count(nullptr); }
+uint64_t Session::teardown() { return release(Mappings::Unmap, nullptr); }
 
-uint64_t Session::teardown_keep_backend_count(uint64_t* live_after) {
+uint64_t Session::detach() { return release(record_ ? Mappings::Keep : Mappings::Unmap, nullptr); }
+
+uint64_t Session::release(Mappings how, uint64_t* live_after) {
     uint64_t pinned = 0;
     // Only this (the session's) thread changes engine_, so it may be read here without the lock.
     workers::Engine* engine = engine_.get();
     if (engine != nullptr) {
-        pinned = engine->stop();  // joins its threads, unmaps everything it mapped
+        // stop(): joins its threads, unmaps everything it mapped; detach(): joins them only.
+        pinned = how == Mappings::Keep ? engine->detach() : engine->stop();
         if (device_) device_->set_engine(nullptr);
         std::unique_ptr<workers::Engine> gone;
         {
@@ -534,13 +662,19 @@ uint64_t Session::teardown_keep_backend_count(uint64_t* live_after) {
     }
     if (live_after != nullptr) *live_after = backend_ ? backend_->live_entries() : 0;
     if (state() != SessionState::Closed) {
-        CLOG_INFO(kLog, "session {}: closed ({} pinned pages unmapped, {} DMA entries left)", id_, pinned,
-                  backend_ ? backend_->live_entries() : 0);
+        if (how == Mappings::Keep) {
+            CLOG_INFO(kLog, "session {}: detached ({} pinned pages left mapped for the VMM to resume)", id_, pinned);
+        } else {
+            CLOG_INFO(kLog, "session {}: closed ({} pinned pages unmapped, {} DMA entries left)", id_, pinned,
+                      backend_ ? backend_->live_entries() : 0);
+        }
     }
     set_state(SessionState::Closed);
     triggers_.clear();
     fake_ = nullptr;
+    recording_.reset();
     backend_.reset();  // an adopted VFIO container is closed here (the VMM keeps its groups)
+    record_.reset();   // the memfd stays with the VMM
     device_.reset();
     mem_.reset();
     return pinned;
@@ -608,7 +742,12 @@ SessionEnd serve(Session& session, int sock, int stop_fd, const SessionLimits& l
             break;
         }
     }
-    session.teardown();
+    // Daemon shutdown leaves a resumable session's mappings to the daemon the VMM resumes with.
+    if (end == SessionEnd::Stopped) {
+        session.detach();
+    } else {
+        session.teardown();
+    }
     return end;
 }
 

@@ -2,8 +2,8 @@
 //
 // State machine (anything else is a protocol violation: Error reply, then the session closes):
 //
-//   AwaitHello --Hello--> AwaitMemory --SetMemory--> AwaitTopology --SetTopology--> AwaitBackend
-//   --SetBackend--> AwaitTriggers --SetTriggers (until every vCPU has one)--> Running
+//   AwaitHello --Hello--> AwaitMemory --SetMemory--> AwaitTopology --SetTopology|Resume-->
+//   AwaitBackend --SetBackend--> AwaitTriggers --SetTriggers (until every vCPU has one)--> Running
 //   Running: MmioRead | MmioWrite | BalloonUnpin | GetStats | QueryMapped (any number) --Close--> Closed
 //
 // The session owns everything of its VM: the adopted guest memory (the VMM's memfds mapped here,
@@ -13,6 +13,13 @@
 // protocol error, daemon shutdown, or destruction) stops the engine, which unmaps every page it
 // mapped, and then releases the rest. Nothing is shared between sessions, so one VM's bad input
 // or crashed VMM touches only its own session.
+//
+// Resumable sessions (kFeatureResume): the session also keeps a HostRecord (engine/dma/
+// host_record.h) in a memfd handed to the VMM with SetTopology's reply, and the engine maps and
+// unmaps through a RecordingBackend. The record also holds the device registers, saved after every
+// register MmioWrite with that request's seq (a write the VMM re-sends after a reconnect is
+// answered, not applied twice). Resume rebuilds a session from the VMM's fds; detach() is the
+// shutdown that leaves every mapping to the next daemon.
 //
 // Guest memory must be memfds sealed with F_SEAL_SHRINK: a region the VMM could shrink under
 // the daemon's mapping would turn a guest DMA pin into SIGBUS for every session.
@@ -36,6 +43,7 @@
 #include "engine/daemon/protocol_io.h"
 #include "engine/device/device.h"
 #include "engine/dma/backend.h"
+#include "engine/dma/host_record.h"
 #include "engine/guest/guest_memory.h"
 #include "engine/telemetry/engine_stats.h"
 #include "engine/workers/config.h"
@@ -45,8 +53,8 @@ namespace coiommu::daemon {
 
 // What the daemon's configuration allows a session.
 struct SessionPolicy {
-    workers::EngineConfig engine;                // the engine every session runs (session id set per session)
-    uint64_t features = proto::kAllFeatures;     // offered in Hello (backends allowed, QueryMapped)
+    workers::EngineConfig engine;  // the engine every session runs (session id set per session)
+    uint64_t features = proto::kAllFeatures | proto::kFeatureResume;  // offered in Hello
     uint64_t max_guest_end = uint64_t{1} << 40;  // highest GPA + 1 a VM may register (per-gfn tables)
 };
 
@@ -89,6 +97,11 @@ public:
     // Stops the engine (unmapping everything it mapped) and releases the VM's resources.
     // Idempotent. Returns the pages the engine had pinned when it stopped.
     uint64_t teardown();
+    // Daemon shutdown of a resumable session: stops the engine's threads and releases the VM's
+    // resources but leaves every mapping in the backend and in the record, for a daemon the VMM
+    // resumes with. A session without a record is torn down instead. Returns the pages left.
+    uint64_t detach();
+    [[nodiscard]] bool resumable() const { return record_ != nullptr; }
 
     // nullopt unless Running.
     [[nodiscard]] std::optional<SessionStats> stats() const;
@@ -102,18 +115,27 @@ private:
     Reply on_hello(const Message& m);
     Reply on_set_memory(Message& m);
     Reply on_set_topology(const Message& m);
+    Reply on_resume(Message& m);
     Reply on_set_backend(Message& m);
     Reply on_set_triggers(Message& m);
     Reply on_mmio_read(const Message& m);
     Reply on_mmio_write(const Message& m);
+    // After a register write: the device's registers and the request's seq into the record.
+    void save_device(uint64_t seq);
+    // A resumed session, when its last trigger arrived: settle and hand the record to the engine.
+    [[nodiscard]] Status resume_engine();
     Reply on_balloon(const Message& m);
     Reply on_stats(const Message& m);
     Reply on_query_mapped(const Message& m);
     Reply on_close(const Message& m);
 
     [[nodiscard]] Status start_engine();
-    // teardown(), also reporting the backend's live entries after the engine stopped.
-    uint64_t teardown_keep_backend_count(uint64_t* live_after);
+    enum class Mappings : uint8_t { Unmap, Keep };
+    // teardown() / detach(), also reporting the backend's live entries after the engine stopped.
+    uint64_t release(Mappings how, uint64_t* live_after);
+    [[nodiscard]] dma::DmaBackend& engine_backend() {
+        return recording_ ? static_cast<dma::DmaBackend&>(*recording_) : *backend_;
+    }
     [[nodiscard]] std::optional<SessionStats> stats_locked() const;
     void set_state(SessionState s) { state_.store(s, std::memory_order_release); }
 
@@ -127,8 +149,11 @@ private:
     std::unique_ptr<GuestMemory> mem_;
     std::unique_ptr<device::CoiommuDevice> device_;
     std::unique_ptr<dma::DmaBackend> backend_;
-    dma::DmaBackend* fake_ = nullptr;  // backend_ when it can answer QueryMapped
-    std::vector<EventFd> triggers_;    // the VMM's ioeventfds, one per vCPU
+    dma::DmaBackend* fake_ = nullptr;                   // backend_ when it can answer QueryMapped
+    std::vector<EventFd> triggers_;                     // the VMM's ioeventfds, one per vCPU
+    std::unique_ptr<dma::HostRecord> record_;           // with kFeatureResume
+    std::unique_ptr<dma::RecordingBackend> recording_;  // backend_ seen through record_
+    bool resumed_ = false;                              // built by Resume, not SetTopology
 
     mutable std::mutex engine_mu_;  // guards engine_ against stats() from other threads
     std::unique_ptr<workers::Engine> engine_;
@@ -149,7 +174,8 @@ enum class SessionEnd : uint8_t { Closed, PeerGone, ProtocolError, SetupTimeout,
 [[nodiscard]] std::string_view to_string(SessionEnd e);
 
 // Runs `session` over the connected SOCK_SEQPACKET socket `sock` until Close, end of stream, a
-// protocol error, a timeout, or `stop_fd` becoming readable; then tears the session down.
+// protocol error, a timeout, or `stop_fd` becoming readable; then tears the session down (on
+// `stop_fd`, a resumable session is detached instead: its VMM resumes it with the next daemon).
 SessionEnd serve(Session& session, int sock, int stop_fd, const SessionLimits& limits);
 
 }  // namespace coiommu::daemon

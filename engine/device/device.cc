@@ -16,8 +16,10 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -64,7 +66,7 @@ uint64_t load_u64(std::span<const std::byte> data) {
 
 std::span<const BarSpec> CoiommuDevice::bars() { return kBars; }
 
-Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig& cfg) {
+Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::make(const DeviceConfig& cfg) {
     if ((cfg.endpoints.size() + 1) * core::kTopologyEntrySize > core::kTopologymapSize) {
         return make_error(
             EINVAL, fmt::format("too many endpoints: {} (at most {})", cfg.endpoints.size(), core::kMaxEndpoints));
@@ -75,7 +77,25 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
     std::unique_ptr<CoiommuDevice> dev(new CoiommuDevice());
     dev->vcpus_ = cfg.vcpus;
     dev->endpoints_ = cfg.endpoints;
+    dev->triggers_.reserve(cfg.vcpus);
+    for (uint32_t i = 0; i < cfg.vcpus; ++i) {
+        auto ev = EventFd::create(Blocking::No);
+        if (!ev) return coiommu::unexpected(with_context(ev.error(), fmt::format("trigger eventfd {}", i)));
+        dev->triggers_.push_back(std::move(*ev));
+    }
+    return dev;
+}
 
+Status CoiommuDevice::map_notifymap(UniqueFd fd) {
+    void* p = ::mmap(nullptr, core::kNotifymapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+    if (p == MAP_FAILED) return make_error(errno, "mmap notifymap");
+    slots_ = static_cast<uint64_t*>(p);
+    notifymap_fd_ = std::move(fd);
+    return ok();
+}
+
+Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig& cfg) {
+    COIOMMU_ASSIGN_OR_RETURN(auto dev, make(cfg));
     // Notifymap: zeroed slots; sealed against resizing so no one can truncate it under our
     // mapping (a SIGBUS in the engine).
     auto notify = make_memfd("coiommu_notifymap", core::kNotifymapSize);
@@ -83,10 +103,7 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
     if (auto st = add_seals(notify->get(), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL, "notifymap"); !st) {
         return coiommu::unexpected(st.error());
     }
-    void* p = ::mmap(nullptr, core::kNotifymapSize, PROT_READ | PROT_WRITE, MAP_SHARED, notify->get(), 0);
-    if (p == MAP_FAILED) return make_error(errno, "mmap notifymap");
-    dev->slots_ = static_cast<uint64_t*>(p);
-    dev->notifymap_fd_ = std::move(*notify);
+    COIOMMU_TRY(dev->map_notifymap(std::move(*notify)));
 
     // Topologymap: u16 count then the BDFs, written once with pwrite (never mapped writable), then
     // sealed so that neither we nor the VMM nor the guest can change it.
@@ -105,14 +122,44 @@ Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::create(const DeviceConfig&
         return coiommu::unexpected(st.error());
     }
     dev->topologymap_fd_ = std::move(*topo);
-
-    dev->triggers_.reserve(cfg.vcpus);
-    for (uint32_t i = 0; i < cfg.vcpus; ++i) {
-        auto ev = EventFd::create(Blocking::No);
-        if (!ev) return coiommu::unexpected(with_context(ev.error(), fmt::format("trigger eventfd {}", i)));
-        dev->triggers_.push_back(std::move(*ev));
-    }
     return dev;
+}
+
+Result<std::unique_ptr<CoiommuDevice>> CoiommuDevice::adopt(const DeviceConfig& cfg, UniqueFd notifymap,
+                                                            UniqueFd topologymap) {
+    COIOMMU_ASSIGN_OR_RETURN(auto dev, make(cfg));
+    // The notifymap is mapped here and written by the engine: it must not be able to shrink.
+    const int nseals = ::fcntl(notifymap.get(), F_GET_SEALS);
+    struct stat st {};
+    if (nseals < 0 || (nseals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW) ||
+        ::fstat(notifymap.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != core::kNotifymapSize) {
+        return make_error(EINVAL, "resume: the notifymap must be a sealed memfd of the notifymap's size");
+    }
+    COIOMMU_TRY(dev->map_notifymap(std::move(notifymap)), "resume");
+    // The topologymap the guest reads must be the one this device serves, and stay that way.
+    const int tseals = ::fcntl(topologymap.get(), F_GET_SEALS);
+    if (tseals < 0 || (tseals & F_SEAL_FUTURE_WRITE) == 0) {
+        return make_error(EINVAL, "resume: the topologymap must be sealed against writes");
+    }
+    COIOMMU_ASSIGN_OR_RETURN(auto bdfs, read_topology(topologymap.get()), "resume: topologymap");
+    if (bdfs != cfg.endpoints) {
+        return make_error(EINVAL, "resume: the topologymap does not hold the endpoints of this session");
+    }
+    dev->topologymap_fd_ = std::move(topologymap);
+    return dev;
+}
+
+void CoiommuDevice::restore(const Registers& r) {
+    std::lock_guard lock(mu_);
+    dtt_root_ = raw(r.dtt_root);
+    dtt_level_ = r.dtt_level;
+    active_ = r.active;
+    park_count_ = std::min(r.park_count, kMaxParkDepth);
+}
+
+CoiommuDevice::Registers CoiommuDevice::registers() const {
+    std::lock_guard lock(mu_);
+    return Registers{Gpa{dtt_root_}, dtt_level_, active_, park_count_};
 }
 
 CoiommuDevice::~CoiommuDevice() {

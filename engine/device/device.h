@@ -123,6 +123,15 @@ public:
     // 0 or above 1024; errno of memfd_create/ftruncate/mmap/fcntl/eventfd.
     [[nodiscard]] static Result<std::unique_ptr<CoiommuDevice>> create(const DeviceConfig& cfg);
 
+    // The device of a resumed session (a restarted daemon): the same checks as create(), but the
+    // notifymap and topologymap are the ones the VMM kept (still mapped into the guest), so BAR2
+    // and BAR4 need no remapping and a request a vCPU wrote before the crash is still in its slot.
+    // Both are untrusted: the notifymap must be a memfd of kNotifymapSize sealed against resizing,
+    // the topologymap sealed against writes and holding exactly cfg.endpoints.
+    // Errors: create()'s; EINVAL naming the mismatch; errno of fstat/fcntl/mmap/pread.
+    [[nodiscard]] static Result<std::unique_ptr<CoiommuDevice>> adopt(const DeviceConfig& cfg, UniqueFd notifymap,
+                                                                      UniqueFd topologymap);
+
     ~CoiommuDevice();
     CoiommuDevice(const CoiommuDevice&) = delete;
     CoiommuDevice& operator=(const CoiommuDevice&) = delete;
@@ -130,6 +139,19 @@ public:
     // The engine that ACTIVATE/PARK/UNPARK are handed to (may be null: commands are then recorded
     // and ACTIVATE is refused). Must outlive the device or be reset to null first.
     void set_engine(EngineControl* engine);
+
+    // The registers of a resumed session, as the guest last set them. Sets them without calling
+    // the engine: the caller starts (activate_adopting) and parks the engine itself. Call before
+    // any BAR0 access. Values are untrusted (the record is VMM-held) and are used as the guest's
+    // own writes would be: root and level as written, park_count up to kMaxParkDepth.
+    struct Registers {
+        Gpa dtt_root{};
+        uint64_t dtt_level = 0;
+        bool active = false;
+        uint64_t park_count = 0;
+    };
+    void restore(const Registers& r);
+    [[nodiscard]] Registers registers() const;
 
     [[nodiscard]] static PciIdentity pci_identity() { return PciIdentity{}; }
     [[nodiscard]] static std::span<const BarSpec> bars();
@@ -163,6 +185,8 @@ public:
 private:
     CoiommuDevice() = default;
 
+    [[nodiscard]] static Result<std::unique_ptr<CoiommuDevice>> make(const DeviceConfig& cfg);
+    [[nodiscard]] Status map_notifymap(UniqueFd fd);
     void write_register(uint64_t index, uint64_t value);
     void write_command(uint64_t value);
     void complete_pending_slots();

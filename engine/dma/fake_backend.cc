@@ -1,9 +1,19 @@
 #include "engine/dma/fake_backend.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <iterator>
 #include <limits>
+#include <unordered_map>
 #include <utility>
+
+#include <fmt/format.h>
 
 namespace coiommu::dma {
 namespace {
@@ -40,7 +50,177 @@ nanoseconds cost(nanoseconds per_call, nanoseconds per_page, uint64_t bytes) {
     return nanoseconds{total};
 }
 
+// The shared state's layout: a header page, then one slot per mapping.
+constexpr uint64_t kSharedMagic = 0x454b4146'4d4f4943;  // bytes "CIOMFAKE"
+constexpr uint32_t kSharedVersion = 1;
+constexpr uint64_t kSharedHeaderBytes = 4096;
+constexpr uint64_t kMaxSharedSlots = uint64_t{1} << 24;
+constexpr int kSharedSeals = F_SEAL_SHRINK | F_SEAL_GROW;
+
+struct SharedHeader {
+    uint64_t magic = kSharedMagic;
+    uint32_t version = kSharedVersion;
+    uint32_t slot_bytes = 32;
+    uint64_t slots = 0;
+};
+struct SharedSlot {
+    uint64_t iova = 0;
+    uint64_t size = 0;
+    uint64_t hva = 0;
+    uint32_t prot = 0;
+    uint32_t valid = 0;  // 1: the slot is a live mapping (written last, release)
+};
+static_assert(sizeof(SharedSlot) == 32);
+
+uint64_t shared_bytes(uint64_t slots) { return kSharedHeaderBytes + slots * sizeof(SharedSlot); }
+
+// Maps and validates a shared state; fills `out` with its mappings (slot index -> mapping).
+struct SharedView {
+    void* base = nullptr;
+    uint64_t bytes = 0;
+    uint64_t slots = 0;
+    SharedSlot* slot(uint64_t i) const {
+        return reinterpret_cast<SharedSlot*>(static_cast<std::byte*>(base) + kSharedHeaderBytes) + i;
+    }
+};
+
+Result<SharedView> map_shared_state(int fd, int prot) {
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & kSharedSeals) != kSharedSeals) {
+        return make_error(EINVAL, "fake shared state: not a memfd sealed against shrinking and growing");
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return make_error(errno, "fstat fake shared state");
+    SharedHeader h;
+    if (static_cast<uint64_t>(st.st_size) < kSharedHeaderBytes ||
+        ::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) {
+        return make_error(EINVAL, "fake shared state: too short");
+    }
+    if (h.magic != kSharedMagic || h.version != kSharedVersion || h.slot_bytes != sizeof(SharedSlot) || h.slots == 0 ||
+        h.slots > kMaxSharedSlots || static_cast<uint64_t>(st.st_size) != shared_bytes(h.slots)) {
+        return make_error(EINVAL, "fake shared state: bad header or size");
+    }
+    SharedView v;
+    v.bytes = shared_bytes(h.slots);
+    v.slots = h.slots;
+    v.base = ::mmap(nullptr, v.bytes, prot, MAP_SHARED, fd, 0);
+    if (v.base == MAP_FAILED) return make_error(errno, "mmap fake shared state");
+    return v;
+}
+
+// The live mappings of a mapped state, keyed by iova with their slot, validated.
+Result<std::map<uint64_t, std::pair<FakeMapping, uint32_t>>> load_shared(const SharedView& v) {
+    std::map<uint64_t, std::pair<FakeMapping, uint32_t>> out;
+    for (uint64_t i = 0; i < v.slots; ++i) {
+        SharedSlot* s = v.slot(i);
+        // Acquire pairs with the release that published the slot: its fields are complete.
+        if (std::atomic_ref<uint32_t>(s->valid).load(std::memory_order_acquire) != 1) continue;
+        FakeMapping m{Iova{s->iova}, Hva{s->hva}, s->size, static_cast<Prot>(s->prot)};
+        if (m.size == 0 || ((raw(m.iova) | m.size) & kPageMask) != 0 || raw(m.iova) + m.size - 1 < raw(m.iova)) {
+            return make_error(EINVAL, fmt::format("fake shared state: slot {} is not a valid mapping", i));
+        }
+        out.emplace(raw(m.iova), std::pair{m, static_cast<uint32_t>(i)});
+    }
+    uint64_t next_free = 0;
+    bool first = true;
+    for (const auto& [iova, e] : out) {
+        if (!first && iova < next_free) {
+            return make_error(EINVAL, fmt::format("fake shared state: mapping {:#x} overlaps another", iova));
+        }
+        first = false;
+        next_free = iova + e.first.size;
+    }
+    return out;
+}
+
 }  // namespace
+
+struct FakeBackend::Shared {
+    UniqueFd fd;
+    SharedView view;
+    std::unordered_map<uint64_t, uint32_t> slot_of;  // iova -> slot
+    std::vector<uint32_t> free_slots;
+    ~Shared() {
+        if (view.base != nullptr) ::munmap(view.base, view.bytes);
+    }
+};
+
+FakeBackend::~FakeBackend() = default;
+
+Result<UniqueFd> FakeBackend::create_shared_state(uint64_t entry_limit) {
+    if (entry_limit == 0 || entry_limit > kMaxSharedSlots) {
+        return make_error(EINVAL, fmt::format("fake shared state: {} entries (1..2^24)", entry_limit));
+    }
+    UniqueFd fd(::memfd_create("coiommu-fake-container", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd) return make_error(errno, "memfd_create fake shared state");
+    if (::ftruncate(fd.get(), static_cast<off_t>(shared_bytes(entry_limit))) != 0) {
+        return make_error(errno, "ftruncate fake shared state");
+    }
+    SharedHeader h;
+    h.slots = entry_limit;
+    if (::pwrite(fd.get(), &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) {
+        return make_error(errno, "write fake shared state header");
+    }
+    if (::fcntl(fd.get(), F_ADD_SEALS, kSharedSeals) != 0) return make_error(errno, "seal fake shared state");
+    return fd;
+}
+
+Result<std::unique_ptr<FakeBackend>> FakeBackend::attach(FakeConfig cfg, UniqueFd state) {
+    COIOMMU_ASSIGN_OR_RETURN(SharedView view, map_shared_state(state.get(), PROT_READ | PROT_WRITE));
+    auto shared = std::make_unique<Shared>();
+    shared->fd = std::move(state);
+    shared->view = view;
+    COIOMMU_ASSIGN_OR_RETURN(auto loaded, load_shared(view));
+    cfg.entry_limit = view.slots;
+    auto fake = std::make_unique<FakeBackend>(std::move(cfg));
+    std::vector<bool> used(view.slots, false);
+    for (const auto& [iova, e] : loaded) {
+        fake->maps_.emplace(iova, e.first);
+        shared->slot_of.emplace(iova, e.second);
+        used[e.second] = true;
+    }
+    for (uint64_t i = view.slots; i-- > 0;) {
+        if (!used[i]) shared->free_slots.push_back(static_cast<uint32_t>(i));
+    }
+    fake->live_.store(fake->maps_.size(), std::memory_order_relaxed);
+    fake->shared_ = std::move(shared);
+    return fake;
+}
+
+Result<std::vector<FakeMapping>> FakeBackend::read_shared_state(int state_fd) {
+    COIOMMU_ASSIGN_OR_RETURN(SharedView view, map_shared_state(state_fd, PROT_READ));
+    auto loaded = load_shared(view);
+    ::munmap(view.base, view.bytes);
+    if (!loaded) return coiommu::unexpected(loaded.error());
+    std::vector<FakeMapping> out;
+    out.reserve(loaded->size());
+    for (const auto& [iova, e] : *loaded) out.push_back(e.first);
+    return out;
+}
+
+void FakeBackend::share_added_locked(const FakeMapping& m) {
+    if (!shared_) return;
+    // maps_.size() <= entry_limit == slots, so a slot is always free here.
+    const uint32_t i = shared_->free_slots.back();
+    shared_->free_slots.pop_back();
+    SharedSlot* s = shared_->view.slot(i);
+    s->iova = raw(m.iova);
+    s->size = m.size;
+    s->hva = raw(m.hva);
+    s->prot = static_cast<uint32_t>(m.prot);
+    // Release: the fields above are in the page cache before the slot counts as live.
+    std::atomic_ref<uint32_t>(s->valid).store(1, std::memory_order_release);
+    shared_->slot_of[raw(m.iova)] = i;
+}
+
+void FakeBackend::share_removed_locked(uint64_t iova) {
+    if (!shared_) return;
+    auto it = shared_->slot_of.find(iova);
+    if (it == shared_->slot_of.end()) return;
+    std::atomic_ref<uint32_t>(shared_->view.slot(it->second)->valid).store(0, std::memory_order_release);
+    shared_->free_slots.push_back(it->second);
+    shared_->slot_of.erase(it);
+}
 
 LatencyModel LatencyModel::typical() {
     using std::chrono::nanoseconds;
@@ -161,7 +341,9 @@ FakeBackend::Verdict FakeBackend::do_map(Iova iova, Hva hva, uint64_t size, Prot
         charge(per_call, {}, 0);
         return {EINVAL, "outside the container's iova ranges"};
     }
-    maps_.emplace(raw(iova), FakeMapping{iova, hva, size, prot});
+    const FakeMapping added{iova, hva, size, prot};
+    maps_.emplace(raw(iova), added);
+    share_added_locked(added);
     live_.store(maps_.size(), std::memory_order_relaxed);
     charge(per_call, per_page, size);
     return {};
@@ -200,6 +382,7 @@ FakeBackend::Verdict FakeBackend::do_unmap(Iova iova, uint64_t size) {
     auto it = maps_.lower_bound(raw(iova));
     while (it != maps_.end() && raw(it->second.iova) <= last) {
         bytes += it->second.size;
+        share_removed_locked(it->first);
         it = maps_.erase(it);
     }
     live_.store(maps_.size(), std::memory_order_relaxed);

@@ -22,6 +22,13 @@
 // any check runs. An injected EEXIST or ENOSPC on map becomes the AlreadyMapped / NoSpace
 // outcome (exactly what the kernel errno would become); every other errno is an Error.
 //
+// Shared state (optional, attach()): the mapping set is mirrored into a memfd that someone else
+// holds, the way a VFIO container outlives the daemon that mapped into it. A restarted daemon
+// attaches to the same memfd and finds every mapping still there; a test or VMM reads it with
+// read_shared_state() to check what a dead daemon left. Each mapping is one 32-byte slot,
+// published by one release store of its `valid` word after the rest is written, so a process
+// killed inside map() or unmap() leaves each mapping wholly present or wholly absent.
+//
 // Thread-safety: every method may be called from any thread. One mutex guards the mapping set
 // and the fault state; live_entries() and entry_limit() are lock-free.
 #pragma once
@@ -31,11 +38,13 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string_view>
 #include <vector>
 
+#include "engine/base/unique_fd.h"
 #include "engine/dma/backend.h"
 
 namespace coiommu::dma {
@@ -67,6 +76,18 @@ struct FakeMapping {
 class FakeBackend final : public DmaBackend {
 public:
     explicit FakeBackend(FakeConfig cfg = {});
+    ~FakeBackend() override;
+
+    // A memfd holding an empty shared mapping set of `entry_limit` slots (sealed against shrinking
+    // and growing). Errors: EINVAL for entry_limit 0 or above 2^24; memfd/ftruncate/fcntl errno.
+    [[nodiscard]] static Result<UniqueFd> create_shared_state(uint64_t entry_limit);
+    // A fake whose mapping set lives in `state` (create_shared_state), starting with whatever
+    // mappings it holds; cfg.entry_limit is replaced by the state's. The state is validated as
+    // untrusted input. Errors: EINVAL (bad seals, size, header, a slot out of range or
+    // overlapping another); fstat/mmap errno.
+    [[nodiscard]] static Result<std::unique_ptr<FakeBackend>> attach(FakeConfig cfg, UniqueFd state);
+    // The mappings a shared state holds right now, ascending iova (validated as attach() does).
+    [[nodiscard]] static Result<std::vector<FakeMapping>> read_shared_state(int state_fd);
 
     FakeBackend(const FakeBackend&) = delete;
     FakeBackend& operator=(const FakeBackend&) = delete;
@@ -127,9 +148,15 @@ private:
     [[nodiscard]] bool in_iova_ranges(uint64_t first, uint64_t last) const;
     void charge(std::chrono::nanoseconds per_call, std::chrono::nanoseconds per_page, uint64_t bytes) const;
 
+    struct Shared;  // the attached state (fake_backend.cc)
+    // Mirrors one mapping into / out of the shared state (no-ops without one). Under mu_.
+    void share_added_locked(const FakeMapping& m);
+    void share_removed_locked(uint64_t iova);
+
     const FakeConfig cfg_;
-    const uint64_t align_mask_;  // smallest page size in iova_pgsizes, minus one
-    mutable std::mutex mu_;      // the container mutex
+    const uint64_t align_mask_;
+    std::unique_ptr<Shared> shared_;  // smallest page size in iova_pgsizes, minus one
+    mutable std::mutex mu_;           // the container mutex
     MapSet maps_;
     std::vector<NthFault> nth_faults_;
     std::function<int(Op, Iova, uint64_t)> fault_pred_;

@@ -31,12 +31,30 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineConfig& cfg, const En
 
 Engine::~Engine() { stop(); }
 
+Status Engine::inherit(std::vector<GfnRange> extents) {
+    std::lock_guard lock(lifecycle_mu_);
+    if (stopped_) return make_error(ECANCELED, "engine stopped");
+    if (prepared_ || inherited_) return make_error(EALREADY, "engine: inherit after activate or twice");
+    inherited_ = true;
+    inherit_ = std::move(extents);
+    return ok();
+}
+
 Status Engine::activate(Gpa dtt_root, uint64_t dtt_level) {
     std::lock_guard lock(lifecycle_mu_);
     if (stopped_) return make_error(ECANCELED, "engine stopped");
     if (active_ || prepared_) return make_error(EALREADY, "engine already active");
     prepared_ = true;
     COIOMMU_ASSIGN_OR_RETURN(UnpinStrategy * strategy, variant_->prepare(dtt_root, dtt_level));
+    if (!inherit_.empty()) {
+        // A refused adopt leaves the extents with stop() (unmapped there) and the engine inactive.
+        COIOMMU_TRY(variant_->adopt(inherit_), "resume");
+        uint64_t pages = 0;
+        for (const GfnRange& r : inherit_) pages += r.count;
+        stats_->gauges().pinned_pages.add(pages);
+        CLOG_INFO("engine", "resumed: adopted {} extents, {} pages", inherit_.size(), pages);
+        inherit_.clear();
+    }
     COIOMMU_ASSIGN_OR_RETURN(unpin_service_,
                              UnpinService::start(*strategy, gate_, {cfg_.unpin_policy, cfg_.unpin_interval}));
     // The unpin service runs before the first pin: every extent a worker hands off has a consumer.
@@ -71,12 +89,23 @@ Result<telemetry::BalloonResult> Engine::balloon_unpin(std::span<const GfnRange>
     return svc->balloon(ranges);
 }
 
+Result<telemetry::BalloonResult> Engine::balloon_unpin(std::span<const GfnRange> ranges,
+                                                       std::span<telemetry::BalloonResult> per_range) {
+    if (per_range.size() != ranges.size()) return make_error(EINVAL, "balloon unpin: one result per range");
+    COIOMMU_ASSIGN_OR_RETURN(UnpinService * svc, active_service("balloon unpin"));
+    return svc->balloon(ranges, per_range);
+}
+
 Status Engine::run_unpin_tick() {
     COIOMMU_ASSIGN_OR_RETURN(UnpinService * svc, active_service("unpin tick"));
     return svc->tick_now();
 }
 
-uint64_t Engine::stop() {
+uint64_t Engine::stop() { return halt(Teardown::UnmapAll); }
+
+uint64_t Engine::detach() { return halt(Teardown::KeepMappings); }
+
+uint64_t Engine::halt(Teardown how) {
     std::lock_guard lock(lifecycle_mu_);
     if (stopped_ || !variant_) return 0;
     stopped_ = true;
@@ -84,8 +113,25 @@ uint64_t Engine::stop() {
     variant_->stop_pinning();
     if (unpin_service_) unpin_service_->stop();
     uint64_t pages = 0;
+    if (how == Teardown::KeepMappings) {
+        pages = variant_->recorded_pages();
+        for (const GfnRange& r : inherit_) pages += r.count;
+        CLOG_INFO("engine", "detached: {} pages left mapped for the next daemon", pages);
+        active_ = false;
+        return pages;
+    }
+    // Inherited extents the variant never adopted are still ours to unmap.
+    for (const GfnRange& r : inherit_) {
+        if (auto st = backend_.unmap_exact(Iova{raw(r.start) << kPageShift}, r.count << kPageShift); !st) {
+            CLOG_ERROR("engine", "teardown: cannot unmap inherited extent {:#x}+{}: {}", raw(r.start), r.count,
+                       st.error().message());
+            continue;
+        }
+        pages += r.count;
+    }
+    inherit_.clear();
     if (prepared_) {
-        pages = variant_->teardown();
+        pages += variant_->teardown();
         CLOG_INFO("engine", "stopped: {} pages unmapped at teardown, {} still recorded", pages,
                   variant_->recorded_pages());
     }

@@ -139,6 +139,36 @@ Result<UnpinStrategy*> FastEngine::prepare(Gpa dtt_root, uint64_t dtt_level) {
     return unpinner_.get();
 }
 
+Status FastEngine::adopt(std::span<const GfnRange> extents) {
+    // Check everything first: an adopt either takes every extent or none.
+    uint64_t prev_end = 0;
+    for (const GfnRange& r : extents) {
+        const uint64_t head = raw(r.start);
+        if (r.count == 0 || r.count > kMaxBatchPages || !table_.in_range(r.start) || r.count > table_.size() - head ||
+            head < prev_end) {
+            return make_error(EINVAL, fmt::format("adopt extent {:#x}+{}: empty, too long, outside the guest or "
+                                                  "overlapping the one before (extents ascending)",
+                                                  head, r.count));
+        }
+        prev_end = head + r.count;
+        for (uint64_t g = head; g < prev_end; ++g) {
+            if (table_.mapped(Gfn{g})) return make_error(EINVAL, fmt::format("adopt: gfn {:#x} is already ours", g));
+        }
+    }
+    // No worker runs yet (start_pinning has not), so the locks are uncontended; they are taken
+    // anyway because the record's invariants (kMapped only under the lock) are the table's.
+    for (const GfnRange& r : extents) {
+        const uint64_t head = raw(r.start);
+        for (uint64_t g = head; g < head + r.count; ++g) {
+            auto lock = table_.lock(Gfn{g});
+            lock.set_mapped();
+        }
+        extents_.record(r.start, static_cast<uint32_t>(r.count));
+        if (env_.track_extents) handoff_.push(r.start);
+    }
+    return ok();
+}
+
 Status FastEngine::start_pinning() {
     try {
         for (uint32_t i = 0; i < workers_count_; ++i) {

@@ -62,6 +62,7 @@ public:
     ~FastEngine() override;
 
     [[nodiscard]] Result<UnpinStrategy*> prepare(Gpa dtt_root, uint64_t dtt_level) override;
+    [[nodiscard]] Status adopt(std::span<const GfnRange> extents) override;
     [[nodiscard]] Status start_pinning() override;
     void stop_pinning() override;
     uint64_t teardown() override;

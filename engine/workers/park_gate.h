@@ -6,6 +6,11 @@
 // mutex, so it returns only after the unit in progress finished, and no unit starts while parked.
 // The pin path never touches the gate.
 //
+// epoch() counts park() calls: a unit that caches a DTT cursor compares it with the epoch it saw
+// last and walks afresh when it changed (the guest may have freed and reused the cached leaf page
+// between two units, even when no unit ever found the gate parked). stopping() is a lock-free
+// read for long scans, which give up once the engine stops.
+//
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
@@ -31,6 +36,7 @@ public:
     void park() {
         std::lock_guard lock(mu_);
         parked_.store(true, std::memory_order_relaxed);
+        ++epoch_;
     }
     void unpark() {
         {
@@ -40,18 +46,22 @@ public:
         cv_.notify_all();
     }
     [[nodiscard]] bool parked() const { return parked_.load(std::memory_order_relaxed); }
+    // Parks so far. Read it inside a unit (run_unit holds the mutex that park() takes).
+    [[nodiscard]] uint64_t epoch() const { return epoch_; }
+    // set_stopping() has run (relaxed: a scan polls it and stops a few pages late at worst).
+    [[nodiscard]] bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
 
     // Blocks while parked. False when the gate is stopping (the waiter should give up).
     [[nodiscard]] bool wait_unparked() {
         std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return !parked_.load(std::memory_order_relaxed) || stopping_; });
-        return !stopping_;
+        cv_.wait(lock, [&] { return !parked_.load(std::memory_order_relaxed) || stopping(); });
+        return !stopping();
     }
     // Wakes every wait_unparked() for good.
     void set_stopping() {
         {
             std::lock_guard lock(mu_);
-            stopping_ = true;
+            stopping_.store(true, std::memory_order_relaxed);
         }
         cv_.notify_all();
     }
@@ -60,7 +70,8 @@ private:
     std::mutex mu_;
     std::condition_variable cv_;
     std::atomic<bool> parked_{false};
-    bool stopping_ = false;
+    std::atomic<bool> stopping_{false};
+    uint64_t epoch_ = 0;  // guarded by mu_
 };
 
 }  // namespace coiommu::workers

@@ -42,6 +42,14 @@ public:
     // runs (owned by the variant). An invalid DTT is not an Error: the engine runs and completes
     // every request with an error (as crosvm's workers do). Errors: allocation of the policy.
     [[nodiscard]] virtual Result<UnpinStrategy*> prepare(Gpa dtt_root, uint64_t dtt_level) = 0;
+    // Between prepare and start_pinning, at most once (a resumed session): takes over extents a
+    // previous daemon mapped, as if this variant had mapped them: recorded, handed to the unpin
+    // policy, unmapped by teardown. The DTT is left as the guest has it (a page the old daemon
+    // mapped but had not yet shown PINNED is shown PINNED by the guest's next request for it).
+    // Errors: EINVAL when an extent is empty, outside the table, overlaps one adopted before, or
+    // is longer than the variant maps in one call (seed: one page; fast: kMaxBatchPages); nothing
+    // is adopted then.
+    [[nodiscard]] virtual Status adopt(std::span<const GfnRange> extents) = 0;
     // Starts the threads that take requests. Errors: errno of thread creation (none is left running).
     [[nodiscard]] virtual Status start_pinning() = 0;
     // Joins those threads; every request already taken completes its slot. Idempotent.

@@ -73,6 +73,25 @@ Result<UnpinStrategy*> SeedPinner::prepare(Gpa dtt_root, uint64_t dtt_level) {
     return static_cast<UnpinStrategy*>(this);
 }
 
+Status SeedPinner::adopt(std::span<const GfnRange> extents) {
+    // The seed maps one page per call, so only single-page extents can be its own (a record of
+    // the fast variant's coalesced extents would be bisected by its per-page unmaps).
+    for (const GfnRange& r : extents) {
+        if (r.count != 1 || !table_.in_range(r.start) || table_.mapped(r.start)) {
+            return make_error(EINVAL, fmt::format("adopt extent {:#x}+{}: the seed variant adopts single pages of "
+                                                  "this guest that it does not map yet",
+                                                  raw(r.start), r.count));
+        }
+    }
+    std::lock_guard g(mu_);
+    for (const GfnRange& r : extents) {
+        auto lock = table_.lock(r.start);
+        lock.set_mapped();
+        if (cfg_.unpin_policy == UnpinPolicy::Lru) new_gen_.push_back(Entry{raw(r.start), 0});
+    }
+    return ok();
+}
+
 Status SeedPinner::start_pinning() {
     try {
         pin_thread_ = std::thread([this] { run_pin(); });
@@ -210,8 +229,13 @@ SeedPinner::Tally SeedPinner::pin_request(uint32_t vcpu, const core::DecodedRequ
                 ++t.newly;
                 if (cfg_.unpin_policy == UnpinPolicy::Lru) new_gen_.push_back(Entry{raw(gfn), 0});
                 break;
-            case core::PinOutcome::AlreadyPinned:
-            case core::PinOutcome::Repinned: ++t.already; break;
+            case core::PinOutcome::Repinned:
+                // crosvm maps it again, gets EEXIST and, as for any page it pins, tracks it: a page
+                // the LRU dropped (the guest had cleared its entry) is aged again from here.
+                ++t.already;
+                if (cfg_.unpin_policy == UnpinPolicy::Lru) new_gen_.push_back(Entry{raw(gfn), 0});
+                break;
+            case core::PinOutcome::AlreadyPinned: ++t.already; break;
             case core::PinOutcome::MapFailed:
                 ++t.map_failed;
                 if (t.first_error == 0) t.first_error = r->error;
@@ -267,9 +291,13 @@ uint64_t SeedPinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* exam
         std::lock_guard g(mu_);
         todo = (gen == Gen::New ? new_gen_ : old_gen_).size();
     }
+    // One cursor for this scan, reset whenever the guest parked since the last unit.
     core::DttWalker walker = *walker_;
-    for (; todo > 0 && (!limit || unpinned < *limit); --todo) {
+    walker.reset_cursor();
+    uint64_t epoch = gate_.epoch();  // no unit runs outside run_unit: any value works here
+    for (; todo > 0 && (!limit || unpinned < *limit) && !gate_.stopping(); --todo) {
         const auto r = gate_.run_unit([&]() -> std::optional<std::pair<Entry, UnpinResult>> {
+            fresh_cursor_after_park(walker, epoch);
             std::lock_guard g(mu_);
             auto& q = gen == Gen::New ? new_gen_ : old_gen_;
             if (q.empty()) return std::nullopt;
@@ -331,42 +359,68 @@ void SeedPinner::tick() {
     COIOMMU_PROBE_UNPIN_SCAN(cfg_.session, ScanKind::Lru, examined, n_old + n_new, dur);
 }
 
-telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges) {
+// The guest may free and reuse the cached leaf page while parked: a unit after a park walks afresh.
+// Called inside a gated unit (the gate's epoch is stable there).
+void SeedPinner::fresh_cursor_after_park(core::DttWalker& walker, uint64_t& epoch) const {
+    if (gate_.epoch() != epoch) {
+        walker.reset_cursor();
+        epoch = gate_.epoch();
+    }
+}
+
+telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges,
+                                             std::span<telemetry::BalloonResult> per_range) {
+    using telemetry::BalloonResult;
     const uint64_t t0 = telemetry::monotonic_ns();
     uint64_t examined = 0, unpinned = 0;
-    auto result = telemetry::BalloonResult::Success;
+    bool stopped = false;
+    auto result = BalloonResult::Success;
+    // One cursor for the request (crosvm: one per range), reset after every park.
     std::optional<core::DttWalker> walker = walker_;
-    for (const GfnRange& range : ranges) {
-        const uint64_t start = raw(range.start);
-        const uint64_t end = start >= table_.size() ? start : start + std::min(range.count, table_.size() - start);
-        for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
-            std::optional<UnpinResult> r;
-            for (;;) {
-                r = gate_.run_unit([&] {
-                    std::lock_guard lock(mu_);
-                    const UnpinResult res =
-                        walker ? core::unpin_page(ctx_, *walker, Gfn{g}, core::Force::Yes) : UnpinResult::NotPinned;
-                    if (res == UnpinResult::Unpinned) count_unpinned();
-                    return res;
-                });
-                if (r) break;
-                unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
-                if (!gate_.wait_unparked()) break;
-            }
-            ++examined;
-            if (!r) {
-                result = telemetry::BalloonResult::Failed;
-                break;
-            }
-            unpin_stats_->unpin_attempts[*r].add();
-            if (*r == UnpinResult::Unpinned) {
-                ++unpinned;  // counted inside the unit
-            } else if (*r != UnpinResult::NotPinned) {
-                CLOG_ERROR(kLog, "force unpin failed by {} at gfn {:#x}", core::to_string(*r), g);
-                result = telemetry::BalloonResult::Failed;
-            }
-        }
-        if (result != telemetry::BalloonResult::Success) break;
+    if (walker) walker->reset_cursor();
+    uint64_t epoch = gate_.epoch();
+    // As the fast engine: only the pages we map, inside guest RAM (unpinner.h, "Balloon").
+    for (std::size_t i = 0; i < ranges.size(); ++i) {
+        auto range_result = BalloonResult::Success;
+        (void)for_each_ram_part(mem_, ranges[i], [&](Gfn first, uint64_t end) {
+            return table_.for_each_mapped(first, end, [&](Gfn g) {
+                if (gate_.stopping()) {
+                    stopped = true;
+                    return false;
+                }
+                std::optional<UnpinResult> r;
+                for (;;) {
+                    r = gate_.run_unit([&] {
+                        std::lock_guard lock(mu_);
+                        if (walker) fresh_cursor_after_park(*walker, epoch);
+                        const UnpinResult res =
+                            walker ? core::unpin_page(ctx_, *walker, g, core::Force::Yes) : UnpinResult::NotPinned;
+                        if (res == UnpinResult::Unpinned) count_unpinned();
+                        return res;
+                    });
+                    if (r) break;
+                    unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
+                    if (!gate_.wait_unparked()) break;
+                }
+                if (!r) {
+                    stopped = true;
+                    return false;
+                }
+                ++examined;
+                unpin_stats_->unpin_attempts[*r].add();
+                if (*r == UnpinResult::Unpinned) {
+                    ++unpinned;  // counted inside the unit
+                } else if (*r != UnpinResult::NotPinned) {
+                    CLOG_ERROR(kLog, "force unpin failed by {} at gfn {:#x}", core::to_string(*r), raw(g));
+                    range_result = BalloonResult::Failed;
+                    return false;
+                }
+                return true;
+            });
+        });
+        if (stopped) range_result = BalloonResult::Failed;
+        if (!per_range.empty()) per_range[i] = range_result;
+        if (range_result == BalloonResult::Failed) result = BalloonResult::Failed;
     }
     const uint64_t dur = telemetry::monotonic_ns() - t0;
     unpin_stats_->unpin_scans[ScanKind::Balloon].add();
@@ -379,23 +433,23 @@ telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges) {
 uint64_t SeedPinner::teardown() {
     uint64_t pages = 0;
     std::optional<core::DttWalker> walker = walker_;
-    for (uint64_t g = 0; g < table_.size() && table_.mapped_pages() != 0; ++g) {
-        if (!table_.mapped(Gfn{g})) continue;
-        auto lock = table_.lock(Gfn{g});
-        if (!lock.mapped()) continue;
+    (void)table_.for_each_mapped(Gfn{0}, table_.size(), [&](Gfn g) {
+        auto lock = table_.lock(g);
+        if (!lock.mapped()) return true;
         if (walker) {
-            auto leaf = walker->leaf(Gfn{g});
+            auto leaf = walker->leaf(g);
             // Safety: leaf word from DttWalker::leaf; seq_cst RMW. The mapping goes away below.
             if (leaf) leaf->fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
         }
-        auto st = backend_.unmap_exact(Iova{g << kPageShift}, kPageSize);
+        auto st = backend_.unmap_exact(Iova{raw(g) << kPageShift}, kPageSize);
         if (!st) {
-            CLOG_ERROR(kLog, "teardown: cannot unmap gfn {:#x}: {}", g, st.error().message());
-            continue;
+            CLOG_ERROR(kLog, "teardown: cannot unmap gfn {:#x}: {}", raw(g), st.error().message());
+            return true;
         }
         lock.clear_mapped();
         ++pages;
-    }
+        return table_.mapped_pages() != 0;
+    });
     stats_.gauges().pinned_pages.sub(std::min(pages, stats_.gauges().pinned_pages.load()));
     stats_.gauges().dma_entries.set(backend_.live_entries());
     std::lock_guard g(mu_);

@@ -11,7 +11,10 @@
 //     balloon requests per page with force; PARK stops both;
 //   - stop joins both threads and unmaps every page still recorded in the PinTable.
 // Differences from crosvm are those of the primitives (pinner.h: the host record decides).
-// Pages mapped by someone else (EEXIST) are never tracked for LRU (they are not ours to unmap).
+// Pages mapped by someone else (EEXIST) are never tracked for LRU (they are not ours to unmap); a
+// page of ours re-pinned after the guest cleared its entry (crosvm's EEXIST path) is tracked again.
+// Balloon: only the pages we map, per range, each range with its result (unpinner.h, "Balloon").
+// Every scan and balloon request walks with its own DTT cursor, reset after each park.
 //
 // Thread-safety: PinEngine's (Engine serialises the lifecycle calls); new_gen_size/old_gen_size from
 // any thread.
@@ -46,6 +49,7 @@ public:
     ~SeedPinner() override;
 
     [[nodiscard]] Result<UnpinStrategy*> prepare(Gpa dtt_root, uint64_t dtt_level) override;
+    [[nodiscard]] Status adopt(std::span<const GfnRange> extents) override;
     [[nodiscard]] Status start_pinning() override;
     void stop_pinning() override;
     uint64_t teardown() override;
@@ -77,7 +81,9 @@ private:
     void record(telemetry::StatsShard& s, telemetry::RequestKind kind, const Tally& t);
     // UnpinStrategy
     void tick() override;
-    [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) override;
+    [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges,
+                                                   std::span<telemetry::BalloonResult> per_range = {}) override;
+    void fresh_cursor_after_park(core::DttWalker& walker, uint64_t& epoch) const;
     // One unpinned page's counts (unpin stats, pinned gauge). Called inside the gated unit.
     void count_unpinned();
     uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);

@@ -163,6 +163,7 @@ uint64_t ExtentUnpinner::scan(Gen gen, std::optional<uint64_t> limit, uint64_t* 
     requeue_old_.clear();
     uint64_t unpinned = 0;
     for (std::size_t todo = q.size(); todo > 0 && (!limit || unpinned < *limit); --todo) {
+        if (gate_.stopping()) break;  // the engine stops: the entries stay queued for teardown
         const Entry e = q.front();
         q.pop_front();
         uint32_t pages = 0;
@@ -226,71 +227,70 @@ void ExtentUnpinner::tick() {
     COIOMMU_PROBE_UNPIN_SCAN(env_.session, ScanKind::Lru, examined, n_old + n_new, dur);
 }
 
-UnpinResult ExtentUnpinner::balloon_page(Gfn gfn) {
-    if (auto head = env_.extents.head_of(gfn); head && env_.table.mapped(gfn)) {
-        const UnpinResult r = unpin_extent(*head, core::Force::Yes);
-        // A head that changed between the snapshot and the lock (raced an unpin/repin): decide on the
-        // page again below.
-        if (r != UnpinResult::NotPinned || !env_.table.mapped(gfn)) return r;
+UnpinResult ExtentUnpinner::balloon_page(Gfn gfn, uint32_t* pages) {
+    // Twice: a head snapshot that changed before its lock was taken (the page raced an unpin and a
+    // new pin) answers NotPinned while the page is still ours; the second look finds its new head.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        if (const auto head = env_.extents.head_of(gfn)) {
+            const UnpinResult r = unpin_extent(*head, core::Force::Yes, pages);
+            if (r != UnpinResult::NotPinned) return r;
+        }
+        if (!env_.table.mapped(gfn)) return UnpinResult::NotPinned;
     }
-    // Not ours: as crosvm does on the DTT (ACCESSED cleared, a mapped page refuses the balloon),
-    // under the page lock so that no pin of the page interleaves.
-    core::PinTable::PageLock lock = env_.table.lock(gfn);
-    if (lock.mapped()) {
-        lock.unlock();
-        auto head = env_.extents.head_of(gfn);
-        return head ? unpin_extent(*head, core::Force::Yes) : UnpinResult::Failed;
-    }
-    if (!walker_) return UnpinResult::NotPinned;
-    walker_->reset_cursor();
-    auto leaf = walker_->leaf(gfn);
-    if (!leaf) return UnpinResult::NotPinned;
-    // Safety: leaf word from DttWalker::leaf; seq_cst RMW and CAS.
-    leaf->fetch_and(~core::kDtteAccessed, std::memory_order_seq_cst);
-    uint32_t expected = core::kDttePinned;
-    if (leaf->compare_exchange(expected, 0, std::memory_order_seq_cst) || expected == 0) {
-        return UnpinResult::NotPinned;  // PINNED without a mapping of ours (forged / EEXIST): cleared
-    }
-    CLOG_ERROR_RL(kLog, "force case cannot unpin gfn {:#x} entry {:#x}", raw(gfn), expected);
-    return UnpinResult::NotUnpinned;
+    CLOG_ERROR_RL(kLog, "balloon: gfn {:#x} is recorded as mapped but no extent holds it", raw(gfn));
+    return UnpinResult::Failed;
 }
 
-telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> ranges) {
+telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> ranges,
+                                                 std::span<telemetry::BalloonResult> per_range) {
+    using telemetry::BalloonResult;
     drain();
     const uint64_t t0 = telemetry::monotonic_ns();
     uint64_t examined = 0;
     uint64_t unpinned = 0;
-    auto result = telemetry::BalloonResult::Success;
-    for (const GfnRange& range : ranges) {
-        // Gfns at or beyond the end of guest RAM are never mapped: clamp instead of looping over a
-        // guest- or VMM-supplied count of up to 2^64.
-        const uint64_t start = raw(range.start);
-        const uint64_t end =
-            start >= env_.table.size() ? start : start + std::min(range.count, env_.table.size() - start);
-        for (uint64_t g = start; g < end && result == telemetry::BalloonResult::Success; ++g) {
-            std::optional<UnpinResult> r;
-            for (;;) {
-                r = gate_.run_unit([&] { return balloon_page(Gfn{g}); });
-                if (r) break;
-                count_attempt(UnpinResult::Parked, 1);
-                unmap_trace(env_.session).flush();  // before blocking while parked
-                if (!gate_.wait_unparked()) break;  // stopping
-            }
-            ++examined;
-            if (!r) {
-                result = telemetry::BalloonResult::Failed;
-                break;
-            }
-            count_attempt(*r, 1);
-            if (*r == UnpinResult::Unpinned) {
-                ++unpinned;
-            } else if (*r != UnpinResult::NotPinned) {
-                CLOG_ERROR(kLog, "balloon: force unpin of gfn {:#x} failed", g);
-                result = telemetry::BalloonResult::Failed;
-            }
-        }
-        if (result != telemetry::BalloonResult::Success) break;
+    bool stopped = false;
+    auto result = BalloonResult::Success;
+    // Per range, only the pages we map (the host record's touched chunks inside guest RAM): a page
+    // we do not map needs nothing from us, whatever its DTT entry says (engine/README.md, "LRU and
+    // balloon unpinning"), so a range of 2^64 gfns costs what the pages we map cost.
+    for (std::size_t i = 0; i < ranges.size(); ++i) {
+        auto range_result = BalloonResult::Success;
+        (void)for_each_ram_part(env_.mem, ranges[i], [&](Gfn first, uint64_t end) {
+            return env_.table.for_each_mapped(first, end, [&](Gfn g) {
+                if (gate_.stopping()) {
+                    stopped = true;
+                    return false;
+                }
+                uint32_t pages = 0;
+                std::optional<UnpinResult> r;
+                for (;;) {
+                    r = gate_.run_unit([&] { return balloon_page(g, &pages); });
+                    if (r) break;
+                    count_attempt(UnpinResult::Parked, 1);
+                    unmap_trace(env_.session).flush();  // before blocking while parked
+                    if (!gate_.wait_unparked()) break;  // stopping
+                }
+                if (!r) {
+                    stopped = true;
+                    return false;
+                }
+                examined += std::max<uint32_t>(pages, 1);
+                count_attempt(*r, pages);
+                if (*r == UnpinResult::Unpinned) {
+                    unpinned += pages;
+                } else if (*r != UnpinResult::NotPinned) {
+                    CLOG_ERROR(kLog, "balloon: force unpin of gfn {:#x} failed: {}", raw(g), core::to_string(*r));
+                    range_result = BalloonResult::Failed;
+                    return false;  // the rest of this range stays pinned; the next range runs
+                }
+                return true;
+            });
+        });
+        if (stopped) range_result = BalloonResult::Failed;  // and every range after it
+        if (!per_range.empty()) per_range[i] = range_result;
+        if (range_result == BalloonResult::Failed) result = BalloonResult::Failed;
     }
+    if (stopped) CLOG_WARN(kLog, "balloon: the engine stops; request answered Failed");
     const uint64_t dur = telemetry::monotonic_ns() - t0;
     env_.stats.unpin_scans[ScanKind::Balloon].add();
     env_.stats.unpin_scan_duration_ns[ScanKind::Balloon].observe(dur);
@@ -377,11 +377,11 @@ uint64_t ExtentUnpinner::teardown() {
             CLOG_WARN(kLog, "teardown: {} pages still recorded after the tracked extents; scanning",
                       env_.table.mapped_pages());
         }
-        for (uint64_t g = 0; g < env_.table.size() && env_.table.mapped_pages() != 0; ++g) {
-            if (!env_.table.mapped(Gfn{g})) continue;
-            const auto head = env_.extents.head_of(Gfn{g});
-            pages += force_unmap(head ? *head : Gfn{g});
-        }
+        (void)env_.table.for_each_mapped(Gfn{0}, env_.table.size(), [&](Gfn g) {
+            const auto head = env_.extents.head_of(g);
+            pages += force_unmap(head ? *head : g);
+            return env_.table.mapped_pages() != 0;
+        });
     }
     env_.gauges.dma_entries.set(env_.backend.live_entries());
     unmap_trace(env_.session).flush();
@@ -465,7 +465,7 @@ void UnpinService::run() {
                             requests_.pop_front();
                         }
                         if (req->is_balloon) {
-                            req->result = strategy_.balloon(req->ranges);
+                            req->result = strategy_.balloon(req->ranges, req->per_range);
                         } else {
                             strategy_.tick();
                         }
@@ -500,10 +500,15 @@ Status UnpinService::submit(Request& req) {
     return ok();
 }
 
-Result<telemetry::BalloonResult> UnpinService::balloon(std::span<const GfnRange> ranges) {
+Result<telemetry::BalloonResult> UnpinService::balloon(std::span<const GfnRange> ranges,
+                                                       std::span<telemetry::BalloonResult> per_range) {
+    if (!per_range.empty() && per_range.size() != ranges.size()) {
+        return make_error(EINVAL, "balloon: one result per range");
+    }
     Request req;
     req.is_balloon = true;
     req.ranges = ranges;
+    req.per_range = per_range;
     COIOMMU_TRY(submit(req));
     return req.result;
 }

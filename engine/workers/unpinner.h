@@ -33,17 +33,22 @@
 // unmap_exact() over the extent: failure restores PINNED on every member (Failed), success
 // clears the records (Unpinned).
 //
-// Balloon (force): for each gfn of each range (clamped to guest RAM: no unbounded loop on a huge
-// count), in order: a page we do not map is handled as crosvm does on the DTT (ACCESSED cleared,
-// a map count > 0 refuses the page); a page we map is unpinned with its whole extent, ACCESSED
-// force-cleared on every member - also members outside the ranges, because a mapping cannot be
-// split: the extent is released only if no member has a map count. Unpinned / NotPinned go on;
-// anything else stops the request: Failed. While parked, the request waits and retries the page.
+// Balloon (force), one pass per range: only the pages we map are visited (the parts of the range
+// inside guest RAM regions, and there only the PinTable's touched chunks), so a range of 2^64
+// gfns costs what the pages we map cost. A page we do not map is left alone, DTT included
+// (engine/README.md, "LRU and balloon unpinning", lists this against crosvm). A page we map is
+// unpinned with its whole extent, ACCESSED force-cleared on every member - also members outside
+// the ranges, because a mapping cannot be split: the extent is released only if no member has a
+// map count. Unpinned / NotPinned go on; anything else fails the range, which stops there; the
+// next range still runs, and each range gets its own result (any failure makes the request
+// Failed). While parked, the request waits and retries the page; when the engine stops (the
+// gate's stopping(), polled per page) the request ends at once, Failed.
 //
 // Thread-safety: ExtentUnpinner is single-threaded (one owner at a time); the pin workers only
 // touch it through the ExtentHandoff. UnpinService methods may be called from any thread.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -83,8 +88,26 @@ class UnpinStrategy {
 public:
     virtual ~UnpinStrategy() = default;
     virtual void tick() = 0;
-    [[nodiscard]] virtual telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) = 0;
+    // Force-unpins the pages we map in `ranges`; per_range (empty, or one per range) receives each
+    // range's result; the return is Failed when any range failed.
+    [[nodiscard]] virtual telemetry::BalloonResult balloon(std::span<const GfnRange> ranges,
+                                                           std::span<telemetry::BalloonResult> per_range = {}) = 0;
 };
+
+// Calls f(first, end) for each part [first, end) of `range` that lies in a guest RAM region,
+// ascending; a count up to 2^64 - 1 is clamped, never looped over. f returns false to stop;
+// returns false when it did.
+template <class F>
+bool for_each_ram_part(const GuestMemory& mem, const GfnRange& range, F&& f) {
+    const uint64_t start = raw(range.start);
+    const uint64_t end = range.count > ~uint64_t{0} - start ? ~uint64_t{0} : start + range.count;
+    for (const auto& r : mem.regions()) {
+        const uint64_t lo = std::max(start, raw(r.base) >> kPageShift);
+        const uint64_t hi = std::min(end, (raw(r.base) + r.size) >> kPageShift);
+        if (lo < hi && !f(Gfn{lo}, hi)) return false;
+    }
+    return true;
+}
 
 struct UnpinEnv {
     const GuestMemory& mem;
@@ -112,7 +135,8 @@ public:
 
     // One LRU tick (drains new extents first). A no-op scan while parked or with policy off.
     void tick() override;
-    [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges) override;
+    [[nodiscard]] telemetry::BalloonResult balloon(std::span<const GfnRange> ranges,
+                                                   std::span<telemetry::BalloonResult> per_range = {}) override;
     // Takes newly created extents into new_gen.
     void drain();
     // Unmaps every extent we hold (busy or not), clears PINNED on their pages, forgets them. For
@@ -136,7 +160,8 @@ private:
     // Returns pages unpinned; adds to *examined.
     uint64_t scan(Gen gen, std::optional<uint64_t> limit, uint64_t* examined);
     UnpinResult unpin_locked_extent(Gfn head, uint32_t len, core::Force force);
-    UnpinResult balloon_page(Gfn gfn);
+    // Force-unpins the extent holding `gfn` (a page we map); `pages` receives its length.
+    UnpinResult balloon_page(Gfn gfn, uint32_t* pages);
     uint64_t force_unmap(Gfn head);
     // One DMA unmap of the extent [head, head + len): timed, probed (dma_unmap) and counted
     // (calls, latency, bytes or failures). Precondition: the extent's page locks are held.
@@ -180,7 +205,9 @@ public:
     UnpinService& operator=(const UnpinService&) = delete;
 
     // Runs on the service thread; blocks until done. Errors: ECANCELED when stopped first.
-    [[nodiscard]] Result<telemetry::BalloonResult> balloon(std::span<const GfnRange> ranges);
+    // `per_range`: empty, or one result per range (EINVAL otherwise).
+    [[nodiscard]] Result<telemetry::BalloonResult> balloon(std::span<const GfnRange> ranges,
+                                                           std::span<telemetry::BalloonResult> per_range = {});
     [[nodiscard]] Status tick_now();
     // Stops and joins the thread (pending requests fail with ECANCELED). Idempotent.
     void stop();
@@ -190,6 +217,7 @@ public:
 private:
     struct Request {
         std::span<const GfnRange> ranges;
+        std::span<telemetry::BalloonResult> per_range;
         bool is_balloon = false;
         bool done = false;
         bool cancelled = false;

@@ -343,10 +343,10 @@ TEST(DaemonConfig, HelpListsTheEngineOptionsFromTheirTable) {
 }
 
 TEST(DaemonConfig, BackendsDecideTheOfferedFeatures) {
-    EXPECT_EQ(features_for({"vfio"}), proto::kFeatureVfioBackend);
-    EXPECT_EQ(features_for({"fake"}), proto::kFeatureFakeBackend | proto::kFeatureQueryMapped);
+    EXPECT_EQ(features_for({"vfio"}), proto::kFeatureVfioBackend | proto::kFeatureResume);
+    EXPECT_EQ(features_for({"fake"}), proto::kFeatureFakeBackend | proto::kFeatureQueryMapped | proto::kFeatureResume);
     ASSERT_OK_AND_ASSIGN(auto p, parse_args({"--backends", "vfio"}));
-    EXPECT_EQ(p.config.server_options().policy.features, proto::kFeatureVfioBackend);
+    EXPECT_EQ(p.config.server_options().policy.features, proto::kFeatureVfioBackend | proto::kFeatureResume);
 }
 
 TEST(DaemonConfig, HandshakeBoundsReachTheServer) {

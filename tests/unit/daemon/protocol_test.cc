@@ -45,8 +45,9 @@ TEST(Protocol, HeaderIsTwentyFourLittleEndianBytes) {
 TEST(Protocol, RequestTypesAreKnownAndRepliesAreNot) {
     EXPECT_EQ(proto::request_type(1), proto::MsgType::Hello);
     EXPECT_EQ(proto::request_type(11), proto::MsgType::Close);
+    EXPECT_EQ(proto::request_type(12), proto::MsgType::Resume);
     EXPECT_FALSE(proto::request_type(0));
-    EXPECT_FALSE(proto::request_type(12));
+    EXPECT_FALSE(proto::request_type(13));
     EXPECT_FALSE(proto::request_type(proto::reply_type(proto::MsgType::Hello)));
     EXPECT_FALSE(proto::request_type(static_cast<uint16_t>(proto::MsgType::Error)));
 }

@@ -447,12 +447,13 @@ TEST_F(SessionTest, VfioBackendWithANonContainerFdIsRefused) {
 
 // ---- the iommufd backend (protocol 1.1) -------------------------------------------------------
 
-TEST_F(SessionTest, HelloReportsMinorVersionOneWithTheIommufdFeature) {
+TEST_F(SessionTest, HelloReportsMinorVersionTwoWithTheIommufdFeature) {
     start();
     ASSERT_OK_AND_ASSIGN(auto h, client_->hello("a", proto::kAllFeatures));
     EXPECT_EQ(h.version, 1);
-    EXPECT_EQ(h.minor, 1);
+    EXPECT_EQ(h.minor, 2);
     EXPECT_NE(h.features & proto::kFeatureIommufdBackend, 0u);
+    EXPECT_EQ(h.features & proto::kFeatureResume, 0u) << "resume is opt-in: not asked for, not offered";
 }
 
 TEST_F(SessionTest, IommufdBackendNotAllowedByPolicyIsRefusedByTheClient) {

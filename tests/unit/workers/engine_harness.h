@@ -56,6 +56,7 @@ inline constexpr Gfn kVmData{0x100};
 struct VmOptions {
     EngineConfig cfg = test_config();
     uint32_t vcpus = 2;
+    uint64_t ram_bytes = kVmRamBytes;  // one region from gpa 0 (a sparse memfd: only touched pages cost)
     dma::FakeConfig fake{};
     bool activate = true;
     bool trap_triggers = false;  // trigger through device.mmio_write instead of the eventfd
@@ -69,7 +70,7 @@ class EmulatedVm {
 public:
     explicit EmulatedVm(VmOptions o = {}) : opts_(std::move(o)) {
         builder_ = std::make_unique<testing::DttBuilder>(
-            testing::DttBuilder::create({4, kVmRamBytes, kVmPoolPages, opts_.vcpus}).value());
+            testing::DttBuilder::create({4, opts_.ram_bytes, kVmPoolPages, opts_.vcpus}).value());
         backend_ = std::make_unique<dma::FakeBackend>(opts_.fake);
         device_ = device::CoiommuDevice::create(device::DeviceConfig{{kEndpoint}, opts_.vcpus}).value();
         engine_ = Engine::create(opts_.cfg, device_deps(*device_, builder_->mem(), *backend_)).value();

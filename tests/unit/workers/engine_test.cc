@@ -463,6 +463,81 @@ TEST(EngineBalloon, SuccessAndFailed) {
     }
 }
 
+// Issue #15 §2: a balloon request's cost follows the pages the engine maps, not the range.
+TEST(EngineBalloon, UnboundedRangeOnASparseTebibyteGuestTakesMilliseconds) {
+    for (Variant v : {Variant::Fast, Variant::Seed}) {
+        VmOptions o = vm_options(test_config(v));
+        o.ram_bytes = uint64_t{1} << 40;  // 2^28 gfns
+        EmulatedVm vm(o);
+        ASSERT_OK(vm.map_range(0, 0, 4));
+        vm.unmap_range(0, 0, 4);
+        const GfnRange all{Gfn{0}, ~uint64_t{0}};
+        const auto t0 = std::chrono::steady_clock::now();
+        ASSERT_OK_AND_ASSIGN(auto r, vm.engine().balloon_unpin({&all, 1}));
+        const auto took = std::chrono::steady_clock::now() - t0;
+        EXPECT_EQ(r, telemetry::BalloonResult::Success) << to_string(v);
+        EXPECT_EQ(vm.mapped_pages(), 0u) << to_string(v);
+        EXPECT_LT(took, 1s) << to_string(v) << ": "
+                            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms";
+    }
+}
+
+TEST(EngineBalloon, StopEndsABalloonInProgressWithinASecond) {
+    for (Variant v : {Variant::Fast, Variant::Seed}) {
+        VmOptions o = vm_options(test_config(v));
+        dma::LatencyModel slow;
+        slow.unmap_per_call = 4ms;  // 400 single-page extents: a 1.6 s balloon
+        o.fake.latency = slow;
+        EmulatedVm vm(o);
+        std::vector<Gfn> pages;
+        for (uint64_t i = 0; i < 400; ++i) pages.push_back(vm_gfn(2 * i));  // never adjacent: 400 extents
+        for (std::size_t i = 0; i < pages.size(); i += kBatchCapacity) {
+            const std::span<const Gfn> part(pages.data() + i, std::min<std::size_t>(kBatchCapacity, pages.size() - i));
+            ASSERT_OK(vm.map(0, part));
+            ASSERT_OK(vm.vcpu(0).unmap(part));
+        }
+        ASSERT_EQ(vm.mapped_pages(), pages.size());
+        std::atomic<int64_t> returned_ns{0};
+        std::thread balloon([&] {
+            const GfnRange r{vm_gfn(0), 800};
+            auto res = vm.engine().balloon_unpin({&r, 1});
+            returned_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+            EXPECT_TRUE(!res || *res == telemetry::BalloonResult::Failed) << to_string(v);
+        });
+        std::this_thread::sleep_for(200ms);
+        const auto stop_at = std::chrono::steady_clock::now();
+        (void)vm.engine().stop();  // then unmaps what the balloon left (4 ms each here)
+        balloon.join();
+        const auto waited =
+            std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(returned_ns.load())) - stop_at;
+        EXPECT_LT(waited, 1s) << to_string(v) << ": the balloon returned "
+                              << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()
+                              << " ms after stop()";
+        EXPECT_EQ(vm.mapped_pages(), 0u) << to_string(v);
+    }
+}
+
+TEST(EngineLru, SeedTracksAPageRepinnedAfterTheLruDroppedIt) {
+    EmulatedVm vm(vm_options(test_config(Variant::Seed)));
+    ASSERT_OK(vm.map_range(0, 0, 1));
+    vm.unmap_range(0, 0, 1);
+    ASSERT_EQ(vm.seed()->new_gen_size(), 1u);
+    // The guest zeroes the entry, PINNED included: the next scan finds NotPinned and drops the
+    // page from tracking, while our mapping stays.
+    ASSERT_OK(vm.guest().set_entry(vm_gfn(0), 0));
+    ASSERT_OK(vm.engine().run_unpin_tick());
+    ASSERT_EQ(vm.seed()->new_gen_size(), 0u);
+    ASSERT_TRUE(vm.mapped(vm_gfn(0)));
+    // The guest maps it again and asks for a pin: crosvm's EEXIST path, which tracks the page.
+    ASSERT_OK_AND_ASSIGN(auto rep, vm.map_range(0, 0, 1));
+    EXPECT_TRUE(rep.notified);
+    vm.unmap_range(0, 0, 1);
+    EXPECT_EQ(vm.seed()->new_gen_size(), 1u);
+    vm.clear_accessed(0, 1);
+    ASSERT_OK(vm.engine().run_unpin_tick());
+    EXPECT_FALSE(vm.mapped(vm_gfn(0))) << "aged and unpinned again";
+}
+
 TEST(EngineLru, SeedKeepsCrosvmsThresholdZeroQuirk) {
     EngineConfig cfg = test_config(Variant::Seed);
     cfg.unpin_gen_threshold = 0;

@@ -1,0 +1,191 @@
+// A daemon killed with SIGKILL mid-session, and the VMM resuming the session with a new daemon:
+// every page the guest was told is PINNED stays mapped, nothing is mapped twice, the engine
+// serves again, and Close leaves 0 mappings. The fake backend's mapping set lives in a memfd the
+// test (the VMM) owns, as a VFIO container outlives the daemon that mapped into it.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "engine/base/event_fd.h"
+#include "engine/core/spec.h"
+#include "engine/daemon/client.h"
+#include "engine/dma/fake_backend.h"
+#include "engine/dma/host_record.h"
+#include "engine/emulator/guest_driver.h"
+#include "tests/testing/daemon_process.h"
+#include "tests/testing/dtt_builder.h"
+#include "tests/testing/expect.h"
+
+namespace coiommu::daemon {
+namespace {
+
+using testing::DaemonOptions;
+using testing::DaemonProcess;
+using testing::TempDir;
+
+constexpr uint16_t kBdf = 0x0008;
+constexpr uint64_t kFeatures = proto::kAllFeatures | proto::kFeatureResume;
+
+Result<DaemonProcess> start_daemon() {
+    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommud-resume"));
+    DaemonOptions o;
+    o.program = COIOMMUD_PATH;
+    o.socket = dir.path("coiommud.sock");
+    o.args = {"--socket", o.socket, "--tracing", "off", "--log-level", "warn", "--metrics-address", "none"};
+    return DaemonProcess::start(std::move(dir), std::move(o));
+}
+
+Status write_reg(Client& c, uint64_t off, uint64_t v) {
+    std::byte b[8];
+    std::memcpy(b, &v, 8);
+    return c.mmio_write(off, b);
+}
+
+std::vector<Gfn> gfns(uint64_t first, uint64_t n) {
+    std::vector<Gfn> out;
+    for (uint64_t g = first; g < first + n; ++g) out.push_back(Gfn{g});
+    return out;
+}
+
+TEST(Resume, ADaemonKilledMidSessionIsResumedWithEveryPinKeptAndNothingLeaked) {
+    ASSERT_OK_AND_ASSIGN(auto guest, testing::DttBuilder::create({}));
+    ASSERT_OK_AND_ASSIGN(auto state, dma::FakeBackend::create_shared_state(4096));
+    ASSERT_OK_AND_ASSIGN(auto trigger, EventFd::create());
+    const int trigger_fd = trigger.fd();
+
+    ASSERT_OK_AND_ASSIGN(auto d1, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto c1, Client::connect(d1.socket(), "resume-vmm", kFeatures));
+    ASSERT_NE(c1->hello_info().features & proto::kFeatureResume, 0u);
+    ASSERT_OK(c1->set_memory(guest.mem()));
+    ASSERT_OK_AND_ASSIGN(auto dev, c1->set_topology(1, std::span<const uint16_t>(&kBdf, 1)));
+    ASSERT_TRUE(dev.record) << "a resumable session hands its record to the VMM";
+    ASSERT_OK(c1->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
+    ASSERT_OK_AND_ASSIGN(bool running, c1->set_triggers(std::span<const int>(&trigger_fd, 1)));
+    ASSERT_TRUE(running);
+    ASSERT_OK(write_reg(*c1, core::kRegDttRoot, raw(guest.root())));
+    ASSERT_OK(write_reg(*c1, core::kRegDttLevel, guest.levels()));
+    ASSERT_OK(write_reg(*c1, core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)));
+
+    emulator::GuestDriverConfig gcfg;
+    gcfg.mem = &guest.mem();
+    gcfg.dtt = &guest.dtt();
+    gcfg.notifymap_fd = dev.notifymap.get();
+    gcfg.trigger_fds = {trigger_fd};
+    ASSERT_OK_AND_ASSIGN(auto driver, emulator::GuestDriver::create(std::move(gcfg)));
+    ASSERT_OK_AND_ASSIGN(auto vcpu, driver->vcpu({0, kBdf, Gpa{0x100000}, 64}));
+    const auto pinned = gfns(0x200, 20);
+    ASSERT_OK_AND_ASSIGN(auto rep, vcpu.map(pinned));
+    ASSERT_EQ(rep.pages, 20u);
+    for (Gfn g : pinned) ASSERT_TRUE(guest.pinned(g));
+
+    // kill -9: nothing of the daemon's runs any more.
+    ASSERT_OK(d1.signal(SIGKILL));
+    ASSERT_TRUE(d1.wait_for_exit(std::chrono::seconds(5)));
+    ASSERT_OK_AND_ASSIGN(auto before, dma::FakeBackend::read_shared_state(state.get()));
+    uint64_t bytes_before = 0;
+    for (const auto& m : before) bytes_before += m.size;
+    EXPECT_EQ(bytes_before, 20 * kPageSize) << "the container outlived the daemon";
+
+    // A new daemon; the VMM hands everything back.
+    ASSERT_OK_AND_ASSIGN(auto d2, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto c2, Client::connect(d2.socket(), "resume-vmm", kFeatures));
+    ASSERT_OK(c2->set_memory(guest.mem()));
+    ASSERT_OK_AND_ASSIGN(auto info, c2->resume(1, std::span<const uint16_t>(&kBdf, 1), dev.notifymap.get(),
+                                               dev.topologymap.get(), dev.record.get()));
+    EXPECT_TRUE(info.active);
+    EXPECT_EQ(info.pages, 20u);
+    EXPECT_EQ(info.in_progress, 0u);
+    ASSERT_OK(c2->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
+    ASSERT_OK_AND_ASSIGN(running, c2->set_triggers(std::span<const int>(&trigger_fd, 1)));
+    ASSERT_TRUE(running);
+
+    // Nothing was unmapped or mapped twice, and the guest still sees every page PINNED.
+    ASSERT_OK_AND_ASSIGN(auto after, dma::FakeBackend::read_shared_state(state.get()));
+    ASSERT_EQ(after.size(), before.size());
+    for (std::size_t i = 0; i < after.size(); ++i) {
+        EXPECT_EQ(raw(after[i].iova), raw(before[i].iova));
+        EXPECT_EQ(after[i].size, before[i].size);
+    }
+    for (Gfn g : pinned) EXPECT_TRUE(guest.pinned(g));
+    ASSERT_OK_AND_ASSIGN(auto st, c2->stats());
+    EXPECT_EQ(st.head.active, 1u);
+    EXPECT_EQ(st.snapshot.gauges.pinned_pages, 20u);
+
+    // The resumed engine serves new requests, and re-asking for an adopted page maps nothing.
+    ASSERT_OK_AND_ASSIGN(rep, vcpu.map(gfns(0x400, 5)));
+    EXPECT_EQ(rep.pages, 5u);
+    ASSERT_OK_AND_ASSIGN(auto mapped, c2->query_mapped(Iova{0x400ull << kPageShift}, 5 * kPageSize));
+    EXPECT_TRUE(mapped);
+
+    // Close unmaps the adopted extents with the new ones.
+    ASSERT_OK_AND_ASSIGN(auto closed, c2->close());
+    EXPECT_EQ(closed.dma_entries_after, 0u);
+    EXPECT_EQ(closed.pages_unpinned, 25u);
+    ASSERT_OK_AND_ASSIGN(auto left, dma::FakeBackend::read_shared_state(state.get()));
+    EXPECT_TRUE(left.empty());
+}
+
+TEST(Resume, SigtermLeavesAResumableSessionsMappingsForTheNextDaemon) {
+    ASSERT_OK_AND_ASSIGN(auto guest, testing::DttBuilder::create({}));
+    ASSERT_OK_AND_ASSIGN(auto state, dma::FakeBackend::create_shared_state(4096));
+    ASSERT_OK_AND_ASSIGN(auto trigger, EventFd::create());
+    const int trigger_fd = trigger.fd();
+    ASSERT_OK_AND_ASSIGN(auto d1, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto c1, Client::connect(d1.socket(), "restart-vmm", kFeatures));
+    ASSERT_OK(c1->set_memory(guest.mem()));
+    ASSERT_OK_AND_ASSIGN(auto dev, c1->set_topology(1, std::span<const uint16_t>(&kBdf, 1)));
+    ASSERT_OK(c1->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
+    ASSERT_OK(c1->set_triggers(std::span<const int>(&trigger_fd, 1)));
+    ASSERT_OK(write_reg(*c1, core::kRegDttRoot, raw(guest.root())));
+    ASSERT_OK(write_reg(*c1, core::kRegDttLevel, guest.levels()));
+    ASSERT_OK(write_reg(*c1, core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)));
+    emulator::GuestDriverConfig gcfg;
+    gcfg.mem = &guest.mem();
+    gcfg.dtt = &guest.dtt();
+    gcfg.notifymap_fd = dev.notifymap.get();
+    gcfg.trigger_fds = {trigger_fd};
+    ASSERT_OK_AND_ASSIGN(auto driver, emulator::GuestDriver::create(std::move(gcfg)));
+    ASSERT_OK_AND_ASSIGN(auto vcpu, driver->vcpu({0, kBdf, Gpa{0x100000}, 64}));
+    ASSERT_OK(vcpu.map(gfns(0x300, 8)));
+
+    // A systemd restart: SIGTERM, exit 0, and the container keeps the 8 pages.
+    EXPECT_EQ(d1.terminate(), 0);
+    ASSERT_OK_AND_ASSIGN(auto left, dma::FakeBackend::read_shared_state(state.get()));
+    uint64_t bytes = 0;
+    for (const auto& m : left) bytes += m.size;
+    EXPECT_EQ(bytes, 8 * kPageSize);
+
+    ASSERT_OK_AND_ASSIGN(auto d2, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto c2, Client::connect(d2.socket(), "restart-vmm", kFeatures));
+    ASSERT_OK(c2->set_memory(guest.mem()));
+    ASSERT_OK_AND_ASSIGN(auto info, c2->resume(1, std::span<const uint16_t>(&kBdf, 1), dev.notifymap.get(),
+                                               dev.topologymap.get(), dev.record.get()));
+    EXPECT_EQ(info.pages, 8u);
+    ASSERT_OK(c2->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
+    ASSERT_OK(c2->set_triggers(std::span<const int>(&trigger_fd, 1)));
+    ASSERT_OK_AND_ASSIGN(auto closed, c2->close());
+    EXPECT_EQ(closed.pages_unpinned, 8u);
+    ASSERT_OK_AND_ASSIGN(left, dma::FakeBackend::read_shared_state(state.get()));
+    EXPECT_TRUE(left.empty());
+}
+
+TEST(Resume, ARecordOfAnotherGuestIsRefused) {
+    ASSERT_OK_AND_ASSIGN(auto guest, testing::DttBuilder::create({}));
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto c1, Client::connect(d.socket(), "a", kFeatures));
+    ASSERT_OK(c1->set_memory(guest.mem()));
+    ASSERT_OK_AND_ASSIGN(auto dev, c1->set_topology(1, std::span<const uint16_t>(&kBdf, 1)));
+    ASSERT_OK_AND_ASSIGN(auto other, dma::HostRecord::create(guest.mem().gfn_span() * 2));
+    ASSERT_OK_AND_ASSIGN(auto c2, Client::connect(d.socket(), "b", kFeatures));
+    ASSERT_OK(c2->set_memory(guest.mem()));
+    auto r = c2->resume(1, std::span<const uint16_t>(&kBdf, 1), dev.notifymap.get(), dev.topologymap.get(), other.fd());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, EINVAL);
+}
+
+}  // namespace
+}  // namespace coiommu::daemon
