@@ -14,6 +14,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev python3
   # scripts/lint.sh
   clang-format clang-tidy
+  # scripts/fuzz.sh: libFuzzer's runtime for clang 14 (the `fuzz` preset; clang is listed with BPF)
+  libclang-rt-14-dev
   # BPF: clang compiles *.bpf.c, bpftool makes skeletons and is the investigation tool
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
   # exporter and its live tests (prometheus ships promtool)

@@ -2,9 +2,10 @@
 # The test command: installs what is missing, then proves the user's path before the test suites:
 # the release build of every program and the README's run command (no warning allowed), the
 # Debian packages built, installed, verified and removed; then the whole ctest suite, the format
-# and lint check, and the unit tests again under ASan+UBSan and the concurrency tests under TSan.
+# and lint check, the unit tests again under ASan+UBSan and the concurrency tests under TSan, and
+# each libFuzzer target for a bounded time from its seed corpus (scripts/fuzz.sh).
 #
-# usage: ./scripts/test.sh [--quick]   (--quick: release path + dev preset only, no sanitizer passes)
+# usage: ./scripts/test.sh [--quick]   (--quick: release path + dev preset only, no sanitizer or fuzz passes)
 # env:   JOBS (parallel build/test jobs, default: number of cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,5 +46,9 @@ LINT_BUILD=build/dev ./scripts/lint.sh
 if [ "$QUICK" = 0 ]; then
   run_preset asan
   run_preset tsan
+  # A regression gate, not a search: every target from its committed corpus for 45 s (4 targets,
+  # 3 minutes); any crash, leak, hang or invariant failure fails the run and names the input.
+  step "fuzz: each libFuzzer target for 45 s (scripts/fuzz.sh)"
+  JOBS="$JOBS" ./scripts/fuzz.sh --time "${FUZZ_TIME:-45}"
 fi
 step "all tests passed"
