@@ -151,7 +151,12 @@ public:
             const uint64_t chunk = g >> kChunkShift;
             const uint64_t chunk_end = (chunk + 1) << kChunkShift;
             // Acquire pairs with note_touched's RMW, which precedes the release store of the word.
-            if ((touched_[chunk >> 6].load(std::memory_order_acquire) >> (chunk & 63) & 1) == 0) {
+            const uint64_t summary = touched_[chunk >> 6].load(std::memory_order_acquire) >> (chunk & 63);
+            if (summary == 0) {  // no touched chunk left in this summary word: skip up to 64 at once
+                g = ((chunk | 63) + 1) << kChunkShift;
+                continue;
+            }
+            if ((summary & 1) == 0) {
                 g = chunk_end;
                 continue;
             }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <filesystem>
@@ -294,6 +295,12 @@ TEST(EngineLifecycle, StopJoinsEveryThread) {
         ASSERT_OK(vm.map_range(0, 0, 1));
         EXPECT_EQ(engine_threads(), v == Variant::Fast ? 4 : 2) << to_string(v);  // intake + 2 pin + unpin
         vm.engine().stop();
+        // join() returns once the thread has cleared its tid, a moment before the kernel reaps its
+        // task entry, so /proc/self/task may still list it briefly: wait (bounded) for it to go.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (engine_threads() != 0 && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
         EXPECT_EQ(engine_threads(), 0) << to_string(v);
     }
 }
