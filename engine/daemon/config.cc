@@ -137,6 +137,24 @@ Status set_max_pending(DaemonConfig& cfg, std::string_view what, std::string_vie
     return ok();
 }
 
+// `auto` (0: derived from RLIMIT_NOFILE when the server starts) or a number of fds; below a
+// session's own base charge every Hello would be refused.
+Status set_fd_budget(std::string_view what, std::string_view value, uint64_t& out) {
+    if (value == "auto") {
+        out = 0;
+        return ok();
+    }
+    auto n = parse_u64_in(what, value, kSessionBaseFds, kMaxFdsLimit);
+    if (!n) {
+        return make_error(EINVAL, fmt::format("{}: '{}' is not auto or a number of fds {}..{}", what, value,
+                                              kSessionBaseFds, kMaxFdsLimit));
+    }
+    out = *n;
+    return ok();
+}
+
+std::string show_fd_budget(uint64_t v) { return v == 0 ? std::string("auto") : std::to_string(v); }
+
 // Checked here, over the engine defaults, so that an error names the file's line or the flag;
 // finalize() parses the options again over the mode's defaults.
 Status set_engine(DaemonConfig& cfg, std::string_view what, std::string_view value) {
@@ -226,6 +244,20 @@ constexpr Key kKeys[] = {
     {"max_pending", "", "N", kService,
      "connections waiting for their Hello, 1..4096 (they take no\nsession); one more closes the oldest (EBUSY)",
      set_max_pending, [](const DaemonConfig& c) { return std::to_string(c.max_pending); }},
+    {"max_fds_per_session", "", "N|auto", kService,
+     "fds one session may make the daemon hold (memfds, 2 per vCPU,\nbackend, ...); more: EMFILE. auto: every VM "
+     "the protocol\nallows, within RLIMIT_NOFILE - max_pending - 128",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) {
+         return set_fd_budget(what, v, c.max_fds_per_session);
+     },
+     [](const DaemonConfig& c) { return show_fd_budget(c.max_fds_per_session); }},
+    {"max_fds_per_uid", "", "N|auto", kService,
+     "fds the sessions of one uid (SO_PEERCRED) may hold together;\nmore: EMFILE. auto: RLIMIT_NOFILE - "
+     "max_pending - 128",
+     [](DaemonConfig& c, std::string_view what, std::string_view v) {
+         return set_fd_budget(what, v, c.max_fds_per_uid);
+     },
+     [](const DaemonConfig& c) { return show_fd_budget(c.max_fds_per_uid); }},
     {"hello_timeout", "", "DURATION", kService, "a connection must send its Hello within this; above 0",
      [](DaemonConfig& c, std::string_view what, std::string_view v) { return set_timeout(what, v, c.hello_timeout); },
      [](const DaemonConfig& c) { return format_duration(c.hello_timeout); }},
@@ -332,6 +364,8 @@ ServerOptions DaemonConfig::server_options() const {
     o.max_sessions = max_sessions;
     o.max_sessions_per_uid = max_sessions_per_uid;
     o.max_pending = max_pending;
+    o.max_fds_per_session = max_fds_per_session;
+    o.max_fds_per_uid = max_fds_per_uid;
     o.hello_timeout = hello_timeout;
     o.limits.setup_timeout = setup_timeout;
     o.limits.io_timeout = io_timeout;

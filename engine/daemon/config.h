@@ -10,6 +10,9 @@
 //   max_sessions        concurrent VMs                               64
 //   max_sessions_per_uid concurrent VMs of one uid, 0 = no cap       0
 //   max_pending         connections waiting for their Hello          64
+//   max_fds_per_session fds one session may make the daemon hold     auto: min(2132, fds for sessions)
+//   max_fds_per_uid     fds the sessions of one uid may hold         auto: fds for sessions
+//                       (fds for sessions: RLIMIT_NOFILE - max_pending - 128; fd_budget.h)
 //   hello_timeout       time a connection has to send Hello          1s
 //   setup_timeout       time a VMM has, from Hello, to reach Running 10s
 //   io_timeout          time a reply may wait for the VMM to read    5s
@@ -52,6 +55,7 @@ enum class PriorityPrefix : uint8_t { Auto, On, Off };
 inline constexpr std::string_view kDefaultSocket = "/run/coiommu/coiommud.sock";
 inline constexpr uint32_t kMaxSessionsLimit = 4096;
 inline constexpr uint32_t kMaxPendingLimit = 4096;
+inline constexpr uint64_t kMaxFdsLimit = uint64_t{1} << 30;  // the kernel's fs.nr_open ceiling
 
 struct DaemonConfig {
     Mode mode = Mode::Service;
@@ -62,6 +66,8 @@ struct DaemonConfig {
     uint32_t max_sessions = 64;
     uint32_t max_sessions_per_uid = 0;  // 0: no cap below max_sessions
     uint32_t max_pending = 64;
+    uint64_t max_fds_per_session = 0;  // 0: auto (derive_fd_limits)
+    uint64_t max_fds_per_uid = 0;      // 0: auto
     std::chrono::milliseconds hello_timeout{1'000};
     std::chrono::milliseconds setup_timeout{10'000};
     std::chrono::milliseconds io_timeout{5'000};

@@ -121,6 +121,8 @@ void reload(const std::vector<std::string_view>& args, DaemonConfig& live) {
     differs("max_sessions", next.max_sessions != live.max_sessions);
     differs("max_sessions_per_uid", next.max_sessions_per_uid != live.max_sessions_per_uid);
     differs("max_pending", next.max_pending != live.max_pending);
+    differs("max_fds_per_session", next.max_fds_per_session != live.max_fds_per_session);
+    differs("max_fds_per_uid", next.max_fds_per_uid != live.max_fds_per_uid);
     differs("hello_timeout", next.hello_timeout != live.hello_timeout);
     differs("setup_timeout", next.setup_timeout != live.setup_timeout);
     differs("io_timeout", next.io_timeout != live.io_timeout);

@@ -1,6 +1,8 @@
 #include "engine/daemon/protocol_io.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -71,6 +73,28 @@ void collect_fds(msghdr& mh, std::vector<UniqueFd>& out) {
         }
     }
 }
+
+// The kernel sets MSG_CTRUNC when the fds do not fit the control buffer (more than
+// kMaxFdsPerMessage: it installs exactly that many) and when it cannot install one (this process
+// is at RLIMIT_NOFILE, or the system at fs.file-max: fewer arrive, maybe none). `installed` fds of
+// the message arrived and are still open, so a probe for one more descriptor (a dup of `sock`)
+// fails the same way when the cause was the limit.
+Error truncated_fds_error(int sock, std::size_t installed) {
+    if (installed >= proto::kMaxFdsPerMessage) {
+        return Error{ETOOMANYREFS, fmt::format("more than {} fds in one message", proto::kMaxFdsPerMessage)};
+    }
+    const UniqueFd probe(::fcntl(sock, F_DUPFD_CLOEXEC, 0));
+    const int code = !probe && errno == ENFILE ? ENFILE : EMFILE;
+    rlimit lim{};
+    const std::string limit = ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
+                                  ? fmt::format("RLIMIT_NOFILE {}", lim.rlim_cur)
+                                  : std::string("RLIMIT_NOFILE");
+    return Error{code, fmt::format("out of file descriptors: only {} fds of the message could be received ({}{})",
+                                   installed, code == ENFILE ? "the system's file table is full, " : "", limit)};
+}
+
+// The check of this thread's recv_message, if any (ScopedReceiveCheck).
+thread_local ReceiveCheck* t_receive_check = nullptr;
 
 }  // namespace
 
@@ -159,9 +183,7 @@ Result<std::optional<Message>> recv_message(int sock, std::vector<std::byte>& bu
     if (n < 0) return make_error(err, "recvmsg");
     Message m;
     collect_fds(mh, m.fds);  // owned before any check can return
-    if ((mh.msg_flags & MSG_CTRUNC) != 0) {
-        return make_error(ETOOMANYREFS, fmt::format("more than {} fds in one message", proto::kMaxFdsPerMessage));
-    }
+    if ((mh.msg_flags & MSG_CTRUNC) != 0) return coiommu::unexpected(truncated_fds_error(sock, m.fds.size()));
     if ((mh.msg_flags & MSG_TRUNC) != 0) {
         return make_error(EMSGSIZE, fmt::format("message larger than {} bytes", proto::kMaxMessageSize));
     }
@@ -172,8 +194,13 @@ Result<std::optional<Message>> recv_message(int sock, std::vector<std::byte>& bu
     }
     std::memcpy(&m.header, buf.data(), sizeof(proto::Header));
     m.payload.assign(buf.begin() + sizeof(proto::Header), buf.begin() + static_cast<std::ptrdiff_t>(got));
+    if (t_receive_check != nullptr) COIOMMU_TRY(t_receive_check->check(m));
     return std::optional<Message>(std::move(m));
 }
+
+ScopedReceiveCheck::ScopedReceiveCheck(ReceiveCheck& check) : previous_(t_receive_check) { t_receive_check = &check; }
+
+ScopedReceiveCheck::~ScopedReceiveCheck() { t_receive_check = previous_; }
 
 Result<bool> wait_readable(int sock, int stop_fd, std::chrono::milliseconds timeout, bool* stopped) {
     if (stopped != nullptr) *stopped = false;

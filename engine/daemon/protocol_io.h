@@ -4,7 +4,9 @@
 // Bounds: a datagram is at most kMaxMessageSize bytes and carries at most kMaxFdsPerMessage fds.
 // A longer datagram arrives with MSG_TRUNC, more fds with MSG_CTRUNC: both are refused
 // (EMSGSIZE / ETOOMANYREFS), and every fd that did arrive is closed (owned by UniqueFd from the
-// moment recvmsg returns). Received fds carry O_CLOEXEC.
+// moment recvmsg returns). Received fds carry O_CLOEXEC. MSG_CTRUNC also says that the kernel
+// could not install every fd because the receiver is out of descriptors: that is EMFILE (ENFILE
+// when the system is), not ETOOMANYREFS (recv_message tells the two apart).
 //
 // Thread-safety: free functions; one socket must not be read (or written) by two threads at once.
 #pragma once
@@ -46,8 +48,34 @@ struct Message {
 // Receives one datagram (blocking unless the socket is non-blocking: EAGAIN then). nullopt at
 // end of stream (the peer closed). The header is parsed but not checked (see check_header), except
 // that a datagram shorter than a header is EBADMSG. Errors: EMSGSIZE (truncated datagram),
-// ETOOMANYREFS (truncated fds), EBADMSG, errno of recvmsg. `buf` is scratch (kept between calls).
+// ETOOMANYREFS (more than kMaxFdsPerMessage fds), EMFILE/ENFILE (fds this process had no room
+// for: the text says how many arrived and names RLIMIT_NOFILE), EBADMSG, errno of recvmsg, the
+// error of this thread's ReceiveCheck. `buf` is scratch (kept between calls).
 [[nodiscard]] Result<std::optional<Message>> recv_message(int sock, std::vector<std::byte>& buf);
+
+// A check of every message recv_message returns on one thread: the daemon's fd budgets
+// (fd_budget.h), applied in a session's thread without its I/O loop (serve(), session.cc) having
+// to know of them. An error refuses the message: recv_message returns it instead, and the
+// message's fds are closed.
+class ReceiveCheck {
+public:
+    [[nodiscard]] virtual Status check(const Message& msg) = 0;
+
+protected:
+    ~ReceiveCheck() = default;
+};
+// Installs `check` for recv_message on the calling thread while it lives; the one it replaced, if
+// any, is restored on destruction. `check` must outlive it.
+class ScopedReceiveCheck {
+public:
+    explicit ScopedReceiveCheck(ReceiveCheck& check);
+    ~ScopedReceiveCheck();
+    ScopedReceiveCheck(const ScopedReceiveCheck&) = delete;
+    ScopedReceiveCheck& operator=(const ScopedReceiveCheck&) = delete;
+
+private:
+    ReceiveCheck* previous_;
+};
 
 // Waits until `sock` is readable or `stop_fd` (may be -1) is; returns true when sock is readable
 // (or hung up), false on timeout or when stop_fd fired first. A negative timeout waits forever.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,6 +30,9 @@ constexpr uint64_t kStopToken = 1;
 // connects.
 constexpr std::chrono::milliseconds kIdleWake{200};
 constexpr int kMaxEvents = 64;
+// Connections refused on the spare fd in one wake-up before the listener pauses: bounded work per
+// kAcceptPause however fast they come.
+constexpr uint32_t kMaxRefusalsPerWake = 64;
 
 // Refuses a connection with an Error message the peer can read, then closes it. Never waits: the
 // accept thread must not stall on one peer (a fresh socket's send buffer has room for one Error).
@@ -36,6 +40,22 @@ void refuse(UniqueFd sock, int code, std::string_view why) {
     const auto payload = encode_error(code, 0, why);
     (void)send_message(sock.get(), static_cast<uint16_t>(proto::MsgType::Error), 0, payload, {},
                        std::chrono::milliseconds(0));
+}
+
+// A descriptor that only holds a slot of the fd table (a dup of one the server has anyway).
+UniqueFd open_spare(int any_fd) { return UniqueFd(::fcntl(any_fd, F_DUPFD_CLOEXEC, 0)); }
+
+std::string nofile_limit() {
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY) return "RLIMIT_NOFILE";
+    return fmt::format("RLIMIT_NOFILE {}", lim.rlim_cur);
+}
+
+// The Error text for a connection refused because accept4 said EMFILE or ENFILE.
+std::string out_of_fds_text(int err) {
+    if (err == ENFILE) return "coiommud cannot accept: the system's file table is full (fs.file-max); try again later";
+    return fmt::format("coiommud is out of file descriptors ({} reached): try again later, or raise LimitNOFILE",
+                       nofile_limit());
 }
 
 Result<UniqueFd> bind_listener(const std::string& path) {
@@ -126,6 +146,12 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
     s->stop_ev_ = std::move(*ev);
     s->epoll_ = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
     if (!s->epoll_) return make_error(errno, "epoll_create1");
+    s->spare_ = open_spare(s->stop_ev_.fd());
+    if (!s->spare_) return make_error(errno, "spare fd");
+    rlimit nofile{};
+    if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0) return make_error(errno, "getrlimit(RLIMIT_NOFILE)");
+    s->budget_ = std::make_unique<FdBudget>(derive_fd_limits(nofile.rlim_cur, s->opts_.max_pending,
+                                                             s->opts_.max_fds_per_session, s->opts_.max_fds_per_uid));
     COIOMMU_TRY(s->watch(s->listen_.get(), kListenToken, EPOLLIN, EPOLL_CTL_ADD), "listener");
     COIOMMU_TRY(s->watch(s->stop_ev_.fd(), kStopToken, EPOLLIN, EPOLL_CTL_ADD), "stop event");
     s->acceptor_ = std::thread([srv = s.get()] { srv->accept_loop(); });
@@ -133,6 +159,9 @@ Result<std::unique_ptr<Server>> Server::start(ServerOptions options) {
               s->opts_.max_sessions,
               s->opts_.max_sessions_per_uid == 0 ? "no cap" : std::to_string(s->opts_.max_sessions_per_uid),
               s->opts_.max_pending, format_duration(s->opts_.hello_timeout));
+    const FdLimits& fl = s->budget_->limits();
+    CLOG_INFO(kLog, "fd budget: {} per session, {} per uid, {} for all sessions (RLIMIT_NOFILE {})", fl.per_session,
+              fl.per_uid, fl.total, fl.rlimit_nofile);
     return s;
 }
 
@@ -181,6 +210,7 @@ void Server::accept_loop() {
             if (events[i].data.u64 > kStopToken) on_readable(events[i].data.u64);
         }
         if (listener_ready) accept_all();
+        resume_accepting(Clock::now());
         expire_pending(Clock::now());
         reap(false);
     }
@@ -190,13 +220,16 @@ int Server::wait_ms(Clock::time_point now) const {
     Clock::time_point wake = now + kIdleWake;
     // The oldest waiting connection has the earliest deadline (every one gets hello_timeout).
     if (!pending_.empty()) wake = std::min(wake, pending_.begin()->second.deadline);
+    if (paused_until_) wake = std::min(wake, *paused_until_);
     // Rounded up: a wake-up just before the deadline would only have to wait again.
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(wake - now);
     return static_cast<int>(std::max<int64_t>(left.count(), 0));
 }
 
 void Server::accept_all() {
-    // Drain the backlog: a flood of connections is handled in one wake-up.
+    // Drain the backlog: a flood of connections is handled in one wake-up. The listener is
+    // level-triggered, so every return but on EAGAIN leaves it readable: those pause it first.
+    uint32_t refused = 0;
     for (;;) {
         UniqueFd sock(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (sock) {
@@ -206,9 +239,57 @@ void Server::accept_all() {
         const int err = errno;
         if (err == EINTR || err == ECONNABORTED) continue;
         if (err == EAGAIN || err == EWOULDBLOCK) return;
-        // EMFILE/ENFILE: out of fds. Log (rate-limited) and retry on the next wake-up.
-        CLOG_ERROR_RL(kLog, "accept: {}", std::strerror(err));
+        if ((err == EMFILE || err == ENFILE) && refused < kMaxRefusalsPerWake) {
+            const Refusal r = refuse_out_of_fds(err);
+            if (r == Refusal::Refused) {
+                ++refused;
+                continue;
+            }
+            if (r == Refusal::BacklogEmpty) return;
+        }
+        // Still no room (the spare is gone, or another thread took its slot), too many refusals
+        // in one go, or another error (ENOBUFS, ENOMEM): retrying at once would spin.
+        CLOG_ERROR_RL(kLog, "accept: {}: not accepting for {}", std::strerror(err), format_duration(kAcceptPause));
+        pause_accepting();
         return;
+    }
+}
+
+// Makes room for one connection by closing the spare fd, refuses it with the errno accept4 gave,
+// closes it and reopens the spare.
+Server::Refusal Server::refuse_out_of_fds(int accept_errno) {
+    if (!spare_) spare_ = open_spare(stop_ev_.fd());
+    if (!spare_) return Refusal::NoRoom;
+    spare_.reset();
+    UniqueFd sock(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    const int err = errno;
+    const bool accepted = sock.valid();
+    if (accepted) {
+        counters_.refused_out_of_fds.fetch_add(1, std::memory_order_relaxed);
+        CLOG_WARN_RL(kLog, "connection refused: {} (accept: {})", nofile_limit(), std::strerror(accept_errno));
+        refuse(std::move(sock), accept_errno, out_of_fds_text(accept_errno));  // closes it
+    }
+    spare_ = open_spare(stop_ev_.fd());  // may fail (another thread took the slot): retried later
+    if (accepted) return Refusal::Refused;
+    return err == EAGAIN || err == EWOULDBLOCK ? Refusal::BacklogEmpty : Refusal::NoRoom;
+}
+
+void Server::pause_accepting() {
+    if (paused_until_) return;
+    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listen_.get(), nullptr) != 0) {
+        CLOG_ERROR_RL(kLog, "epoll_ctl DEL listener: {}", std::strerror(errno));
+    }
+    paused_until_ = Clock::now() + kAcceptPause;
+    counters_.accept_pauses.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Server::resume_accepting(Clock::time_point now) {
+    if (!paused_until_ || now < *paused_until_) return;
+    paused_until_.reset();
+    if (!spare_) spare_ = open_spare(stop_ev_.fd());
+    if (auto st = watch(listen_.get(), kListenToken, EPOLLIN, EPOLL_CTL_ADD); !st) {
+        CLOG_ERROR_RL(kLog, "listener: {}", st.error().message());
+        pause_accepting();  // tried again after the next pause
     }
 }
 
@@ -279,13 +360,22 @@ Server::Admitted Server::admit(std::map<uint64_t, Pending>::iterator it) {
     }
     if (!*in) return Admitted::Handled;  // closed without a word
     Message& m = **in;
+    FdBudget::Account fds;
     if (m.header.type == static_cast<uint16_t>(proto::MsgType::Hello)) {
         if (const std::string_view why = capacity_refusal(p); !why.empty()) {
             refuse(std::move(p.sock), EBUSY, why);
             return Admitted::Handled;
         }
+        auto account = budget_->open(p.uid, kSessionBaseFds);
+        if (!account) {
+            counters_.refused_fd_budget.fetch_add(1, std::memory_order_relaxed);
+            CLOG_WARN_RL(kLog, "refused pid {} uid {}: {}", p.pid, p.uid, account.error().context);
+            refuse(std::move(p.sock), account.error().code, account.error().context);
+            return Admitted::Handled;
+        }
+        fds = std::move(*account);
     }
-    start_session(std::move(p), m);
+    start_session(std::move(p), m, std::move(fds));
     return Admitted::Handled;
 }
 
@@ -308,7 +398,7 @@ std::string_view Server::capacity_refusal(const Pending& p) {
 // Answers the Hello here, on the accept thread; the session's thread takes the session over from
 // then on (starting the thread orders the two). The entry is listed before the reply goes out, so
 // a VMM that has its Hello reply is counted in session_count().
-void Server::start_session(Pending p, Message& hello) {
+void Server::start_session(Pending p, Message& hello, FdBudget::Account fds) {
     auto entry = std::make_unique<Entry>();
     const uint32_t id = next_id_++;
     entry->session = std::make_unique<Session>(id, opts_.policy);
@@ -324,6 +414,7 @@ void Server::start_session(Pending p, Message& hello) {
     }
     entry->sock = std::move(p.sock);
     entry->uid = p.uid;
+    entry->fds = std::move(fds);
     Entry* raw_entry = entry.get();
     {
         std::lock_guard lock(mu_);
@@ -340,12 +431,15 @@ void Server::start_session(Pending p, Message& hello) {
     CLOG_INFO(kLog, "session {}: connected (pid {}, uid {})", id, p.pid, p.uid);
     // Only this thread and stop() (after joining this thread) touch `thread`.
     raw_entry->thread = std::thread([this, raw_entry] {
+        FdBudgetCheck budget_check(*budget_, raw_entry->fds, counters_.refused_fd_budget);
+        const ScopedReceiveCheck checked(budget_check);
         const SessionEnd end = serve(*raw_entry->session, raw_entry->sock.get(), stop_ev_.fd(), opts_.limits);
         if (end != SessionEnd::Closed && end != SessionEnd::Stopped && end != SessionEnd::PeerGone) {
             counters_.sessions_failed.fetch_add(1, std::memory_order_relaxed);
         }
         CLOG_INFO(kLog, "session {}: ended ({})", raw_entry->session->id(), to_string(end));
-        raw_entry->sock.reset();  // the VMM sees end of stream now, not at the next reap
+        raw_entry->sock.reset();   // the VMM sees end of stream now, not at the next reap
+        raw_entry->fds.release();  // serve() tore the session down: its fds are closed
         raw_entry->done.store(true, std::memory_order_release);
     });
 }

@@ -15,6 +15,14 @@
 //  - Sessions: a Hello is answered by a session only while fewer than max_sessions sessions exist
 //    and fewer than max_sessions_per_uid (0: no such cap) of the peer's uid; otherwise an Error
 //    (EBUSY, the text naming which bound) and close. setup_timeout runs from the Hello.
+//  - File descriptors (fd_budget.h): every session is charged the fds it makes the daemon hold,
+//    against max_fds_per_session, max_fds_per_uid and what RLIMIT_NOFILE leaves all sessions; a
+//    Hello or setup message beyond one gets an Error (EMFILE, naming the budget) and the session
+//    closes, before the daemon itself runs out. Should it run out anyway (accept4: EMFILE or
+//    ENFILE), the server closes a spare fd it keeps for that, accepts, sends the connection an
+//    Error (EMFILE/ENFILE, naming the limit) and closes it, reopens the spare, and so drains the
+//    backlog with answers; when it cannot (no spare, or still no room) it stops watching the
+//    listener for kAcceptPause instead of retrying in a loop.
 //  - Statistics: sessions() lists every session with its VM name and snapshot (the
 //    live engine's, or its final totals once it has torn down), and `ended` holds the final totals
 //    of the sessions that ended and were reaped: a session's totals move from its entry to `ended`
@@ -46,6 +54,7 @@
 #include "engine/base/event_fd.h"
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
+#include "engine/daemon/fd_budget.h"
 #include "engine/daemon/session.h"
 #include "engine/telemetry/engine_stats.h"
 
@@ -61,6 +70,9 @@ struct ServerOptions {
     uint32_t max_sessions_per_uid = 0;              // sessions of one uid; 0: only max_sessions
     uint32_t max_pending = 64;                      // connections waiting for their Hello
     std::chrono::milliseconds hello_timeout{1000};  // from accept to the Hello
+    // fd budgets (fd_budget.h); 0: derived from RLIMIT_NOFILE at start (derive_fd_limits).
+    uint64_t max_fds_per_session = 0;
+    uint64_t max_fds_per_uid = 0;
     SessionLimits limits;
     SessionPolicy policy;
 };
@@ -87,8 +99,14 @@ struct ServerCounters {
     std::atomic<uint64_t> hello_timeouts{0};
     std::atomic<uint64_t> bad_handshakes{0};  // a first message that was not a valid Hello
     std::atomic<uint64_t> sessions_ended{0};
-    std::atomic<uint64_t> sessions_failed{0};  // ended by a protocol error, timeout or I/O error
+    std::atomic<uint64_t> sessions_failed{0};     // ended by a protocol error, timeout or I/O error
+    std::atomic<uint64_t> refused_fd_budget{0};   // a Hello or setup message beyond an fd budget
+    std::atomic<uint64_t> refused_out_of_fds{0};  // accept4 EMFILE/ENFILE: accepted on the spare and refused
+    std::atomic<uint64_t> accept_pauses{0};       // times the listener was unwatched for kAcceptPause
 };
+
+// How long the listener is not watched when accept4 fails and no connection can be refused.
+inline constexpr std::chrono::milliseconds kAcceptPause{100};
 
 class Server {
 public:
@@ -109,6 +127,9 @@ public:
     [[nodiscard]] uint32_t pending_count() const { return pending_count_.load(std::memory_order_relaxed); }
     [[nodiscard]] const ServerCounters& counters() const { return counters_; }
     [[nodiscard]] const std::string& socket_path() const { return opts_.socket_path; }
+    [[nodiscard]] const FdLimits& fd_limits() const { return budget_->limits(); }
+    // The fds charged to every session (the budget's view, fd_budget.h).
+    [[nodiscard]] uint64_t fds_charged() const { return budget_->charged_total(); }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -117,6 +138,7 @@ private:
         std::unique_ptr<Session> session;
         UniqueFd sock;
         uid_t uid = 0;
+        FdBudget::Account fds;  // the accept thread's, then the session thread's
         std::thread thread;
         std::atomic<bool> done{false};
     };
@@ -128,19 +150,23 @@ private:
         Clock::time_point deadline;
     };
     enum class Admitted : uint8_t { Handled, NothingYet };
+    enum class Refusal : uint8_t { Refused, BacklogEmpty, NoRoom };
 
     explicit Server(ServerOptions options) : opts_(std::move(options)) {}
     [[nodiscard]] Status watch(int fd, uint64_t token, uint32_t events, int op);
     void accept_loop();
     [[nodiscard]] int wait_ms(Clock::time_point now) const;
     void accept_all();
+    [[nodiscard]] Refusal refuse_out_of_fds(int accept_errno);
+    void pause_accepting();
+    void resume_accepting(Clock::time_point now);
     void on_accepted(UniqueFd sock);
     void on_readable(uint64_t token);
     void evict_oldest_pending();
     [[nodiscard]] Admitted admit(std::map<uint64_t, Pending>::iterator it);
     [[nodiscard]] Pending take_pending(std::map<uint64_t, Pending>::iterator it);
     [[nodiscard]] std::string_view capacity_refusal(const Pending& p);
-    void start_session(Pending p, Message& hello);
+    void start_session(Pending p, Message& hello, FdBudget::Account fds);
     void expire_pending(Clock::time_point now);
     void reap(bool all);
 
@@ -156,6 +182,9 @@ private:
     uint64_t next_token_ = 2;  // 0: the listener, 1: the stop event
     std::vector<std::byte> buf_;
     std::atomic<uint32_t> pending_count_{0};
+    UniqueFd spare_;  // closed to make room for one refusal when accept4 says EMFILE/ENFILE
+    std::optional<Clock::time_point> paused_until_;  // the listener is out of the epoll set until then
+    std::unique_ptr<FdBudget> budget_;
 
     std::thread acceptor_;
     std::atomic<bool> stopped_{false};

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -104,6 +105,7 @@ struct ChildFds {
     int err;     // becomes 2
     int listen;  // becomes 3 when >= 0
     int report;  // CLOEXEC pipe: the errno of a failed setup or execve, EOF once exec succeeded
+    std::optional<rlim_t> open_files_limit;
 };
 
 [[noreturn]] void report_and_exit(int report_fd) {
@@ -129,6 +131,10 @@ struct ChildFds {
             fds.listen == kListenFdNumber ? ::fcntl(kListenFdNumber, F_SETFD, 0) : ::dup2(fds.listen, kListenFdNumber);
         if (rc < 0) report_and_exit(report);
         image.set_listen_pid(::getpid());
+    }
+    if (fds.open_files_limit) {
+        const rlimit lim{*fds.open_files_limit, *fds.open_files_limit};
+        if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) report_and_exit(report);
     }
     ::execve(image.argv()[0], image.argv(), image.envp());
     report_and_exit(report);
@@ -221,7 +227,10 @@ Status DaemonProcess::spawn() {
     const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ < 0) return make_error(errno, "fork");
-    if (pid_ == 0) exec_child(image, ChildFds{out.get(), err.get(), options_.listen_fd, report_write.get()}, parent);
+    if (pid_ == 0)
+        exec_child(image,
+                   ChildFds{out.get(), err.get(), options_.listen_fd, report_write.get(), options_.open_files_limit},
+                   parent);
     report_write.reset();
     int child_errno = 0;
     ssize_t n = 0;

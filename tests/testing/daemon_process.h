@@ -21,6 +21,7 @@
 // The daemon itself may be driven from any number of threads through its socket.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -84,6 +85,9 @@ struct DaemonOptions {
     // systemd passes coiommud.socket. Borrowed: the caller keeps and closes its own descriptor.
     int listen_fd = -1;
     std::chrono::milliseconds ready_timeout{10000};
+    // When set, the child's RLIMIT_NOFILE (soft and hard) before execve: a daemon that runs out of
+    // descriptors after a few connections.
+    std::optional<rlim_t> open_files_limit;
 };
 
 class DaemonProcess {

@@ -296,6 +296,9 @@ TEST(DaemonConfig, EveryKeyIsAFlagAndAFileKeyWithOneGrammar) {
         {"max_sessions_per_uid", "4", "4097",
          [](const DaemonConfig& c) { return std::to_string(c.max_sessions_per_uid); }},
         {"max_pending", "8", "0", [](const DaemonConfig& c) { return std::to_string(c.max_pending); }},
+        {"max_fds_per_session", "500", "8",  // below a session's base charge
+         [](const DaemonConfig& c) { return std::to_string(c.max_fds_per_session); }},
+        {"max_fds_per_uid", "4000", "lots", [](const DaemonConfig& c) { return std::to_string(c.max_fds_per_uid); }},
         {"hello_timeout", "250ms", "0", [](const DaemonConfig& c) { return std::to_string(c.hello_timeout.count()); }},
         {"setup_timeout", "1.5s", "0", [](const DaemonConfig& c) { return std::to_string(c.setup_timeout.count()); }},
         {"io_timeout", "250ms", "5x", [](const DaemonConfig& c) { return std::to_string(c.io_timeout.count()); }},
@@ -361,6 +364,15 @@ TEST(DaemonConfig, HandshakeBoundsReachTheServer) {
     EXPECT_EQ(o.max_sessions_per_uid, 3u);
     EXPECT_EQ(o.max_pending, 16u);
     EXPECT_EQ(o.hello_timeout, std::chrono::milliseconds(300));
+}
+
+TEST(DaemonConfig, FdBudgetsAreAutoUnlessSetAndReachTheServer) {
+    ASSERT_OK_AND_ASSIGN(auto d, parse_args({}));
+    EXPECT_EQ(d.config.server_options().max_fds_per_session, 0u);  // derived from RLIMIT_NOFILE
+    EXPECT_EQ(d.config.server_options().max_fds_per_uid, 0u);
+    ASSERT_OK_AND_ASSIGN(auto p, parse_args({"--max-fds-per-session", "300", "--max-fds-per-uid", "auto"}));
+    EXPECT_EQ(p.config.server_options().max_fds_per_session, 300u);
+    EXPECT_EQ(p.config.server_options().max_fds_per_uid, 0u);
 }
 
 TEST(DaemonConfig, DefaultAllowedUidsAreThisUserAndRoot) {

@@ -1,10 +1,13 @@
 #include "engine/daemon/protocol.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "engine/base/event_fd.h"
@@ -134,6 +137,92 @@ TEST(Protocol, TooManyFdsAreRefusedAndNoneLeaks) {
     std::vector<std::byte> buf;
     EXPECT_ERR(recv_message(b.get(), buf), ETOOMANYREFS);
     EXPECT_EQ(testing::open_fds(), before);
+}
+
+// This process's RLIMIT_NOFILE lowered so that exactly `room` more descriptors fit, for one test.
+// The kernel gives out the lowest free numbers and refuses numbers >= the limit, so the limit is
+// the number below which `room` are free (the process may have holes below its highest fd).
+class FdLimitForTest {
+public:
+    explicit FdLimitForTest(int room) {
+        EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved_), 0);
+        int limit = 0;
+        for (int free = 0; free < room || ::fcntl(limit, F_GETFD) >= 0; ++limit) {
+            if (::fcntl(limit, F_GETFD) < 0) ++free;
+        }
+        // limit is now the first number past the room-th free one, plus any open ones right after
+        // (harmless: they are not free).
+        const rlimit low{static_cast<rlim_t>(limit), saved_.rlim_max};
+        EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+    }
+    ~FdLimitForTest() { EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved_), 0); }
+    FdLimitForTest(const FdLimitForTest&) = delete;
+    FdLimitForTest& operator=(const FdLimitForTest&) = delete;
+
+private:
+    rlimit saved_{};
+};
+
+TEST(Protocol, FdsThisProcessHasNoRoomForAreEmfileNotTooManyRefs) {
+    auto [a, b] = seqpacket_pair();
+    std::vector<EventFd> evs;
+    std::vector<int> fds;
+    for (std::size_t i = 0; i < proto::kMaxFdsPerMessage; ++i) {  // as many as a message may carry
+        ASSERT_OK_AND_ASSIGN(auto ev, EventFd::create());
+        fds.push_back(ev.fd());
+        evs.push_back(std::move(ev));
+    }
+    ASSERT_OK(send_message(a.get(), static_cast<uint16_t>(proto::MsgType::SetTriggers), 1, {}, fds, milliseconds(100)));
+    const std::size_t before = testing::open_fds();
+    std::vector<std::byte> buf;
+    Result<std::optional<Message>> in;
+    {
+        const FdLimitForTest low(10);  // room for 10 of the 64
+        in = recv_message(b.get(), buf);
+    }
+    ASSERT_FALSE(in);
+    EXPECT_EQ(in.error().code, EMFILE) << in.error().message();
+    EXPECT_NE(in.error().context.find("only 10 fds"), std::string::npos) << in.error().context;
+    EXPECT_NE(in.error().context.find("RLIMIT_NOFILE"), std::string::npos) << in.error().context;
+    EXPECT_EQ(testing::open_fds(), before);
+}
+
+class RefuseFds final : public ReceiveCheck {
+public:
+    Status check(const Message& msg) override {
+        ++seen;
+        if (!msg.fds.empty()) return make_error(EMFILE, "no fds here");
+        return ok();
+    }
+    int seen = 0;
+};
+
+TEST(Protocol, AReceiveCheckRefusesAMessageOnItsThreadAndItsFdsAreClosed) {
+    auto [a, b] = seqpacket_pair();
+    ASSERT_OK_AND_ASSIGN(auto ev, EventFd::create());
+    const int fd = ev.fd();
+    const auto type = static_cast<uint16_t>(proto::MsgType::SetTriggers);
+    ASSERT_OK(send_message(a.get(), type, 1, {}, std::span<const int>(&fd, 1), milliseconds(100)));
+    ASSERT_OK(send_message(a.get(), type, 2, {}, {}, milliseconds(100)));
+    ASSERT_OK(send_message(a.get(), type, 3, {}, std::span<const int>(&fd, 1), milliseconds(100)));
+    std::vector<std::byte> buf;
+    RefuseFds check;
+    {
+        const ScopedReceiveCheck scope(check);
+        const std::size_t before = testing::open_fds();
+        EXPECT_ERR(recv_message(b.get(), buf), EMFILE);
+        EXPECT_EQ(testing::open_fds(), before);
+        ASSERT_OK_AND_ASSIGN(auto second, recv_message(b.get(), buf));
+        ASSERT_TRUE(second);
+        EXPECT_EQ(second->header.seq, 2u);
+        // Another thread has no check.
+        std::thread([&] {
+            std::vector<std::byte> other;
+            auto third = recv_message(b.get(), other);
+            EXPECT_TRUE(third && *third && (*third)->fds.size() == 1);
+        }).join();
+    }
+    EXPECT_EQ(check.seen, 2);
 }
 
 TEST(Protocol, ShortDatagramIsBadMessage) {
