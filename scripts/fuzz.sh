@@ -8,7 +8,8 @@
 #   --time S       fuzz each target for S seconds (default 45)
 #   --runs N       instead: run each target for N inputs (e.g. 10000000 for the offline runs)
 #   --write-seeds  regenerate tests/fuzz/corpus/<target> from each target's seed generator, then exit
-#   TARGET         fuzz_protocol_session, fuzz_dtt_pin, fuzz_viommu, fuzz_config (default: all)
+#   TARGET         fuzz_protocol_session, fuzz_dtt_pin, fuzz_viommu, fuzz_config,
+#                  fuzz_resume_record (default: all)
 # env:   FUZZ_BUILD  build tree (default build/fuzz)
 #        FUZZ_WORK   where the corpora copies and artifacts go (default $FUZZ_BUILD/work)
 #        JOBS        parallel build jobs (default: number of cores)
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
 BUILD=${FUZZ_BUILD:-build/fuzz}
 WORK=${FUZZ_WORK:-$BUILD/work}
-ALL_TARGETS=(fuzz_protocol_session fuzz_dtt_pin fuzz_viommu fuzz_config)
+ALL_TARGETS=(fuzz_protocol_session fuzz_dtt_pin fuzz_viommu fuzz_config fuzz_resume_record)
 TIME=45
 RUNS=""
 WRITE_SEEDS=0
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --time) TIME=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --write-seeds) WRITE_SEEDS=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     fuzz_*) targets+=("$1"); shift ;;
     *) echo "fuzz.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac

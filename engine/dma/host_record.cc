@@ -159,6 +159,10 @@ Result<std::vector<RecordedExtent>> HostRecord::extents(std::span<const GfnRange
             if (w == 0) continue;
             const auto state = static_cast<RecordState>(w >> kStateShift);
             const uint64_t pages = w & kPagesMask;
+            // The writer stores a free entry as 0 (set()): a free state with pages is forged.
+            if (state == RecordState::Free) {
+                return make_error(EINVAL, fmt::format("host record: entry at gfn {:#x} is free but has {} pages", gfn, pages));
+            }
             if (pages == 0 || pages > gfn_count_ - gfn) {
                 return make_error(EINVAL, fmt::format("host record: entry at gfn {:#x} has {} pages", gfn, pages));
             }
@@ -254,6 +258,33 @@ Result<ReconcileReport> reconcile(HostRecord& record, DmaBackend& backend, std::
         rep.rolled_back_bytes += removed;
     }
     return rep;
+}
+
+Result<RecordAudit> audit(const HostRecord& record, std::span<const GfnRange> ram, std::span<const LiveMapping> live) {
+    COIOMMU_ASSIGN_OR_RETURN(std::vector<RecordedExtent> entries, record.extents(ram));
+    // Both lists ascending by head (extents() sorts; the backend's may not be): a merge.
+    std::vector<LiveMapping> maps(live.begin(), live.end());
+    std::sort(maps.begin(), maps.end(), [](const LiveMapping& a, const LiveMapping& b) { return raw(a.iova) < raw(b.iova); });
+    RecordAudit a;
+    std::size_t m = 0;
+    for (const RecordedExtent& e : entries) {
+        const uint64_t head = raw(e.head) << kPageShift;
+        for (; m < maps.size() && raw(maps[m].iova) < head; ++m) ++a.orphans;
+        const bool held = m < maps.size() && raw(maps[m].iova) == head && maps[m].size == e.pages << kPageShift;
+        if (e.state == RecordState::Mapped) {
+            ++a.mapped_extents;
+            a.mapped_pages += e.pages;
+            if (!held) ++a.missing;
+        } else {
+            ++a.in_progress;
+        }
+        if (m < maps.size() && raw(maps[m].iova) == head) {
+            if (!held) ++a.orphans;  // a mapping at the head, but not of the recorded length
+            ++m;
+        }
+    }
+    a.orphans += maps.size() - m;
+    return a;
 }
 
 }  // namespace coiommu::dma

@@ -170,6 +170,28 @@ struct ReconcileReport {
     uint64_t rolled_back_bytes = 0;       // bytes those unmaps removed (0 where the call never ran)
 };
 
+// What audit() found comparing a record with the mappings a backend holds.
+struct RecordAudit {
+    uint64_t mapped_extents = 0;  // Mapped entries
+    uint64_t mapped_pages = 0;
+    uint64_t in_progress = 0;     // Mapping/Unmapping entries (either answer of the backend is fine)
+    uint64_t missing = 0;         // Mapped entries the backend does not hold exactly
+    uint64_t orphans = 0;         // backend mappings no entry describes (a leak after a restart)
+    [[nodiscard]] bool consistent() const { return missing == 0 && orphans == 0; }
+};
+
+struct LiveMapping {
+    Iova iova{};
+    uint64_t size = 0;
+};
+
+// Compares the record with `live`, the mappings the backend holds (IOVA = GPA): every Mapped entry
+// must be one mapping of exactly its range, every mapping must be an entry's range (Mapped or in
+// progress). Meaningful when nothing maps or unmaps meanwhile (the daemon is gone, or stopped).
+// Errors: the validation's EINVAL (as extents()).
+[[nodiscard]] Result<RecordAudit> audit(const HostRecord& record, std::span<const GfnRange> ram,
+                                        std::span<const LiveMapping> live);
+
 // After a restart: validates the record against the guest's RAM (`ram`), then settles every
 // in-progress entry with one exact-range unmap of `backend` (not the recording wrapper) and frees
 // it, and returns the Mapped extents for the engine to adopt.

@@ -160,5 +160,58 @@ TEST(FakeSharedState, MappingsOutliveTheBackendThatMadeThem) {
     EXPECT_TRUE(left.empty());
 }
 
+// Found by fuzz_resume_record: the writer stores a free entry as 0, so a word with the free state
+// and a page count is a forged entry, not an extent to settle.
+TEST(HostRecord, AFreeEntryWithPagesIsRefusedAsForged) {
+    ASSERT_OK_AND_ASSIGN(auto rec, HostRecord::create(kGfns));
+    const uint32_t forged = 4;  // state Free (0 << 30), 4 pages
+    ASSERT_EQ(::pwrite(rec.fd(), &forged, sizeof forged, static_cast<off_t>(kRecordHeaderBytes + 100 * 4)), 4);
+    auto all = rec.extents(kRam);
+    ASSERT_FALSE(all);
+    EXPECT_EQ(all.error().code, EINVAL);
+    EXPECT_NE(all.error().message().find("free but has 4 pages"), std::string::npos) << all.error().message();
+}
+
+std::vector<LiveMapping> live_of(const FakeBackend& fake) {
+    std::vector<LiveMapping> out;
+    for (const auto& m : fake.mappings()) out.push_back({m.iova, m.size});
+    return out;
+}
+
+TEST(HostRecordAudit, ARecordKeptByTheRecorderAgreesWithItsBackend) {
+    ASSERT_OK_AND_ASSIGN(auto rec, HostRecord::create(kGfns));
+    FakeBackend fake;
+    RecordingBackend b(fake, rec);
+    ASSERT_OK(b.map(iova_of(16), hva_of(16), 4 * kPageSize, Prot::ReadWrite));
+    ASSERT_OK(b.map(iova_of(300), hva_of(300), kPageSize, Prot::ReadWrite));
+    ASSERT_OK(b.unmap_exact(iova_of(300), kPageSize));
+    rec.set(Gfn{64}, RecordState::Mapping, 2);  // killed before the call: either answer is fine
+    ASSERT_OK_AND_ASSIGN(auto a, audit(rec, kRam, live_of(fake)));
+    EXPECT_TRUE(a.consistent());
+    EXPECT_EQ(a.mapped_extents, 1u);
+    EXPECT_EQ(a.mapped_pages, 4u);
+    EXPECT_EQ(a.in_progress, 1u);
+}
+
+TEST(HostRecordAudit, AMappingNoEntryDescribesIsAnOrphan) {
+    ASSERT_OK_AND_ASSIGN(auto rec, HostRecord::create(kGfns));
+    FakeBackend fake;
+    ASSERT_OK(fake.map(iova_of(8), hva_of(8), kPageSize, Prot::ReadWrite));
+    ASSERT_OK(fake.map(iova_of(40), hva_of(40), 2 * kPageSize, Prot::ReadWrite));
+    rec.set(Gfn{40}, RecordState::Mapped, 1);  // recorded shorter than the mapping
+    ASSERT_OK_AND_ASSIGN(auto a, audit(rec, kRam, live_of(fake)));
+    EXPECT_EQ(a.orphans, 2u);
+    EXPECT_EQ(a.missing, 1u);
+    EXPECT_FALSE(a.consistent());
+}
+
+TEST(HostRecordAudit, AMappedEntryTheBackendLostIsMissing) {
+    ASSERT_OK_AND_ASSIGN(auto rec, HostRecord::create(kGfns));
+    rec.set(Gfn{100}, RecordState::Mapped, 3);
+    ASSERT_OK_AND_ASSIGN(auto a, audit(rec, kRam, {}));
+    EXPECT_EQ(a.missing, 1u);
+    EXPECT_EQ(a.orphans, 0u);
+}
+
 }  // namespace
 }  // namespace coiommu::dma
