@@ -43,11 +43,26 @@ std::unique_ptr<Client> Client::adopt(UniqueFd sock) { return std::unique_ptr<Cl
 
 Result<Message> Client::call(MsgType type, std::span<const std::byte> payload, std::span<const int> fds) {
     std::lock_guard lock(mu_);
-    return call_locked(type, payload, fds);
+    return call_locked(type, next_seq_++, payload, fds);
 }
 
-Result<Message> Client::call_locked(MsgType type, std::span<const std::byte> payload, std::span<const int> fds) {
-    const uint64_t seq = next_seq_++;
+uint64_t Client::next_seq() {
+    std::lock_guard lock(mu_);
+    return next_seq_;
+}
+
+void Client::set_next_seq(uint64_t seq) {
+    std::lock_guard lock(mu_);
+    next_seq_ = seq;
+}
+
+RequestSeq Client::reserve_seq() {
+    std::lock_guard lock(mu_);
+    return RequestSeq{next_seq_++};
+}
+
+Result<Message> Client::call_locked(MsgType type, uint64_t seq, std::span<const std::byte> payload,
+                                    std::span<const int> fds) {
     const auto what = proto::to_string(type);
     if (auto st = send_message(sock_.get(), static_cast<uint16_t>(type), seq, payload, fds, timeout_); !st) {
         // The daemon may have refused the connection (EACCES, EBUSY) and closed it before this
@@ -256,12 +271,17 @@ Result<bool> Client::set_triggers(std::span<const int> eventfds) {
 }
 
 Status Client::mmio_write(uint64_t offset, std::span<const std::byte> data) {
+    return mmio_write(reserve_seq(), offset, data);
+}
+
+Status Client::mmio_write(RequestSeq seq, uint64_t offset, std::span<const std::byte> data) {
     if (data.empty() || data.size() > proto::kMaxMmioLen) return make_error(EINVAL, "MmioWrite: 1..8 bytes");
     proto::MmioWriteReq req;
     req.offset = offset;
     req.len = static_cast<uint32_t>(data.size());
     std::memcpy(req.data, data.data(), data.size());
-    auto m = call(MsgType::MmioWrite, as_bytes_of(req));
+    std::lock_guard lock(mu_);
+    auto m = call_locked(MsgType::MmioWrite, seq.value, as_bytes_of(req), {});
     if (!m) return coiommu::unexpected(m.error());
     return ok();
 }

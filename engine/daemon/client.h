@@ -85,6 +85,11 @@ struct CloseInfo {
     uint64_t pages_unpinned = 0;
 };
 
+// A request's seq, taken before the request is sent (Client::reserve_seq).
+struct RequestSeq {
+    uint64_t value = 0;
+};
+
 class Client {
 public:
     // Connects (SOCK_SEQPACKET) and says Hello asking for `features`.
@@ -128,6 +133,10 @@ public:
     [[nodiscard]] Result<bool> set_triggers(std::span<const int> eventfds);
 
     [[nodiscard]] Status mmio_write(uint64_t offset, std::span<const std::byte> data);
+    // The same with a seq taken earlier (reserve_seq): a VMM that re-sends a register write after
+    // a resume sends it with its first seq, so the daemon applies it at most once (PROTOCOL.md,
+    // "Resumable sessions").
+    [[nodiscard]] Status mmio_write(RequestSeq seq, uint64_t offset, std::span<const std::byte> data);
     [[nodiscard]] Status mmio_read(uint64_t offset, std::span<std::byte> data);
     [[nodiscard]] Result<telemetry::BalloonResult> balloon_unpin(std::span<const GfnRange> ranges);
     // Errors: EPROTO when the daemon's statistics layout differs from this build's.
@@ -148,9 +157,16 @@ public:
     [[nodiscard]] int fd() const { return sock_.get(); }
     void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
 
+    // Request numbering. A resumed session carries on the numbering of the connection it
+    // replaces: set_next_seq() on the new connection before its Hello.
+    [[nodiscard]] uint64_t next_seq();
+    void set_next_seq(uint64_t seq);
+    // Takes the next seq for a request sent later with it (mmio_write(RequestSeq, ...)).
+    [[nodiscard]] RequestSeq reserve_seq();
+
 private:
     explicit Client(UniqueFd sock) : sock_(std::move(sock)) {}
-    [[nodiscard]] Result<Message> call_locked(proto::MsgType type, std::span<const std::byte> payload,
+    [[nodiscard]] Result<Message> call_locked(proto::MsgType type, uint64_t seq, std::span<const std::byte> payload,
                                               std::span<const int> fds);
     [[nodiscard]] Result<BackendInfo> set_backend(const proto::SetBackendReq& req, std::span<const int> fds);
 

@@ -468,9 +468,12 @@ Status Session::start_engine() {
     CLOG_INFO(kLog, "session {}: running ({})", id_, workers::to_string(cfg));
     if (resumed_) {
         // A request a vCPU wrote before the crash is still in its slot, and its trigger was
-        // consumed by the dead daemon (or is still pending): signal every vCPU once so the
-        // engine looks at every slot. An empty slot costs a spurious-trigger count, no more.
-        for (const EventFd& t : triggers_) (void)t.signal();
+        // consumed by the dead daemon (or is still pending): signal each vCPU whose slot holds
+        // one. Acquire, once per slot: a slot the guest fills after this load comes with the
+        // guest's own trigger, which the running engine sees.
+        for (uint32_t v = 0; v < triggers_.size(); ++v) {
+            if (device_->slot(v).load(std::memory_order_acquire) != 0) (void)triggers_[v].signal();
+        }
     }
     return ok();
 }

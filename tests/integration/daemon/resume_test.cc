@@ -7,12 +7,17 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
+#include <fcntl.h>
+#include <optional>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "engine/base/event_fd.h"
 #include "engine/core/spec.h"
 #include "engine/daemon/client.h"
+#include "engine/daemon/resuming_client.h"
 #include "engine/dma/fake_backend.h"
 #include "engine/dma/host_record.h"
 #include "engine/emulator/guest_driver.h"
@@ -185,6 +190,184 @@ TEST(Resume, ARecordOfAnotherGuestIsRefused) {
     auto r = c2->resume(1, std::span<const uint16_t>(&kBdf, 1), dev.notifymap.get(), dev.topologymap.get(), other.fd());
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, EINVAL);
+}
+
+// ---- the client library's reconnect (ResumingClient) -------------------------------------------
+
+// A daemon on `socket`, a path that outlives it (each restart binds it again).
+Result<DaemonProcess> start_daemon_at(const std::string& socket) {
+    ::unlink(socket.c_str());
+    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommud-resume"));
+    DaemonOptions o;
+    o.program = COIOMMUD_PATH;
+    o.socket = socket;
+    o.args = {"--socket", socket, "--tracing", "off", "--log-level", "warn", "--metrics-address", "none"};
+    return DaemonProcess::start(std::move(dir), std::move(o));
+}
+
+// One VM with one vCPU, its fake container in a memfd it owns, set up through a ResumingClient.
+struct ResumableVm {
+    testing::DttBuilder guest;
+    UniqueFd state;
+    EventFd trigger;
+    std::unique_ptr<ResumingClient> client;
+
+    static Result<ResumableVm> start(const std::string& socket, ReconnectPolicy policy) {
+        COIOMMU_ASSIGN_OR_RETURN(auto guest, testing::DttBuilder::create({}));
+        COIOMMU_ASSIGN_OR_RETURN(auto state, dma::FakeBackend::create_shared_state(4096));
+        COIOMMU_ASSIGN_OR_RETURN(auto trigger, EventFd::create());
+        SessionSpec spec;
+        spec.socket_path = socket;
+        spec.name = "resuming-vmm";
+        spec.regions = guest.mem().layout();
+        spec.vcpus = 1;
+        spec.endpoints = {kBdf};
+        spec.backend.kind = proto::BackendKind::Fake;
+        spec.backend.fake = FakeBackendSpec{proto::FakeLatency::None, 0, state.get()};
+        spec.triggers = {trigger.fd()};
+        COIOMMU_ASSIGN_OR_RETURN(auto client, ResumingClient::start(std::move(spec), std::move(policy)));
+        return ResumableVm{std::move(guest), std::move(state), std::move(trigger), std::move(client)};
+    }
+    Status write_reg(uint64_t off, uint64_t v) {
+        std::byte b[8];
+        std::memcpy(b, &v, 8);
+        return client->mmio_write(off, b);
+    }
+    Status activate() {
+        COIOMMU_TRY(write_reg(core::kRegDttRoot, raw(guest.root())));
+        COIOMMU_TRY(write_reg(core::kRegDttLevel, guest.levels()));
+        return write_reg(core::kRegCmd, static_cast<uint64_t>(core::Command::Activate));
+    }
+};
+
+TEST(ResumingClient, ARequestMadeWhileTheDaemonIsDownIsServedByTheNextOne) {
+    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommud-resume"));
+    const std::string socket = dir.path("coiommud.sock");
+    std::optional<DaemonProcess> d;
+    {
+        ASSERT_OK_AND_ASSIGN(auto d1, start_daemon_at(socket));
+        d.emplace(std::move(d1));
+    }
+    uint64_t resumed_pages = 0;
+    ReconnectPolicy policy;
+    policy.on_resumed = [&](const ResumeInfo& i) { resumed_pages = i.pages; };
+    ASSERT_OK_AND_ASSIGN(auto vm, ResumableVm::start(socket, policy));
+    ASSERT_OK(vm.activate());
+    emulator::GuestDriverConfig gcfg;
+    gcfg.mem = &vm.guest.mem();
+    gcfg.dtt = &vm.guest.dtt();
+    gcfg.notifymap_fd = vm.client->device().notifymap.get();
+    gcfg.trigger_fds = {vm.trigger.fd()};
+    ASSERT_OK_AND_ASSIGN(auto driver, emulator::GuestDriver::create(std::move(gcfg)));
+    ASSERT_OK_AND_ASSIGN(auto vcpu, driver->vcpu({0, kBdf, Gpa{0x100000}, 64}));
+    ASSERT_OK(vcpu.map(gfns(0x200, 6)));
+
+    ASSERT_OK(d->signal(SIGKILL));
+    ASSERT_TRUE(d->wait_for_exit(std::chrono::seconds(5)));
+    d.reset();
+    // The next daemon comes up only after the VMM has asked: the request waits for it. (This
+    // thread starts it: a DaemonProcess belongs to the thread that forked it.)
+    std::optional<Result<bool>> mapped;
+    std::thread vmm([&] { mapped = vm.client->query_mapped(Iova{0x200ull << kPageShift}, 6 * kPageSize); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto d2 = start_daemon_at(socket);
+    vmm.join();
+    ASSERT_OK(d2);
+    ASSERT_TRUE(mapped.has_value());
+    ASSERT_OK(*mapped);
+    EXPECT_TRUE(**mapped) << "the pages the guest holds stayed mapped";
+    EXPECT_EQ(vm.client->resumes(), 1u);
+    EXPECT_EQ(resumed_pages, 6u);
+    // The vCPU is served by the new daemon through the same notifymap and trigger.
+    ASSERT_OK_AND_ASSIGN(auto rep, vcpu.map(gfns(0x400, 3)));
+    EXPECT_EQ(rep.pages, 3u);
+    ASSERT_OK_AND_ASSIGN(auto closed, vm.client->close());
+    EXPECT_EQ(closed.dma_entries_after, 0u);
+    EXPECT_EQ(closed.pages_unpinned, 9u);
+}
+
+TEST(ResumingClient, WithoutReconnectALostDaemonFailsThatRequestAndEveryLaterOne) {
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    ReconnectPolicy policy;
+    policy.reconnect = Reconnect::Off;
+    ASSERT_OK_AND_ASSIGN(auto vm, ResumableVm::start(d.socket(), policy));
+    ASSERT_OK(vm.activate());
+    ASSERT_OK(d.signal(SIGKILL));
+    ASSERT_TRUE(d.wait_for_exit(std::chrono::seconds(5)));
+    auto first = vm.client->stats();
+    ASSERT_FALSE(first);
+    EXPECT_TRUE(ResumingClient::connection_lost(first.error().code)) << first.error().message();
+    EXPECT_NE(first.error().message().find("went away"), std::string::npos) << first.error().message();
+    auto later = vm.client->stats();
+    ASSERT_FALSE(later);
+    EXPECT_EQ(later.error().code, first.error().code);
+    EXPECT_TRUE(vm.client->ended());
+    EXPECT_EQ(vm.client->resumes(), 0u);
+}
+
+TEST(ResumingClient, ADaemonThatStaysAwayEndsTheSessionAfterTheTimeoutWithTheLastErrno) {
+    ASSERT_OK_AND_ASSIGN(auto d, start_daemon());
+    ReconnectPolicy policy;
+    policy.give_up_after = std::chrono::milliseconds(300);
+    int losses = 0;
+    policy.on_lost = [&](const Error&) { ++losses; };
+    ASSERT_OK_AND_ASSIGN(auto vm, ResumableVm::start(d.socket(), policy));
+    ASSERT_OK(d.signal(SIGKILL));
+    ASSERT_TRUE(d.wait_for_exit(std::chrono::seconds(5)));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = vm.client->stats();
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    ASSERT_FALSE(r);
+    // The killed daemon's socket file is still there, with nobody listening.
+    EXPECT_EQ(r.error().code, ECONNREFUSED) << r.error().message();
+    EXPECT_NE(r.error().message().find("resuming"), std::string::npos) << r.error().message();
+    EXPECT_GE(waited, std::chrono::milliseconds(250));
+    EXPECT_EQ(losses, 1);
+    EXPECT_TRUE(vm.client->ended());
+}
+
+// A VMM re-sends a request whose reply it never saw. A register write keeps its seq, and the
+// daemon that applied it before dying recorded that seq: the resumed one does not apply it again.
+TEST(Resume, ARegisterWriteResentWithItsSeqIsAppliedOnce) {
+    ASSERT_OK_AND_ASSIGN(auto guest, testing::DttBuilder::create({}));
+    ASSERT_OK_AND_ASSIGN(auto state, dma::FakeBackend::create_shared_state(4096));
+    ASSERT_OK_AND_ASSIGN(auto trigger, EventFd::create());
+    const int trigger_fd = trigger.fd();
+    ASSERT_OK_AND_ASSIGN(auto d1, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto c1, Client::connect(d1.socket(), "resend-vmm", kFeatures));
+    ASSERT_OK(c1->set_memory(guest.mem()));
+    ASSERT_OK_AND_ASSIGN(auto dev, c1->set_topology(1, std::span<const uint16_t>(&kBdf, 1)));
+    ASSERT_OK(c1->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
+    ASSERT_OK(c1->set_triggers(std::span<const int>(&trigger_fd, 1)));
+    ASSERT_OK(write_reg(*c1, core::kRegDttRoot, raw(guest.root())));
+    ASSERT_OK(write_reg(*c1, core::kRegDttLevel, guest.levels()));
+    ASSERT_OK(write_reg(*c1, core::kRegCmd, static_cast<uint64_t>(core::Command::Activate)));
+    uint64_t park = static_cast<uint64_t>(core::Command::ParkUnpin);
+    std::byte park_bytes[8];
+    std::memcpy(park_bytes, &park, 8);
+    const RequestSeq parked = c1->reserve_seq();
+    ASSERT_OK(c1->mmio_write(parked, core::kRegCmd, park_bytes));
+    UniqueFd rec_fd(::fcntl(dev.record.get(), F_DUPFD_CLOEXEC, 0));
+    ASSERT_OK_AND_ASSIGN(auto record, dma::HostRecord::adopt(std::move(rec_fd), guest.mem().gfn_span()));
+    ASSERT_EQ(record.device().park_count, 1u);
+
+    ASSERT_OK(d1.signal(SIGKILL));
+    ASSERT_TRUE(d1.wait_for_exit(std::chrono::seconds(5)));
+    ASSERT_OK_AND_ASSIGN(auto d2, start_daemon());
+    ASSERT_OK_AND_ASSIGN(auto sock, connect_seqpacket(d2.socket()));
+    auto c2 = Client::adopt(std::move(sock));
+    c2->set_next_seq(c1->next_seq());
+    ASSERT_OK(c2->hello("resend-vmm", kFeatures));
+    ASSERT_OK(c2->set_memory(guest.mem()));
+    ASSERT_OK(c2->resume(1, std::span<const uint16_t>(&kBdf, 1), dev.notifymap.get(), dev.topologymap.get(),
+                         dev.record.get()));
+    ASSERT_OK(c2->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
+    ASSERT_OK(c2->set_triggers(std::span<const int>(&trigger_fd, 1)));
+    ASSERT_OK(c2->mmio_write(parked, core::kRegCmd, park_bytes));  // the re-sent one
+    EXPECT_EQ(record.device().park_count, 1u) << "a re-sent PARK_UNPIN counted twice";
+    ASSERT_OK(c2->mmio_write(core::kRegCmd, park_bytes));  // a new one
+    EXPECT_EQ(record.device().park_count, 2u);
+    ASSERT_OK(c2->close());
 }
 
 }  // namespace
