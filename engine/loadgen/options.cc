@@ -193,6 +193,18 @@ void add_backend_options(CLI::App& app, LoadOptions& o) {
                   "The safety invariant is checked through the daemon's\n"
                   "QueryMapped (fake backend; skipped otherwise)")
         ->group(g);
+    cli::add_switch(app, "--reconnect", o.reconnect,
+                    "with --connect: when the daemon dies or restarts, resume\n"
+                    "the session (the fake backend's mappings are kept in a\n"
+                    "memfd of ours, as a container's outlive the daemon) and\n"
+                    "go on; at each loss the daemon's host record is checked\n"
+                    "against the container. Without it a lost daemon ends the\n"
+                    "run at once (exit 1)")
+        ->group(g);
+    cli::add_duration_in(app, "--reconnect-timeout", o.reconnect_timeout, BareUnit::Seconds, nanoseconds(10ms), kMaxDuration,
+                         "with --reconnect: give up when the daemon has not\n"
+                         "been back for this long (a bare number is seconds)")
+        ->group(g);
 }
 
 void add_output_options(CLI::App& app, LoadOptions& o) {
@@ -263,6 +275,14 @@ Status check_connect(const CLI::App& app, const LoadOptions& o) {
     for (StrategyKind s : o.strategies) {
         if (s != StrategyKind::Coiommu) return bad("--connect runs the coiommu strategy only");
     }
+    return ok();
+}
+
+Status check_reconnect(const CLI::App& app, const LoadOptions& o) {
+    if (o.connect_path.empty() && (o.reconnect || given(app, "--reconnect-timeout"))) {
+        return bad("--reconnect and --reconnect-timeout are only for --connect");
+    }
+    if (!o.reconnect && given(app, "--reconnect-timeout")) return bad("--reconnect-timeout needs --reconnect");
     return ok();
 }
 
@@ -363,6 +383,7 @@ Result<ParsedCli> parse_cli(const std::vector<std::string_view>& args) {
     COIOMMU_TRY(apply_compare(app, o));
     COIOMMU_TRY(check_backend(app, o));
     COIOMMU_TRY(check_connect(app, o));
+    COIOMMU_TRY(check_reconnect(app, o));
     COIOMMU_TRY(apply_engine_opts(o));
     COIOMMU_TRY(check_output(o));
     return out;

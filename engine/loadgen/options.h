@@ -57,6 +57,10 @@ struct LoadOptions {
     // --connect: a running coiommud serves the coiommu strategy (its engine, its fake or null
     // backend); empty: the engine runs in this process.
     std::string connect_path;
+    // --reconnect: a daemon that dies or restarts is resumed (PROTOCOL.md, "Resumable sessions")
+    // and the run goes on; without it the run ends at once with exit 1.
+    bool reconnect = false;
+    std::chrono::nanoseconds reconnect_timeout = std::chrono::seconds(30);  // --reconnect-timeout
     std::string engine_opts;                                 // as given (for the report)
     workers::EngineConfig engine = default_engine_config();  // parsed --engine-opts
     FakeLatency latency = FakeLatency::Typical;

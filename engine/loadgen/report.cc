@@ -65,6 +65,7 @@ Json options_json(const LoadOptions& o) {
     j["vfio_group"] = o.vfio_group;
     j["vfio_device"] = o.vfio_device;
     j["connect"] = o.connect_path;
+    j["reconnect"] = o.reconnect;
     j["engine_opts"] = o.engine_opts;
     j["engine_config"] = workers::to_string(o.engine);
     j["latency_model"] = to_string(o.latency);
@@ -181,6 +182,9 @@ Json run_json(const RunResult& r) {
     j["backend"] = r.backend;
     j["served_by"] = r.served_by;
     j["passed"] = r.passed();
+    j["resumes"] = Json{{"sessions_resumed", r.resumes},
+                        {"audits", r.restart_audits},
+                        {"audits_inconsistent", r.restart_audits_inconsistent}};
     j["setup_s"] = num(r.setup_s);
     j["duration_s"] = num(r.duration_s);
     j["operations"] = operations_json(r);

@@ -587,6 +587,8 @@ Result<std::unique_ptr<Strategy>> make_strategy(const LoadOptions& o, const RunS
                 // --entry-limit is the fake/null container's; a real one has the kernel's.
                 sc.entry_limit =
                     sc.backend == RemoteBackend::Fake || sc.backend == RemoteBackend::Null ? o.entry_limit : 0;
+                sc.reconnect = o.reconnect ? daemon::Reconnect::On : daemon::Reconnect::Off;
+                sc.reconnect_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(o.reconnect_timeout);
                 auto link = SocketLink::create(*env.mem, sc);
                 if (!link) return coiommu::unexpected(link.error());
                 *remote = link->get();
@@ -846,6 +848,9 @@ Status Run::setup_strategy() {
     env_.vcpus = o_.vcpus;
     env_.max_outstanding = o_.max_outstanding();
     env_.max_buffer_pages = o_.buffer_pages;
+    // A vCPU whose request was in flight when the daemon died waits for the resumed one, as a
+    // guest driver spins until its slot completes.
+    if (o_.reconnect) env_.timeout = std::max(env_.timeout, o_.reconnect_timeout + std::chrono::seconds(5));
     auto strategy = make_strategy(o_, spec_, env_, &remote_);
     if (!strategy) return coiommu::unexpected(with_context(strategy.error(), r_.label));
     strategy_ = std::move(*strategy);
@@ -1113,11 +1118,23 @@ void Run::engine_checks() {
     r.engine = engine_figures(**es, r.served_by);
     const EngineFigures& e = *r.engine;
     const uint64_t engine_requests = e.requests_single + e.requests_batch;
-    r.checks.push_back(Check{"engine_saw_every_request", engine_requests == r.notifications,
-                             fmt::format("guest sent {}, engine counted {}", r.notifications, engine_requests)});
-    r.checks.push_back(Check{"engine_counts_add_up", e.pages_pinned - e.pages_unpinned == e.pinned_pages,
-                             fmt::format("engine pinned {} - unpinned {} = {}, gauge {}", e.pages_pinned,
-                                         e.pages_unpinned, e.pages_pinned - e.pages_unpinned, e.pinned_pages)});
+    // After a resume the engine is the last daemon's: it counts from the resume on and starts with
+    // the pages it adopted.
+    const auto resumed = remote_ != nullptr ? remote_->last_resume() : std::nullopt;
+    if (!resumed) {
+        r.checks.push_back(Check{"engine_saw_every_request", engine_requests == r.notifications,
+                                 fmt::format("guest sent {}, engine counted {}", r.notifications, engine_requests)});
+    } else {
+        r.checks.push_back(Check{"engine_saw_requests_since_resume", engine_requests <= r.notifications,
+                                 fmt::format("guest sent {} over the run, the resumed engine counted {} since the "
+                                             "last resume",
+                                             r.notifications, engine_requests)});
+    }
+    const uint64_t adopted = resumed ? resumed->pages : 0;
+    r.checks.push_back(Check{"engine_counts_add_up", e.pages_pinned + adopted - e.pages_unpinned == e.pinned_pages,
+                             fmt::format("engine pinned {} + adopted {} - unpinned {} = {}, gauge {}", e.pages_pinned,
+                                         adopted, e.pages_unpinned, e.pages_pinned + adopted - e.pages_unpinned,
+                                         e.pinned_pages)});
     if (remote_ == nullptr) {  // --connect: pinned_end_pages is the engine's gauge itself
         r.checks.push_back(
             Check{"engine_matches_backend", e.pinned_pages == r.pinned_end_pages,
@@ -1128,6 +1145,21 @@ void Run::engine_checks() {
 // Teardown: the host must not keep a mapping of this guest.
 void Run::teardown() {
     strategy_->shutdown();
+    if (remote_ != nullptr && remote_->reconnecting()) {
+        const RestartAudits a = remote_->restart_audits();
+        r_.resumes = remote_->resumes();
+        r_.restart_audits = a.audits;
+        r_.restart_audits_inconsistent = a.inconsistent;
+        if (o_.backend == BackendKind::Fake) {
+            r_.checks.push_back(Check{
+                "record_matched_container_at_every_loss", a.inconsistent == 0,
+                a.inconsistent == 0
+                    ? fmt::format("{} sessions resumed; at each of {} losses every recorded extent was mapped and "
+                                  "every mapping recorded ({} entries caught mid-call, settled on resume)",
+                                  r_.resumes, a.audits, a.in_progress)
+                    : fmt::format("{} of {} audits disagreed; first: {}", a.inconsistent, a.audits, a.first_problem)});
+        }
+    }
     if (remote_ != nullptr) {
         const auto info = remote_->close_info();
         r_.checks.push_back(Check{"teardown_left_no_mapping", info && info->dma_entries_after == 0,
@@ -1172,9 +1204,9 @@ void Run::report_host_lost() {
     guest_totals();
     r_.checks.clear();
     r_.checks.push_back(Check{"daemon_stayed_up", false,
-                              fmt::format("coiommud at {} went away {:.1f} s into the run ({}); the run stopped "
-                                          "(a session cannot be resumed yet)",
-                                          o_.connect_path, r_.duration_s, remote_->lost_reason())});
+                              fmt::format("coiommud at {} went away {:.1f} s into the run ({}); the run stopped{}",
+                                          o_.connect_path, r_.duration_s, remote_->lost_reason(),
+                                          o_.reconnect ? "" : " (--reconnect resumes the session instead)")});
     CLOG_ERROR(kLog, "{}: {}", r_.label, r_.checks.back().detail);
     strategy_->shutdown();  // nothing to close: the link knows it is lost
     r_.process_cpu_s = process_cpu_s() - cpu_at_start_;

@@ -132,6 +132,11 @@ struct RunResult {
     std::vector<Sample> timeline;  // every 100 ms while the vCPUs ran
     std::vector<ThreadCpu> cpu;    // per thread: vCPUs, engine threads, others
     double process_cpu_s = 0;      // the whole process, from setup to teardown
+    // --connect --reconnect: sessions resumed after the daemon went away, and the audits of the
+    // host record against the container at each loss (fake backend).
+    uint64_t resumes = 0;
+    uint64_t restart_audits = 0;
+    uint64_t restart_audits_inconsistent = 0;
 
     // Invariant held, no balloon violation, every check passed.
     [[nodiscard]] bool passed() const;

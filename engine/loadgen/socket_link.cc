@@ -8,58 +8,131 @@
 #include <fmt/format.h>
 
 #include "engine/base/log.h"
+#include "engine/dma/fake_backend.h"
+#include "engine/dma/host_record.h"
 
 namespace coiommu::loadgen {
 namespace {
 constexpr const char* kLog = "loadgen";
+constexpr uint64_t kFakeEntries = 65535;  // the daemon's default fake entry limit
 
-Result<daemon::BackendInfo> choose_backend(daemon::Client& c, const SocketLinkConfig& cfg) {
+daemon::BackendChoice backend_choice(const SocketLinkConfig& cfg) {
+    daemon::BackendChoice b;
+    b.entry_limit = cfg.entry_limit;
     switch (cfg.backend) {
-        case RemoteBackend::Null: return c.set_backend_null(cfg.entry_limit);
-        case RemoteBackend::Fake: return c.set_backend_fake(daemon::FakeBackendSpec{cfg.latency, cfg.entry_limit});
-        case RemoteBackend::Vfio: {
-            // The daemon gets its own descriptor of the same container; ours stays the VMM's.
-            UniqueFd dup(::fcntl(cfg.vfio_container_fd, F_DUPFD_CLOEXEC, 0));
-            if (!dup) return make_error(errno, "duplicating the VFIO container fd");
-            return c.set_backend_vfio(std::move(dup), cfg.entry_limit);
-        }
-        case RemoteBackend::Iommufd: {
-            UniqueFd dup(::fcntl(cfg.iommufd, F_DUPFD_CLOEXEC, 0));
-            if (!dup) return make_error(errno, "duplicating the iommufd");
-            return c.set_backend_iommufd(std::move(dup), cfg.ioas_id);
-        }
+        case RemoteBackend::Null: b.kind = daemon::proto::BackendKind::Null; break;
+        case RemoteBackend::Fake:
+            b.kind = daemon::proto::BackendKind::Fake;
+            // A shared state sizes itself: the daemon's entry limit is its slot count.
+            b.fake = daemon::FakeBackendSpec{cfg.latency, cfg.fake_shared_state >= 0 ? 0 : cfg.entry_limit,
+                                             cfg.fake_shared_state};
+            break;
+        case RemoteBackend::Vfio:
+            b.kind = daemon::proto::BackendKind::Vfio;
+            b.fd = cfg.vfio_container_fd;
+            break;
+        case RemoteBackend::Iommufd:
+            b.kind = daemon::proto::BackendKind::Iommufd;
+            b.fd = cfg.iommufd;
+            b.ioas_id = cfg.ioas_id;
+            break;
     }
-    return make_error(EINVAL, "unknown remote backend");
+    return b;
+}
+
+std::vector<workers::GfnRange> ram_of(const GuestMemory& mem) {
+    std::vector<workers::GfnRange> out;
+    for (const RegionLayout& r : mem.layout()) out.push_back({to_gfn(r.base), r.size >> kPageShift});
+    return out;
 }
 }  // namespace
 
 Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, const SocketLinkConfig& cfg) {
-    const std::string where = fmt::format("coiommud at {}", cfg.socket_path);
-    auto client = daemon::Client::connect(cfg.socket_path, "coiommu-load");
-    if (!client) return coiommu::unexpected(with_context(client.error(), where));
-    std::unique_ptr<SocketLink> link(new SocketLink(cfg, std::move(*client)));
-    daemon::Client& c = *link->client_;
-    COIOMMU_TRY(c.set_memory(mem), where);
-    auto dev = c.set_topology(cfg.vcpus, cfg.endpoints);
-    if (!dev) return coiommu::unexpected(with_context(dev.error(), where));
-    link->dev_ = std::move(*dev);
-    auto backend = choose_backend(c, cfg);
-    if (!backend) return coiommu::unexpected(with_context(backend.error(), where));
-    link->backend_ = *backend;
-    link->can_query_ =
-        cfg.backend == RemoteBackend::Fake && (c.hello_info().features & daemon::proto::kFeatureQueryMapped) != 0;
+    if (cfg.backend == RemoteBackend::Vfio && cfg.vfio_container_fd < 0) {
+        return make_error(EBADF, "--connect --backend vfio: no container fd");
+    }
+    std::unique_ptr<SocketLink> link(new SocketLink(cfg));
+    if (cfg.reconnect == daemon::Reconnect::On && cfg.backend == RemoteBackend::Fake && cfg.fake_shared_state < 0) {
+        // The fake's mappings must outlive the daemon as a container's do: this VMM holds them.
+        auto state = dma::FakeBackend::create_shared_state(cfg.entry_limit != 0 ? cfg.entry_limit : kFakeEntries);
+        if (!state) return coiommu::unexpected(with_context(state.error(), "fake backend shared state"));
+        link->own_state_ = std::move(*state);
+        link->cfg_.fake_shared_state = link->own_state_.get();
+    }
+    const SocketLinkConfig& c = link->cfg_;
     // The VMM owns the trigger eventfds (KVM ioeventfds on BAR0 in a real VMM) and lends them.
-    std::vector<int> fds;
-    for (uint32_t i = 0; i < cfg.vcpus; ++i) {
+    daemon::SessionSpec spec;
+    for (uint32_t i = 0; i < c.vcpus; ++i) {
         auto ev = EventFd::create(Blocking::No);
         if (!ev) return coiommu::unexpected(with_context(ev.error(), "trigger eventfd"));
-        fds.push_back(ev->fd());
+        spec.triggers.push_back(ev->fd());
         link->triggers_.push_back(std::move(*ev));
     }
-    auto running = c.set_triggers(fds);
-    if (!running) return coiommu::unexpected(with_context(running.error(), where));
-    if (!*running) return make_error(EPROTO, where + ": the daemon is not running the engine after SetTriggers");
+    spec.socket_path = c.socket_path;
+    spec.name = "coiommu-load";
+    spec.regions = mem.layout();
+    spec.vcpus = c.vcpus;
+    spec.endpoints = c.endpoints;
+    spec.backend = backend_choice(c);
+    daemon::ReconnectPolicy policy;
+    policy.reconnect = c.reconnect;
+    policy.give_up_after = c.reconnect_timeout;
+    SocketLink* raw_link = link.get();
+    const GuestMemory* raw_mem = &mem;
+    policy.on_lost = [raw_link, raw_mem](const Error&) { raw_link->audit_after_loss(*raw_mem); };
+    auto client = daemon::ResumingClient::start(std::move(spec), std::move(policy));
+    if (!client) return coiommu::unexpected(client.error());
+    link->client_ = std::move(*client);
+    link->can_query_ = c.backend == RemoteBackend::Fake &&
+                       (link->client_->hello_info().features & daemon::proto::kFeatureQueryMapped) != 0;
     return link;
+}
+
+void SocketLink::audit_after_loss(const GuestMemory& mem) {
+    if (cfg_.backend != RemoteBackend::Fake || cfg_.fake_shared_state < 0 || !client_->device().record) return;
+    // The daemon is gone (end of stream: its process has closed every fd), so neither the record
+    // nor the shared state changes until the next daemon resumes.
+    std::string problem;
+    dma::RecordAudit a;
+    UniqueFd rec_fd(::fcntl(client_->device().record.get(), F_DUPFD_CLOEXEC, 0));
+    auto rec = rec_fd ? dma::HostRecord::adopt(std::move(rec_fd), mem.gfn_span())
+                      : Result<dma::HostRecord>(make_error(errno, "dup host record"));
+    auto live = dma::FakeBackend::read_shared_state(cfg_.fake_shared_state);
+    if (!rec) {
+        problem = rec.error().message();
+    } else if (!live) {
+        problem = live.error().message();
+    } else {
+        std::vector<dma::LiveMapping> maps;
+        for (const auto& m : *live) maps.push_back({m.iova, m.size});
+        auto audited = dma::audit(*rec, ram_of(mem), maps);
+        if (!audited) {
+            problem = audited.error().message();
+        } else {
+            a = *audited;
+            if (!a.consistent()) {
+                problem = fmt::format("the host record and the container disagree: {} recorded extents not "
+                                      "mapped, {} mappings not recorded",
+                                      a.missing, a.orphans);
+            }
+        }
+    }
+    std::lock_guard lock(audit_mu_);
+    ++audits_.audits;
+    audits_.in_progress += a.in_progress;
+    if (!problem.empty()) {
+        ++audits_.inconsistent;
+        if (audits_.first_problem.empty()) audits_.first_problem = problem;
+        CLOG_ERROR(kLog, "after the daemon went away: {}", problem);
+    } else {
+        CLOG_INFO(kLog, "daemon gone: the record and the container agree ({} extents, {} pages, {} in progress)",
+                  a.mapped_extents, a.mapped_pages, a.in_progress);
+    }
+}
+
+RestartAudits SocketLink::restart_audits() const {
+    std::lock_guard lock(audit_mu_);
+    return audits_;
 }
 
 SocketLink::~SocketLink() { shutdown(); }
@@ -67,8 +140,9 @@ SocketLink::~SocketLink() { shutdown(); }
 template <class R>
 R SocketLink::watch(R r) {
     if (r) return r;
-    const int err = r.error().code;
-    if (err != EPIPE && err != ECONNRESET && err != ENOTCONN) return r;
+    // Lost: the connection is gone and will not come back (without --reconnect at once; with it
+    // once resuming gave up, whatever the last attempt's errno).
+    if (!daemon::ResumingClient::connection_lost(r.error().code) && !client_->ended()) return r;
     std::lock_guard lock(lost_mu_);
     if (!lost_.load(std::memory_order_relaxed)) {
         lost_reason_ = r.error().message();
@@ -112,14 +186,14 @@ Result<bool> SocketLink::query_mapped(Iova iova, uint64_t size) { return watch(c
 
 std::string SocketLink::engine_description() const {
     return fmt::format("coiommud at {} (session {}, backend {})", cfg_.socket_path, client_->hello_info().session_id,
-                       backend_.name);
+                       client_->backend_info().name);
 }
 
 void SocketLink::shutdown() {
     std::lock_guard lock(close_mu_);
     if (closed_) return;
     closed_ = true;
-    if (lost()) return;  // nobody to say Close to
+    if (!client_ || lost()) return;  // never set up, or nobody to say Close to
     auto info = client_->close();
     if (!info) {
         CLOG_WARN(kLog, "closing the coiommud session: {}", info.error().message());
@@ -137,9 +211,7 @@ void SocketLink::disconnect() {
         if (!lost_.load(std::memory_order_relaxed)) lost_reason_ = "disconnected by the VMM";
         lost_.store(true, std::memory_order_relaxed);
     }
-    // shutdown(2), not close(2): the daemon sees end of stream, and the descriptor stays valid
-    // for any thread still inside a call (which then fails with EPIPE).
-    ::shutdown(client_->fd(), SHUT_RDWR);
+    if (client_) client_->disconnect();
 }
 
 std::optional<daemon::CloseInfo> SocketLink::close_info() const {

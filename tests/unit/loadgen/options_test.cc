@@ -352,6 +352,19 @@ TEST(CliConnect, TakesTheDaemonsBackendOptions) {
     EXPECT_EQ(o.entry_limit, 100u);
 }
 
+TEST(CliConnect, ReconnectIsOffUnlessAskedAndTakesATimeout) {
+    EXPECT_FALSE(options({"--connect", "/run/c.sock"}).reconnect);
+    const LoadOptions o = options({"--connect", "/run/c.sock", "--reconnect", "--reconnect-timeout", "2s"});
+    EXPECT_TRUE(o.reconnect);
+    EXPECT_EQ(o.reconnect_timeout, std::chrono::seconds(2));
+}
+
+TEST(CliConnect, ReconnectNeedsConnectAndItsTimeoutNeedsReconnect) {
+    EXPECT_NE(message({"--reconnect"}).find("only for --connect"), std::string::npos);
+    EXPECT_NE(message({"--connect", "/run/c.sock", "--reconnect-timeout", "5"}).find("needs --reconnect"),
+              std::string::npos);
+}
+
 // What scripts/bench.sh, the READMEs, the man page and the --connect tests run.
 TEST(Cli, TheDocumentedInvocationsParse) {
     for (const std::vector<std::string_view>& args : std::vector<std::vector<std::string_view>>{
@@ -363,6 +376,7 @@ TEST(Cli, TheDocumentedInvocationsParse) {
              {"--json", "out.json", "--plot", "out.png"},
              {"--connect", "/tmp/c.sock", "--duration", "5", "--json", "out.json"},
              {"--connect", "/run/coiommu/coiommud.sock", "--vcpus", "4", "--duration", "30"},
+             {"--connect", "/run/coiommu/coiommud.sock", "--reconnect", "--workload", "mix", "--duration", "10m"},
              {"--connect", "/tmp/c.sock", "--duration", "1.5", "--vcpus", "2", "--ram", "256M", "--workload", "mix",
               "--latency", "none", "--quiet", "--json", "out.json"},
              {"--connect", "/tmp/c.sock", "--backend", "null", "--duration", "0.5", "--ram", "128M", "--workload",
