@@ -471,8 +471,12 @@ Status Session::start_engine() {
         // consumed by the dead daemon (or is still pending): signal each vCPU whose slot holds
         // one. Acquire, once per slot: a slot the guest fills after this load comes with the
         // guest's own trigger, which the running engine sees.
+        // A trigger still pending in the eventfd reaches the engine anyway: signalling it again
+        // would only add a spurious trigger.
         for (uint32_t v = 0; v < triggers_.size(); ++v) {
-            if (device_->slot(v).load(std::memory_order_acquire) != 0) (void)triggers_[v].signal();
+            if (device_->slot(v).load(std::memory_order_acquire) == 0) continue;
+            auto pending = triggers_[v].is_signaled();
+            if (!pending || !*pending) (void)triggers_[v].signal();
         }
     }
     return ok();
