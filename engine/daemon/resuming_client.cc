@@ -1,10 +1,12 @@
 #include "engine/daemon/resuming_client.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <thread>
 
 #include <fmt/format.h>
@@ -47,10 +49,43 @@ Result<std::unique_ptr<ResumingClient>> ResumingClient::start(SessionSpec spec, 
     }
     std::unique_ptr<ResumingClient> rc(new ResumingClient(std::move(spec), std::move(policy)));
     COIOMMU_TRY(rc->set_up());
+    if (rc->policy_.reconnect == Reconnect::On) {
+        COIOMMU_ASSIGN_OR_RETURN(rc->stop_watch_, EventFd::create());
+        rc->watcher_ = std::thread([raw = rc.get()] { raw->watch_connection(); });
+    }
     return rc;
 }
 
-ResumingClient::~ResumingClient() = default;
+ResumingClient::~ResumingClient() {
+    {
+        std::lock_guard lock(mu_);
+        if (!ended_) ended_ = ended_error("the client was destroyed");
+    }
+    if (watcher_.joinable()) {
+        (void)stop_watch_.signal();
+        watcher_.join();
+    }
+}
+
+void ResumingClient::watch_connection() {
+    for (;;) {
+        auto cur = current();
+        if (!cur) return;  // closed, disconnected, given up
+        // The Client (and so its fd) stays alive while polled: `cur` holds it.
+        pollfd fds[2] = {{cur->first->fd(), POLLRDHUP, 0}, {stop_watch_.fd(), POLLIN, 0}};
+        const int n = ::poll(fds, 2, -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            CLOG_ERROR(kLog, "watching the coiommud connection: {}", std::strerror(errno));
+            return;
+        }
+        if ((fds[1].revents & POLLIN) != 0) return;
+        if ((fds[0].revents & (POLLRDHUP | POLLHUP | POLLERR)) == 0) continue;
+        // The daemon hung up. Recover unless a request already did (the generation moved on) or
+        // the session ended; recover() decides under its lock.
+        if (!recover(cur->second, Error{ECONNRESET, "coiommud hung up"})) return;
+    }
+}
 
 Status ResumingClient::set_up() {
     const std::string where = fmt::format("coiommud at {}", spec_.socket_path);
@@ -134,6 +169,7 @@ Status ResumingClient::recover(uint64_t gen, const Error& why) {
         std::lock_guard lock(mu_);
         if (ended_) return coiommu::unexpected(*ended_);
         if (gen_ != gen) return ok();  // another caller has resumed already
+        if (closing_) return coiommu::unexpected(with_context(why, "Close"));  // no resume after Close
         if (policy_.reconnect == Reconnect::Off) {
             ended_ = with_context(why, fmt::format("coiommud at {} went away", spec_.socket_path));
             return coiommu::unexpected(*ended_);
@@ -236,6 +272,10 @@ Result<bool> ResumingClient::query_mapped(Iova iova, uint64_t size) {
 }
 
 Result<CloseInfo> ResumingClient::close() {
+    {
+        std::lock_guard lock(mu_);
+        closing_ = true;
+    }
     auto r = with_retry([&](Client& c) { return c.close(); });
     std::lock_guard lock(mu_);
     if (!ended_) ended_ = ended_error("the session was closed");

@@ -23,9 +23,15 @@
 // memfds, the container or iommufd, the fake shared state, the trigger eventfds): they are handed
 // over again on every resume. device() is the VMM's from start() on.
 //
+// Noticing the loss: a request that fails with a lost connection, or - with reconnect On - a
+// watcher thread that polls the connection for the daemon's hang-up (POLLRDHUP) between requests.
+// The guest's requests do not go through the socket (they are notify slots and eventfds), so a
+// VMM whose daemon died while nothing was asked of it would otherwise never resume, and a vCPU
+// would spin on its slot; the watcher resumes at once and the new daemon serves the slot.
+//
 // Thread-safety: every method may be called from any thread. Requests are serialised per
-// connection; when one fails because the connection is lost, one caller reconnects while the
-// others wait for it, then all re-send on the new connection.
+// connection; when one fails because the connection is lost, one caller (or the watcher)
+// reconnects while the others wait for it, then all re-send on the new connection.
 #pragma once
 
 #include <chrono>
@@ -36,8 +42,10 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "engine/base/event_fd.h"
 #include "engine/base/result.h"
 #include "engine/daemon/client.h"
 
@@ -129,6 +137,8 @@ private:
     // After a request on generation `gen` failed with a lost connection: resumes on a new one
     // unless another thread already has. Errors: the last attempt's when giving up.
     [[nodiscard]] Status recover(uint64_t gen, const Error& why);
+    // The watcher thread's body: polls the current connection for a hang-up, recovers.
+    void watch_connection();
     template <class F>
     auto with_retry(F&& f) -> decltype(f(std::declval<Client&>()));
 
@@ -143,7 +153,10 @@ private:
     std::optional<ResumeInfo> last_resume_;
     BackendInfo backend_;
     std::optional<Error> ended_;      // closed, disconnected or given up: every request fails with it
+    bool closing_ = false;            // Close sent: the daemon's hang-up after it is no loss
     std::mutex recover_mu_;           // one reconnecting thread at a time
+    EventFd stop_watch_;              // wakes the watcher to end it
+    std::thread watcher_;             // reconnect On only
 };
 
 }  // namespace coiommu::daemon

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <csignal>
 #include <memory>
 #include <optional>
 #include <random>
@@ -147,23 +148,39 @@ protected:
     void TearDown() override {
         vcpus_.clear();
         strategy_.reset();  // Close, when the session is still up
+        if (::testing::Test::HasFailure()) std::fprintf(stderr, "%s", killed_logs_.c_str());
         if (daemon_ && ::testing::Test::HasFailure()) std::fprintf(stderr, "%s", daemon_->stderr_text().c_str());
     }
 
-    // The daemon, then the VMM's container (the group of edu, type1v2), then the session.
-    void start_session(std::optional<uint64_t> entry_limit = std::nullopt) {
+    // A daemon on `socket` (in its own directory unless the test keeps one for restarts).
+    void start_daemon(const std::string& socket) {
+        ::unlink(socket.c_str());  // a killed daemon's file: readiness waits for the new one
         ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommud-vm"));
         DaemonOptions o;
         o.program = env_.coiommud;
-        o.socket = dir.path("coiommud.sock");
+        o.socket = socket.empty() ? dir.path("coiommud.sock") : socket;
         o.args = {"--socket",          o.socket,
                   "--tracing",         "off",
                   "--metrics-address", "none",
                   "--backends",        "vfio,iommufd",
-                  "--log-level",       "warn",
+                  "--log-level",       reconnect_ == daemon::Reconnect::On ? "info" : "warn",
                   "--engine",          "variant=" + GetParam().variant + ",unpin_policy=lru,unpin_interval=100ms"};
         ASSERT_OK_AND_ASSIGN(auto d, DaemonProcess::start(std::move(dir), std::move(o)));
         daemon_.emplace(std::move(d));
+    }
+
+    // The daemon, then the VMM's container (the group of edu, type1v2), then the session. With
+    // Reconnect::On the socket lives in a directory of the test's, so that a restarted daemon
+    // binds the same path and the session resumes.
+    void start_session(std::optional<uint64_t> entry_limit = std::nullopt, daemon::Reconnect rc = daemon::Reconnect::Off) {
+        reconnect_ = rc;
+        std::string socket;
+        if (rc == daemon::Reconnect::On) {
+            ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommud-vm-sock"));
+            sock_dir_.emplace(std::move(dir));
+            socket = sock_dir_->path("coiommud.sock");
+        }
+        ASSERT_NO_FATAL_FAILURE(start_daemon(socket));
 
         if (iommufd()) {
             ASSERT_NO_FATAL_FAILURE(start_iommufd_vmm());
@@ -216,6 +233,7 @@ protected:
             sc.backend = RemoteBackend::Vfio;
             sc.vfio_container_fd = vmm_->container_fd();
         }
+        sc.reconnect = reconnect_;
         ASSERT_OK_AND_ASSIGN(auto link, SocketLink::create(mem_, sc));
         link_ = link.get();
         ASSERT_EQ(link_->backend_info().name, iommufd() ? "iommufd" : "vfio");
@@ -226,6 +244,7 @@ protected:
         se.vcpus = kVcpus;
         se.max_outstanding = 8;
         se.max_buffer_pages = kBufferPages;
+        if (reconnect_ == daemon::Reconnect::On) se.timeout = 60s;  // a vCPU waits for the next daemon
         ASSERT_OK_AND_ASSIGN(strategy_, make_coiommu_strategy(se, std::move(link)));
         for (uint32_t v = 0; v < kVcpus; ++v) {
             ASSERT_OK_AND_ASSIGN(auto dma, strategy_->vcpu(v));
@@ -320,6 +339,9 @@ protected:
     bool lands(Gfn src, Gfn dst) const { return std::memcmp(page(src), page(dst), Edu::kXfer) == 0; }
 
     VmEnv env_;
+    daemon::Reconnect reconnect_ = daemon::Reconnect::Off;
+    std::optional<TempDir> sock_dir_;  // Reconnect::On: the socket's directory, outliving each daemon
+    std::string killed_logs_;          // the stderr of each daemon a test killed, shown if it fails
     GuestMemory mem_;
     GuestLayout layout_;
     std::optional<DaemonProcess> daemon_;
@@ -389,6 +411,99 @@ TEST_P(EngineOnRealIommuVm, DeviceDmaLandsInEveryPageTheGuestWasToldIsPinned) {
     EXPECT_GT(load_maps.load(), 0u);
     EXPECT_EQ(load_failures.load(), 0u);
     EXPECT_GT(max_entries, 0u) << "the engine mapped on the VMM's container";
+}
+
+// Issue #15: the daemon killed with SIGKILL ten times under load, each time restarted on the same
+// socket and resumed by the VMM. A page the guest holds PINNED across a kill takes device DMA
+// while no daemon runs (the container keeps the mapping) and after the resume; new maps go to the
+// resumed engine; the load never sees a failure; Close leaves the container as it was.
+TEST_P(EngineOnRealIommuVm, DeviceDmaLandsInPinnedPagesThroughTenDaemonKills) {
+    ASSERT_NO_FATAL_FAILURE(start_session(std::nullopt, daemon::Reconnect::On));
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> load_maps{0}, load_failures{0};
+    std::string first_failure;  // the load thread's, read after it is joined
+    std::thread load([&] {
+        std::mt19937_64 rng(7);
+        std::vector<std::pair<Buffer, Iova>> held;
+        auto failed = [&](std::string_view what, const Buffer& b, MapFailure f) {
+            if (load_failures++ == 0) {
+                first_failure = fmt::format("{} of gfn {:#x}+{}: {}", what, raw(b.first), b.pages,
+                                            kMapFailureLabels[static_cast<std::size_t>(f)]);
+            }
+        };
+        auto unmap_held = [&](const Buffer& b, Iova iova) {
+            if (auto f = vcpus_[0]->unmap(b, iova)) failed("unmap", b, *f);
+        };
+        while (!stop.load()) {
+            const auto pages = static_cast<uint32_t>(1 + rng() % kBufferPages);
+            const Buffer b{Gfn{rng() % (layout_.data_pages - pages)}, pages};
+            Iova iova{};
+            const MapStatus st = vcpus_[0]->map(b, 0, &iova);
+            if (st.ok) {
+                held.emplace_back(b, iova);
+                ++load_maps;
+            } else {
+                failed("map", b, st.failure);
+            }
+            if (held.size() > 4) {
+                unmap_held(held.front().first, held.front().second);
+                held.erase(held.begin());
+            }
+        }
+        for (auto& [b, iova] : held) unmap_held(b, iova);
+    });
+    struct Joined {  // the load stops and is joined however the test body ends
+        std::atomic<bool>& stop;
+        std::thread& t;
+        ~Joined() {
+            stop.store(true);
+            if (t.joinable()) t.join();
+        }
+    } joined{stop, load};
+    std::mt19937_64 rng(15);
+    constexpr int kKills = 10;
+    int landed_dead = 0, landed_resumed = 0;
+    for (int i = 0; i < kKills; ++i) {
+        const Gfn src{rng() % layout_.data_pages};
+        Gfn dst{rng() % layout_.data_pages};
+        if (dst == src) dst = Gfn{(raw(src) + 1) % layout_.data_pages};
+        ASSERT_TRUE(load_pattern(src, static_cast<uint32_t>(i)).has_value())
+            << "kill " << i << ": " << (link_->lost() ? link_->lost_reason() : std::string("link up"));
+        auto iova = map(kOracle, Buffer{dst, 1});  // PINNED: held across the kill
+        ASSERT_TRUE(iova.has_value()) << "kill " << i;
+        std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 300));
+        const std::string socket = daemon_->socket();
+        ASSERT_OK(daemon_->signal(SIGKILL));
+        ASSERT_TRUE(daemon_->wait_for_exit(10s));
+        killed_logs_ += fmt::format("---- daemon {} (killed) ----\n{}", i, daemon_->stderr_text());
+        daemon_.reset();
+        std::memset(page(dst), 0, Edu::kXfer);
+        ASSERT_TRUE(edu_->device_to_ram(*iova));  // no daemon at all now
+        if (lands(src, dst)) ++landed_dead;
+        ASSERT_NO_FATAL_FAILURE(start_daemon(socket));
+        std::memset(page(dst), 0, Edu::kXfer);
+        ASSERT_TRUE(edu_->device_to_ram(*iova));
+        if (lands(src, dst)) ++landed_resumed;
+        EXPECT_TRUE(unmap(kOracle, Buffer{dst, 1}, *iova)) << "kill " << i;  // through the resumed daemon
+    }
+    stop.store(true);
+    load.join();
+    report(GetParam().variant + (iommufd() ? " iommufd" : " type1") + ": " + std::to_string(kKills) +
+           " kill -9: device DMA landed in the held page " + std::to_string(landed_dead) + "/" +
+           std::to_string(kKills) + " with no daemon, " + std::to_string(landed_resumed) + "/" +
+           std::to_string(kKills) + " after the resume; " + std::to_string(link_->resumes()) + " resumes, load maps " +
+           std::to_string(load_maps.load()) + ", failures " + std::to_string(load_failures.load()));
+    EXPECT_EQ(landed_dead, kKills);
+    EXPECT_EQ(landed_resumed, kKills);
+    EXPECT_EQ(link_->resumes(), static_cast<uint64_t>(kKills));
+    EXPECT_GT(load_maps.load(), 0u);
+    EXPECT_EQ(load_failures.load(), 0u) << "first: " << first_failure;
+    const auto probes = map_some();
+    ASSERT_FALSE(probes.empty());
+    link_->shutdown();
+    ASSERT_TRUE(link_->close_info().has_value());
+    EXPECT_EQ(link_->close_info()->dma_entries_after, 0u);
+    EXPECT_TRUE(nothing_left(probes)) << "the resumed engine unmapped everything at Close";
 }
 
 // After a balloon request took a page back, the IOMMU must drop the device's write to it.

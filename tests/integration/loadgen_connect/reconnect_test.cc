@@ -108,13 +108,28 @@ TEST(Reconnect, AHundredKillNinesUnderLoadLoseNoPinAndLeakNoMapping) {
     // DMA calls are in flight when the daemon dies.
     ASSERT_OK_AND_ASSIGN(pid_t load, spawn_load(dir, {"--connect", socket, "--reconnect", "--duration", "300",
                                                       "--vcpus", "4", "--ram", "256M", "--workload", "mix",
-                                                      "--balloon-interval", "50ms", "--quiet", "--json",
-                                                      dir.path("r.json")}));
+                                                      "--balloon-interval", "50ms", "--quiet", "--log-level",
+                                                      "info", "--json", dir.path("r.json")}));
+    // Each kill hits a session that runs: the previous resume is done (the client logs it).
+    auto resumed = [&] {
+        const std::string err = slurp(dir.path("err"));
+        int n = 0;
+        for (std::size_t at = err.find("resumed session"); at != std::string::npos;
+             at = err.find("resumed session", at + 1)) {
+            ++n;
+        }
+        return n;
+    };
     std::mt19937 rng(20261202);
     std::uniform_int_distribution<int> pause_ms(20, 200);
     int kills = 0;
     for (; kills < kKills; ++kills) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(rng)));
+        const auto deadline = Clock::now() + std::chrono::seconds(20);
+        while (resumed() < kills && Clock::now() < deadline && !exit_of(load, std::chrono::milliseconds(0))) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        ASSERT_EQ(resumed(), kills) << "no resume after kill " << kills << "\n" << slurp(dir.path("err"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(rng)));  // a random point of the run
         if (exit_of(load, std::chrono::milliseconds(0))) break;  // the run ended: it says why
         ASSERT_OK(daemon->signal(SIGKILL));
         ASSERT_TRUE(daemon->wait_for_exit(std::chrono::seconds(5)));
