@@ -32,8 +32,8 @@ bool ResumingClient::connection_lost(int code) { return code == EPIPE || code ==
 Result<std::unique_ptr<ResumingClient>> ResumingClient::start(SessionSpec spec, ReconnectPolicy policy) {
     if (spec.vcpus == 0) return make_error(EINVAL, "ResumingClient: no vCPUs");
     if (spec.triggers.size() != spec.vcpus) {
-        return make_error(EINVAL,
-                          fmt::format("ResumingClient: {} trigger eventfds for {} vCPUs", spec.triggers.size(), spec.vcpus));
+        return make_error(
+            EINVAL, fmt::format("ResumingClient: {} trigger eventfds for {} vCPUs", spec.triggers.size(), spec.vcpus));
     }
     // A fake backend in a shared state is a resumable session's (the daemon takes its fd only then).
     if (spec.backend.kind == proto::BackendKind::Fake && spec.backend.fake.shared_state >= 0) {
@@ -168,7 +168,7 @@ Status ResumingClient::recover(uint64_t gen, const Error& why) {
     {
         std::lock_guard lock(mu_);
         if (ended_) return coiommu::unexpected(*ended_);
-        if (gen_ != gen) return ok();  // another caller has resumed already
+        if (gen_ != gen) return ok();                                          // another caller has resumed already
         if (closing_) return coiommu::unexpected(with_context(why, "Close"));  // no resume after Close
         if (policy_.reconnect == Reconnect::Off) {
             ended_ = with_context(why, fmt::format("coiommud at {} went away", spec_.socket_path));
@@ -197,8 +197,8 @@ Status ResumingClient::recover(uint64_t gen, const Error& why) {
         const auto now = Clock::now();
         if (!transient(next.error().code) || now >= give_up_at) {
             std::lock_guard lock(mu_);
-            ended_ = with_context(next.error(), fmt::format("resuming with coiommud at {} ({} attempts)",
-                                                            spec_.socket_path, attempts));
+            ended_ = with_context(
+                next.error(), fmt::format("resuming with coiommud at {} ({} attempts)", spec_.socket_path, attempts));
             CLOG_ERROR(kLog, "{}", ended_->message());
             return coiommu::unexpected(*ended_);
         }

@@ -54,10 +54,10 @@ namespace coiommu::daemon {
 // The backend the session asks for, again on every resume.
 struct BackendChoice {
     proto::BackendKind kind = proto::BackendKind::Fake;
-    FakeBackendSpec fake;     // kind Fake; with reconnecting, fake.shared_state is required
-    int fd = -1;              // Vfio: the container; Iommufd: the iommufd (borrowed; a dup is sent)
-    uint32_t ioas_id = 0;     // Iommufd
-    uint64_t entry_limit = 0; // Vfio, Null: 0 = the daemon's default
+    FakeBackendSpec fake;      // kind Fake; with reconnecting, fake.shared_state is required
+    int fd = -1;               // Vfio: the container; Iommufd: the iommufd (borrowed; a dup is sent)
+    uint32_t ioas_id = 0;      // Iommufd
+    uint64_t entry_limit = 0;  // Vfio, Null: 0 = the daemon's default
 };
 
 struct SessionSpec {
@@ -65,7 +65,7 @@ struct SessionSpec {
     std::string name = "coiommu-client";
     // kFeatureResume is added when reconnecting, and for a fake backend with a shared state.
     uint64_t features = proto::kAllFeatures;
-    std::vector<RegionLayout> regions;        // the guest RAM memfds (borrowed)
+    std::vector<RegionLayout> regions;  // the guest RAM memfds (borrowed)
     uint32_t vcpus = 1;
     std::vector<uint16_t> endpoints;
     BackendChoice backend;
@@ -146,17 +146,17 @@ private:
     ReconnectPolicy policy_;
     DeviceMemfds dev_;
 
-    mutable std::mutex mu_;          // guards the fields below
+    mutable std::mutex mu_;  // guards the fields below
     std::shared_ptr<Client> client_;
-    uint64_t gen_ = 0;                // bumped by every resume
+    uint64_t gen_ = 0;  // bumped by every resume
     uint64_t resumes_ = 0;
     std::optional<ResumeInfo> last_resume_;
     BackendInfo backend_;
-    std::optional<Error> ended_;      // closed, disconnected or given up: every request fails with it
-    bool closing_ = false;            // Close sent: the daemon's hang-up after it is no loss
-    std::mutex recover_mu_;           // one reconnecting thread at a time
-    EventFd stop_watch_;              // wakes the watcher to end it
-    std::thread watcher_;             // reconnect On only
+    std::optional<Error> ended_;  // closed, disconnected or given up: every request fails with it
+    bool closing_ = false;        // Close sent: the daemon's hang-up after it is no loss
+    std::mutex recover_mu_;       // one reconnecting thread at a time
+    EventFd stop_watch_;          // wakes the watcher to end it
+    std::thread watcher_;         // reconnect On only
 };
 
 }  // namespace coiommu::daemon

@@ -161,7 +161,8 @@ Result<std::vector<RecordedExtent>> HostRecord::extents(std::span<const GfnRange
             const uint64_t pages = w & kPagesMask;
             // The writer stores a free entry as 0 (set()): a free state with pages is forged.
             if (state == RecordState::Free) {
-                return make_error(EINVAL, fmt::format("host record: entry at gfn {:#x} is free but has {} pages", gfn, pages));
+                return make_error(EINVAL,
+                                  fmt::format("host record: entry at gfn {:#x} is free but has {} pages", gfn, pages));
             }
             if (pages == 0 || pages > gfn_count_ - gfn) {
                 return make_error(EINVAL, fmt::format("host record: entry at gfn {:#x} has {} pages", gfn, pages));
@@ -264,7 +265,8 @@ Result<RecordAudit> audit(const HostRecord& record, std::span<const GfnRange> ra
     COIOMMU_ASSIGN_OR_RETURN(std::vector<RecordedExtent> entries, record.extents(ram));
     // Both lists ascending by head (extents() sorts; the backend's may not be): a merge.
     std::vector<LiveMapping> maps(live.begin(), live.end());
-    std::sort(maps.begin(), maps.end(), [](const LiveMapping& a, const LiveMapping& b) { return raw(a.iova) < raw(b.iova); });
+    std::sort(maps.begin(), maps.end(),
+              [](const LiveMapping& a, const LiveMapping& b) { return raw(a.iova) < raw(b.iova); });
     RecordAudit a;
     std::size_t m = 0;
     for (const RecordedExtent& e : entries) {

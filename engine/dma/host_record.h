@@ -174,9 +174,9 @@ struct ReconcileReport {
 struct RecordAudit {
     uint64_t mapped_extents = 0;  // Mapped entries
     uint64_t mapped_pages = 0;
-    uint64_t in_progress = 0;     // Mapping/Unmapping entries (either answer of the backend is fine)
-    uint64_t missing = 0;         // Mapped entries the backend does not hold exactly
-    uint64_t orphans = 0;         // backend mappings no entry describes (a leak after a restart)
+    uint64_t in_progress = 0;  // Mapping/Unmapping entries (either answer of the backend is fine)
+    uint64_t missing = 0;      // Mapped entries the backend does not hold exactly
+    uint64_t orphans = 0;      // backend mappings no entry describes (a leak after a restart)
     [[nodiscard]] bool consistent() const { return missing == 0 && orphans == 0; }
 };
 

@@ -201,7 +201,8 @@ void add_backend_options(CLI::App& app, LoadOptions& o) {
                     "against the container. Without it a lost daemon ends the\n"
                     "run at once (exit 1)")
         ->group(g);
-    cli::add_duration_in(app, "--reconnect-timeout", o.reconnect_timeout, BareUnit::Seconds, nanoseconds(10ms), kMaxDuration,
+    cli::add_duration_in(app, "--reconnect-timeout", o.reconnect_timeout, BareUnit::Seconds, nanoseconds(10ms),
+                         kMaxDuration,
                          "with --reconnect: give up when the daemon has not\n"
                          "been back for this long (a bare number is seconds)")
         ->group(g);

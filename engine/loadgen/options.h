@@ -61,8 +61,8 @@ struct LoadOptions {
     // and the run goes on; without it the run ends at once with exit 1.
     bool reconnect = false;
     std::chrono::nanoseconds reconnect_timeout = std::chrono::seconds(30);  // --reconnect-timeout
-    std::string engine_opts;                                 // as given (for the report)
-    workers::EngineConfig engine = default_engine_config();  // parsed --engine-opts
+    std::string engine_opts;                                                // as given (for the report)
+    workers::EngineConfig engine = default_engine_config();                 // parsed --engine-opts
     FakeLatency latency = FakeLatency::Typical;
     uint64_t entry_limit = 65535;  // fake and null backends (dma_entry_limit)
     double zipf_s = 1.1;

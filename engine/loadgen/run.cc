@@ -1131,10 +1131,10 @@ void Run::engine_checks() {
                                              r.notifications, engine_requests)});
     }
     const uint64_t adopted = resumed ? resumed->pages : 0;
-    r.checks.push_back(Check{"engine_counts_add_up", e.pages_pinned + adopted - e.pages_unpinned == e.pinned_pages,
-                             fmt::format("engine pinned {} + adopted {} - unpinned {} = {}, gauge {}", e.pages_pinned,
-                                         adopted, e.pages_unpinned, e.pages_pinned + adopted - e.pages_unpinned,
-                                         e.pinned_pages)});
+    r.checks.push_back(
+        Check{"engine_counts_add_up", e.pages_pinned + adopted - e.pages_unpinned == e.pinned_pages,
+              fmt::format("engine pinned {} + adopted {} - unpinned {} = {}, gauge {}", e.pages_pinned, adopted,
+                          e.pages_unpinned, e.pages_pinned + adopted - e.pages_unpinned, e.pinned_pages)});
     if (remote_ == nullptr) {  // --connect: pinned_end_pages is the engine's gauge itself
         r.checks.push_back(
             Check{"engine_matches_backend", e.pinned_pages == r.pinned_end_pages,

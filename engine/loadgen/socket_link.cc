@@ -111,9 +111,10 @@ void SocketLink::audit_after_loss(const GuestMemory& mem) {
         } else {
             a = *audited;
             if (!a.consistent()) {
-                problem = fmt::format("the host record and the container disagree: {} recorded extents not "
-                                      "mapped, {} mappings not recorded",
-                                      a.missing, a.orphans);
+                problem = fmt::format(
+                    "the host record and the container disagree: {} recorded extents not "
+                    "mapped, {} mappings not recorded",
+                    a.missing, a.orphans);
             }
         }
     }

@@ -106,8 +106,8 @@ void check_validated(const Layout& l, const std::vector<dma::RecordedExtent>& xs
         FUZZ_CHECK(e.pages >= 1 && e.pages <= dma::kRecordMaxPages);
         FUZZ_CHECK(e.state != dma::RecordState::Free);
         FUZZ_CHECK(raw(e.head) + e.pages <= l.gfn_count);
-        FUZZ_CHECK(inside_ram(l, raw(e.head), e.pages));       // never across a hole
-        FUZZ_CHECK(raw(e.head) >= end_of_previous);            // ascending, no overlap
+        FUZZ_CHECK(inside_ram(l, raw(e.head), e.pages));  // never across a hole
+        FUZZ_CHECK(raw(e.head) >= end_of_previous);       // ascending, no overlap
         end_of_previous = raw(e.head) + e.pages;
     }
 }
@@ -137,8 +137,9 @@ int run_one(std::span<const uint8_t> data) {
                 for (const dma::RecordedExtent& e : *xs) {
                     const bool held = e.state == dma::RecordState::Mapped || ((held_mask >> (bit++ % 64)) & 1) != 0;
                     if (!held) continue;
-                    auto m = fake.map(Iova{raw(e.head) << kPageShift}, Hva{(uint64_t{1} << 40) + (raw(e.head) << kPageShift)},
-                                      e.pages << kPageShift, dma::Prot::ReadWrite);
+                    auto m = fake.map(Iova{raw(e.head) << kPageShift},
+                                      Hva{(uint64_t{1} << 40) + (raw(e.head) << kPageShift)}, e.pages << kPageShift,
+                                      dma::Prot::ReadWrite);
                     FUZZ_CHECK(m.has_value() && *m == dma::MapOutcome::Mapped);
                 }
                 auto rep = dma::reconcile(*rec, fake, l.ram);

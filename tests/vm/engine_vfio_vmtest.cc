@@ -172,7 +172,8 @@ protected:
     // The daemon, then the VMM's container (the group of edu, type1v2), then the session. With
     // Reconnect::On the socket lives in a directory of the test's, so that a restarted daemon
     // binds the same path and the session resumes.
-    void start_session(std::optional<uint64_t> entry_limit = std::nullopt, daemon::Reconnect rc = daemon::Reconnect::Off) {
+    void start_session(std::optional<uint64_t> entry_limit = std::nullopt,
+                       daemon::Reconnect rc = daemon::Reconnect::Off) {
         reconnect_ = rc;
         std::string socket;
         if (rc == daemon::Reconnect::On) {

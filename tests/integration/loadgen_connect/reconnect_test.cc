@@ -51,9 +51,8 @@ Result<DaemonProcess> start_daemon(const std::string& socket) {
     DaemonOptions o;
     o.program = COIOMMUD_PATH;
     o.socket = socket;
-    o.args = {"--socket",    socket,     "--metrics-address", "none",
-              "--backends",  "fake,null", "--tracing",        "off",
-              "--log-level", "error",    "--engine",          "unpin_policy=lru,unpin_interval=100ms"};
+    o.args = {"--socket",  socket, "--metrics-address", "none",  "--backends", "fake,null",
+              "--tracing", "off",  "--log-level",       "error", "--engine",   "unpin_policy=lru,unpin_interval=100ms"};
     return DaemonProcess::start(std::move(dir), std::move(o));
 }
 
@@ -106,10 +105,10 @@ TEST(Reconnect, AHundredKillNinesUnderLoadLoseNoPinAndLeakNoMapping) {
     }
     // mix: maps, unmaps and balloon inflations on 4 vCPUs, with the typical fake latencies so that
     // DMA calls are in flight when the daemon dies.
-    ASSERT_OK_AND_ASSIGN(pid_t load, spawn_load(dir, {"--connect", socket, "--reconnect", "--duration", "300",
-                                                      "--vcpus", "4", "--ram", "256M", "--workload", "mix",
-                                                      "--balloon-interval", "50ms", "--quiet", "--log-level",
-                                                      "info", "--json", dir.path("r.json")}));
+    ASSERT_OK_AND_ASSIGN(
+        pid_t load, spawn_load(dir, {"--connect", socket, "--reconnect", "--duration", "300", "--vcpus", "4", "--ram",
+                                     "256M", "--workload", "mix", "--balloon-interval", "50ms", "--quiet",
+                                     "--log-level", "info", "--json", dir.path("r.json")}));
     // Each kill hits a session that runs: the previous resume is done (the client logs it).
     auto resumed = [&] {
         const std::string err = slurp(dir.path("err"));
@@ -130,7 +129,7 @@ TEST(Reconnect, AHundredKillNinesUnderLoadLoseNoPinAndLeakNoMapping) {
         }
         ASSERT_EQ(resumed(), kills) << "no resume after kill " << kills << "\n" << slurp(dir.path("err"));
         std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(rng)));  // a random point of the run
-        if (exit_of(load, std::chrono::milliseconds(0))) break;  // the run ended: it says why
+        if (exit_of(load, std::chrono::milliseconds(0))) break;                 // the run ended: it says why
         ASSERT_OK(daemon->signal(SIGKILL));
         ASSERT_TRUE(daemon->wait_for_exit(std::chrono::seconds(5)));
         daemon.reset();
@@ -138,7 +137,7 @@ TEST(Reconnect, AHundredKillNinesUnderLoadLoseNoPinAndLeakNoMapping) {
         daemon.emplace(std::move(d));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // served by the last daemon a while
-    ::kill(load, SIGINT);  // ends the run early, with its report
+    ::kill(load, SIGINT);                                         // ends the run early, with its report
     const auto code = exit_of(load, std::chrono::seconds(60));
     if (!code) ::kill(load, SIGKILL);
     const std::string err = slurp(dir.path("err"));
@@ -152,9 +151,9 @@ TEST(Reconnect, AHundredKillNinesUnderLoadLoseNoPinAndLeakNoMapping) {
     EXPECT_EQ(run["resumes"]["sessions_resumed"].number(), kKills);
     EXPECT_EQ(run["resumes"]["audits"].number(), kKills);
     EXPECT_EQ(run["resumes"]["audits_inconsistent"].number(), 0);
-    for (const char* name : {"invariant", "every_request_completed", "every_map_unmapped",
-                             "record_matched_container_at_every_loss", "engine_counts_add_up",
-                             "teardown_left_no_mapping"}) {
+    for (const char* name :
+         {"invariant", "every_request_completed", "every_map_unmapped", "record_matched_container_at_every_loss",
+          "engine_counts_add_up", "teardown_left_no_mapping"}) {
         const JsonValue* c = find_check(run, name);
         ASSERT_NE(c, nullptr) << name;
         EXPECT_TRUE((*c)["passed"].boolean()) << name << ": " << (*c)["detail"].string();
@@ -176,9 +175,9 @@ TEST(Reconnect, ASystemdRestartIsAResumeNotAVmLoss) {
         ASSERT_OK_AND_ASSIGN(auto d, start_daemon(socket));
         daemon.emplace(std::move(d));
     }
-    ASSERT_OK_AND_ASSIGN(pid_t load, spawn_load(dir, {"--connect", socket, "--reconnect", "--duration", "3",
-                                                      "--vcpus", "2", "--ram", "256M", "--workload", "mix",
-                                                      "--quiet", "--json", dir.path("r.json")}));
+    ASSERT_OK_AND_ASSIGN(
+        pid_t load, spawn_load(dir, {"--connect", socket, "--reconnect", "--duration", "3", "--vcpus", "2", "--ram",
+                                     "256M", "--workload", "mix", "--quiet", "--json", dir.path("r.json")}));
     for (int i = 0; i < 3; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         EXPECT_EQ(daemon->terminate(), 0);

@@ -167,8 +167,8 @@ TEST(PinTable, ForEachMappedOverATebibyteTableReadsOnlyTouchedChunks) {
     t.lock(Gfn{7}).set_mapped();
     t.lock(Gfn{(uint64_t{1} << 28) - 1}).set_mapped();
     // Reading an untouched page of the table costs a minor fault (the zero page is mapped in), so a
-    // scan that read every word would fault 2^18 times (512 with huge zero pages); one that reads only the summary and the
-    // two touched chunks faults a handful of times, whatever the machine's speed.
+    // scan that read every word would fault 2^18 times (512 with huge zero pages); one that reads only the summary and
+    // the two touched chunks faults a handful of times, whatever the machine's speed.
     const long faults_before = minor_faults();
     for (int i = 0; i < 10; ++i) EXPECT_EQ(mapped_in(t, 0, ~uint64_t{0}).size(), 2u);
     EXPECT_LT(minor_faults() - faults_before, 64) << minor_faults() - faults_before;

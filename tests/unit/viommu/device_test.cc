@@ -359,7 +359,7 @@ TEST_F(ViommuFaultTest, SecondFaultDoesNotWait) {
     ASSERT_EQ(map(dev, 20, 0x10000, 0x10fff, 0), wire::kStatusOk);
     ASSERT_OK(mapper_a_->export_range(Iova{0x10000}, 0x1000));
     EXPECT_EQ(unmap(dev, 20, 0x1000, 0x2fff), wire::kStatusDevErr);  // first fault: times out
-    EXPECT_EQ(unmap(dev, 20, 0x10000, 0x10fff), wire::kStatusOk);  // second: no event
+    EXPECT_EQ(unmap(dev, 20, 0x10000, 0x10fff), wire::kStatusOk);    // second: no event
     // Counted, not timed: a second wait would show as a second fault wait (and, unanswered, as a
     // second timeout), whatever the machine's speed.
     EXPECT_EQ(dev.counters().fault_waits.load(), 1u);
