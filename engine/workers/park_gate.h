@@ -15,12 +15,18 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <type_traits>
 
 namespace coiommu::workers {
+
+// How long a balloon request waits for the guest's UNPARK before its remaining ranges answer
+// Failed (the balloon driver retries). crosvm waits without a bound; in coiommud the UNPARK is an
+// MmioWrite on the very session thread the balloon request holds, so it could never arrive.
+inline constexpr std::chrono::milliseconds kBalloonParkWait{250};
 
 class ParkGate {
 public:
@@ -56,6 +62,13 @@ public:
         std::unique_lock lock(mu_);
         cv_.wait(lock, [&] { return !parked_.load(std::memory_order_relaxed) || stopping(); });
         return !stopping();
+    }
+    // The same, for at most `limit`. False also when still parked then.
+    template <class Duration>
+    [[nodiscard]] bool wait_unparked_for(Duration limit) {
+        std::unique_lock lock(mu_);
+        return cv_.wait_for(lock, limit, [&] { return !parked_.load(std::memory_order_relaxed) || stopping(); }) &&
+               !stopping();
     }
     // Wakes every wait_unparked() for good.
     void set_stopping() {

@@ -405,7 +405,7 @@ telemetry::BalloonResult SeedPinner::balloon(std::span<const GfnRange> ranges,
                     });
                     if (r) break;
                     unpin_stats_->unpin_attempts[telemetry::UnpinResult::Parked].add();
-                    if (!gate_.wait_unparked()) break;
+                    if (!gate_.wait_unparked_for(kBalloonParkWait)) break;  // as ExtentUnpinner
                 }
                 if (!r) {
                     stopped = true;

@@ -268,7 +268,10 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
                     if (r) break;
                     count_attempt(UnpinResult::Parked, 1);
                     unmap_trace(env_.session).flush();  // before blocking while parked
-                    if (!gate_.wait_unparked()) break;  // stopping
+                    // Bounded: in coiommud the guest's UNPARK arrives as an MmioWrite on the
+                    // session thread this balloon request is blocking, so an unbounded wait
+                    // would never end (found by fuzz_protocol_session). Failed: retry later.
+                    if (!gate_.wait_unparked_for(kBalloonParkWait)) break;
                 }
                 if (!r) {
                     stopped = true;
@@ -290,7 +293,10 @@ telemetry::BalloonResult ExtentUnpinner::balloon(std::span<const GfnRange> range
         if (!per_range.empty()) per_range[i] = range_result;
         if (range_result == BalloonResult::Failed) result = BalloonResult::Failed;
     }
-    if (stopped) CLOG_WARN(kLog, "balloon: the engine stops; request answered Failed");
+    if (stopped) {
+        CLOG_WARN(kLog, "balloon: {}; request answered Failed",
+                  gate_.stopping() ? "the engine stops" : "the guest kept the unpinner parked");
+    }
     const uint64_t dur = telemetry::monotonic_ns() - t0;
     env_.stats.unpin_scans[ScanKind::Balloon].add();
     env_.stats.unpin_scan_duration_ns[ScanKind::Balloon].observe(dur);

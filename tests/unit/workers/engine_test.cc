@@ -428,6 +428,28 @@ TEST(EnginePark, BalloonWaitsUntilUnpark) {
     }
 }
 
+// In coiommud the UNPARK comes on the session thread a balloon request holds: a balloon while
+// parked answers Failed after kBalloonParkWait instead of waiting for ever (fuzz_protocol_session
+// found the hang), and leaves the pages pinned.
+TEST(EnginePark, ABalloonWhileParkedTooLongAnswersFailed) {
+    for (Variant v : {Variant::Fast, Variant::Seed}) {
+        EmulatedVm vm(vm_options(test_config(v)));
+        ASSERT_OK(vm.map_range(0, 0, 2));
+        vm.unmap_range(0, 0, 2);
+        vm.command(core::Command::ParkUnpin);
+        const GfnRange r{vm_gfn(0), 2};
+        const auto t0 = std::chrono::steady_clock::now();
+        auto result = vm.engine().balloon_unpin({&r, 1});
+        EXPECT_GE(std::chrono::steady_clock::now() - t0, kBalloonParkWait) << to_string(v);
+        ASSERT_OK(result);
+        EXPECT_EQ(*result, telemetry::BalloonResult::Failed) << to_string(v);
+        EXPECT_EQ(vm.mapped_pages(), 2u) << to_string(v);
+        vm.command(core::Command::UnparkUnpin);
+        ASSERT_OK_AND_ASSIGN(auto again, vm.engine().balloon_unpin({&r, 1}));
+        EXPECT_EQ(again, telemetry::BalloonResult::Success) << to_string(v);
+    }
+}
+
 TEST(EnginePark, StopWhileABalloonWaitsReturns) {
     EmulatedVm vm;
     vm.command(core::Command::ParkUnpin);
