@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -42,7 +43,7 @@ public:
     void park() {
         std::lock_guard lock(mu_);
         parked_.store(true, std::memory_order_relaxed);
-        ++epoch_;
+        epoch_.fetch_add(1, std::memory_order_relaxed);
     }
     void unpark() {
         {
@@ -52,8 +53,9 @@ public:
         cv_.notify_all();
     }
     [[nodiscard]] bool parked() const { return parked_.load(std::memory_order_relaxed); }
-    // Parks so far. Read it inside a unit (run_unit holds the mutex that park() takes).
-    [[nodiscard]] uint64_t epoch() const { return epoch_; }
+    // Parks so far. Atomic so that a scan may take a first reading before its first unit; only a
+    // reading inside a unit is stable (run_unit holds the mutex that park() increments it under).
+    [[nodiscard]] uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
     // set_stopping() has run (relaxed: a scan polls it and stops a few pages late at worst).
     [[nodiscard]] bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
 
@@ -84,7 +86,7 @@ private:
     std::condition_variable cv_;
     std::atomic<bool> parked_{false};
     std::atomic<bool> stopping_{false};
-    uint64_t epoch_ = 0;  // guarded by mu_
+    std::atomic<uint64_t> epoch_{0};  // written under mu_
 };
 
 }  // namespace coiommu::workers
