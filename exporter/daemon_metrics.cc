@@ -8,6 +8,7 @@
 #include "exporter/collector_set.h"
 #include "exporter/engine_collector.h"
 #include "exporter/process_collector.h"
+#include "exporter/server_collector.h"
 
 namespace coiommu::exporter {
 namespace {
@@ -36,12 +37,33 @@ VmSnapshots per_vm(const daemon::Server& server) {
     return out;
 }
 
+ServerStats server_stats(const daemon::ServerCounters& c) {
+    const auto get = [](const std::atomic<uint64_t>& v) { return v.load(std::memory_order_relaxed); };
+    ServerStats s;
+    s.accepted = get(c.accepted);
+    s.resumed = get(c.resumed);
+    s.ended = get(c.sessions_ended);
+    s.failed = get(c.sessions_failed);
+    s.accept_pauses = get(c.accept_pauses);
+    const auto set = [&s](Refusal r, uint64_t v) { s.refused[static_cast<std::size_t>(r)] = v; };
+    set(Refusal::Credentials, get(c.refused_credentials));
+    set(Refusal::Busy, get(c.refused_busy));
+    set(Refusal::UidBusy, get(c.refused_uid_busy));
+    set(Refusal::FdBudget, get(c.refused_fd_budget));
+    set(Refusal::OutOfFds, get(c.refused_out_of_fds));
+    set(Refusal::BadHandshake, get(c.bad_handshakes));
+    set(Refusal::HelloTimeout, get(c.hello_timeouts));
+    set(Refusal::EvictedPending, get(c.evicted_pending));
+    return s;
+}
+
 Result<std::shared_ptr<CollectorSet>> collectors(const daemon::DaemonConfig& cfg, const daemon::Server& server,
                                                  const std::vector<DaemonMetrics::Extra>& extra) {
     auto set = std::make_shared<CollectorSet>();
     const daemon::Server* srv = &server;
     COIOMMU_TRY(
         set->add("engine", std::make_shared<EngineCollector>([srv] { return per_vm(*srv); }, engine_info(cfg))));
+    COIOMMU_TRY(set->add("server", std::make_shared<ServerCollector>([srv] { return server_stats(srv->counters()); })));
     COIOMMU_TRY(set->add("process", std::make_shared<ProcessCollector>()));
     for (const auto& [name, collectable] : extra) COIOMMU_TRY(set->add(name, collectable));
     return set;

@@ -401,7 +401,7 @@ std::string_view Server::capacity_refusal(const Pending& p) {
 void Server::start_session(Pending p, Message& hello, FdBudget::Account fds) {
     auto entry = std::make_unique<Entry>();
     const uint32_t id = next_id_++;
-    entry->session = std::make_unique<Session>(id, opts_.policy);
+    entry->session = std::make_unique<Session>(id, opts_.policy, &counters_.resumed);
     const Reply reply = entry->session->handle(hello);
     const auto no_wait = std::chrono::milliseconds(0);
     if (reply.type == static_cast<uint16_t>(proto::MsgType::Error)) {

@@ -92,6 +92,7 @@ struct SessionSnapshots {
 
 struct ServerCounters {
     std::atomic<uint64_t> accepted{0};  // sessions started (a Hello answered)
+    std::atomic<uint64_t> resumed{0};   // sessions that resumed a dead daemon's record and run again
     std::atomic<uint64_t> refused_credentials{0};
     std::atomic<uint64_t> refused_busy{0};      // max_sessions reached
     std::atomic<uint64_t> refused_uid_busy{0};  // max_sessions_per_uid reached

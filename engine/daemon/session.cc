@@ -118,7 +118,8 @@ std::string_view to_string(SessionEnd e) {
     return "unknown";
 }
 
-Session::Session(uint32_t id, SessionPolicy policy) : id_(id), policy_(std::move(policy)) {}
+Session::Session(uint32_t id, SessionPolicy policy, std::atomic<uint64_t>* resumes)
+    : id_(id), policy_(std::move(policy)), resumes_(resumes) {}
 
 Session::~Session() { teardown(); }
 
@@ -494,6 +495,7 @@ Status Session::resume_engine() {
     const auto regs = device_->registers();
     if (regs.park_count != 0) engine_->park_unpin();
     if (regs.active) COIOMMU_TRY(engine_->activate(regs.dtt_root, regs.dtt_level), "resume: activate");
+    if (resumes_ != nullptr) resumes_->fetch_add(1, std::memory_order_relaxed);
     return ok();
 }
 

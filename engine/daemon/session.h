@@ -85,7 +85,9 @@ struct SessionStats {
 
 class Session {
 public:
-    Session(uint32_t id, SessionPolicy policy);
+    // `resumes`, when given, counts the resumes this session completes (its engine runs again on
+    // an adopted record); it must outlive the session.
+    Session(uint32_t id, SessionPolicy policy, std::atomic<uint64_t>* resumes = nullptr);
     ~Session();
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
@@ -141,6 +143,7 @@ private:
 
     const uint32_t id_;
     const SessionPolicy policy_;
+    std::atomic<uint64_t>* const resumes_;
     std::string client_name_;
     uint64_t features_ = 0;
     std::atomic<SessionState> state_{SessionState::AwaitHello};

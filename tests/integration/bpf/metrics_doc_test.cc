@@ -13,6 +13,7 @@
 #include "exporter/collector_set.h"
 #include "exporter/engine_collector.h"
 #include "exporter/process_collector.h"
+#include "exporter/server_collector.h"
 #include "tests/testing/expect.h"
 
 namespace coiommu::exporter {
@@ -35,6 +36,7 @@ std::set<std::string> emitted_names() {
     const telemetry::StatsRegistry stats(1);
     auto set = std::make_shared<CollectorSet>();
     EXPECT_OK(set->add("engine", std::make_shared<EngineCollector>([&] { return stats.snapshot(); }, EngineInfo{})));
+    EXPECT_OK(set->add("server", std::make_shared<ServerCollector>([] { return ServerStats{}; })));
     EXPECT_OK(set->add("process", std::make_shared<ProcessCollector>()));
     // Every BPF tracer attached (vfio_dma, engine USDT, fentry hooks) and slow events on: the
     // conditional families are emitted too.

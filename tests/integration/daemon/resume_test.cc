@@ -24,6 +24,9 @@
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/dtt_builder.h"
 #include "tests/testing/expect.h"
+#ifdef COIOMMUD_HAS_EXPORTER
+#include "tests/unit/exporter/scrape_support.h"
+#endif
 
 namespace coiommu::daemon {
 namespace {
@@ -35,12 +38,13 @@ using testing::TempDir;
 constexpr uint16_t kBdf = 0x0008;
 constexpr uint64_t kFeatures = proto::kAllFeatures | proto::kFeatureResume;
 
-Result<DaemonProcess> start_daemon() {
+// `metrics`: the --metrics-address.
+Result<DaemonProcess> start_daemon(const std::string& metrics = "none") {
     COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommud-resume"));
     DaemonOptions o;
     o.program = COIOMMUD_PATH;
     o.socket = dir.path("coiommud.sock");
-    o.args = {"--socket", o.socket, "--tracing", "off", "--log-level", "warn", "--metrics-address", "none"};
+    o.args = {"--socket", o.socket, "--tracing", "off", "--log-level", "warn", "--metrics-address", metrics};
     return DaemonProcess::start(std::move(dir), std::move(o));
 }
 
@@ -164,7 +168,12 @@ TEST(Resume, SigtermLeavesAResumableSessionsMappingsForTheNextDaemon) {
     for (const auto& m : left) bytes += m.size;
     EXPECT_EQ(bytes, 8 * kPageSize);
 
+#ifdef COIOMMUD_HAS_EXPORTER
+    ASSERT_OK_AND_ASSIGN(const uint16_t port, exporter::testing::free_loopback_port());
+    ASSERT_OK_AND_ASSIGN(auto d2, start_daemon("127.0.0.1:" + std::to_string(port)));
+#else
     ASSERT_OK_AND_ASSIGN(auto d2, start_daemon());
+#endif
     ASSERT_OK_AND_ASSIGN(auto c2, Client::connect(d2.socket(), "restart-vmm", kFeatures));
     ASSERT_OK(c2->set_memory(guest.mem()));
     ASSERT_OK_AND_ASSIGN(auto info, c2->resume(1, std::span<const uint16_t>(&kBdf, 1), dev.notifymap.get(),
@@ -172,6 +181,18 @@ TEST(Resume, SigtermLeavesAResumableSessionsMappingsForTheNextDaemon) {
     EXPECT_EQ(info.pages, 8u);
     ASSERT_OK(c2->set_backend_fake({proto::FakeLatency::None, 0, state.get()}));
     ASSERT_OK(c2->set_triggers(std::span<const int>(&trigger_fd, 1)));
+#ifdef COIOMMUD_HAS_EXPORTER
+    // The operator sees the restart the VM survived: one session accepted, and it was a resume.
+    double resumed = -1;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (resumed != 1 && std::chrono::steady_clock::now() < until) {
+        auto resp = exporter::testing::http_get("127.0.0.1", port, "/metrics");
+        auto e = resp ? exporter::testing::parse_exposition(resp->body) : Result<exporter::testing::Exposition>{};
+        if (e) resumed = e->value("coiommu_sessions_resumed_total");
+        if (resumed != 1) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(resumed, 1.0);
+#endif
     ASSERT_OK_AND_ASSIGN(auto closed, c2->close());
     EXPECT_EQ(closed.pages_unpinned, 8u);
     ASSERT_OK_AND_ASSIGN(left, dma::FakeBackend::read_shared_state(state.get()));

@@ -1,11 +1,15 @@
 // coiommud's metrics endpoint (exporter::DaemonMetrics over a real daemon::Server) with emulated
 // VMs pinning through the real socket, scraped over HTTP: each session's series carry its VM's
 // Hello name as `vm`; a session that closes leaves its counts in the sums; two VMMs that give one
-// name are kept apart; a hostile Hello name is exported as a safe value.
+// name are kept apart; a hostile Hello name is exported as a safe value; connections the daemon
+// turns away are counted by reason.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <regex>
@@ -13,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/base/unique_fd.h"
 #include "engine/daemon/config.h"
 #include "engine/daemon/emulated_vm.h"
 #include "engine/daemon/server.h"
@@ -34,8 +39,9 @@ protected:
         ASSERT_NE(::mkdtemp(tmpl), nullptr);
         dir_ = tmpl;
         const std::string socket = dir_ + "/d.sock";
-        ASSERT_OK_AND_ASSIGN(auto args, daemon::parse_args({"--socket", socket, "--metrics-address", "127.0.0.1:0",
-                                                            "--engine", "unpin_policy=lru,unpin_interval=100ms"}));
+        ASSERT_OK_AND_ASSIGN(auto args,
+                             daemon::parse_args({"--socket", socket, "--metrics-address", "127.0.0.1:0", "--engine",
+                                                 "unpin_policy=lru,unpin_interval=100ms", "--hello-timeout", "200ms"}));
         cfg_ = std::move(args.config);
         ASSERT_OK_AND_ASSIGN(server_, daemon::Server::start(cfg_.server_options()));
         ASSERT_OK(metrics_.start(cfg_, *server_, {}));
@@ -84,6 +90,21 @@ protected:
             e = scrape();
         }
         return e;
+    }
+
+    // A connection to the daemon's socket that has not said anything (yet).
+    [[nodiscard]] UniqueFd raw_connection() const {
+        UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, cfg_.socket_path.c_str(), sizeof addr.sun_path - 1);
+        EXPECT_EQ(::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0)
+            << std::strerror(errno);
+        return fd;
+    }
+
+    static double refused(const testing::Exposition& e, const std::string& reason) {
+        return e.value("coiommu_connections_refused_total", {{"reason", reason}});
     }
 
     static double pinned(const testing::Exposition& e, const std::string& vm) {
@@ -155,6 +176,47 @@ TEST_F(DaemonEndpoint, AHostileHelloNameIsExportedAsASafeValue) {
     const std::string vm = series.front().labels.at("vm");
     EXPECT_EQ(vm, "q_______x" + std::string(23, 'y'));
     EXPECT_TRUE(std::regex_match(vm, std::regex("[A-Za-z0-9._-]{1,32}"))) << vm;
+}
+
+TEST_F(DaemonEndpoint, EveryRefusalReasonIsServedAtZeroFromTheFirstScrape) {
+    const auto e = scrape();
+    EXPECT_EQ(e.types.at("coiommu_connections_refused_total"), "counter");
+    for (const char* r : {"credentials", "busy", "uid_busy", "fd_budget", "out_of_fds", "bad_handshake",
+                          "hello_timeout", "evicted_pending"}) {
+        EXPECT_EQ(refused(e, r), 0.0) << r;
+    }
+    EXPECT_EQ(e.value("coiommu_sessions_accepted_total"), 0.0);
+    EXPECT_EQ(e.value("coiommu_sessions_resumed_total"), 0.0);
+    EXPECT_EQ(e.value("coiommu_accept_pauses_total"), 0.0);
+}
+
+TEST_F(DaemonEndpoint, AConnectionThatNeverSaysHelloIsCountedAsAHelloTimeout) {
+    const UniqueFd silent = raw_connection();
+    const auto e = scrape_until([](const testing::Exposition& x) { return refused(x, "hello_timeout") == 1; });
+    EXPECT_EQ(refused(e, "hello_timeout"), 1.0);
+    EXPECT_EQ(refused(e, "bad_handshake"), 0.0);
+    EXPECT_EQ(e.value("coiommu_sessions_accepted_total"), 0.0);
+}
+
+TEST_F(DaemonEndpoint, AFirstMessageThatIsNoHelloIsCountedAsABadHandshake) {
+    const UniqueFd rude = raw_connection();
+    const char junk[] = "GET / HTTP/1.0\r\n\r\n";
+    ASSERT_GT(::send(rude.get(), junk, sizeof junk, MSG_NOSIGNAL), 0);
+    const auto e = scrape_until([](const testing::Exposition& x) { return refused(x, "bad_handshake") == 1; });
+    EXPECT_EQ(refused(e, "bad_handshake"), 1.0);
+    EXPECT_EQ(e.value("coiommu_sessions_accepted_total"), 0.0);
+}
+
+TEST_F(DaemonEndpoint, ASessionThatClosesCountsAsAcceptedAndEndedButNotFailed) {
+    daemon::EmulatedVm* a = start_vm("a");
+    ASSERT_NE(a, nullptr);
+    ASSERT_OK(a->close());
+    const auto e =
+        scrape_until([](const testing::Exposition& x) { return x.value("coiommu_sessions_ended_total") == 1; });
+    EXPECT_EQ(e.value("coiommu_sessions_accepted_total"), 1.0);
+    EXPECT_EQ(e.value("coiommu_sessions_ended_total"), 1.0);
+    EXPECT_EQ(e.value("coiommu_sessions_failed_total"), 0.0);
+    EXPECT_EQ(e.value("coiommu_sessions_resumed_total"), 0.0);
 }
 
 }  // namespace

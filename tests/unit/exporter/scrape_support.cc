@@ -47,6 +47,22 @@ bool parse_double(std::string_view s, double* out) {
 
 }  // namespace
 
+Result<uint16_t> free_loopback_port() {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd) return make_error(errno, "free_loopback_port: socket");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+        return make_error(errno, "free_loopback_port: bind");
+    }
+    socklen_t len = sizeof(addr);
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        return make_error(errno, "free_loopback_port: getsockname");
+    }
+    return ntohs(addr.sin_port);
+}
+
 Result<HttpResponse> http_get(const std::string& host, uint16_t port, const std::string& path, int timeout_ms) {
     sockaddr_in addr{};
     addr.sin_family = AF_INET;

@@ -23,6 +23,10 @@ struct HttpResponse {
 [[nodiscard]] Result<HttpResponse> http_get(const std::string& host, uint16_t port, const std::string& path,
                                             int timeout_ms = 5000);
 
+// A loopback TCP port that was free a moment ago (bound to port 0, then closed): for a child
+// process that must be told its --metrics-address. Errors: errno of socket/bind/getsockname.
+[[nodiscard]] Result<uint16_t> free_loopback_port();
+
 struct Sample {
     std::string name;                           // full sample name, e.g. x_bucket, x_count
     std::map<std::string, std::string> labels;  // unescaped values
