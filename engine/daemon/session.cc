@@ -68,13 +68,6 @@ void copy_name(char (&dst)[16], std::string_view name) {
     std::memcpy(dst, name.data(), std::min(name.size(), sizeof dst - 1));
 }
 
-// The guest's RAM as gfn ranges (what a record's extents must lie in).
-std::vector<GfnRange> ram_ranges(const GuestMemory& mem) {
-    std::vector<GfnRange> out;
-    for (const auto& r : mem.regions()) out.push_back(GfnRange{to_gfn(r.base), r.size >> kPageShift});
-    return out;
-}
-
 // Parses the payload SetTopology and Resume share: vCPUs and endpoints.
 Result<device::DeviceConfig> parse_topology(std::string_view what, std::span<const std::byte> payload) {
     auto req = read_wire<proto::SetTopologyReq>(payload);
@@ -292,7 +285,7 @@ Reply Session::on_resume(Message& m) {
     if (!rec) return error_reply(kType, with_context(rec.error(), "Resume"), true);
     // Validate now, against this guest's RAM, so a forged record is refused before any backend
     // call; the settling itself waits for the backend (resume_engine).
-    auto extents = rec->extents(ram_ranges(*mem_));
+    auto extents = rec->extents(mem_->ram_ranges());
     if (!extents) return error_reply(kType, with_context(extents.error(), "Resume"), true);
     const dma::RecordedDevice d = rec->device();
     if (d.active == 0 && d.dtt_level == 0 && d.dtt_root == 0 && !extents->empty()) {
@@ -485,7 +478,7 @@ Status Session::start_engine() {
 
 Status Session::resume_engine() {
     // Settle against the backend itself: the in-progress entries are freed by reconcile.
-    COIOMMU_ASSIGN_OR_RETURN(auto rep, dma::reconcile(*record_, *backend_, ram_ranges(*mem_)));
+    COIOMMU_ASSIGN_OR_RETURN(auto rep, dma::reconcile(*record_, *backend_, mem_->ram_ranges()));
     std::vector<GfnRange> extents;
     extents.reserve(rep.adopted.size());
     for (const auto& e : rep.adopted) extents.push_back(GfnRange{e.head, e.pages});

@@ -194,4 +194,11 @@ std::vector<RegionLayout> GuestMemory::layout() const {
     return out;
 }
 
+std::vector<GfnRange> GuestMemory::ram_ranges() const {
+    std::vector<GfnRange> out;
+    out.reserve(regions_.size());
+    for (const Region& r : regions_) out.push_back(GfnRange{to_gfn(r.base), r.size >> kPageShift});
+    return out;
+}
+
 }  // namespace coiommu

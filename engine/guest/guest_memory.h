@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "engine/base/addr.h"
+#include "engine/base/domain.h"
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
 
@@ -167,6 +168,8 @@ public:
     [[nodiscard]] Gpa end() const { return end_; }
     // Number of gfns below end(): the size of a flat per-gfn table.
     [[nodiscard]] uint64_t gfn_span() const { return raw(end_) >> kPageShift; }
+    // Each region as the gfn range it covers, ascending (the RAM a host record is checked against).
+    [[nodiscard]] std::vector<GfnRange> ram_ranges() const;
 
 private:
     [[nodiscard]] static Result<GuestMemory> map_all(std::vector<Region> regions);

@@ -40,11 +40,6 @@ daemon::BackendChoice backend_choice(const SocketLinkConfig& cfg) {
     return b;
 }
 
-std::vector<workers::GfnRange> ram_of(const GuestMemory& mem) {
-    std::vector<workers::GfnRange> out;
-    for (const RegionLayout& r : mem.layout()) out.push_back({to_gfn(r.base), r.size >> kPageShift});
-    return out;
-}
 }  // namespace
 
 Result<std::unique_ptr<SocketLink>> SocketLink::create(const GuestMemory& mem, const SocketLinkConfig& cfg) {
@@ -105,7 +100,7 @@ void SocketLink::audit_after_loss(const GuestMemory& mem) {
     } else {
         std::vector<dma::LiveMapping> maps;
         for (const auto& m : *live) maps.push_back({m.iova, m.size});
-        auto audited = dma::audit(*rec, ram_of(mem), maps);
+        auto audited = dma::audit(*rec, mem.ram_ranges(), maps);
         if (!audited) {
             problem = audited.error().message();
         } else {

@@ -195,12 +195,4 @@ void make_seeds(const SeedSink& sink) {
 }  // namespace
 }  // namespace coiommu::fuzz
 
-extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-    coiommu::fuzz::quiet_logs();
-    coiommu::fuzz::write_seeds_if_asked(coiommu::fuzz::make_seeds);
-    return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    return coiommu::fuzz::run_one(std::span<const uint8_t>(data, size));
-}
+COIOMMU_FUZZ_ENTRY_POINTS()

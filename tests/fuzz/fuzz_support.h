@@ -160,3 +160,15 @@ inline int open_fd_count() {
 }
 
 }  // namespace coiommu::fuzz
+
+// The two libFuzzer entry points of a target, after its namespace coiommu::fuzz has defined
+// `void make_seeds(const SeedSink&)` and `int run_one(std::span<const uint8_t>)` (one input).
+#define COIOMMU_FUZZ_ENTRY_POINTS()                                           \
+    extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {    \
+        coiommu::fuzz::quiet_logs();                                          \
+        coiommu::fuzz::write_seeds_if_asked(coiommu::fuzz::make_seeds);       \
+        return 0;                                                             \
+    }                                                                         \
+    extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) { \
+        return coiommu::fuzz::run_one(std::span<const uint8_t>(data, size));  \
+    }

@@ -286,6 +286,13 @@ private:
 
 // ---- seeds ---------------------------------------------------------------------------------
 
+int run_one(std::span<const uint8_t> data) {
+    Reader in(data);
+    Harness h;
+    h.run(in);
+    return 0;
+}
+
 void make_seeds(const SeedSink& sink) {
     {  // attach the VFIO endpoints, map RAM of both regions, unmap, probe, detach (refused)
         SeedWriter w;
@@ -337,15 +344,4 @@ void make_seeds(const SeedSink& sink) {
 }  // namespace
 }  // namespace coiommu::fuzz
 
-extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-    coiommu::fuzz::quiet_logs();
-    coiommu::fuzz::write_seeds_if_asked(coiommu::fuzz::make_seeds);
-    return 0;
-}
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    coiommu::fuzz::Reader in(std::span<const uint8_t>(data, size));
-    coiommu::fuzz::Harness h;
-    h.run(in);
-    return 0;
-}
+COIOMMU_FUZZ_ENTRY_POINTS()

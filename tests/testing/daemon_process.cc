@@ -356,4 +356,16 @@ std::optional<int> DaemonProcess::terminate(std::chrono::milliseconds limit) {
 std::string DaemonProcess::stdout_text() const { return slurp(path("stdout.log")); }
 std::string DaemonProcess::stderr_text() const { return slurp(path("stderr.log")); }
 
+Result<DaemonProcess> start_daemon_at(std::string program, const std::string& socket, std::vector<std::string> args,
+                                      std::string_view tag) {
+    ::unlink(socket.c_str());
+    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create(tag));
+    DaemonOptions o;
+    o.program = std::move(program);
+    o.socket = socket;
+    o.args = {"--socket", socket};
+    o.args.insert(o.args.end(), std::make_move_iterator(args.begin()), std::make_move_iterator(args.end()));
+    return DaemonProcess::start(std::move(dir), std::move(o));
+}
+
 }  // namespace coiommu::testing

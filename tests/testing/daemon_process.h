@@ -149,4 +149,11 @@ private:
     std::optional<int> exit_status_;  // set by reap()
 };
 
+// `program` (a coiommud) serving `socket`, a path that outlives each daemon: a restart binds it
+// again. The dead daemon's socket file is removed first, so that readiness waits for the new one.
+// `args` follow `--socket PATH`; the logs go to a fresh TempDir named after `tag`.
+// Errors: as DaemonProcess::start.
+[[nodiscard]] Result<DaemonProcess> start_daemon_at(std::string program, const std::string& socket,
+                                                    std::vector<std::string> args, std::string_view tag);
+
 }  // namespace coiommu::testing

@@ -217,13 +217,9 @@ TEST(Resume, ARecordOfAnotherGuestIsRefused) {
 
 // A daemon on `socket`, a path that outlives it (each restart binds it again).
 Result<DaemonProcess> start_daemon_at(const std::string& socket) {
-    ::unlink(socket.c_str());
-    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommud-resume"));
-    DaemonOptions o;
-    o.program = COIOMMUD_PATH;
-    o.socket = socket;
-    o.args = {"--socket", socket, "--tracing", "off", "--log-level", "warn", "--metrics-address", "none"};
-    return DaemonProcess::start(std::move(dir), std::move(o));
+    return testing::start_daemon_at(COIOMMUD_PATH, socket,
+                                    {"--tracing", "off", "--log-level", "warn", "--metrics-address", "none"},
+                                    "coiommud-resume");
 }
 
 // One VM with one vCPU, its fake container in a memfd it owns, set up through a ResumingClient.

@@ -32,7 +32,6 @@ namespace coiommu::loadgen {
 namespace {
 
 using test::JsonValue;
-using testing::DaemonOptions;
 using testing::DaemonProcess;
 using testing::TempDir;
 using Clock = std::chrono::steady_clock;
@@ -46,14 +45,10 @@ std::string slurp(const std::string& path) {
 
 // A coiommud on `socket` (a path that outlives each daemon), with LRU unpinning every 100 ms.
 Result<DaemonProcess> start_daemon(const std::string& socket) {
-    ::unlink(socket.c_str());  // the killed daemon's file: readiness waits for the new one
-    COIOMMU_ASSIGN_OR_RETURN(auto dir, TempDir::create("coiommud-reconnect"));
-    DaemonOptions o;
-    o.program = COIOMMUD_PATH;
-    o.socket = socket;
-    o.args = {"--socket",  socket, "--metrics-address", "none",  "--backends", "fake,null",
-              "--tracing", "off",  "--log-level",       "error", "--engine",   "unpin_policy=lru,unpin_interval=100ms"};
-    return DaemonProcess::start(std::move(dir), std::move(o));
+    return testing::start_daemon_at(COIOMMUD_PATH, socket,
+                                    {"--metrics-address", "none", "--backends", "fake,null", "--tracing", "off",
+                                     "--log-level", "error", "--engine", "unpin_policy=lru,unpin_interval=100ms"},
+                                    "coiommud-reconnect");
 }
 
 // coiommu-load as a child with its output in `dir`; returns its pid.

@@ -25,6 +25,15 @@ TEST(GuestMemory, TranslateInsideOneRegionSucceeds) {
     EXPECT_NE(raw(*hva), 0u);
 }
 
+TEST(GuestMemory, RamRangesAreTheRegionsInGfnsWithTheHoleLeftOut) {
+    const auto ranges = make_two_regions().ram_ranges();
+    ASSERT_EQ(ranges.size(), 2u);
+    EXPECT_EQ(raw(ranges[0].start), 0u);
+    EXPECT_EQ(ranges[0].count, 512u);
+    EXPECT_EQ(raw(ranges[1].start), 1024u);
+    EXPECT_EQ(ranges[1].count, 256u);
+}
+
 TEST(GuestMemory, TranslateAcrossTheHoleFails) {
     auto mem = make_two_regions();
     EXPECT_ERR(mem.translate(Gpa{2 * kMiB - 0x1000}, 0x2000), EFAULT);
