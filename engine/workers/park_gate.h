@@ -72,12 +72,15 @@ public:
         return cv_.wait_for(lock, limit, [&] { return !parked_.load(std::memory_order_relaxed) || stopping(); }) &&
                !stopping();
     }
-    // Wakes every wait_unparked() for good.
+    // Wakes every wait_unparked() for good, and ends long scans at their next stopping() poll.
+    // The flag is stored before the mutex is taken: a balloon holds the mutex for each unit and
+    // takes it again at once, so a store under the mutex waited for the whole balloon (std::mutex
+    // is not fair). Taking the mutex after the store is what a waiter needs: one that tested the
+    // predicate before it is already asleep and gets the notify; one that tests it later sees the
+    // store (released by our unlock).
     void set_stopping() {
-        {
-            std::lock_guard lock(mu_);
-            stopping_.store(true, std::memory_order_relaxed);
-        }
+        stopping_.store(true, std::memory_order_relaxed);
+        { const std::lock_guard lock(mu_); }
         cv_.notify_all();
     }
 
