@@ -38,14 +38,13 @@ step "soak: 60 s, kill -9 every 15 s (scripts/soak.sh)"
 step "Debian packages: build, lintian, install, verify, remove"
 ./scripts/package.sh --check
 
-# run_preset PRESET [TEST_JOBS]: TEST_JOBS defaults to JOBS.
 run_preset() {
-  local preset=$1 test_jobs=${2:-$JOBS}
+  local preset=$1
   step "configure + build: $preset"
   cmake --preset "$preset" >/dev/null
   cmake --build --preset "$preset" -j "$JOBS"
   step "ctest: $preset"
-  ctest --preset "$preset" -j "$test_jobs"
+  ctest --preset "$preset" -j "$JOBS"
 }
 
 # The dev pass runs every test: unit, concurrency, integration (root: BPF, Prometheus) and the
@@ -55,9 +54,7 @@ step "lint: clang-format and clang-tidy (scripts/lint.sh)"
 LINT_BUILD=build/dev ./scripts/lint.sh
 if [ "$QUICK" = 0 ]; then
   run_preset asan
-  # One test at a time: TSan shadows every mapping, and two tests that each map a sparse 1 TiB
-  # guest at once failed to create one (seen once in 115; alone they pass). 115 tests, ~20 s more.
-  run_preset tsan 1
+  run_preset tsan
   # A regression gate, not a search: every target from its committed corpus for 45 s (5 targets,
   # 4 minutes); any crash, leak, hang or invariant failure fails the run and names the input.
   step "fuzz: each libFuzzer target for 45 s (scripts/fuzz.sh)"

@@ -2,11 +2,15 @@
 //   EXPECT_OK(expr)            expr holds a value (prints the Error otherwise)
 //   EXPECT_ERR(expr, EINVAL)   expr holds an Error with that errno
 //   ASSERT_OK_AND_ASSIGN(auto v, expr)
+//   must(expr, "what")         the value, or throws std::runtime_error naming what and the Error
+//                              (for constructors and fixtures, where ASSERT_* cannot return)
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "engine/base/result.h"
 
@@ -15,6 +19,14 @@ namespace coiommu::testing {
 template <class R>
 std::string describe(const R& r) {
     return r ? std::string("ok") : r.error().message();
+}
+
+// GoogleTest reports the exception's text as the test's failure, so a setup step that fails says
+// which step and why instead of tl::bad_expected_access's "Bad expected access".
+template <class T>
+T must(Result<T> r, const char* what) {
+    if (!r) throw std::runtime_error(std::string(what) + ": " + r.error().message());
+    return std::move(*r);
 }
 
 }  // namespace coiommu::testing

@@ -69,11 +69,12 @@ struct VmOptions {
 class EmulatedVm {
 public:
     explicit EmulatedVm(VmOptions o = {}) : opts_(std::move(o)) {
-        builder_ = std::make_unique<testing::DttBuilder>(
-            testing::DttBuilder::create({4, opts_.ram_bytes, kVmPoolPages, opts_.vcpus}).value());
+        builder_ = std::make_unique<testing::DttBuilder>(testing::must(
+            testing::DttBuilder::create({4, opts_.ram_bytes, kVmPoolPages, opts_.vcpus}), "guest RAM and DTT"));
         backend_ = std::make_unique<dma::FakeBackend>(opts_.fake);
-        device_ = device::CoiommuDevice::create(device::DeviceConfig{{kEndpoint}, opts_.vcpus}).value();
-        engine_ = Engine::create(opts_.cfg, device_deps(*device_, builder_->mem(), *backend_)).value();
+        device_ =
+            testing::must(device::CoiommuDevice::create(device::DeviceConfig{{kEndpoint}, opts_.vcpus}), "device");
+        engine_ = testing::must(Engine::create(opts_.cfg, device_deps(*device_, builder_->mem(), *backend_)), "engine");
         device_->set_engine(engine_.get());
         emulator::GuestDriverConfig gcfg;
         gcfg.mem = &builder_->mem();
@@ -88,10 +89,10 @@ public:
             };
         }
         gcfg.timeout = opts_.guest_timeout;
-        driver_ = emulator::GuestDriver::create(std::move(gcfg)).value();
+        driver_ = testing::must(emulator::GuestDriver::create(std::move(gcfg)), "guest driver");
         for (uint32_t i = 0; i < opts_.vcpus; ++i) {
             const Gpa batch{(kBatchAreaGfn + 4 * i) << kPageShift};
-            vcpus_.push_back(driver_->vcpu({i, kEndpoint, batch, kBatchCapacity}).value());
+            vcpus_.push_back(testing::must(driver_->vcpu({i, kEndpoint, batch, kBatchCapacity}), "guest vCPU"));
         }
         if (opts_.activate) activate();
     }
