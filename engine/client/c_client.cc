@@ -19,9 +19,11 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -33,6 +35,8 @@
 #include "engine/core/spec.h"
 #include "engine/daemon/client.h"
 #include "engine/daemon/protocol.h"
+#include "engine/daemon/resuming_client.h"
+#include "engine/dma/fake_backend.h"
 #include "engine/guest/guest_memory.h"
 #include "engine/telemetry/engine_stats.h"
 
@@ -46,8 +50,8 @@ static_assert(COIOMMU_CLIENT_FEATURE_FAKE_BACKEND == coiommu::daemon::proto::kFe
 static_assert(COIOMMU_CLIENT_FEATURE_NULL_BACKEND == coiommu::daemon::proto::kFeatureNullBackend);
 static_assert(COIOMMU_CLIENT_FEATURE_QUERY_MAPPED == coiommu::daemon::proto::kFeatureQueryMapped);
 static_assert(COIOMMU_CLIENT_FEATURE_IOMMUFD_BACKEND == coiommu::daemon::proto::kFeatureIommufdBackend);
-// The C ABI knows the additions up to its minor (resumable sessions, minor 2, are C++ only so far).
-static_assert(COIOMMU_CLIENT_PROTOCOL_MINOR <= coiommu::daemon::proto::kMinorVersion);
+static_assert(COIOMMU_CLIENT_FEATURE_RESUME == coiommu::daemon::proto::kFeatureResume);
+static_assert(COIOMMU_CLIENT_PROTOCOL_MINOR == coiommu::daemon::proto::kMinorVersion);
 static_assert(COIOMMU_CLIENT_FEATURES_ALL == coiommu::daemon::proto::kAllFeatures);
 static_assert(COIOMMU_CLIENT_MAX_REGIONS == coiommu::daemon::proto::kMaxRegions);
 static_assert(COIOMMU_CLIENT_MAX_BALLOON_RANGES == coiommu::daemon::proto::kMaxBalloonRanges);
@@ -84,16 +88,30 @@ static_assert(sizeof(coiommu_client_region) == 32 && offsetof(coiommu_client_reg
 static_assert(sizeof(coiommu_client_backend_info) == 24);
 static_assert(sizeof(coiommu_client_gfn_range) == 16);
 static_assert(sizeof(coiommu_client_close_info) == 16);
+static_assert(sizeof(coiommu_client_resume_info) == 32);
 static_assert(sizeof(enum coiommu_client_balloon_result) == sizeof(int));
 // coiommu_client_stats as of COIOMMU_CLIENT_0.1; it only grows.
 constexpr std::size_t kStatsV1Size = 8 + 25 * sizeof(uint64_t);
 static_assert(sizeof(coiommu_client_stats) == kStatsV1Size && std::is_trivially_copyable_v<coiommu_client_stats>);
 
 struct coiommu_client {
+    // A register write sent without an answer (the connection was lost): re-sent identically as the
+    // next write, it keeps its seq, so a daemon that applied it before dying does not apply it twice.
+    struct UnansweredWrite {
+        coiommu::daemon::RequestSeq seq;
+        uint64_t offset = 0;
+        std::vector<std::byte> data;
+    };
+
     std::mutex mu;  // held for a whole call: serialises the calls and owns last_error to the next one
     std::unique_ptr<coiommu::daemon::Client> client;
     std::chrono::milliseconds timeout{30'000};
     std::string last_error;
+    // What coiommu_client_reconnect asks for again: the last connect's Hello and where its request
+    // numbering had got to (set when the connection is dropped).
+    std::optional<std::pair<std::string, uint64_t>> hello_asked;  // name, features
+    uint64_t next_seq = 1;
+    std::optional<UnansweredWrite> unanswered;
 };
 
 namespace {
@@ -186,10 +204,24 @@ Status adopt_and_hello(coiommu_client& c, UniqueFd sock, const char* vmm_name, u
                        coiommu_client_hello* hello) {
     std::unique_ptr<Client> client = Client::adopt(std::move(sock));
     client->set_timeout(c.timeout);
-    COIOMMU_ASSIGN_OR_RETURN(const auto info, client->hello(name_or_default(vmm_name), features));
+    const std::string name(name_or_default(vmm_name));
+    COIOMMU_ASSIGN_OR_RETURN(const auto info, client->hello(name, features));
     fill_hello(info, hello);
     c.client = std::move(client);
+    c.hello_asked.emplace(name, features);
+    c.unanswered.reset();
     return coiommu::ok();
+}
+
+// One attempt of coiommu_client_reconnect: a new connection whose numbering carries on at
+// `first_seq`, with the Hello of the handle's last connect.
+Result<std::unique_ptr<Client>> connect_again(const coiommu_client& c, const char* socket_path, uint64_t first_seq) {
+    COIOMMU_ASSIGN_OR_RETURN(auto sock, coiommu::daemon::connect_seqpacket(socket_path));
+    std::unique_ptr<Client> client = Client::adopt(std::move(sock));
+    client->set_timeout(c.timeout);
+    client->set_next_seq(first_seq);
+    COIOMMU_TRY(client->hello(c.hello_asked->first, c.hello_asked->second));
+    return client;
 }
 
 Status fill_backend(Result<coiommu::daemon::BackendInfo> r, coiommu_client_backend_info* out) {
@@ -201,6 +233,16 @@ Status fill_backend(Result<coiommu::daemon::BackendInfo> r, coiommu_client_backe
         std::memcpy(out->name, r->name.data(), n);
     }
     return coiommu::ok();
+}
+
+Result<coiommu::daemon::FakeBackendSpec> fake_spec(coiommu_client_fake_latency latency) {
+    coiommu::daemon::FakeBackendSpec spec;
+    switch (latency) {
+        case COIOMMU_CLIENT_FAKE_LATENCY_NONE: spec.latency = coiommu::daemon::proto::FakeLatency::None; break;
+        case COIOMMU_CLIENT_FAKE_LATENCY_TYPICAL: spec.latency = coiommu::daemon::proto::FakeLatency::Typical; break;
+        default: return make_error(EINVAL, fmt::format("fake latency {}", static_cast<int>(latency)));
+    }
+    return spec;
 }
 
 coiommu_client_stats to_c_stats(const coiommu::daemon::RemoteStats& r) {
@@ -318,6 +360,25 @@ COIOMMU_CLIENT_API int coiommu_client_set_topology(coiommu_client* c, uint32_t v
         COIOMMU_ASSIGN_OR_RETURN(auto fds, client->set_topology(vcpus, std::span<const uint16_t>(bdfs, count)));
         *notifymap_fd = fds.notifymap.release();
         *topologymap_fd = fds.topologymap.release();
+        return coiommu::ok();  // a host record (kFeatureResume) closes with `fds`
+    });
+}
+
+COIOMMU_CLIENT_API int coiommu_client_set_topology_resumable(coiommu_client* c, uint32_t vcpus, const uint16_t* bdfs,
+                                                             size_t count, int* notifymap_fd, int* topologymap_fd,
+                                                             int* record_fd) {
+    for (int* out : {notifymap_fd, topologymap_fd, record_fd}) {
+        if (out != nullptr) *out = -1;
+    }
+    return call(c, "coiommu_client_set_topology_resumable", [&](coiommu_client& h) -> Status {
+        COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
+        COIOMMU_TRY(require(notifymap_fd != nullptr && topologymap_fd != nullptr && record_fd != nullptr,
+                            "notifymap_fd/topologymap_fd/record_fd NULL"));
+        COIOMMU_TRY(require(bdfs != nullptr || count == 0, "bdfs NULL"));
+        COIOMMU_ASSIGN_OR_RETURN(auto fds, client->set_topology(vcpus, std::span<const uint16_t>(bdfs, count)));
+        *notifymap_fd = fds.notifymap.release();
+        *topologymap_fd = fds.topologymap.release();
+        *record_fd = fds.record.release();  // -1 without kFeatureResume
         return coiommu::ok();
     });
 }
@@ -344,14 +405,7 @@ COIOMMU_CLIENT_API int coiommu_client_set_backend_fake(coiommu_client* c, enum c
                                                        uint64_t entry_limit, coiommu_client_backend_info* info) {
     return call(c, "coiommu_client_set_backend_fake", [&](coiommu_client& h) -> Status {
         COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
-        coiommu::daemon::FakeBackendSpec spec;
-        switch (latency) {
-            case COIOMMU_CLIENT_FAKE_LATENCY_NONE: spec.latency = coiommu::daemon::proto::FakeLatency::None; break;
-            case COIOMMU_CLIENT_FAKE_LATENCY_TYPICAL:
-                spec.latency = coiommu::daemon::proto::FakeLatency::Typical;
-                break;
-            default: return make_error(EINVAL, fmt::format("fake latency {}", static_cast<int>(latency)));
-        }
+        COIOMMU_ASSIGN_OR_RETURN(auto spec, fake_spec(latency));
         spec.entry_limit = entry_limit;
         return fill_backend(client->set_backend_fake(spec), info);
     });
@@ -363,6 +417,36 @@ COIOMMU_CLIENT_API int coiommu_client_set_backend_null(coiommu_client* c, uint64
         COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
         return fill_backend(client->set_backend_null(entry_limit), info);
     });
+}
+
+COIOMMU_CLIENT_API int coiommu_client_set_backend_fake_shared(coiommu_client* c,
+                                                              enum coiommu_client_fake_latency latency, int state_fd,
+                                                              coiommu_client_backend_info* info) {
+    return call(c, "coiommu_client_set_backend_fake_shared", [&](coiommu_client& h) -> Status {
+        COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
+        COIOMMU_ASSIGN_OR_RETURN(auto spec, fake_spec(latency));
+        if (state_fd < 0) return make_error(EBADF, fmt::format("fake state: fd {}", state_fd));
+        if ((client->hello_info().features & coiommu::daemon::proto::kFeatureResume) == 0) {
+            return make_error(ENOTSUP, "a shared fake state needs COIOMMU_CLIENT_FEATURE_RESUME");
+        }
+        spec.shared_state = state_fd;
+        return fill_backend(client->set_backend_fake(spec), info);
+    });
+}
+
+COIOMMU_CLIENT_API int coiommu_client_fake_state_create(uint64_t entry_limit, int* state_fd) {
+    if (state_fd == nullptr) return -EINVAL;
+    *state_fd = -1;
+    try {
+        auto fd = coiommu::dma::FakeBackend::create_shared_state(entry_limit);
+        if (!fd) return -(fd.error().code > 0 ? fd.error().code : EIO);
+        *state_fd = fd->release();
+        return 0;
+    } catch (const std::bad_alloc&) {
+        return -ENOMEM;
+    } catch (...) {
+        return -EIO;
+    }
 }
 
 COIOMMU_CLIENT_API int coiommu_client_set_triggers(coiommu_client* c, const int* eventfds, size_t count,
@@ -380,7 +464,16 @@ COIOMMU_CLIENT_API int coiommu_client_mmio_write(coiommu_client* c, uint64_t off
     return call(c, "coiommu_client_mmio_write", [&](coiommu_client& h) -> Status {
         COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
         COIOMMU_TRY(require(data != nullptr, "data NULL"));
-        return client->mmio_write(offset, std::span<const std::byte>(static_cast<const std::byte*>(data), len));
+        const std::span<const std::byte> bytes(static_cast<const std::byte*>(data), len);
+        std::optional<coiommu_client::UnansweredWrite> last = std::exchange(h.unanswered, std::nullopt);
+        const bool resent = last && last->offset == offset && std::ranges::equal(last->data, bytes);
+        const coiommu::daemon::RequestSeq seq = resent ? last->seq : client->reserve_seq();
+        Status st = client->mmio_write(seq, offset, bytes);
+        if (!st && coiommu::daemon::ResumingClient::connection_lost(st.error().code)) {
+            h.unanswered =
+                coiommu_client::UnansweredWrite{seq, offset, std::vector<std::byte>(bytes.begin(), bytes.end())};
+        }
+        return st;
     });
 }
 
@@ -440,9 +533,60 @@ COIOMMU_CLIENT_API int coiommu_client_close(coiommu_client* c, coiommu_client_cl
     return call(c, "coiommu_client_close", [&](coiommu_client& h) -> Status {
         COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
         auto r = client->close();
+        h.next_seq = client->next_seq();
         h.client.reset();  // the daemon closes the session after Close, whatever the answer
         if (!r) return coiommu::unexpected(r.error());
         if (info != nullptr) *info = coiommu_client_close_info{r->dma_entries_after, r->pages_unpinned};
+        return coiommu::ok();
+    });
+}
+
+COIOMMU_CLIENT_API int coiommu_client_reconnect(coiommu_client* c, const char* socket_path, uint32_t timeout_ms,
+                                                coiommu_client_hello* hello) {
+    return call(c, "coiommu_client_reconnect", [&](coiommu_client& h) -> Status {
+        COIOMMU_TRY(require(socket_path != nullptr, "socket_path NULL"));
+        COIOMMU_TRY(require(timeout_ms > 0, "timeout 0 ms"));
+        if (!h.hello_asked) return make_error(EINVAL, "never connected (coiommu_client_connect first)");
+        if (h.client) {
+            h.next_seq = h.client->next_seq();
+            h.client.reset();  // the dead connection; a live daemon sees end of stream
+        }
+        using Clock = std::chrono::steady_clock;
+        const auto give_up_at = Clock::now() + std::chrono::milliseconds(timeout_ms);
+        std::chrono::milliseconds delay{10};
+        for (int attempt = 1;; ++attempt) {
+            auto next = connect_again(h, socket_path, h.next_seq);
+            if (next) {
+                fill_hello((*next)->hello_info(), hello);
+                h.client = std::move(*next);
+                return coiommu::ok();
+            }
+            const auto now = Clock::now();
+            if (!coiommu::daemon::ResumingClient::worth_retrying(next.error().code) || now >= give_up_at) {
+                return coiommu::unexpected(
+                    coiommu::with_context(next.error(), fmt::format("{} ({} attempts)", socket_path, attempt)));
+            }
+            std::this_thread::sleep_for(std::min<Clock::duration>(delay, give_up_at - now));
+            delay = std::min(delay * 2, std::chrono::milliseconds(500));
+        }
+    });
+}
+
+COIOMMU_CLIENT_API int coiommu_client_resume(coiommu_client* c, uint32_t vcpus, const uint16_t* bdfs, size_t count,
+                                             int notifymap_fd, int topologymap_fd, int record_fd,
+                                             coiommu_client_resume_info* info) {
+    return call(c, "coiommu_client_resume", [&](coiommu_client& h) -> Status {
+        COIOMMU_ASSIGN_OR_RETURN(Client * client, connected(h));
+        COIOMMU_TRY(require(bdfs != nullptr || count == 0, "bdfs NULL"));
+        COIOMMU_ASSIGN_OR_RETURN(const auto r, client->resume(vcpus, std::span<const uint16_t>(bdfs, count),
+                                                              notifymap_fd, topologymap_fd, record_fd));
+        if (info != nullptr) {
+            *info = coiommu_client_resume_info{};
+            info->extents = r.extents;
+            info->pages = r.pages;
+            info->in_progress = r.in_progress;
+            info->active = r.active ? 1 : 0;
+        }
         return coiommu::ok();
     });
 }

@@ -18,16 +18,16 @@ namespace {
 constexpr const char* kLog = "client";
 using Clock = std::chrono::steady_clock;
 
-// Worth another attempt: the daemon is not (yet) there, is starting, or went again mid-resume.
-bool transient(int code) {
-    return ResumingClient::connection_lost(code) || code == ENOENT || code == ECONNREFUSED || code == EAGAIN ||
-           code == EBUSY || code == ETIMEDOUT || code == EMFILE || code == ENFILE || code == EINTR;
-}
-
 Error ended_error(std::string_view why) { return Error{EPIPE, std::string(why)}; }
 }  // namespace
 
 bool ResumingClient::connection_lost(int code) { return code == EPIPE || code == ECONNRESET || code == ENOTCONN; }
+
+// The daemon is not (yet) there, is starting, or went again mid-resume.
+bool ResumingClient::worth_retrying(int code) {
+    return connection_lost(code) || code == ENOENT || code == ECONNREFUSED || code == EAGAIN || code == EBUSY ||
+           code == ETIMEDOUT || code == EMFILE || code == ENFILE || code == EINTR;
+}
 
 Result<std::unique_ptr<ResumingClient>> ResumingClient::start(SessionSpec spec, ReconnectPolicy policy) {
     if (spec.vcpus == 0) return make_error(EINVAL, "ResumingClient: no vCPUs");
@@ -195,7 +195,7 @@ Status ResumingClient::recover(uint64_t gen, const Error& why) {
             return ok();
         }
         const auto now = Clock::now();
-        if (!transient(next.error().code) || now >= give_up_at) {
+        if (!worth_retrying(next.error().code) || now >= give_up_at) {
             std::lock_guard lock(mu_);
             ended_ = with_context(
                 next.error(), fmt::format("resuming with coiommud at {} ({} attempts)", spec_.socket_path, attempts));

@@ -125,6 +125,9 @@ public:
 
     // Whether `code` says the connection to the daemon is gone.
     [[nodiscard]] static bool connection_lost(int code);
+    // Whether an attempt to connect and resume that failed with `code` is worth repeating: the
+    // daemon is not back yet (no socket, refused, busy, out of fds) or went away again.
+    [[nodiscard]] static bool worth_retrying(int code);
 
 private:
     ResumingClient(SessionSpec spec, ReconnectPolicy policy) : spec_(std::move(spec)), policy_(std::move(policy)) {}

@@ -18,6 +18,17 @@
  *   coiommu_client_close(c, &info);                the daemon unmaps everything
  *   coiommu_client_free(c);
  *
+ * Surviving a daemon restart (protocol minor 2, COIOMMU_CLIENT_FEATURE_RESUME; engine/daemon/PROTOCOL.md,
+ * "Resumable sessions"): connect with the feature, keep the third fd of
+ * coiommu_client_set_topology_resumable (the host record) next to the notifymap and topologymap, and
+ * when a call returns -EPIPE, -ECONNRESET or -ENOTCONN:
+ *   coiommu_client_reconnect(c, path, 30000, &hello);      same name and features, numbering carried on
+ *   coiommu_client_set_memory(c, regions, n);                the same regions
+ *   coiommu_client_resume(c, vcpus, bdfs, m, notifymap_fd, topologymap_fd, record_fd, &resumed);
+ *   coiommu_client_set_backend_vfio(c, container_fd, 0, NULL);   the same container (or IOAS, fake state)
+ *   coiommu_client_set_triggers(c, eventfds, vcpus, &running);   the same eventfds
+ *   then re-send the call that failed. The guest keeps every pin; nothing is mapped twice.
+ *
  * Conventions (engine/client/README.md has the full text):
  *  - Every function that can fail returns 0 or a negative errno (-EINVAL, -ENOENT, ...); values
  *    come back through out-parameters. An Error from the daemon becomes its errno.
@@ -31,7 +42,8 @@
  *    writes to stdout/stderr and never throws across this boundary.
  *
  * ABI: symbols are versioned (node COIOMMU_CLIENT_0.1; coiommu_client_set_backend_iommufd, added
- * with protocol minor 1, in COIOMMU_CLIENT_0.2); structs are fixed for soname
+ * with protocol minor 1, in COIOMMU_CLIENT_0.2; resumable sessions, protocol minor 2, in
+ * COIOMMU_CLIENT_0.3); structs are fixed for soname
  * libcoiommu-client.so.0, except coiommu_client_stats, which only grows at its end (callers pass
  * sizeof). Reserved and flags fields must be 0.
  */
@@ -64,8 +76,8 @@ extern "C" {
 
 /* The wire protocol version this library speaks (coiommu_client_hello.version). */
 #define COIOMMU_CLIENT_PROTOCOL_VERSION 1
-/* The additions within it this library knows (1: the iommufd backend). */
-#define COIOMMU_CLIENT_PROTOCOL_MINOR 1
+/* The additions within it this library knows (1: the iommufd backend, 2: resumable sessions). */
+#define COIOMMU_CLIENT_PROTOCOL_MINOR 2
 
 /* The version of the library loaded at run time, encoded as COIOMMU_CLIENT_VERSION. A program
  * built against this header runs with any library of the same major version and a minor version
@@ -81,6 +93,9 @@ COIOMMU_CLIENT_API uint32_t coiommu_client_version(void);
 #define COIOMMU_CLIENT_FEATURE_QUERY_MAPPED 0x8ull     /* coiommu_client_query_mapped (fake backend) */
 #define COIOMMU_CLIENT_FEATURE_IOMMUFD_BACKEND 0x10ull /* protocol minor 1 */
 #define COIOMMU_CLIENT_FEATURES_ALL 0x1full
+/* Protocol minor 2, opt-in (not in _ALL): the VMM keeps the host record and resumes the session
+ * with a restarted daemon; a daemon shutdown then detaches the session instead of tearing it down. */
+#define COIOMMU_CLIENT_FEATURE_RESUME 0x20ull
 
 #define COIOMMU_CLIENT_MAX_REGIONS 64          /* regions per coiommu_client_set_memory */
 #define COIOMMU_CLIENT_MAX_VCPUS 1024          /* vCPUs (notify slots, triggers) */
@@ -197,6 +212,15 @@ struct coiommu_client_stats {
     uint64_t vcpus;
 };
 
+/* What a restarted daemon found in the host record (coiommu_client_resume). */
+struct coiommu_client_resume_info {
+    uint64_t extents;     /* mapped extents it took over */
+    uint64_t pages;       /* the pages in them */
+    uint64_t in_progress; /* map/unmap calls the dead daemon left half done, settled with the backend */
+    uint32_t active;      /* 1: the device had accepted ACTIVATE (the guest's registers are restored) */
+    uint32_t reserved;
+};
+
 struct coiommu_client_close_info {
     uint64_t dma_entries_after; /* live mappings left in the backend (0 unless a VFIO container is shared) */
     uint64_t pages_unpinned;    /* pages the engine unmapped at teardown */
@@ -246,6 +270,14 @@ COIOMMU_CLIENT_API int coiommu_client_set_memory(struct coiommu_client* c, const
 COIOMMU_CLIENT_API int coiommu_client_set_topology(struct coiommu_client* c, uint32_t vcpus, const uint16_t* bdfs,
                                                    size_t count, int* notifymap_fd, int* topologymap_fd);
 
+/* coiommu_client_set_topology that also returns the host record: with COIOMMU_CLIENT_FEATURE_RESUME
+ * negotiated, *record_fd is a memfd the daemon keeps its record of mappings in; the caller keeps it
+ * open, never maps or writes it, and hands it to coiommu_client_resume. Without the feature
+ * *record_fd is -1. All three are -1 on failure (protocol minor 2, symbol node COIOMMU_CLIENT_0.3). */
+COIOMMU_CLIENT_API int coiommu_client_set_topology_resumable(struct coiommu_client* c, uint32_t vcpus,
+                                                             const uint16_t* bdfs, size_t count, int* notifymap_fd,
+                                                             int* topologymap_fd, int* record_fd);
+
 /* The DMA backend; info may be NULL. entry_limit 0 is the default (VFIO: the kernel's).
  * vfio: container_fd (borrowed) has its groups attached and its IOMMU type set (type1v2).
  * fake, null: for tests and benchmarks (no device). Errors: -EPERM when the daemon does not allow
@@ -262,6 +294,16 @@ COIOMMU_CLIENT_API int coiommu_client_set_backend_fake(struct coiommu_client* c,
                                                        struct coiommu_client_backend_info* info);
 COIOMMU_CLIENT_API int coiommu_client_set_backend_null(struct coiommu_client* c, uint64_t entry_limit,
                                                        struct coiommu_client_backend_info* info);
+/* A fake backend whose mapping set lives in state_fd (borrowed), a memfd from
+ * coiommu_client_fake_state_create, so that it outlives the daemon as a container's mappings do:
+ * how a VMM's tests exercise resume without a device. Needs COIOMMU_CLIENT_FEATURE_RESUME.
+ * Errors: -ENOTSUP without it; -EINVAL for a state the daemon refuses (symbol node COIOMMU_CLIENT_0.3). */
+COIOMMU_CLIENT_API int coiommu_client_set_backend_fake_shared(struct coiommu_client* c,
+                                                              enum coiommu_client_fake_latency latency, int state_fd,
+                                                              struct coiommu_client_backend_info* info);
+/* A new, empty fake mapping set of entry_limit (1..2^24) mappings in *state_fd (the caller's,
+ * O_CLOEXEC). Needs no handle. Errors: -EINVAL; memfd_create's errno (symbol node COIOMMU_CLIENT_0.3). */
+COIOMMU_CLIENT_API int coiommu_client_fake_state_create(uint64_t entry_limit, int* state_fd);
 
 /* Trigger eventfds (borrowed) for vCPUs 0..count-1, the same the VMM registers as ioeventfds at
  * BAR0 + 0x18 + vcpu. *running (may be NULL) is true once every vCPU has one: the engine exists and
@@ -296,6 +338,32 @@ COIOMMU_CLIENT_API int coiommu_client_get_stats(struct coiommu_client* c, struct
  * backend and COIOMMU_CLIENT_FEATURE_QUERY_MAPPED only). Errors: -ENOTSUP, -EPERM. */
 COIOMMU_CLIENT_API int coiommu_client_query_mapped(struct coiommu_client* c, uint64_t iova, uint64_t size,
                                                    bool* mapped);
+
+/* ---- Resuming after the daemon went away (protocol minor 2) ------------------------------------- */
+
+/* Drops the handle's connection (without Close: the daemon is gone or going) and connects to
+ * socket_path again with the name and features of the handle's last connect, carrying on its request
+ * numbering. While the daemon is not back (-ENOENT, -ECONNREFUSED, -EBUSY, a lost connection, ...)
+ * it tries again after 10 ms, doubling to at most 500 ms, for up to timeout_ms in all. hello (may be
+ * NULL) receives the new session's Hello. Then set_memory, resume, set_backend_*, set_triggers as
+ * in the header's opening comment. A register write (coiommu_client_mmio_write) whose reply never
+ * came and which the VMM sends again, identical, as its first write after the resume keeps its first
+ * request number, so the daemon applies it at most once (a PARK_UNPIN is not counted twice).
+ * Errors: -EINVAL (never connected, timeout_ms 0); the last attempt's errno once timeout_ms has
+ * passed; a refusal that is not transient (-EACCES, -EPROTONOSUPPORT) at once.
+ * (symbol node COIOMMU_CLIENT_0.3) */
+COIOMMU_CLIENT_API int coiommu_client_reconnect(struct coiommu_client* c, const char* socket_path, uint32_t timeout_ms,
+                                                struct coiommu_client_hello* hello);
+
+/* In place of set_topology on a reconnected handle, after set_memory with the same regions: the same
+ * vCPUs and endpoints and the three fds the first set_topology_resumable returned (borrowed). The
+ * daemon checks them against the guest (they are the VMM's, so untrusted) and takes the record over;
+ * info (may be NULL) says what it found. Errors: -ENOTSUP when the session did not negotiate
+ * COIOMMU_CLIENT_FEATURE_RESUME; -EINVAL when the record or the memfds do not match this guest.
+ * (symbol node COIOMMU_CLIENT_0.3) */
+COIOMMU_CLIENT_API int coiommu_client_resume(struct coiommu_client* c, uint32_t vcpus, const uint16_t* bdfs,
+                                             size_t count, int notifymap_fd, int topologymap_fd, int record_fd,
+                                             struct coiommu_client_resume_info* info);
 
 /* Orderly end: the daemon stops the engine (which unmaps everything), answers, and closes. info may
  * be NULL. Accepted during setup too. The handle is then unconnected: later calls are -ENOTCONN
