@@ -4,6 +4,8 @@
 #   coiommu_target_options(<target>)      warnings-as-errors + the preset's sanitizers
 #   coiommu_library(<name> SOURCES ... DEPS ...)   STATIC library coiommu_<name>, alias coiommu::<name>
 #   coiommu_test(<name> SOURCES ... DEPS ... [LABELS ...])  gtest binary, tests discovered by name
+#   coiommu_label_targets()               one target per label, coiommu_<label>_tests, building
+#                                         exactly the gtest binaries that carry the label
 
 include(GoogleTest OPTIONAL)
 
@@ -44,4 +46,25 @@ function(coiommu_test name)
   file(WRITE ${_labels_file}
     "if(DEFINED ${name}_TESTS)\n  set_tests_properties(\${${name}_TESTS} PROPERTIES LABELS \"${ARG_LABELS}\")\nendif()\n")
   set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${_labels_file})
+  foreach(_label IN LISTS ARG_LABELS)
+    set_property(GLOBAL APPEND PROPERTY COIOMMU_LABEL_${_label} ${name})
+    set_property(GLOBAL APPEND PROPERTY COIOMMU_LABELS ${_label})
+  endforeach()
+endfunction()
+
+# The sanitizer presets run one label each (asan: unit, tsan: concurrency); their build presets
+# name these targets so a pass builds only the binaries it runs. A binary that needs a program
+# (coiommud, coiommu-load) already depends on it through add_dependencies. A label's binary that
+# was not built is a *_NOT_BUILT test without labels, which the label filter leaves out.
+function(coiommu_label_targets)
+  get_property(_labels GLOBAL PROPERTY COIOMMU_LABELS)
+  if(NOT _labels)
+    return()
+  endif()
+  list(REMOVE_DUPLICATES _labels)
+  foreach(_label IN LISTS _labels)
+    get_property(_bins GLOBAL PROPERTY COIOMMU_LABEL_${_label})
+    add_custom_target(coiommu_${_label}_tests)
+    add_dependencies(coiommu_${_label}_tests ${_bins})
+  endforeach()
 endfunction()
