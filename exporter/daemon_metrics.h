@@ -1,7 +1,7 @@
 // coiommud's Prometheus endpoint: the engine families over every session of a Server, the
 // server's connection and session counters, the process families, and whatever further
-// collectors the program adds (the BPF collector, from bpf/metrics, when the tracer runs). The program's observer
-// (observe_metrics.cc, bpf/metrics/observe_full.cc) owns one.
+// collectors the program adds (the BPF collector, from bpf/metrics, when the tracer runs).
+// The program's observer (observe_metrics.cc, bpf/metrics/observe_full.cc) owns one.
 //
 // Thread-safety: start/stop from one owner thread; the collectors run on the exposer's threads
 // and read only the Server's thread-safe statistics.

@@ -148,13 +148,34 @@ std::unique_ptr<emulator::GuestDriver> guest_driver(CVmm& vmm) {
     return testing::must(emulator::GuestDriver::create(std::move(gcfg)), "guest driver");
 }
 
-void kill_nine(std::optional<DaemonProcess>& d) {
-    ASSERT_OK(d->signal(SIGKILL));
-    ASSERT_TRUE(d->wait_for_exit(std::chrono::seconds(5)).has_value());
-    d.reset();
-}
-
 bool lost(int rc) { return rc == -EPIPE || rc == -ECONNRESET || rc == -ENOTCONN; }
+
+// A daemon on a socket in its own directory and a C VMM for it; each story starts the VMM, kills
+// the daemon and brings the next one up on the same socket.
+class CClientResumeSession : public ::testing::Test {
+protected:
+    void SetUp() override {
+        dir_.emplace(testing::must(TempDir::create("coiommu-c-resume"), "temp dir"));
+        socket_ = dir_->path("coiommud.sock");
+        ASSERT_NO_FATAL_FAILURE(start_daemon());
+    }
+
+    void start_daemon() { d_.emplace(testing::must(start_daemon_at(socket_), "daemon")); }
+    void kill_nine() {
+        ASSERT_OK(d_->signal(SIGKILL));
+        ASSERT_TRUE(d_->wait_for_exit(std::chrono::seconds(5)).has_value());
+        d_.reset();
+    }
+    // The VMM's reconnect to the next daemon, with the test's patience.
+    void reconnect(coiommu_client_hello* hello = nullptr) {
+        ASSERT_EQ(coiommu_client_reconnect(vmm_.c(), socket_.c_str(), kReconnectMs, hello), 0) << vmm_.error();
+    }
+
+    std::optional<TempDir> dir_;
+    std::string socket_;
+    std::optional<DaemonProcess> d_;  // declared before vmm_: the VMM goes first
+    CVmm vmm_;
+};
 
 TEST(CClientResume, WithoutTheFeatureSetTopologyResumableGivesNoRecord) {
     ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-c-resume"));
@@ -198,93 +219,78 @@ TEST(CClientResume, ReconnectBeforeAnyConnectIsEINVAL) {
 // kill -9 with pages pinned: the next call says the connection is lost; reconnect + resume hand the
 // new daemon the record, the pages stay mapped throughout, the guest is served again, and Close
 // leaves the container empty.
-TEST(CClientResume, KillNineKeepsEveryPinAndTheNextDaemonServesTheGuest) {
-    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-c-resume"));
-    const std::string socket = dir.path("coiommud.sock");
-    std::optional<DaemonProcess> d;
-    d.emplace(testing::must(start_daemon_at(socket), "first daemon"));
-    CVmm vmm;
-    ASSERT_NO_FATAL_FAILURE(vmm.start(socket));
-    auto driver = guest_driver(vmm);
+TEST_F(CClientResumeSession, KillNineKeepsEveryPinAndTheNextDaemonServesTheGuest) {
+    ASSERT_NO_FATAL_FAILURE(vmm_.start(socket_));
+    auto driver = guest_driver(vmm_);
     ASSERT_OK_AND_ASSIGN(auto vcpu, driver->vcpu({0, kBdf, Gpa{0x100000}, 64}));
     ASSERT_OK(vcpu.map(gfns(0x200, 6)));
-    const auto before = vmm.container();
+    const auto before = vmm_.container();
     ASSERT_FALSE(before.empty());
 
-    ASSERT_NO_FATAL_FAILURE(kill_nine(d));
+    ASSERT_NO_FATAL_FAILURE(kill_nine());
     coiommu_client_stats s{};
-    const int rc = coiommu_client_get_stats(vmm.c(), &s, sizeof s);
-    EXPECT_TRUE(lost(rc)) << rc << " " << vmm.error();
-    EXPECT_EQ(vmm.container().size(), before.size()) << "the container outlives the daemon";
+    const int rc = coiommu_client_get_stats(vmm_.c(), &s, sizeof s);
+    EXPECT_TRUE(lost(rc)) << rc << " " << vmm_.error();
+    EXPECT_EQ(vmm_.container().size(), before.size()) << "the container outlives the daemon";
 
-    d.emplace(testing::must(start_daemon_at(socket), "second daemon"));
+    ASSERT_NO_FATAL_FAILURE(start_daemon());
     coiommu_client_hello hello{};
-    ASSERT_EQ(coiommu_client_reconnect(vmm.c(), socket.c_str(), kReconnectMs, &hello), 0) << vmm.error();
+    ASSERT_NO_FATAL_FAILURE(reconnect(&hello));
     EXPECT_NE(hello.features & COIOMMU_CLIENT_FEATURE_RESUME, 0u);
     coiommu_client_resume_info info{};
-    ASSERT_NO_FATAL_FAILURE(vmm.resume(&info));
+    ASSERT_NO_FATAL_FAILURE(vmm_.resume(&info));
     EXPECT_EQ(info.pages, 6u);
     EXPECT_EQ(info.in_progress, 0u);
     EXPECT_EQ(info.active, 1u);
-    const auto after = vmm.container();
+    const auto after = vmm_.container();
     ASSERT_EQ(after.size(), before.size()) << "nothing mapped twice, nothing lost";
     for (std::size_t i = 0; i < after.size(); ++i) {
         EXPECT_EQ(raw(after[i].iova), raw(before[i].iova));
         EXPECT_EQ(after[i].size, before[i].size);
     }
     bool mapped = false;
-    ASSERT_EQ(coiommu_client_query_mapped(vmm.c(), 0x200ull << kPageShift, 6 * kPageSize, &mapped), 0) << vmm.error();
+    ASSERT_EQ(coiommu_client_query_mapped(vmm_.c(), 0x200ull << kPageShift, 6 * kPageSize, &mapped), 0) << vmm_.error();
     EXPECT_TRUE(mapped);
 
     ASSERT_OK_AND_ASSIGN(auto rep, vcpu.map(gfns(0x400, 3)));
     EXPECT_EQ(rep.pages, 3u) << "the new daemon serves the same notifymap and trigger";
     coiommu_client_close_info closed{1, 0};
-    ASSERT_EQ(coiommu_client_close(vmm.c(), &closed), 0) << vmm.error();
+    ASSERT_EQ(coiommu_client_close(vmm_.c(), &closed), 0) << vmm_.error();
     EXPECT_EQ(closed.dma_entries_after, 0u);
-    EXPECT_TRUE(vmm.container().empty());
+    EXPECT_TRUE(vmm_.container().empty());
 }
 
 // The daemon is down when the VMM notices: reconnect keeps trying until it is back.
-TEST(CClientResume, ReconnectWaitsForTheDaemonToComeBack) {
-    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-c-resume"));
-    const std::string socket = dir.path("coiommud.sock");
-    std::optional<DaemonProcess> d;
-    d.emplace(testing::must(start_daemon_at(socket), "first daemon"));
-    CVmm vmm;
-    ASSERT_NO_FATAL_FAILURE(vmm.start(socket));
-    ASSERT_NO_FATAL_FAILURE(kill_nine(d));
+TEST_F(CClientResumeSession, ReconnectWaitsForTheDaemonToComeBack) {
+    ASSERT_NO_FATAL_FAILURE(vmm_.start(socket_));
+    ASSERT_NO_FATAL_FAILURE(kill_nine());
     int rc = -1;
     std::chrono::steady_clock::duration took{};
     std::thread reconnecting([&] {
         const auto t0 = std::chrono::steady_clock::now();
-        rc = coiommu_client_reconnect(vmm.c(), socket.c_str(), kReconnectMs, nullptr);
+        rc = coiommu_client_reconnect(vmm_.c(), socket_.c_str(), kReconnectMs, nullptr);
         took = std::chrono::steady_clock::now() - t0;
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(400));
-    auto d2 = start_daemon_at(socket);  // this thread: a DaemonProcess belongs to the thread that forked it
+    auto d2 = start_daemon_at(socket_);  // this thread: a DaemonProcess belongs to the thread that forked it
     reconnecting.join();
     ASSERT_OK(d2);
-    ASSERT_EQ(rc, 0) << vmm.error();
+    ASSERT_EQ(rc, 0) << vmm_.error();
     EXPECT_GE(took, std::chrono::milliseconds(400)) << "it waited for the daemon";
     coiommu_client_resume_info info{};
-    ASSERT_NO_FATAL_FAILURE(vmm.resume(&info));
+    ASSERT_NO_FATAL_FAILURE(vmm_.resume(&info));
     EXPECT_EQ(info.active, 1u);
-    EXPECT_EQ(coiommu_client_close(vmm.c(), nullptr), 0) << vmm.error();
+    EXPECT_EQ(coiommu_client_close(vmm_.c(), nullptr), 0) << vmm_.error();
 }
 
-TEST(CClientResume, ReconnectGivesUpAfterItsTimeoutWithTheLastErrno) {
-    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-c-resume"));
-    const std::string socket = dir.path("coiommud.sock");
-    std::optional<DaemonProcess> d;
-    d.emplace(testing::must(start_daemon_at(socket), "daemon"));
-    CVmm vmm;
-    ASSERT_NO_FATAL_FAILURE(vmm.start(socket));
-    ASSERT_NO_FATAL_FAILURE(kill_nine(d));
+TEST_F(CClientResumeSession, ReconnectGivesUpAfterItsTimeoutWithTheLastErrno) {
+    ASSERT_NO_FATAL_FAILURE(vmm_.start(socket_));
+    ASSERT_NO_FATAL_FAILURE(kill_nine());
     const auto t0 = std::chrono::steady_clock::now();
-    const int rc = coiommu_client_reconnect(vmm.c(), socket.c_str(), 300, nullptr);
+    const int rc = coiommu_client_reconnect(vmm_.c(), socket_.c_str(), 300, nullptr);
     const auto took = std::chrono::steady_clock::now() - t0;
-    EXPECT_TRUE(rc == -ENOENT || rc == -ECONNREFUSED) << rc << " " << vmm.error();
-    EXPECT_NE(vmm.error().find("attempts"), std::string::npos) << vmm.error();
+    EXPECT_TRUE(rc == -ENOENT || rc == -ECONNREFUSED) << rc << " " << vmm_.error();
+    EXPECT_NE(vmm_.error().find("attempts"), std::string::npos) << vmm_.error();
     EXPECT_GE(took, std::chrono::milliseconds(300));
     EXPECT_LT(took, std::chrono::seconds(3));
 }
@@ -292,29 +298,24 @@ TEST(CClientResume, ReconnectGivesUpAfterItsTimeoutWithTheLastErrno) {
 // PARK_UNPIN sent to a daemon that has just died gets no reply; the VMM sends it again after the
 // resume and the new daemon counts it once. Then the numbering carried on: a second PARK_UNPIN is a
 // new request and counts again.
-TEST(CClientResume, ARegisterWriteReSentAfterTheResumeIsAppliedOnce) {
-    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-c-resume"));
-    const std::string socket = dir.path("coiommud.sock");
-    std::optional<DaemonProcess> d;
-    d.emplace(testing::must(start_daemon_at(socket), "first daemon"));
-    CVmm vmm;
-    ASSERT_NO_FATAL_FAILURE(vmm.start(socket));
-    ASSERT_NO_FATAL_FAILURE(kill_nine(d));
+TEST_F(CClientResumeSession, ARegisterWriteReSentAfterTheResumeIsAppliedOnce) {
+    ASSERT_NO_FATAL_FAILURE(vmm_.start(socket_));
+    ASSERT_NO_FATAL_FAILURE(kill_nine());
     const uint64_t park = COIOMMU_CLIENT_CMD_PARK_UNPIN;
-    const int rc = coiommu_client_mmio_write(vmm.c(), COIOMMU_CLIENT_REG_CMD, &park, sizeof park);
-    ASSERT_TRUE(lost(rc)) << rc << " " << vmm.error();
+    const int rc = coiommu_client_mmio_write(vmm_.c(), COIOMMU_CLIENT_REG_CMD, &park, sizeof park);
+    ASSERT_TRUE(lost(rc)) << rc << " " << vmm_.error();
 
-    d.emplace(testing::must(start_daemon_at(socket), "second daemon"));
-    ASSERT_EQ(coiommu_client_reconnect(vmm.c(), socket.c_str(), kReconnectMs, nullptr), 0) << vmm.error();
-    ASSERT_NO_FATAL_FAILURE(vmm.resume(nullptr));
-    ASSERT_NO_FATAL_FAILURE(vmm.write_reg(COIOMMU_CLIENT_REG_CMD, park));
+    ASSERT_NO_FATAL_FAILURE(start_daemon());
+    ASSERT_NO_FATAL_FAILURE(reconnect());
+    ASSERT_NO_FATAL_FAILURE(vmm_.resume(nullptr));
+    ASSERT_NO_FATAL_FAILURE(vmm_.write_reg(COIOMMU_CLIENT_REG_CMD, park));
     coiommu_client_stats s{};
-    ASSERT_EQ(coiommu_client_get_stats(vmm.c(), &s, sizeof s), 0) << vmm.error();
+    ASSERT_EQ(coiommu_client_get_stats(vmm_.c(), &s, sizeof s), 0) << vmm_.error();
     EXPECT_EQ(s.park_count, 1u);
-    ASSERT_NO_FATAL_FAILURE(vmm.write_reg(COIOMMU_CLIENT_REG_CMD, park));
-    ASSERT_EQ(coiommu_client_get_stats(vmm.c(), &s, sizeof s), 0) << vmm.error();
+    ASSERT_NO_FATAL_FAILURE(vmm_.write_reg(COIOMMU_CLIENT_REG_CMD, park));
+    ASSERT_EQ(coiommu_client_get_stats(vmm_.c(), &s, sizeof s), 0) << vmm_.error();
     EXPECT_EQ(s.park_count, 2u);
-    EXPECT_EQ(coiommu_client_close(vmm.c(), nullptr), 0) << vmm.error();
+    EXPECT_EQ(coiommu_client_close(vmm_.c(), nullptr), 0) << vmm_.error();
 }
 
 // Between a VMM and the daemon, one request at a time: relays each request and its reply, fds
@@ -385,34 +386,29 @@ private:
 // The hard case of a re-sent write: the dead daemon had applied it (and recorded its seq) but its
 // reply never came. Re-sent with the same request number, the next daemon answers it without
 // applying it again: PARK_UNPIN is counted once, where a new number would count it twice.
-TEST(CClientResume, AWriteTheDeadDaemonAppliedIsNotAppliedAgainWhenReSent) {
-    ASSERT_OK_AND_ASSIGN(auto dir, TempDir::create("coiommu-c-resume"));
-    const std::string socket = dir.path("coiommud.sock");
-    std::optional<DaemonProcess> d;
-    d.emplace(testing::must(start_daemon_at(socket), "first daemon"));
-    ASSERT_OK_AND_ASSIGN(auto proxy, ReplyDroppingProxy::start(socket));
-    CVmm vmm;
-    ASSERT_NO_FATAL_FAILURE(vmm.start(socket, [&](coiommu_client_hello* hello) {
-        return coiommu_client_connect_fd(vmm.c(), proxy->vmm_fd(), "c-resume-test", kResumeFeatures, hello);
+TEST_F(CClientResumeSession, AWriteTheDeadDaemonAppliedIsNotAppliedAgainWhenReSent) {
+    ASSERT_OK_AND_ASSIGN(auto proxy, ReplyDroppingProxy::start(socket_));
+    ASSERT_NO_FATAL_FAILURE(vmm_.start(socket_, [&](coiommu_client_hello* hello) {
+        return coiommu_client_connect_fd(vmm_.c(), proxy->vmm_fd(), "c-resume-test", kResumeFeatures, hello);
     }));
     proxy->arm();
     const uint64_t park = COIOMMU_CLIENT_CMD_PARK_UNPIN;
-    const int rc = coiommu_client_mmio_write(vmm.c(), COIOMMU_CLIENT_REG_CMD, &park, sizeof park);
-    ASSERT_TRUE(lost(rc)) << rc << " " << vmm.error();
+    const int rc = coiommu_client_mmio_write(vmm_.c(), COIOMMU_CLIENT_REG_CMD, &park, sizeof park);
+    ASSERT_TRUE(lost(rc)) << rc << " " << vmm_.error();
     ASSERT_TRUE(proxy->dropped());
-    ASSERT_NO_FATAL_FAILURE(kill_nine(d));
+    ASSERT_NO_FATAL_FAILURE(kill_nine());
     proxy.reset();
 
-    d.emplace(testing::must(start_daemon_at(socket), "second daemon"));
-    ASSERT_EQ(coiommu_client_reconnect(vmm.c(), socket.c_str(), kReconnectMs, nullptr), 0) << vmm.error();
-    ASSERT_NO_FATAL_FAILURE(vmm.resume(nullptr));
+    ASSERT_NO_FATAL_FAILURE(start_daemon());
+    ASSERT_NO_FATAL_FAILURE(reconnect());
+    ASSERT_NO_FATAL_FAILURE(vmm_.resume(nullptr));
     coiommu_client_stats s{};
-    ASSERT_EQ(coiommu_client_get_stats(vmm.c(), &s, sizeof s), 0) << vmm.error();
+    ASSERT_EQ(coiommu_client_get_stats(vmm_.c(), &s, sizeof s), 0) << vmm_.error();
     EXPECT_EQ(s.park_count, 1u) << "the record restored the applied PARK_UNPIN";
-    ASSERT_NO_FATAL_FAILURE(vmm.write_reg(COIOMMU_CLIENT_REG_CMD, park));
-    ASSERT_EQ(coiommu_client_get_stats(vmm.c(), &s, sizeof s), 0) << vmm.error();
+    ASSERT_NO_FATAL_FAILURE(vmm_.write_reg(COIOMMU_CLIENT_REG_CMD, park));
+    ASSERT_EQ(coiommu_client_get_stats(vmm_.c(), &s, sizeof s), 0) << vmm_.error();
     EXPECT_EQ(s.park_count, 1u) << "the re-sent PARK_UNPIN was applied again";
-    EXPECT_EQ(coiommu_client_close(vmm.c(), nullptr), 0) << vmm.error();
+    EXPECT_EQ(coiommu_client_close(vmm_.c(), nullptr), 0) << vmm_.error();
 }
 
 }  // namespace

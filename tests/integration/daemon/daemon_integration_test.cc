@@ -2,9 +2,7 @@
 // exactly as a VMM would: pins go through the socket path, the safety invariant holds (checked
 // with QueryMapped after every DMA map), both sides' statistics agree, Close leaves no mapping,
 // SIGTERM exits 0 with nothing left, and a flood of 200 connections does not stop the service.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -18,6 +16,9 @@
 #include "engine/daemon/emulated_vm.h"
 #include "tests/testing/daemon_process.h"
 #include "tests/testing/expect.h"
+#ifdef COIOMMUD_HAS_EXPORTER
+#include "tests/unit/exporter/scrape_support.h"
+#endif
 
 namespace coiommu::daemon {
 namespace {
@@ -122,42 +123,16 @@ TEST(CoiommudIntegration, FloodOfConnectionsDoesNotStopTheService) {
 }
 
 #ifdef COIOMMUD_HAS_EXPORTER
-uint16_t free_port() {
-    UniqueFd s(::socket(AF_INET, SOCK_STREAM, 0));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    socklen_t len = sizeof a;
-    EXPECT_EQ(::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
-    return ntohs(a.sin_port);
-}
-
-std::string http_get(uint16_t port, const std::string& path) {
-    UniqueFd s(::socket(AF_INET, SOCK_STREAM, 0));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return {};
-    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-    if (::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL) < 0) return {};
-    std::string out;
-    char buf[4096];
-    ssize_t n = 0;
-    while ((n = ::recv(s.get(), buf, sizeof buf, 0)) > 0) out.append(buf, static_cast<std::size_t>(n));
-    return out;
-}
-
 TEST(CoiommudIntegration, EmbeddedExporterServesEverySessionUnderItsVmName) {
-    const uint16_t port = free_port();
+    ASSERT_OK_AND_ASSIGN(const uint16_t port, exporter::testing::free_loopback_port());
     ASSERT_OK_AND_ASSIGN(auto d, start_daemon({"--metrics-address", "127.0.0.1:" + std::to_string(port)}));
     ASSERT_OK_AND_ASSIGN(auto vm, EmulatedVm::start(vm_options(d.socket(), "scraped")));
     // The socket appears before the exporter binds: retry until it answers.
     std::string body;
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (std::chrono::steady_clock::now() < until) {
-        body = http_get(port, "/metrics");
+        auto resp = exporter::testing::http_get("127.0.0.1", port, "/metrics", 1000);
+        body = resp ? resp->body : std::string{};
         if (body.find("coiommu_active_sessions 1") != std::string::npos) break;
         std::this_thread::sleep_for(milliseconds(100));
     }
