@@ -277,6 +277,22 @@ OVERVIEW = [
            w=8, h=5, mappings=ON_OFF),
     single("stat", "vCPUs served", "vCPUs (notify slots) the engine serves, per VM (coiommu_vcpus).",
            "short", [target(f"sum by ({VM}) ({g('coiommu_vcpus')})", "{{vm}} {{instance}}")], w=8, h=5),
+    row("Daemon: sessions and connections (coiommud)"),
+    timeseries("Sessions", "VMM sessions served now (coiommu_active_sessions), and sessions started, resumed "
+               "after a daemon restart, ended, and ended by an error, per second. A resumed session is a VM that "
+               "survived its daemon's restart; CoiommuSessionsFailing fires on failed ones.", "short",
+               [target(f"sum by (instance) ({g('coiommu_active_sessions')})", "active {{instance}}"),
+                target(f"sum by (instance) ({rate('coiommu_sessions_accepted_total')})", "accepted/s {{instance}}"),
+                target(f"sum by (instance) ({rate('coiommu_sessions_resumed_total')})", "resumed/s {{instance}}"),
+                target(f"sum by (instance) ({rate('coiommu_sessions_ended_total')})", "ended/s {{instance}}"),
+                target(f"sum by (instance) ({rate('coiommu_sessions_failed_total')})", "failed/s {{instance}}")]),
+    timeseries("Connections refused", "Connections coiommud closed without serving, per second and reason "
+               "(coiommu_connections_refused_total): capacity (busy, uid_busy, fd_budget, out_of_fds) pages as "
+               "CoiommuConnectionsRefused; credentials and the handshake reasons are a misbehaving client. "
+               "Accept pauses: the daemon was at its fd limit (coiommu_accept_pauses_total).", "ops",
+               [target(f"sum by (instance, reason) ({rate('coiommu_connections_refused_total')})",
+                       "{{reason}} {{instance}}"),
+                target(f"sum by (instance) ({rate('coiommu_accept_pauses_total')})", "accept pauses {{instance}}")]),
     row("Exporter and process"),
     timeseries("Collector duration", "Time the last scrape spent in each collector "
                "(coiommu_exporter_collect_duration_seconds).", "s",

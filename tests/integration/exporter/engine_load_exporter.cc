@@ -13,7 +13,9 @@
 //     Tracepoint mode, not Auto: where fentry attaches (tracing programs allowed, VFIO loaded) it
 //     hooks only the VFIO and iommufd ioctl handlers, which an ioctl on /dev/null never reaches,
 //     and the kernel-view panels would stay empty;
-//   - EngineCollector (the one VM named "load-vm") + ProcessCollector (+ BpfCollector) at --address.
+//   - EngineCollector (the one VM named "load-vm") + ProcessCollector (+ BpfCollector) at --address,
+//     and a ServerCollector reporting what coiommud would for this one VM: one session accepted,
+//     nothing resumed, ended, failed or refused (so the daemon panels and alerts have their series).
 //
 // Prints "listening HOST:PORT" on stdout once serving, then "bpf attached" or "bpf off: <why>",
 // and runs until SIGINT/SIGTERM or --duration.
@@ -44,6 +46,7 @@
 #include "exporter/engine_collector.h"
 #include "exporter/exposer.h"
 #include "exporter/process_collector.h"
+#include "exporter/server_collector.h"
 #include "tests/unit/exporter/engine_vm.h"
 #ifdef COIOMMU_ENGINE_LOAD_BPF
 #include "bpf/loader/privileges.h"
@@ -170,6 +173,13 @@ int main(int argc, char** argv) {
     auto added = set->add("engine", std::make_shared<exporter::EngineCollector>(
                                         [&vm] { return (*vm)->stats(); }, (*vm)->engine_info(), std::string(kVmName)));
     if (added) added = set->add("process", std::make_shared<exporter::ProcessCollector>());
+    if (added) {
+        added = set->add("server", std::make_shared<exporter::ServerCollector>([] {
+                             exporter::ServerStats s;
+                             s.accepted = 1;
+                             return s;
+                         }));
+    }
     if (!added) {
         std::fprintf(stderr, "%s\n", added.error().message().c_str());
         return 1;
