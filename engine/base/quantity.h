@@ -51,6 +51,10 @@ std::string_view closest_word(std::string_view word, const Range& candidates) {
     size_t best_d = 3;
     for (const auto& c : candidates) {
         const std::string_view cand(c);
+        // The distance is at least the length difference: a word far longer than every candidate
+        // (hostile input: a config line, an argv word) costs nothing instead of len x len.
+        const size_t gap = word.size() > cand.size() ? word.size() - cand.size() : cand.size() - word.size();
+        if (gap >= best_d) continue;
         const size_t d = edit_distance(word, cand);
         if (d < best_d) {
             best_d = d;

@@ -124,5 +124,13 @@ TEST(ClosestWord, SuggestsWithinTwoEditsOnly) {
     EXPECT_EQ(closest_word("--backend", names), "");
 }
 
+TEST(ClosestWord, LengthDecidesBeforeTheDistanceIsComputed) {
+    const std::array<std::string, 3> names{"--vcpus", "--vcpu", "--vcpus-max"};
+    EXPECT_EQ(closest_word("--vcpuss", names), "--vcpus");  // 1 from --vcpus, 2 from --vcpu
+    EXPECT_EQ(closest_word("--vcpus-mx", names), "--vcpus-max");
+    EXPECT_EQ(closest_word("--v", names), "");                      // 3 shorter than the shortest
+    EXPECT_EQ(closest_word(std::string(1 << 20, 'v'), names), "");  // a hostile word: no suggestion
+}
+
 }  // namespace
 }  // namespace coiommu
