@@ -287,7 +287,7 @@ OVERVIEW = [
                 target(f"sum by (instance) ({rate('coiommu_sessions_ended_total')})", "ended/s {{instance}}"),
                 target(f"sum by (instance) ({rate('coiommu_sessions_failed_total')})", "failed/s {{instance}}")]),
     timeseries("Connections refused", "Connections coiommud closed without serving, per second and reason "
-               "(coiommu_connections_refused_total): capacity (busy, uid_busy, fd_budget, out_of_fds) pages as "
+               "(coiommu_connections_refused_total): capacity (busy, uid_busy, fd_budget, out_of_fds) warns as "
                "CoiommuConnectionsRefused; credentials and the handshake reasons are a misbehaving client. "
                "Accept pauses: the daemon was at its fd limit (coiommu_accept_pauses_total).", "ops",
                [target(f"sum by (instance, reason) ({rate('coiommu_connections_refused_total')})",
