@@ -2,19 +2,23 @@
 
 #include <tbb/concurrent_hash_map.h>
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 
 namespace coiommu::workers {
 
 // Presized (presizing halves TBB's insert cost: engine/README.md, "VFIO cost model"); the default
-// dma_entry_limit bounds live extents at 65535 anyway. std::allocator rather than tbb_allocator:
-// tbbmalloc's free -> malloc reuse is invisible to ThreadSanitizer (it reports node construction
-// racing the previous owner's unlock), and malloc is just as fast for one node per extent.
+// dma_entry_limit bounds live extents at 65535 anyway, and a guest of n gfns holds at most n extents,
+// so a small guest (a test, a fuzz input) does not pay for 65,536 buckets it can never fill.
+// std::allocator rather than tbb_allocator: tbbmalloc's free -> malloc reuse is invisible to
+// ThreadSanitizer (it reports node construction racing the previous owner's unlock), and malloc is
+// just as fast for one node per extent.
 struct ExtentMap::TbbStore {
     using Map = tbb::concurrent_hash_map<uint64_t, uint32_t, tbb::tbb_hash_compare<uint64_t>,
                                          std::allocator<std::pair<const uint64_t, uint32_t>>>;
-    Map map{Map::size_type{1} << 16};
+    explicit TbbStore(uint64_t gfn_count) : map{std::min<Map::size_type>(Map::size_type{1} << 16, gfn_count)} {}
+    Map map;
 };
 
 ExtentMap::ExtentMap() : count_(std::make_unique<std::atomic<uint64_t>>(0)) {}
@@ -28,7 +32,7 @@ Result<ExtentMap> ExtentMap::create(uint64_t gfn_count, ExtentStoreKind kind) {
     ExtentMap m;
     m.kind_ = kind;
     m.words_ = std::move(*words);
-    if (kind == ExtentStoreKind::Tbb) m.tbb_ = std::make_unique<TbbStore>();
+    if (kind == ExtentStoreKind::Tbb) m.tbb_ = std::make_unique<TbbStore>(gfn_count);
     return m;
 }
 
