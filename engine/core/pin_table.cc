@@ -103,16 +103,6 @@ PinTable::PageLock PinTable::try_lock(Gfn gfn) {
     return PageLock();
 }
 
-PinTable::PageLock& PinTable::PageLock::operator=(PageLock&& other) noexcept {
-    if (this != &other) {
-        unlock();
-        table_ = other.table_;
-        word_ = std::exchange(other.word_, nullptr);
-        publish_mapped_ = std::exchange(other.publish_mapped_, false);
-    }
-    return *this;
-}
-
 void PinTable::PageLock::clear_mapped() {
     if (publish_mapped_) {
         // Recorded in this critical section and never published: withdraw it.

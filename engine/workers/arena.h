@@ -32,6 +32,7 @@ namespace coiommu::workers {
 // of 512 pages anyway (engine/README.md, "VFIO type1 semantics"), so a longer call saves < 0.5% of
 // per-call cost, while shorter extents unpin more precisely and bound the page locks one run holds.
 inline constexpr uint32_t kMaxExtentPages = 512;
+static_assert(kMaxExtentPages <= core::PinTable::RunLock::kMaxPages, "a run's locks fit one RunLock");
 
 // Shared by every pin worker of one engine; all members outlive the workers. Immutable once the
 // workers run (the referenced objects are themselves thread-safe).
@@ -74,12 +75,12 @@ struct alignas(64) VcpuArena {
                                                                    telemetry::StatsShard& stats);
 
     uint32_t vcpu = 0;
-    GuestAtomicU64 slot;                                          // the vCPU's notify slot (shared with the guest)
-    int trigger_fd = -1;                                          // borrowed from the device
-    std::optional<core::DttWalker> walker;                        // set at activation; nullopt when the DTT is invalid
-    FlatArray<uint64_t> gfns;                                     // a batch's gfn list, copied once from the guest
-    FlatArray<WorkPage> work;                                     // pages that need a map (or a re-set PINNED)
-    std::array<core::PinTable::PageLock, kMaxExtentPages> locks;  // one run's page locks
+    GuestAtomicU64 slot;                    // the vCPU's notify slot (shared with the guest)
+    int trigger_fd = -1;                    // borrowed from the device
+    std::optional<core::DttWalker> walker;  // set at activation; nullopt when the DTT is invalid
+    FlatArray<uint64_t> gfns;               // a batch's gfn list, copied once from the guest
+    FlatArray<WorkPage> work;               // pages that need a map (or a re-set PINNED)
+    core::PinTable::RunLock run_lock;       // one run's page locks
     telemetry::StatsShard* stats = nullptr;
 
     // Written by the intake (Idle -> InFlight/Rescan) and the worker (-> Idle).

@@ -188,10 +188,12 @@ private:
 
     // Step 4: one run under its page locks.
     void pin_run(const WorkPage* run, uint32_t n, Tally& t) {
-        for (uint32_t k = 0; k < n; ++k) a_.locks[k] = env_.table.lock(Gfn{run[k].gfn});
+        // A run is consecutive gfns (map_runs), so one RunLock holds it.
+        core::PinTable::RunLock& locks = a_.run_lock;
+        env_.table.lock_run(Gfn{run[0].gfn}, n, locks);
         uint32_t k = 0;
         while (k < n) {
-            if (a_.locks[k].mapped()) {
+            if (locks.mapped(k)) {
                 // Ours already (another vCPU won the race, or the guest cleared PINNED): never map
                 // twice, just tell the guest again.
                 set_pinned(run[k]);
@@ -200,11 +202,11 @@ private:
                 continue;
             }
             uint32_t e = k + 1;
-            while (e < n && !a_.locks[e].mapped()) ++e;
+            while (e < n && !locks.mapped(e)) ++e;
             map_span(run, k, e, t);
             k = e;
         }
-        for (uint32_t i = 0; i < n; ++i) a_.locks[i].unlock();
+        locks.unlock();
     }
 
     // Maps run[k, e) (unmapped, locked, consecutive) with one DMA call.
@@ -228,7 +230,7 @@ private:
                 // Record first: whatever the guest sees as PINNED is backed by our record, and the
                 // extent is handed to the unpinner while its pages are still locked.
                 // The kMapped bits go out with the unlocks at the end of pin_run; one shared add.
-                for (uint32_t p = k; p < e; ++p) a_.locks[p].mark_mapped();
+                a_.run_lock.mark_mapped(k, e);
                 env_.table.add_mapped_pages(len);
                 const Gfn head{run[k].gfn};
                 env_.extents.record(head, len);

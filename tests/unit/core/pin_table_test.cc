@@ -16,6 +16,15 @@ namespace {
 
 constexpr uint64_t kGfns = 4096;  // a 16 MiB guest
 
+std::vector<uint64_t> mapped_in(const PinTable& t, uint64_t first, uint64_t end) {
+    std::vector<uint64_t> out;
+    (void)t.for_each_mapped(Gfn{first}, end, [&](Gfn g) {
+        out.push_back(raw(g));
+        return true;
+    });
+    return out;
+}
+
 TEST(PinTable, ZeroGfnsIsRejected) { EXPECT_ERR(PinTable::create(0), EINVAL); }
 
 TEST(PinTable, SizeOverflowIsRejected) { EXPECT_ERR(PinTable::create(uint64_t{1} << 63), EOVERFLOW); }
@@ -116,6 +125,76 @@ TEST(PinTable, LockBlocksUntilTheHolderReleases) {
     EXPECT_TRUE(acquired.load());
 }
 
+TEST(PinTableRunLock, HoldsEveryPageOfTheRunUntilUnlocked) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    PinTable::RunLock run;
+    t.lock_run(Gfn{10}, 5, run);
+    EXPECT_EQ(run.size(), 5u);
+    for (uint64_t g = 10; g < 15; ++g) EXPECT_FALSE(t.try_lock(Gfn{g}).owns_lock()) << "gfn " << g;
+    EXPECT_TRUE(t.try_lock(Gfn{9}).owns_lock());
+    EXPECT_TRUE(t.try_lock(Gfn{15}).owns_lock());
+    run.unlock();
+    for (uint64_t g = 10; g < 15; ++g) EXPECT_TRUE(t.try_lock(Gfn{g}).owns_lock()) << "gfn " << g;
+}
+
+TEST(PinTableRunLock, ReportsThePagesRecordedBeforeTheLock) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    t.lock(Gfn{12}).set_mapped();
+    PinTable::RunLock run;
+    t.lock_run(Gfn{10}, 4, run);
+    EXPECT_FALSE(run.mapped(0));
+    EXPECT_TRUE(run.mapped(2));
+    run.unlock();
+    EXPECT_TRUE(t.mapped(Gfn{12})) << "unlocking keeps an existing record";
+}
+
+TEST(PinTableRunLock, MarkedPagesArePublishedByTheUnlock) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    PinTable::RunLock run;
+    t.lock_run(Gfn{1020}, 8, run);  // crosses the chunk boundary at 1024
+    run.mark_mapped(2, 6);
+    t.add_mapped_pages(4);
+    EXPECT_TRUE(run.mapped(2));
+    EXPECT_FALSE(run.mapped(6));
+    EXPECT_FALSE(t.mapped(Gfn{1022})) << "never visible before the unlock";
+    run.unlock();
+    EXPECT_EQ(mapped_in(t, 0, kGfns), (std::vector<uint64_t>{1022, 1023, 1024, 1025}));
+    EXPECT_EQ(t.mapped_pages(), 4u);
+}
+
+TEST(PinTableRunLock, ReusedRunStartsWithNothingMarked) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    PinTable::RunLock run;
+    t.lock_run(Gfn{0}, 2, run);
+    run.mark_mapped(0, 2);
+    run.unlock();
+    t.lock_run(Gfn{100}, 2, run);
+    EXPECT_FALSE(run.mapped(0));
+    run.unlock();
+    EXPECT_FALSE(t.mapped(Gfn{100}));
+    EXPECT_FALSE(t.mapped(Gfn{101}));
+}
+
+TEST(PinTableRunLock, WaitsForAPageHeldByAnotherThread) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    auto held = t.lock(Gfn{7});
+    std::atomic<bool> acquired{false};
+    std::thread waiter([&] {
+        PinTable::RunLock run;
+        t.lock_run(Gfn{5}, 4, run);
+        acquired.store(true);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past the spin phase, on the futex
+    EXPECT_FALSE(acquired.load());
+    EXPECT_FALSE(t.try_lock(Gfn{5}).owns_lock()) << "the pages below the held one are taken in order";
+
+    held.unlock();
+    waiter.join();
+
+    EXPECT_TRUE(acquired.load());
+    EXPECT_TRUE(t.try_lock(Gfn{8}).owns_lock()) << "the run's destructor released it";
+}
+
 TEST(PinTable, MovedTableKeepsItsRecords) {
     ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
     t.lock(Gfn{9}).set_mapped();
@@ -124,15 +203,6 @@ TEST(PinTable, MovedTableKeepsItsRecords) {
 
     EXPECT_TRUE(moved.mapped(Gfn{9}));
     EXPECT_EQ(moved.mapped_pages(), 1u);
-}
-
-std::vector<uint64_t> mapped_in(const PinTable& t, uint64_t first, uint64_t end) {
-    std::vector<uint64_t> out;
-    (void)t.for_each_mapped(Gfn{first}, end, [&](Gfn g) {
-        out.push_back(raw(g));
-        return true;
-    });
-    return out;
 }
 
 TEST(PinTable, ForEachMappedVisitsTheRecordedPagesOfTheRangeAscending) {
