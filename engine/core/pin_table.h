@@ -81,7 +81,7 @@ public:
             : table_(other.table_), word_(other.word_), publish_mapped_(other.publish_mapped_) {
             other.word_ = nullptr;
         }
-        // Inline: the pin path move-assigns one lock per page into its arena (a_.locks[k] = lock(..)).
+        // Inline: the unpinner move-assigns one lock per page of an extent (locks_[i] = lock(..)).
         PageLock& operator=(PageLock&& other) noexcept {
             if (this != &other) {
                 unlock();
