@@ -45,7 +45,7 @@ DEPS=(build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils cpio 
 missing_deps() {
   local p
   for p in "${DEPS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || printf '%s ' "$p"
+    grep -q "install ok installed" <<<"$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" || printf '%s ' "$p"
   done
 }
 missing=$(missing_deps)

@@ -42,7 +42,7 @@ for f in ./usr/bin/coiommud ./usr/bin/coiommu-trace ./usr/bin/coiommu-load \
          ./usr/share/bash-completion/completions/coiommud ./usr/share/doc/coiommu/copyright; do
   grep -q " $f\$" <<<"$contents" || fail "$main_deb lacks $f"
 done
-dpkg-deb -I "$main_deb" conffiles | grep -qx /etc/coiommu/coiommud.conf || fail "coiommud.conf is not a conffile"
+grep -qx /etc/coiommu/coiommud.conf <<<"$(dpkg-deb -I "$main_deb" conffiles)" || fail "coiommud.conf is not a conffile"
 dev_contents=$(dpkg-deb -c "$dev_deb")
 for f in ./usr/include/coiommu/client.h coiommu-client.pc libcoiommu-client.so; do
   grep -q "$f" <<<"$dev_contents" || fail "$dev_deb lacks $f"
@@ -60,8 +60,8 @@ dpkg -i "$main_deb" "$dev_deb" >/dev/null
 trap 'dpkg --purge coiommu-dev coiommu >/dev/null 2>&1 || true' EXIT
 /usr/bin/coiommud --version | grep -E '^coiommud [0-9]+\.[0-9]+\.[0-9]+ \(git [0-9a-f]+' ||
   fail "installed coiommud --version"
-/usr/bin/coiommu-trace --version | grep -q '^coiommu-trace ' || fail "installed coiommu-trace --version"
-/usr/bin/coiommu-load --version | grep -q '^coiommu-load ' || fail "installed coiommu-load --version"
+grep -q '^coiommu-trace ' <<<"$(/usr/bin/coiommu-trace --version)" || fail "installed coiommu-trace --version"
+grep -q '^coiommu-load ' <<<"$(/usr/bin/coiommu-load --version)" || fail "installed coiommu-load --version"
 getent passwd coiommu >/dev/null || fail "postinst did not create the coiommu user"
 systemd-analyze verify /lib/systemd/system/coiommud.socket /lib/systemd/system/coiommud.service ||
   fail "systemd-analyze verify"
@@ -76,7 +76,8 @@ if [ -f engine/client/examples/vmm_example.c ]; then
   # The installed daemon, the installed library: a whole VMM session.
   tests/integration/c_client/run_example.sh /usr/bin/coiommud "$tmp/vmm_example" 2 ||
     fail "the C example's session against the installed coiommud"
-  ldd "$tmp/vmm_example" | grep -qE 'libcoiommu-client.so.0 => /(usr/)?lib/' || fail "example not linked to the installed library"
+  # Not `ldd | grep -q`: under pipefail grep's early exit can SIGPIPE ldd (failed 1 run in 3 here).
+  grep -qE 'libcoiommu-client.so.0 => /(usr/)?lib/' <<<"$(ldd "$tmp/vmm_example")" || fail "example not linked to the installed library"
   rm -rf "$tmp"
   say "C example: built through pkg-config against coiommu-dev, drove a session against /usr/bin/coiommud"
 fi

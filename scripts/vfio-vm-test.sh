@@ -75,7 +75,8 @@ MODS="virt/lib/irqbypass drivers/iommu/iommufd/iommufd drivers/vfio/vfio drivers
       drivers/vfio/vfio_virqfd drivers/vfio/pci/vfio-pci-core drivers/vfio/pci/vfio-pci"
 
 resolve_kpkg() {
-  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+  # awk reads to the end (no `exit`): an early exit could SIGPIPE apt-cache under pipefail.
+  apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found = 1}'
 }
 
 # Debian kernels only (their dirs are named by kernel release): the iommufd-* dirs of
