@@ -485,10 +485,10 @@ TEST_P(EngineOnRealIommuVm, DeviceDmaLandsInPinnedPagesThroughTenDaemonKills) {
         // Each kill must hit a resumed session: the client's watcher may still be in its backoff
         // sleep, and a kill before it reconnects folds two kills into one resume (seen: 9 of 10).
         const auto resumed_by = std::chrono::steady_clock::now() + 60s;
-        while (link_->resumes() < static_cast<uint64_t>(i + 1) && std::chrono::steady_clock::now() < resumed_by) {
+        while (link_->resumes() < static_cast<uint64_t>(i) + 1 && std::chrono::steady_clock::now() < resumed_by) {
             std::this_thread::sleep_for(10ms);
         }
-        ASSERT_EQ(link_->resumes(), static_cast<uint64_t>(i + 1)) << "kill " << i << ": the VMM did not resume";
+        ASSERT_EQ(link_->resumes(), static_cast<uint64_t>(i) + 1) << "kill " << i << ": the VMM did not resume";
         std::memset(page(dst), 0, Edu::kXfer);
         ASSERT_TRUE(edu_->device_to_ram(*iova));
         if (lands(src, dst)) ++landed_resumed;
