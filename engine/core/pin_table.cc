@@ -69,7 +69,7 @@ void PinTable::release() {
 uint64_t PinTable::mapped_pages() const { return counters_ ? counters_->mapped.load(std::memory_order_relaxed) : 0; }
 
 // Contended: spin briefly, then sleep on the word until its holder unlocks.
-PinTable::PageLock PinTable::lock_slow(uint32_t* w) {
+uint32_t PinTable::acquire_slow(uint32_t* w) {
     auto ref = word_ref(w);
     int spins = 0;
     uint32_t cur = ref.load(std::memory_order_relaxed);
@@ -77,7 +77,7 @@ PinTable::PageLock PinTable::lock_slow(uint32_t* w) {
         if ((cur & kLocked) == 0) {
             // Acquire: as in lock().
             if (ref.compare_exchange_weak(cur, cur | kLocked, std::memory_order_acquire, std::memory_order_relaxed)) {
-                return PageLock(this, w);
+                return cur;
             }
             continue;  // cur was reloaded by the failed CAS
         }
@@ -85,7 +85,12 @@ PinTable::PageLock PinTable::lock_slow(uint32_t* w) {
             ++spins;
             cpu_relax();
         } else {
-            ref.wait(cur, std::memory_order_relaxed);
+            // Counted before the last look at the word (seq_cst RMW, then a seq_cst load), so a
+            // RunLock that unlocks after that look sees the count (RunLock::wake_waiters).
+            counters_->waiters.fetch_add(1, std::memory_order_seq_cst);
+            cur = ref.load(std::memory_order_seq_cst);
+            if ((cur & kLocked) != 0) ref.wait(cur, std::memory_order_relaxed);
+            counters_->waiters.fetch_sub(1, std::memory_order_relaxed);
         }
         cur = ref.load(std::memory_order_relaxed);
     }

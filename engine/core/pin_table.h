@@ -10,7 +10,8 @@
 // page of words covers 4 MiB of guest RAM).
 //
 //   bit 31  kLocked   per-page lock: pin and unpin of one page are serialised on it. Waiters
-//                     block with std::atomic_ref::wait (a futex), there is no global lock.
+//                     block with std::atomic_ref::wait (a futex), counted in one table-wide
+//                     waiter count that a RunLock reads once per run; there is no global lock.
 //   bit 30  kMapped   this host mapped the page (and has not unmapped it yet).
 //   bits 0..29        unused, always zero (coalesced extents are recorded in workers::ExtentMap).
 //
@@ -30,12 +31,16 @@
 // (only the holder writes a locked word), set_mapped adds no atomic of its own, and the hot
 // functions are inline; mark_mapped + add_mapped_pages(n) count a run with one shared add. The pin
 // path holds a whole run with one RunLock (lock_run): no lock object per page, the touched-chunk
-// bits once per chunk (213 -> 160 instructions per page of a 512-page batch, callgrind,
+// bits once per chunk, each page's kMapped kept in a bit mask taken with the lock (so the unlock
+// stores without a load), and one fence and waiter-count load per run instead of a futex-waiter
+// check per page (213 -> 160 -> 113 instructions per page of a 512-page batch, callgrind,
 // tests/bench/workers/README.md).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -48,7 +53,8 @@ namespace coiommu::core {
 class PinTable {
 public:
     static constexpr uint32_t kLocked = uint32_t{1} << 31;
-    static constexpr uint32_t kMapped = uint32_t{1} << 30;
+    static constexpr uint32_t kMappedShift = 30;
+    static constexpr uint32_t kMapped = uint32_t{1} << kMappedShift;
     static constexpr uint32_t kReservedMask = kMapped - 1;
     static constexpr uint64_t kChunkShift = 10;  // 1024 words: one 4 KiB page of the table
     static constexpr uint64_t kChunkPages = uint64_t{1} << kChunkShift;
@@ -71,6 +77,8 @@ public:
     [[nodiscard]] bool mapped(Gfn gfn) const {
         return (word_ref(words_ + raw(gfn)).load(std::memory_order_acquire) & kMapped) != 0;
     }
+
+    enum class MappedState : uint8_t { Unmapped, Mapped };
 
     // Exclusive hold of one page's record. Move-only; unlocks on destruction.
     class PageLock {
@@ -156,17 +164,37 @@ public:
         // Whether page i of the run is recorded as mapped by us (before the lock or by
         // mark_mapped). Precondition: i < size().
         [[nodiscard]] bool mapped(uint32_t i) const {
-            return (publish_[i >> 6] >> (i & 63) & 1) != 0 ||
-                   (word_ref(first_ + i).load(std::memory_order_relaxed) & kMapped) != 0;
+            return ((premapped_[i >> 6] | publish_[i >> 6]) >> (i & 63) & 1) != 0;
+        }
+        // The first page at or after `from` whose mapped() is `want`, or size() when there is none.
+        // Precondition: from <= size().
+        [[nodiscard]] uint32_t find(uint32_t from, MappedState want) const {
+            const uint64_t flip = want == MappedState::Mapped ? 0 : ~uint64_t{0};
+            for (uint32_t i = from; i < n_;) {
+                const uint64_t bits = ((premapped_[i >> 6] | publish_[i >> 6]) ^ flip) >> (i & 63);
+                if (bits != 0) {
+                    const uint32_t at = i + static_cast<uint32_t>(std::countr_zero(bits));
+                    return at < n_ ? at : n_;
+                }
+                i = (i | 63) + 1;
+            }
+            return n_;
         }
         // Records pages [begin, end) as mapped by us, published by unlock(); the caller counts them
         // with add_mapped_pages. Preconditions: begin < end <= size(); !mapped(i) for each.
         void mark_mapped(uint32_t begin, uint32_t end) {
-            for (uint32_t i = begin; i < end; ++i) publish_[i >> 6] |= uint64_t{1} << (i & 63);
+            for (uint32_t i = begin; i < end;) {
+                const uint32_t stop = std::min(end, (i | 63) + 1);
+                const uint32_t len = stop - i;
+                const uint64_t ones = len == 64 ? ~uint64_t{0} : (uint64_t{1} << len) - 1;
+                publish_[i >> 6] |= ones << (i & 63);
+                i = stop;
+            }
             any_published_ = true;
         }
-        // Releases every page (idempotent): per page one release store and a futex wake only if
-        // someone waits, as PageLock::unlock; the touched-chunk bits once per chunk.
+        // Releases every page (idempotent): per page one release store, then one fence and a look
+        // at the table's waiter count for the whole run (a futex wake per page only when some
+        // thread sleeps in lock()); the touched-chunk bits once per chunk.
         void unlock() {
             if (n_ == 0) return;
             const uint32_t n = std::exchange(n_, 0);
@@ -178,40 +206,54 @@ public:
                     table_->note_touched(c << kChunkShift);
                 }
             }
-            for (uint32_t i = 0; i < n; ++i) {
-                auto ref = word_ref(first_ + i);
-                uint32_t v = ref.load(std::memory_order_relaxed) & ~kLocked;
-                if ((publish_[i >> 6] >> (i & 63) & 1) != 0) v |= kMapped;
-                // Release: as PageLock::unlock (the map and the record happen-before the unlock).
-                ref.store(v, std::memory_order_release);
-                ref.notify_all();
+            // Only the holder writes a locked word and bits 0..29 are always zero, so the unlocked
+            // word is kMapped or 0: no load. Release: as PageLock::unlock (the map and the record
+            // happen-before the unlock).
+            for (uint32_t b = 0; b < n; b += 64) {
+                const uint32_t end = n - b < 64 ? n : b + 64;
+                const uint64_t mapped = premapped_[b >> 6] | publish_[b >> 6];
+                for (uint32_t i = b; i < end; ++i) {
+                    const auto v = static_cast<uint32_t>(mapped >> (i - b) & 1) << kMappedShift;
+                    word_ref(first_ + i).store(v, std::memory_order_release);
+                }
             }
+            wake_waiters(n);
+            premapped_.fill(0);
             if (any_published_) publish_.fill(0);
             any_published_ = false;
         }
 
     private:
         friend class PinTable;
+        // A sleeper counts itself in the table's waiters before its last look at the word (seq_cst
+        // RMW, then a seq_cst load); this fence orders the stores above before the count's load.
+        // Either the sleeper's look sees its page unlocked, or this load sees it counted (the
+        // seq_cst fence rules), so no sleeper is missed; the wake itself is libstdc++'s.
+        void wake_waiters(uint32_t n) const {
+            std::atomic_thread_fence(std::memory_order_seq_cst);
+            if (table_->counters_->waiters.load(std::memory_order_relaxed) == 0) return;
+            for (uint32_t i = 0; i < n; ++i) word_ref(first_ + i).notify_all();
+        }
+
         PinTable* table_ = nullptr;
         uint32_t* first_ = nullptr;
         uint32_t n_ = 0;
         bool any_published_ = false;
-        std::array<uint64_t, kMaxPages / 64> publish_{};  // bit i: set kMapped on page i at unlock
+        std::array<uint64_t, kMaxPages / 64> premapped_{};  // bit i: page i had kMapped when locked
+        std::array<uint64_t, kMaxPages / 64> publish_{};    // bit i: set kMapped on page i at unlock
     };
 
     // Locks [first, first + n) into `run`, ascending, blocking on each page as lock() does.
     // Preconditions: run holds nothing (size() == 0); 1 <= n <= RunLock::kMaxPages; first + n <= size().
     void lock_run(Gfn first, uint32_t n, RunLock& run) {
         uint32_t* const w0 = words_ + raw(first);
-        for (uint32_t i = 0; i < n; ++i) {
-            uint32_t* w = w0 + i;
-            uint32_t cur = word_ref(w).load(std::memory_order_relaxed);
-            // Acquire: as in lock().
-            if ((cur & kLocked) != 0 || !word_ref(w).compare_exchange_strong(
-                                            cur, cur | kLocked, std::memory_order_acquire, std::memory_order_relaxed)) {
-                PageLock held = lock_slow(w);
-                held.word_ = nullptr;  // keep the word locked: the run owns it now
+        for (uint32_t b = 0; b < n; b += 64) {
+            const uint32_t end = n - b < 64 ? n : b + 64;
+            uint64_t premapped = 0;  // kMapped of each page as we took it: ours to read while held
+            for (uint32_t i = b; i < end; ++i) {
+                premapped |= uint64_t{acquire(w0 + i) >> kMappedShift & 1} << (i - b);
             }
+            run.premapped_[b >> 6] = premapped;
         }
         run.table_ = this;
         run.first_ = w0;
@@ -221,14 +263,8 @@ public:
     // Blocks until the page's lock is acquired. Precondition: in_range(gfn).
     [[nodiscard]] PageLock lock(Gfn gfn) {
         uint32_t* w = words_ + raw(gfn);
-        uint32_t cur = word_ref(w).load(std::memory_order_relaxed);
-        // Acquire pairs with the release in unlock(): the previous holder's DMA map/unmap and
-        // record changes happen-before our critical section.
-        if ((cur & kLocked) == 0 && word_ref(w).compare_exchange_strong(cur, cur | kLocked, std::memory_order_acquire,
-                                                                        std::memory_order_relaxed)) {
-            return PageLock(this, w);
-        }
-        return lock_slow(w);
+        (void)acquire(w);
+        return PageLock(this, w);
     }
     // Acquires the lock only if it is free now; an empty PageLock (owns_lock() false) otherwise.
     // Precondition: in_range(gfn).
@@ -269,6 +305,7 @@ public:
 private:
     struct alignas(64) Counters {
         std::atomic<uint64_t> mapped{0};
+        std::atomic<uint32_t> waiters{0};  // threads about to sleep, or asleep, in acquire_slow
     };
 
     PinTable(uint32_t* words, uint64_t count, uint64_t bytes)
@@ -285,7 +322,20 @@ private:
         if ((w.load(std::memory_order_relaxed) & bit) == 0) w.fetch_or(bit, std::memory_order_relaxed);
     }
     void release();
-    PageLock lock_slow(uint32_t* w);
+    // Takes the lock of word w, blocking as lock() says; returns the word as it was just before
+    // (kLocked clear), which the new holder may read. The fast path is one CAS.
+    uint32_t acquire(uint32_t* w) {
+        uint32_t cur = word_ref(w).load(std::memory_order_relaxed);
+        // Acquire pairs with the release in unlock(): the previous holder's DMA map/unmap and
+        // record changes happen-before our critical section.
+        if ((cur & kLocked) == 0 && word_ref(w).compare_exchange_strong(cur, cur | kLocked, std::memory_order_acquire,
+                                                                        std::memory_order_relaxed)) {
+            return cur;
+        }
+        return acquire_slow(w);
+    }
+    // Contended: spin briefly, then sleep on the word (counted in Counters::waiters).
+    uint32_t acquire_slow(uint32_t* w);
     static std::atomic_ref<uint32_t> word_ref(uint32_t* w) { return std::atomic_ref<uint32_t>(*w); }
 
     uint32_t* words_ = nullptr;

@@ -8,12 +8,15 @@ Result<std::unique_ptr<VcpuArena>> VcpuArena::create(uint32_t vcpu, GuestAtomicU
     if (!gfns) return coiommu::unexpected(with_context(gfns.error(), "arena gfn buffer"));
     auto work = FlatArray<WorkPage>::create(max_batch_pages);
     if (!work) return coiommu::unexpected(with_context(work.error(), "arena work buffer"));
+    auto run_starts = FlatArray<uint32_t>::create(max_batch_pages);
+    if (!run_starts) return coiommu::unexpected(with_context(run_starts.error(), "arena run buffer"));
     auto a = std::make_unique<VcpuArena>();
     a->vcpu = vcpu;
     a->slot = slot;
     a->trigger_fd = trigger_fd;
     a->gfns = std::move(*gfns);
     a->work = std::move(*work);
+    a->run_starts = std::move(*run_starts);
     a->stats = &stats;
     return a;
 }

@@ -80,6 +80,7 @@ struct alignas(64) VcpuArena {
     std::optional<core::DttWalker> walker;  // set at activation; nullopt when the DTT is invalid
     FlatArray<uint64_t> gfns;               // a batch's gfn list, copied once from the guest
     FlatArray<WorkPage> work;               // pages that need a map (or a re-set PINNED)
+    FlatArray<uint32_t> run_starts;         // where each run of `work` begins (collect -> map_runs)
     core::PinTable::RunLock run_lock;       // one run's page locks
     telemetry::StatsShard* stats = nullptr;
 

@@ -58,27 +58,28 @@ public:
     explicit RegionCursor(const GuestMemory& mem) : mem_(mem) {}
 
     [[nodiscard]] std::byte* page(uint64_t gpa) {
-        if (r_ == nullptr || !inside(*r_, gpa)) {
-            r_ = nullptr;
+        // One subtraction and compare for the remembered region: gpa - base wraps to huge when
+        // gpa < base, and span_ counts the offsets where a whole page still fits.
+        if (gpa - base_ >= span_) {
+            span_ = 0;
             for (const auto& reg : mem_.regions()) {
-                if (inside(reg, gpa)) {
-                    r_ = &reg;
+                if (reg.size >= kPageSize && gpa - raw(reg.base) <= reg.size - kPageSize) {
+                    base_ = raw(reg.base);
+                    span_ = reg.size - kPageSize + 1;
+                    host_ = reg.host;
                     break;
                 }
             }
-            if (r_ == nullptr) return nullptr;
+            if (span_ == 0) return nullptr;
         }
-        return r_->host + (gpa - raw(r_->base));
+        return host_ + (gpa - base_);
     }
 
 private:
-    static bool inside(const GuestMemory::Region& r, uint64_t gpa) {
-        const uint64_t off = gpa - raw(r.base);  // wraps to huge when gpa < base
-        return gpa >= raw(r.base) && off < r.size && r.size - off >= kPageSize;
-    }
-
     const GuestMemory& mem_;
-    const GuestMemory::Region* r_ = nullptr;
+    uint64_t base_ = 0;
+    uint64_t span_ = 0;  // 0: no region remembered
+    std::byte* host_ = nullptr;
 };
 
 GuestAtomicU32 leaf_of(const WorkPage& p) { return GuestAtomicU32(p.leaf); }
@@ -130,10 +131,17 @@ private:
         RegionCursor regions(env_.mem);
         core::DttWalker& walker = *a_.walker;
         walker.reset_cursor();  // a cursor lives for one request (dtt.h: staleness)
+        const bool coalesce = env_.coalesce == Coalesce::On;
+        const uint64_t* const gfns = a_.gfns.data();
+        WorkPage* const work = a_.work.data();
+        uint32_t* const run_starts = a_.run_starts.data();
         uint64_t w = 0;
+        uint64_t runs = 0;
+        uint64_t prev_gfn = 0;           // work[w - 1].gfn, when w != 0
+        std::byte* prev_host = nullptr;  // work[w - 1].host, when w != 0
         bool ascending = true;
         for (uint64_t k = 0; k < n; ++k) {
-            const Gfn gfn{a_.gfns[k]};
+            const Gfn gfn{gfns[k]};
             auto leaf = walker.leaf(gfn);
             if (!leaf) {
                 stop_at(k, n, leaf.error(), t);
@@ -150,19 +158,40 @@ private:
                 ++t.already;
                 continue;
             }
-            if (w != 0 && raw(gfn) <= a_.work[w - 1].gfn) ascending = false;
-            a_.work[w++] = WorkPage{raw(gfn), leaf->address(), host};
+            // A run is consecutive gfns at consecutive host addresses (one DMA call maps it); its
+            // length bound is applied by map_runs.
+            const bool joins = coalesce && w != 0 && raw(gfn) == prev_gfn + 1 && host == prev_host + kPageSize;
+            if (!joins) {
+                if (w != 0 && raw(gfn) <= prev_gfn) ascending = false;
+                run_starts[runs++] = static_cast<uint32_t>(w);
+            }
+            work[w++] = WorkPage{raw(gfn), leaf->address(), host};
+            prev_gfn = raw(gfn);
+            prev_host = host;
         }
+        runs_ = runs;
         if (!ascending) {
-            WorkPage* first = a_.work.data();
+            WorkPage* first = work;
             std::sort(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn < y.gfn; });
             WorkPage* last =
                 std::unique(first, first + w, [](const WorkPage& x, const WorkPage& y) { return x.gfn == y.gfn; });
             const auto kept = static_cast<uint64_t>(last - first);
             t.already += w - kept;  // a repeated gfn is pinned by its first occurrence
             w = kept;
+            find_runs(w, coalesce);
         }
         return w;
+    }
+
+    // The run starts of work[0, w) when collect could not record them in order (after a sort).
+    void find_runs(uint64_t w, bool coalesce) {
+        runs_ = 0;
+        for (uint64_t j = 0; j < w; ++j) {
+            if (!coalesce || j == 0 || a_.work[j].gfn != a_.work[j - 1].gfn + 1 ||
+                a_.work[j].host != a_.work[j - 1].host + kPageSize) {
+                a_.run_starts[runs_++] = static_cast<uint32_t>(j);
+            }
+        }
     }
 
     void stop_at(uint64_t k, uint64_t n, const Error& e, Tally& t) {
@@ -173,16 +202,11 @@ private:
 
     // Step 3: cut into runs.
     void map_runs(uint64_t w, Tally& t) {
-        const bool coalesce = env_.coalesce == Coalesce::On;
-        uint64_t i = 0;
-        while (i < w) {
-            uint64_t j = i + 1;
-            while (coalesce && j < w && j - i < kMaxExtentPages && a_.work[j].gfn == a_.work[j - 1].gfn + 1 &&
-                   a_.work[j].host == a_.work[j - 1].host + kPageSize) {
-                ++j;
+        for (uint64_t r = 0; r < runs_; ++r) {
+            const uint64_t end = r + 1 < runs_ ? a_.run_starts[r + 1] : w;
+            for (uint64_t i = a_.run_starts[r]; i < end; i += kMaxExtentPages) {
+                pin_run(&a_.work[i], static_cast<uint32_t>(std::min<uint64_t>(end - i, kMaxExtentPages)), t);
             }
-            pin_run(&a_.work[i], static_cast<uint32_t>(j - i), t);
-            i = j;
         }
     }
 
@@ -191,18 +215,19 @@ private:
         // A run is consecutive gfns (map_runs), so one RunLock holds it.
         core::PinTable::RunLock& locks = a_.run_lock;
         env_.table.lock_run(Gfn{run[0].gfn}, n, locks);
+        using core::PinTable;
         uint32_t k = 0;
         while (k < n) {
             if (locks.mapped(k)) {
                 // Ours already (another vCPU won the race, or the guest cleared PINNED): never map
                 // twice, just tell the guest again.
-                set_pinned(run[k]);
-                ++t.already;
-                ++k;
+                const uint32_t e = locks.find(k + 1, PinTable::MappedState::Unmapped);
+                for (uint32_t p = k; p < e; ++p) set_pinned(run[p]);
+                t.already += e - k;
+                k = e;
                 continue;
             }
-            uint32_t e = k + 1;
-            while (e < n && !locks.mapped(e)) ++e;
+            const uint32_t e = locks.find(k + 1, PinTable::MappedState::Mapped);
             map_span(run, k, e, t);
             k = e;
         }
@@ -302,6 +327,7 @@ private:
     VcpuArena& a_;
     telemetry::DmaTraceBatch& dma_trace_;  // the serving thread's, flushed with its request batch
     bool container_full_ = false;
+    uint64_t runs_ = 0;  // run starts recorded in a_.run_starts by collect
 };
 
 }  // namespace

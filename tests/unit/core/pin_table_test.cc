@@ -195,6 +195,62 @@ TEST(PinTableRunLock, WaitsForAPageHeldByAnotherThread) {
     EXPECT_TRUE(t.try_lock(Gfn{8}).owns_lock()) << "the run's destructor released it";
 }
 
+TEST(PinTableRunLock, FindsTheNextPageInEitherStateAcrossWords) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    for (uint64_t g : {3, 64, 65, 66, 129}) t.lock(Gfn{g}).set_mapped();
+    PinTable::RunLock run;
+    t.lock_run(Gfn{0}, 130, run);
+    run.mark_mapped(70, 72);
+    using enum PinTable::MappedState;
+    EXPECT_EQ(run.find(0, Mapped), 3u);
+    EXPECT_EQ(run.find(4, Mapped), 64u) << "the next 64-page word";
+    EXPECT_EQ(run.find(64, Unmapped), 67u);
+    EXPECT_EQ(run.find(67, Mapped), 70u) << "marked in this run";
+    EXPECT_EQ(run.find(70, Unmapped), 72u);
+    EXPECT_EQ(run.find(72, Mapped), 129u);
+    EXPECT_EQ(run.find(129, Unmapped), 130u) << "none left: size()";
+    EXPECT_EQ(run.find(130, Mapped), 130u);
+}
+
+TEST(PinTableRunLock, MarksWholeWordsAndPartsOfWords) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    PinTable::RunLock run;
+    t.lock_run(Gfn{2000}, 200, run);
+    run.mark_mapped(60, 192);  // part of word 0, all of words 1 and 2, none of word 3
+    EXPECT_FALSE(run.mapped(59));
+    EXPECT_TRUE(run.mapped(60));
+    EXPECT_TRUE(run.mapped(191));
+    EXPECT_FALSE(run.mapped(192));
+    run.unlock();
+    const auto got = mapped_in(t, 0, kGfns);
+    ASSERT_EQ(got.size(), 132u);
+    EXPECT_EQ(got.front(), 2060u);
+    EXPECT_EQ(got.back(), 2191u);
+}
+
+TEST(PinTableRunLock, UnlockWakesAThreadSleepingOnOneOfItsPages) {
+    ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
+    PinTable::RunLock run;
+    t.lock_run(Gfn{5}, 5, run);
+    std::atomic<bool> acquired{false};
+    std::thread waiter([&] {
+        auto lock = t.lock(Gfn{7});
+        acquired.store(true);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // past the spin phase, on the futex
+    EXPECT_FALSE(acquired.load());
+
+    run.unlock();
+
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!acquired.load() && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_TRUE(acquired.load()) << "the run's unlock left a sleeper asleep";
+    if (!acquired.load()) t.try_lock(Gfn{7}).unlock();  // a PageLock's unlock always wakes: no hang
+    waiter.join();
+}
+
 TEST(PinTable, MovedTableKeepsItsRecords) {
     ASSERT_OK_AND_ASSIGN(auto t, PinTable::create(kGfns));
     t.lock(Gfn{9}).set_mapped();
