@@ -89,7 +89,8 @@ FIGURES = {
 # The `auto` choices on this host: each fast configuration against the seed (pages/s) and the
 # eventfd ping-pong (round trip p50), with explicit options (engine_bench's BM_FakeTypical args:
 # pages, variant, workers, spin us). Run with --figures choices.
-CHOICES = {"inline_nospin": ("0/0", "BM_RoundTrip_FastDefaultAuto"), "inline_spin50": ("0/50", "BM_RoundTrip_FastInline"),
+CHOICES = {"inline_spin10": ("0/10", "BM_RoundTrip_FastInlineSpin10"),
+           "inline_nospin": ("0/0", "BM_RoundTrip_FastInlineNoSpin"), "inline_spin50": ("0/50", "BM_RoundTrip_FastInline"),
            "worker_spin50": ("1/50", "BM_RoundTrip_FastSpin"), "worker_nospin": ("1/0", "BM_RoundTrip_FastNoSpin")}
 for _cfg, (_args, _rtt) in CHOICES.items():
     for _pages in (1, 64):

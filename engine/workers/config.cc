@@ -107,7 +107,7 @@ constexpr Option kOptions[] = {
      [](const EngineConfig& c) { return std::string(word_of(kCoalesce, c.coalesce)); }},
     {"spin_budget", "auto|DURATION", 0, static_cast<uint64_t>(kMaxSpinBudget.count()), BareUnit::Microseconds,
      "how long the intake (and worker) threads spin before blocking; 0: never; a bare number is microseconds; "
-     "auto: 50us on hosts with at least 4 CPUs, else 0",
+     "auto: 50us on hosts with at least 4 CPUs, else 10us",
      [](EngineConfig& c, const Option& o, std::string_view v) {
          return set_auto(v, c.spin_budget, kSpinBudgetAuto, [&](nanoseconds& out) { return set_duration(o, v, out); });
      },
@@ -154,7 +154,8 @@ constexpr Option kOptions[] = {
      [](const EngineConfig& c) { return std::to_string(c.session); }},
 };
 
-static_assert(kAutoSpinMinCpus == 4 && kAutoSpinBudget == std::chrono::microseconds(50),
+static_assert(kAutoSpinMinCpus == 4 && kAutoSpinBudget == std::chrono::microseconds(50) &&
+                  kAutoShortSpinBudget == std::chrono::microseconds(10),
               "the help of workers and spin_budget above states these values");
 
 const Option* find_option(std::string_view name) {
@@ -274,7 +275,7 @@ std::string engine_options_help(const EngineConfig& defaults) {
 std::chrono::nanoseconds effective_spin_budget(const EngineConfig& cfg, unsigned cpus) {
     if (cfg.spin_budget != kSpinBudgetAuto) return cfg.spin_budget;
     if (cpus == 0) cpus = std::thread::hardware_concurrency();
-    return cpus >= kAutoSpinMinCpus ? kAutoSpinBudget : nanoseconds{0};
+    return cpus >= kAutoSpinMinCpus ? kAutoSpinBudget : kAutoShortSpinBudget;
 }
 
 uint32_t effective_workers(const EngineConfig& cfg, unsigned cpus) {

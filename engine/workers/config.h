@@ -16,9 +16,10 @@
 //   coalesce=on|off              map contiguous gfns of a request with one DMA call (fast)
 //   spin_budget=auto|DURATION    intake (and worker) spin before blocking; 0 = never spin (fast).
 //                                auto (default): kAutoSpinBudget when the host has at least
-//                                kAutoSpinMinCpus CPUs, else 0 - a spinner on an oversubscribed
-//                                host steals the CPU from the thread it waits for (measured in
-//                                tests/bench/workers: on 2 cores, spinning doubles the latency)
+//                                kAutoSpinMinCpus CPUs, else kAutoShortSpinBudget - on a small
+//                                host a long spin steals the CPU from the vCPU it waits for, a
+//                                short one still catches a vCPU's next request before the intake
+//                                blocks (measured in tests/bench/workers/README.md)
 //   max_batch_pages=N            bound on a batch request's nr_pages (guest-controlled)
 //   extent_store=flat|tbb        where extent records live: a flat per-gfn array, or a
 //                                tbb::concurrent_hash_map keyed by head gfn (fast)
@@ -55,6 +56,7 @@ enum class Coalesce : bool { Off = false, On = true };
 // spin_budget value meaning "decide from the host's CPU count" (see effective_spin_budget()).
 inline constexpr std::chrono::nanoseconds kSpinBudgetAuto{-1};
 inline constexpr std::chrono::nanoseconds kAutoSpinBudget = std::chrono::microseconds(50);
+inline constexpr std::chrono::nanoseconds kAutoShortSpinBudget = std::chrono::microseconds(10);
 inline constexpr unsigned kAutoSpinMinCpus = 4;
 // workers value meaning "decide from the host's CPU count" (see effective_workers()).
 inline constexpr uint32_t kWorkersAuto = UINT32_MAX;
@@ -86,7 +88,8 @@ inline constexpr std::chrono::nanoseconds kMaxSpinBudget = std::chrono::seconds(
 inline constexpr uint64_t kMaxBatchPages = uint64_t{1} << 20;
 
 // The spin budget the engine uses: cfg.spin_budget, or for kSpinBudgetAuto kAutoSpinBudget when
-// `cpus` >= kAutoSpinMinCpus and 0 otherwise. `cpus` defaults to std::thread::hardware_concurrency().
+// `cpus` >= kAutoSpinMinCpus and kAutoShortSpinBudget otherwise. `cpus` defaults to
+// std::thread::hardware_concurrency().
 [[nodiscard]] std::chrono::nanoseconds effective_spin_budget(const EngineConfig& cfg, unsigned cpus = 0);
 
 // The pin worker count the engine uses: cfg.workers, or for kWorkersAuto 1 when `cpus` >=

@@ -180,9 +180,10 @@ void BM_FakeBatchedPin(benchmark::State& s) {
 void fake_matrix(benchmark::internal::Benchmark* b) {
     for (int64_t pages : {64, 1}) {
         b->Args({pages, 1, 1, 0});   // seed (its workers/spin are ignored)
-        b->Args({pages, 0, 1, 50});  // fast, 1 worker, spin 50 µs (the defaults)
+        b->Args({pages, 0, 1, 50});  // fast, 1 worker, spin 50 µs (the defaults from 4 CPUs)
         b->Args({pages, 0, 1, 0});   // fast, 1 worker, no spin
         b->Args({pages, 0, 0, 50});  // fast, inline, spin 50 µs
+        b->Args({pages, 0, 0, 10});  // fast, inline, spin 10 µs (the defaults below 4 CPUs)
         b->Args({pages, 0, 0, 0});   // fast, inline, no spin
     }
     b->UseRealTime();
@@ -265,8 +266,14 @@ void BM_RoundTrip_FastNoSpin(benchmark::State& s) {
     round_trip(s, config(Variant::Fast, 1, std::chrono::nanoseconds(0)));
 }
 void BM_RoundTrip_FastInline(benchmark::State& s) { round_trip(s, config(Variant::Fast, 0)); }
+void BM_RoundTrip_FastInlineSpin10(benchmark::State& s) {
+    round_trip(s, config(Variant::Fast, 0, std::chrono::microseconds(10)));
+}
+void BM_RoundTrip_FastInlineNoSpin(benchmark::State& s) {
+    round_trip(s, config(Variant::Fast, 0, std::chrono::nanoseconds(0)));
+}
 void BM_RoundTrip_FastDefaultAuto(benchmark::State& s) {
-    round_trip(s, EngineConfig{});  // workers=auto, spin_budget=auto: inline without spin on < 4 CPUs
+    round_trip(s, EngineConfig{});  // workers=auto, spin_budget=auto: inline with a 10 µs spin on < 4 CPUs
     s.SetLabel(fmt::format("workers={} spin={}ns", workers::effective_workers(EngineConfig{}),
                            workers::effective_spin_budget(EngineConfig{}).count()));
 }
@@ -274,6 +281,8 @@ void BM_RoundTrip_Seed(benchmark::State& s) { round_trip(s, config(Variant::Seed
 BENCHMARK(BM_RoundTrip_FastSpin)->UseRealTime();
 BENCHMARK(BM_RoundTrip_FastNoSpin)->UseRealTime();
 BENCHMARK(BM_RoundTrip_FastInline)->UseRealTime();
+BENCHMARK(BM_RoundTrip_FastInlineSpin10)->UseRealTime();
+BENCHMARK(BM_RoundTrip_FastInlineNoSpin)->UseRealTime();
 BENCHMARK(BM_RoundTrip_FastDefaultAuto)->UseRealTime();
 BENCHMARK(BM_RoundTrip_Seed)->UseRealTime();
 

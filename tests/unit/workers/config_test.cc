@@ -46,10 +46,13 @@ TEST(EngineConfig, TooManyWorkersIsRejected) {
     EXPECT_ERR(cfg.validate(), EINVAL);
 }
 
-TEST(EngineConfig, AutoSpinBudgetSpinsOnlyWithSpareCpus) {
+TEST(EngineConfig, AutoSpinBudgetSpinsLongOnlyWithSpareCpus) {
     const EngineConfig cfg;  // spin_budget=auto
-    EXPECT_EQ(effective_spin_budget(cfg, 2).count(), 0);
+    EXPECT_EQ(effective_spin_budget(cfg, 2), kAutoShortSpinBudget);
+    EXPECT_EQ(effective_spin_budget(cfg, 3), kAutoShortSpinBudget);
+    EXPECT_EQ(effective_spin_budget(cfg, 4), kAutoSpinBudget);
     EXPECT_EQ(effective_spin_budget(cfg, 8), kAutoSpinBudget);
+    EXPECT_LT(kAutoShortSpinBudget, kAutoSpinBudget);
 }
 
 TEST(EngineConfig, ExplicitSpinBudgetIsKept) {
