@@ -4,6 +4,8 @@
 //     tgid), and an unrelated ioctl (FIONREAD) while vfio_dma is attached. vfio_dma runs in
 //     tracepoint mode here, whatever the kernel allows: these are the costs every ioctl on the host
 //     pays for the syscall tracepoints, and fentry mode would never see an ioctl on /dev/null;
+//   - the same unrelated ioctl with empty programs on those two tracepoints (syscall_floor.bpf.c):
+//     the kernel's price of the hook alone, which no program logic can go below;
 //   - per DMA call recorded in a DmaTraceBatch (one `dma_calls` hit per 64 records, what
 //     --engine-dma attaches; the per-call dma_map probe is never attached): untraced vs traced;
 //   - per served request recorded in a RequestTraceBatch (one `requests` hit per 64 records):
@@ -19,8 +21,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <memory>
 #include <optional>
 #include <string>
+
+#include "syscall_floor.skel.h"
 
 #include "bpf/loader/engine_tracer.h"
 #include "bpf/loader/vfio_dma_tracer.h"
@@ -97,6 +102,24 @@ void BM_OtherIoctl_Traced(benchmark::State& state) {
     fionread_loop(state);
 }
 
+struct FloorSkelDeleter {
+    void operator()(syscall_floor_bpf* s) const { syscall_floor_bpf__destroy(s); }
+};
+
+void BM_OtherIoctl_EmptyTracepoints(benchmark::State& state) {
+    std::unique_ptr<syscall_floor_bpf, FloorSkelDeleter> skel(syscall_floor_bpf__open_and_load());
+    if (!skel) {
+        const int err = errno;
+        state.SkipWithError(("syscall_floor: load: errno " + std::to_string(err)).c_str());
+        return;
+    }
+    if (const int err = syscall_floor_bpf__attach(skel.get()); err != 0) {
+        state.SkipWithError(("syscall_floor: attach: errno " + std::to_string(-err)).c_str());
+        return;
+    }
+    fionread_loop(state);
+}
+
 [[gnu::noinline]] void dma_record_loop(benchmark::State& state) {
     telemetry::DmaTraceBatch batch(1);
     uint64_t i = 0;
@@ -161,6 +184,7 @@ BENCHMARK(BM_MapDmaIoctl_Traced);
 BENCHMARK(BM_MapDmaIoctl_TracedOtherTgid);
 BENCHMARK(BM_OtherIoctl_Untraced);
 BENCHMARK(BM_OtherIoctl_Traced);
+BENCHMARK(BM_OtherIoctl_EmptyTracepoints);
 BENCHMARK(BM_DmaRecord_Untraced);
 BENCHMARK(BM_DmaRecord_Traced);
 BENCHMARK(BM_RequestRecord_Untraced);
