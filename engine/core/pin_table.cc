@@ -85,8 +85,8 @@ uint32_t PinTable::acquire_slow(uint32_t* w) {
             ++spins;
             cpu_relax();
         } else {
-            // Counted before the last look at the word (seq_cst RMW, then a seq_cst load), so a
-            // RunLock that unlocks after that look sees the count (RunLock::wake_waiters).
+            // Counted before the last look at the word, so a RunLock that unlocks after that look
+            // sees the count, and one that unlocked before is seen by it (RunLock::wake_waiters).
             counters_->waiters.fetch_add(1, std::memory_order_seq_cst);
             cur = ref.load(std::memory_order_seq_cst);
             if ((cur & kLocked) != 0) ref.wait(cur, std::memory_order_relaxed);

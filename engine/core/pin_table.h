@@ -32,8 +32,8 @@
 // functions are inline; mark_mapped + add_mapped_pages(n) count a run with one shared add. The pin
 // path holds a whole run with one RunLock (lock_run): no lock object per page, the touched-chunk
 // bits once per chunk, each page's kMapped kept in a bit mask taken with the lock (so the unlock
-// stores without a load), and one fence and waiter-count load per run instead of a futex-waiter
-// check per page (213 -> 160 -> 113 instructions per page of a 512-page batch, callgrind,
+// stores without a load), and one waiter-count read-modify-write per run instead of a
+// futex-waiter check per page (213 -> 160 -> 113 instructions per page of a 512-page batch, callgrind,
 // tests/bench/workers/README.md).
 #pragma once
 
@@ -192,8 +192,8 @@ public:
             }
             any_published_ = true;
         }
-        // Releases every page (idempotent): per page one release store, then one fence and a look
-        // at the table's waiter count for the whole run (a futex wake per page only when some
+        // Releases every page (idempotent): per page one release store, then one read-modify-write
+        // of the table's waiter count for the whole run (a futex wake per page only when some
         // thread sleeps in lock()); the touched-chunk bits once per chunk.
         void unlock() {
             if (n_ == 0) return;
@@ -225,13 +225,14 @@ public:
 
     private:
         friend class PinTable;
-        // A sleeper counts itself in the table's waiters before its last look at the word (seq_cst
-        // RMW, then a seq_cst load); this fence orders the stores above before the count's load.
-        // Either the sleeper's look sees its page unlocked, or this load sees it counted (the
-        // seq_cst fence rules), so no sleeper is missed; the wake itself is libstdc++'s.
+        // A sleeper counts itself in the table's waiters (a seq_cst RMW) before its last look at
+        // the word. This RMW on the same count reads its latest value: either it sees the sleeper
+        // counted, or the sleeper's RMW comes after it and reads from it, so the stores above
+        // (released by this RMW) happen-before the sleeper's look, which then sees the page
+        // unlocked. Either way no sleeper is missed; the wake itself is libstdc++'s notify. (An RMW,
+        // not a fence: one locked op per run, and TSan models it.)
         void wake_waiters(uint32_t n) const {
-            std::atomic_thread_fence(std::memory_order_seq_cst);
-            if (table_->counters_->waiters.load(std::memory_order_relaxed) == 0) return;
+            if (table_->counters_->waiters.fetch_add(0, std::memory_order_seq_cst) == 0) return;
             for (uint32_t i = 0; i < n; ++i) word_ref(first_ + i).notify_all();
         }
 
