@@ -218,7 +218,7 @@ public:
                 }
             }
             wake_waiters(n);
-            premapped_.fill(0);
+            // premapped_ needs no clearing: lock_run writes each of its words that a run reads.
             if (any_published_) publish_.fill(0);
             any_published_ = false;
         }

@@ -90,6 +90,12 @@ void clear_pinned(const WorkPage& p) {
     leaf_of(p).fetch_and(~core::kDttePinned, std::memory_order_seq_cst);
 }
 
+// A run is consecutive gfns at consecutive host addresses: one DMA call maps it. Its length bound is
+// applied by map_runs.
+bool continues_run(uint64_t prev_gfn, const std::byte* prev_host, uint64_t gfn, const std::byte* host) {
+    return gfn == prev_gfn + 1 && host == prev_host + kPageSize;
+}
+
 void set_pinned(const WorkPage& p) {
     // Safety: as clear_pinned. Runs after the mapping exists and is recorded.
     leaf_of(p).fetch_or(core::kDttePinned, std::memory_order_seq_cst);
@@ -158,9 +164,7 @@ private:
                 ++t.already;
                 continue;
             }
-            // A run is consecutive gfns at consecutive host addresses (one DMA call maps it); its
-            // length bound is applied by map_runs.
-            const bool joins = coalesce && w != 0 && raw(gfn) == prev_gfn + 1 && host == prev_host + kPageSize;
+            const bool joins = coalesce && w != 0 && continues_run(prev_gfn, prev_host, raw(gfn), host);
             if (!joins) {
                 if (w != 0 && raw(gfn) <= prev_gfn) ascending = false;
                 run_starts[runs++] = static_cast<uint32_t>(w);
@@ -187,8 +191,8 @@ private:
     void find_runs(uint64_t w, bool coalesce) {
         runs_ = 0;
         for (uint64_t j = 0; j < w; ++j) {
-            if (!coalesce || j == 0 || a_.work[j].gfn != a_.work[j - 1].gfn + 1 ||
-                a_.work[j].host != a_.work[j - 1].host + kPageSize) {
+            if (!coalesce || j == 0 ||
+                !continues_run(a_.work[j - 1].gfn, a_.work[j - 1].host, a_.work[j].gfn, a_.work[j].host)) {
                 a_.run_starts[runs_++] = static_cast<uint32_t>(j);
             }
         }
