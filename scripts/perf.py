@@ -42,6 +42,13 @@ def gbench(binary, name):
     return {"kind": "gbench", "binary": binary, "name": name}
 
 
+def bpf_delta(what, traced, baseline, target_ns):
+    """A figure of bpf_overhead_bench: ns per call of case `traced` minus case `baseline` (root)."""
+    return {"what": what, "cases": [gbench(BPF_BENCH, traced), gbench(BPF_BENCH, baseline)],
+            "metric": "real_time", "value": lambda a, b: a - b, "target": ("<=", target_ns), "unit": "ns",
+            "root": True}
+
+
 # Each figure: cases, how a round's value is computed from the cases' metrics, the target.
 FIGURES = {
     "fast_seed_64": {
@@ -67,27 +74,17 @@ FIGURES = {
         "cases": [gbench(ENGINE_BENCH, "BM_DirectBatch512/0/1"), gbench(ENGINE_BENCH, "BM_FetchOrFloor512")],
         "metric": "items_per_second", "value": lambda a, b: b / a, "target": ("<=", 4.0), "unit": "x",
     },
-    "traced_map_ns": {
-        "what": "added ns per VFIO_IOMMU_MAP_DMA while vfio_dma traces this process",
-        "cases": [gbench(BPF_BENCH, "BM_MapDmaIoctl_Traced"), gbench(BPF_BENCH, "BM_MapDmaIoctl_Untraced")],
-        "metric": "real_time", "value": lambda a, b: a - b, "target": ("<=", 300.0), "unit": "ns", "root": True,
-    },
-    "unrelated_ioctl_ns": {
-        "what": "added ns per unrelated ioctl (FIONREAD) of any process while vfio_dma is attached",
-        "cases": [gbench(BPF_BENCH, "BM_OtherIoctl_Traced"), gbench(BPF_BENCH, "BM_OtherIoctl_Untraced")],
-        "metric": "real_time", "value": lambda a, b: a - b, "target": ("<=", 100.0), "unit": "ns", "root": True,
-    },
-    "unrelated_ioctl_floor_ns": {
-        "what": "added ns per unrelated ioctl with EMPTY programs on the same two syscall tracepoints (the kernel's "
-                "price of the hook; the issue's bar for vfio_dma shown for comparison)",
-        "cases": [gbench(BPF_BENCH, "BM_OtherIoctl_EmptyTracepoints"), gbench(BPF_BENCH, "BM_OtherIoctl_Untraced")],
-        "metric": "real_time", "value": lambda a, b: a - b, "target": ("<=", 100.0), "unit": "ns", "root": True,
-    },
-    "unrelated_ioctl_over_floor_ns": {
-        "what": "ns per unrelated ioctl that vfio_dma adds beyond empty programs on its tracepoints",
-        "cases": [gbench(BPF_BENCH, "BM_OtherIoctl_Traced"), gbench(BPF_BENCH, "BM_OtherIoctl_EmptyTracepoints")],
-        "metric": "real_time", "value": lambda a, b: a - b, "target": ("<=", 100.0), "unit": "ns", "root": True,
-    },
+    "traced_map_ns": bpf_delta("added ns per VFIO_IOMMU_MAP_DMA while vfio_dma traces this process",
+                               "BM_MapDmaIoctl_Traced", "BM_MapDmaIoctl_Untraced", 300.0),
+    "unrelated_ioctl_ns": bpf_delta("added ns per unrelated ioctl (FIONREAD) of any process while vfio_dma is attached",
+                                    "BM_OtherIoctl_Traced", "BM_OtherIoctl_Untraced", 100.0),
+    "unrelated_ioctl_floor_ns": bpf_delta(
+        "added ns per unrelated ioctl with EMPTY programs on the same two syscall tracepoints (the kernel's "
+        "price of the hook; the issue's bar for vfio_dma shown for comparison)",
+        "BM_OtherIoctl_EmptyTracepoints", "BM_OtherIoctl_Untraced", 100.0),
+    "unrelated_ioctl_over_floor_ns": bpf_delta(
+        "ns per unrelated ioctl that vfio_dma adds beyond empty programs on its tracepoints",
+        "BM_OtherIoctl_Traced", "BM_OtherIoctl_EmptyTracepoints", 100.0),
     "engine_dma_probe_loss": {
         "what": "engine pages/s lost with the --engine-dma probes attached (engine_usdt_bench --dma, paired median)",
         "cases": [{"kind": "usdt", "binary": USDT_BENCH,
