@@ -62,8 +62,8 @@ struct GuestDriverConfig {
     int notifymap_fd = -1;
     // When non-empty (>= 1024 slots), the driver uses this existing mapping of the notifymap instead
     // of mapping notifymap_fd again. ThreadSanitizer tracks atomics by virtual address, so it cannot
-    // see the synchronisation between two mappings of one memfd page; in-process tests under TSan
-    // share the device's mapping.
+    // see the synchronisation between two mappings of one memfd page; in-process guests (the tests,
+    // coiommu-load without --connect) share the device's mapping.
     std::span<uint64_t> notify_slots;
     std::vector<int> trigger_fds;  // per vCPU (borrowed)
     // When set, a trigger is this call (e.g. CoiommuDevice::mmio_write of one byte at 0x18 + vcpu)

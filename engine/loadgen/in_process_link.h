@@ -29,6 +29,7 @@ public:
 
     [[nodiscard]] uint32_t vcpus() const override { return dev_->vcpus(); }
     [[nodiscard]] int notifymap_fd() const override { return dev_->notifymap_fd(); }
+    [[nodiscard]] std::span<uint64_t> notify_slots() const override { return dev_->notify_slots(); }
     [[nodiscard]] int topologymap_fd() const override { return dev_->topologymap_fd(); }
     [[nodiscard]] int trigger_fd(uint32_t vcpu) const override { return dev_->trigger_fd(vcpu); }
     [[nodiscard]] Status mmio_write(uint64_t offset, std::span<const std::byte> data) override;

@@ -108,6 +108,7 @@ public:
         gcfg.mem = env.mem;
         gcfg.dtt = s->dtt_.get();
         gcfg.notifymap_fd = s->link_->notifymap_fd();
+        gcfg.notify_slots = s->link_->notify_slots();
         for (uint32_t i = 0; i < env.vcpus; ++i) gcfg.trigger_fds.push_back(s->link_->trigger_fd(i));
         gcfg.timeout = env.timeout;
         gcfg.abort = s->link_->lost_flag();  // a dead daemon completes nothing: do not spin on it

@@ -35,6 +35,10 @@ public:
     [[nodiscard]] virtual uint32_t vcpus() const = 0;
     // Borrowed fds, valid while the link lives.
     [[nodiscard]] virtual int notifymap_fd() const = 0;
+    // This process's own mapping of the notify slots when the device lives in this process, for
+    // the guest to share (as a VM's vCPUs and the device share the same host pages); empty when
+    // the guest must map notifymap_fd() itself. Valid while the link lives.
+    [[nodiscard]] virtual std::span<uint64_t> notify_slots() const { return {}; }
     [[nodiscard]] virtual int topologymap_fd() const = 0;
     // Precondition: vcpu < vcpus().
     [[nodiscard]] virtual int trigger_fd(uint32_t vcpu) const = 0;

@@ -274,18 +274,8 @@ std::string engine_options_help(const EngineConfig& defaults) {
 
 std::chrono::nanoseconds effective_spin_budget(const EngineConfig& cfg, unsigned cpus) {
     if (cfg.spin_budget != kSpinBudgetAuto) return cfg.spin_budget;
-#if defined(__SANITIZE_THREAD__)
-    // TSan tracks atomics by virtual address, so it cannot see the release/acquire on a notify
-    // slot that the guest writes through a mapping of its own (coiommu-load and every VMM map the
-    // notifymap twice): a request served from a spin, before its trigger's read(2), would be
-    // reported as a race on the batch it names. The blocking path's read(2) is an edge TSan sees.
-    // Explicit budgets still spin (the tests that share one mapping run them under TSan).
-    (void)cpus;
-    return nanoseconds{0};
-#else
     if (cpus == 0) cpus = std::thread::hardware_concurrency();
     return cpus >= kAutoSpinMinCpus ? kAutoSpinBudget : kAutoShortSpinBudget;
-#endif
 }
 
 uint32_t effective_workers(const EngineConfig& cfg, unsigned cpus) {

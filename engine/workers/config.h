@@ -88,8 +88,7 @@ inline constexpr std::chrono::nanoseconds kMaxSpinBudget = std::chrono::seconds(
 inline constexpr uint64_t kMaxBatchPages = uint64_t{1} << 20;
 
 // The spin budget the engine uses: cfg.spin_budget, or for kSpinBudgetAuto kAutoSpinBudget when
-// `cpus` >= kAutoSpinMinCpus and kAutoShortSpinBudget otherwise (0 in a ThreadSanitizer build:
-// config.cc says why). `cpus` defaults to
+// `cpus` >= kAutoSpinMinCpus and kAutoShortSpinBudget otherwise. `cpus` defaults to
 // std::thread::hardware_concurrency().
 [[nodiscard]] std::chrono::nanoseconds effective_spin_budget(const EngineConfig& cfg, unsigned cpus = 0);
 

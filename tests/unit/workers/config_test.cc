@@ -48,12 +48,6 @@ TEST(EngineConfig, TooManyWorkersIsRejected) {
 
 TEST(EngineConfig, AutoSpinBudgetSpinsLongOnlyWithSpareCpus) {
     const EngineConfig cfg;  // spin_budget=auto
-#if defined(__SANITIZE_THREAD__)
-    // config.cc says why auto never spins under TSan.
-    EXPECT_EQ(effective_spin_budget(cfg, 2).count(), 0);
-    EXPECT_EQ(effective_spin_budget(cfg, 8).count(), 0);
-    return;
-#endif
     EXPECT_EQ(effective_spin_budget(cfg, 2), kAutoShortSpinBudget);
     EXPECT_EQ(effective_spin_budget(cfg, 3), kAutoShortSpinBudget);
     EXPECT_EQ(effective_spin_budget(cfg, 4), kAutoSpinBudget);
